@@ -1,0 +1,108 @@
+//! Changelog topics: the durable copy of every store, from which state is restored.
+//!
+//! Each store has one compacted topic, `<group>-<store>-changelog`, with the source topic's
+//! partition count; partition `p` of the changelog backs source partition `p`.
+//!
+//! # Record layout
+//!
+//! A flush writes, per touched store, one record per changed key (a tombstone for a delete)
+//! and then — only after every data record of the flush is acknowledged — one *marker* record
+//! per touched store. Headers (values are decimal text):
+//!
+//! | header | on | meaning |
+//! |---|---|---|
+//! | `ks.seq` | data, marker | flush sequence number of the partition |
+//! | `ks.source-offset` | data, marker | next source offset: everything before it is in this state |
+//! | `ks.touched` | marker | comma-separated stores this flush wrote to |
+//! | `ks.aborted` | marker | flush sequence numbers a restore found incomplete and rolled back |
+//!
+//! The marker makes a flush atomic across stores without Kafka transactions; see
+//! [`crate::state`] for how restore uses it.
+
+mod reader;
+mod topics;
+mod writer;
+
+pub(crate) use reader::{header_str as reader_header, ChangelogReader};
+pub(crate) use topics::{ensure_changelogs, source_partition_count};
+pub(crate) use writer::{ChangelogWriter, OutRecord};
+
+use rdkafka::error::KafkaError;
+
+/// Key of marker records. User keys are codec output; this one starts with a NUL byte and
+/// names the crate, so a collision would need a codec to produce exactly these bytes.
+pub(crate) const MARKER_KEY: &[u8] = b"\0kafka-stateful/flush-marker";
+pub(crate) const HEADER_SEQ: &str = "ks.seq";
+pub(crate) const HEADER_SOURCE_OFFSET: &str = "ks.source-offset";
+pub(crate) const HEADER_TOUCHED: &str = "ks.touched";
+pub(crate) const HEADER_ABORTED: &str = "ks.aborted";
+
+/// The changelog topic of `store` in `group`.
+pub fn changelog_topic(group: &str, store: &str) -> String {
+    format!("{group}-{store}-changelog")
+}
+
+/// A changelog topic could not be created, verified, written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangelogError {
+    /// The source topic does not exist (or has no partitions), so the changelog cannot be sized.
+    #[error("source topic {topic} does not exist")]
+    SourceTopicMissing {
+        /// The source topic.
+        topic: String,
+    },
+    /// An existing changelog topic has another partition count than the source topic.
+    #[error(
+        "changelog topic {topic} has {found} partitions but source topic has {expected}; \
+         changelog partition p must back source partition p (delete or fix the changelog topic)"
+    )]
+    PartitionMismatch {
+        /// The changelog topic.
+        topic: String,
+        /// The source topic's partition count.
+        expected: usize,
+        /// The changelog topic's partition count.
+        found: usize,
+    },
+    /// Creating or describing a topic failed.
+    #[error("changelog topic {topic}: {source}")]
+    Admin {
+        /// The changelog topic.
+        topic: String,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// A changelog record was not acknowledged.
+    #[error("cannot write changelog {topic}/{partition}: {source}")]
+    Produce {
+        /// The changelog topic.
+        topic: String,
+        /// The changelog partition.
+        partition: i32,
+        /// The producer's error.
+        source: KafkaError,
+    },
+    /// Reading a changelog partition failed.
+    #[error("cannot read changelog {topic}/{partition}: {source}")]
+    Read {
+        /// The changelog topic.
+        topic: String,
+        /// The changelog partition.
+        partition: i32,
+        /// The consumer's error.
+        source: KafkaError,
+    },
+    /// A changelog record lacks the crate's headers (written by something else?).
+    #[error("changelog {topic}/{partition}@{offset} is malformed: {reason}")]
+    Malformed {
+        /// The changelog topic.
+        topic: String,
+        /// The changelog partition.
+        partition: i32,
+        /// The record's offset.
+        offset: i64,
+        /// What is wrong.
+        reason: String,
+    },
+}

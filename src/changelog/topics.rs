@@ -1,0 +1,99 @@
+//! Creating and verifying changelog topics.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{changelog_topic, ChangelogError};
+use crate::config::ConsumerConfig;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Partition count of `topic`, `None` when it does not exist.
+fn partition_count(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<Option<usize>, ChangelogError> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|source| ChangelogError::Admin { topic: topic.to_string(), source })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len()))
+}
+
+fn admin_client(config: &ConsumerConfig, topic: &str) -> Result<AdminClient<DefaultClientContext>, ChangelogError> {
+    config.admin().create().map_err(|source| ChangelogError::Admin { topic: topic.to_string(), source })
+}
+
+/// Partition count of the (single) source topic of a stateful consumer.
+pub(crate) fn source_partition_count(config: &ConsumerConfig) -> Result<usize, ChangelogError> {
+    let topic = &config.topics[0];
+    let admin = admin_client(config, topic)?;
+    partition_count(&admin, topic)?.ok_or_else(|| ChangelogError::SourceTopicMissing { topic: topic.clone() })
+}
+
+/// Creates missing changelog topics (compacted, `partitions` partitions) and verifies the
+/// partition count of existing ones.
+pub(crate) async fn ensure_changelogs(config: &ConsumerConfig, partitions: usize) -> Result<(), ChangelogError> {
+    for store in &config.stores {
+        let topic = changelog_topic(&config.group_id, &store.name);
+        let admin = admin_client(config, &topic)?;
+        if partition_count(&admin, &topic)?.is_none() {
+            create(&admin, &topic, partitions, config.changelog_replication).await?;
+        }
+        // Verify what is there now, whoever created it.
+        match partition_count(&admin, &topic)? {
+            Some(found) if found == partitions => {}
+            Some(found) => {
+                return Err(ChangelogError::PartitionMismatch { topic, expected: partitions, found })
+            }
+            None => {
+                return Err(ChangelogError::Admin {
+                    topic,
+                    source: KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn create(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: usize,
+    replication: i32,
+) -> Result<(), ChangelogError> {
+    let admin_err = |source| ChangelogError::Admin { topic: topic.to_string(), source };
+    let partitions = i32::try_from(partitions).map_err(|_| admin_err(KafkaError::AdminOpCreation("too many partitions".into())))?;
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
+        .set("cleanup.policy", "compact");
+    let results = admin
+        .create_topics([&new_topic], &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)))
+        .await
+        .map_err(admin_err)?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(admin_err(KafkaError::AdminOp(code))),
+        }
+    }
+    tracing::info!(topic, partitions, "created changelog topic");
+    // Metadata can lag the creation: wait until the topic is visible.
+    let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+    while partition_count(admin, topic)?.is_none() {
+        if std::time::Instant::now() > deadline {
+            return Err(admin_err(KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}

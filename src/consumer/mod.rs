@@ -1,0 +1,160 @@
+//! The public consumer: wires configuration, codecs and the handler to the poll loop.
+
+mod context;
+mod poll_loop;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rdkafka::consumer::BaseConsumer;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::changelog::{ensure_changelogs, source_partition_count, ChangelogWriter};
+use crate::codec::Codec;
+use crate::config::{ConsumerConfig, ErrorPolicy};
+use crate::error::{Error, Result};
+use crate::handler::Handler;
+use crate::observe::{NoopListener, RebalanceListener, RestoreListener, Stats};
+use crate::partition::supervisor::Supervisor;
+use crate::partition::worker::Shared;
+use crate::state::StateEnv;
+use context::LoopContext;
+use poll_loop::PollLoop;
+
+/// A typed, stateful Kafka consumer. Build it with [`StatefulConsumer::new`], then
+/// [`run`](Self::run) it until a shutdown future resolves.
+///
+/// ```no_run
+/// use kafka_stateful::{codec::Utf8, ConsumerConfig, Handler, HandlerError, PartitionContext, Record, StatefulConsumer};
+///
+/// struct Print;
+/// impl Handler<String, String> for Print {
+///     async fn handle(&self, r: Record<String, String>, _ctx: &mut PartitionContext) -> Result<(), HandlerError> {
+///         println!("{}@{}: {:?}", r.partition, r.offset, r.value);
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn demo() -> kafka_stateful::Result<()> {
+/// let config = ConsumerConfig::builder("127.0.0.1:9092", "printer", ["events"]).instance_id("printer-0").build()?;
+/// StatefulConsumer::new(config, Utf8, Utf8, Print)
+///     .run(async { let _ = tokio::signal::ctrl_c().await; })
+///     .await
+/// # }
+/// ```
+pub struct StatefulConsumer<KC: Codec, VC: Codec, H> {
+    config: Arc<ConsumerConfig>,
+    key_codec: KC,
+    value_codec: VC,
+    handler: H,
+    rebalance_listener: Arc<dyn RebalanceListener>,
+    restore_listener: Arc<dyn RestoreListener>,
+    stats: Stats,
+}
+
+impl<KC: Codec, VC: Codec, H> std::fmt::Debug for StatefulConsumer<KC, VC, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatefulConsumer").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<KC, VC, H> StatefulConsumer<KC, VC, H>
+where
+    KC: Codec,
+    VC: Codec,
+    H: Handler<KC::Item, VC::Item>,
+{
+    /// A consumer decoding keys with `key_codec` and values with `value_codec`.
+    pub fn new(config: ConsumerConfig, key_codec: KC, value_codec: VC, handler: H) -> Self {
+        Self {
+            config: Arc::new(config),
+            key_codec,
+            value_codec,
+            handler,
+            rebalance_listener: Arc::new(NoopListener),
+            restore_listener: Arc::new(NoopListener),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Observes assignments and revocations (runs on the poll-loop thread: be quick).
+    pub fn with_rebalance_listener(mut self, listener: impl RebalanceListener) -> Self {
+        self.rebalance_listener = Arc::new(listener);
+        self
+    }
+
+    /// Observes state restores.
+    pub fn with_restore_listener(mut self, listener: impl RestoreListener) -> Self {
+        self.restore_listener = Arc::new(listener);
+        self
+    }
+
+    /// A handle to this consumer's figures, readable while it runs.
+    pub fn stats(&self) -> Stats {
+        self.stats.clone()
+    }
+
+    /// Consumes until `shutdown` resolves (then drains, flushes, commits and closes) or a
+    /// fatal error occurs. Use a multi-threaded tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Fenced`] when another process joined with the same instance id;
+    /// [`Error::Handler`]/[`Error::Decode`] under [`ErrorPolicy::Fail`]; changelog, state
+    /// and client errors.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let config = self.config.clone();
+        let needs_producer =
+            !config.stores.is_empty() || matches!(config.error_policy, ErrorPolicy::DeadLetter(_));
+        let producer = if needs_producer { Some(ChangelogWriter::new(config.producer().create()?)) } else { None };
+        let state_env = match (&producer, config.stores.is_empty()) {
+            (Some(writer), false) => {
+                let c = config.clone();
+                let partitions = tokio::task::spawn_blocking(move || source_partition_count(&c))
+                    .await
+                    .map_err(|_| Error::Fatal { code: "Panic".into(), reason: "metadata lookup panicked".into() })??;
+                ensure_changelogs(&config, partitions).await?;
+                Some(StateEnv { config: config.clone(), writer: writer.clone(), listener: self.restore_listener.clone() })
+            }
+            _ => None,
+        };
+        let (failures_tx, failures_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            key_codec: self.key_codec,
+            value_codec: self.value_codec,
+            handler: self.handler,
+            state_env,
+            producer,
+            stats: self.stats.inner.clone(),
+            failures: failures_tx,
+        });
+        let supervisor = Supervisor::new(shared, tokio::runtime::Handle::current());
+        let context = LoopContext::new(supervisor, self.rebalance_listener.clone(), self.stats.inner.clone());
+        let consumer: BaseConsumer<_> = config.group_consumer().create_with_context(context)?;
+
+        let stop = CancellationToken::new();
+        // If this future is dropped, the poll loop still stops and closes cleanly.
+        let _stop_on_drop = stop.clone().drop_guard();
+        let poll_loop = PollLoop { consumer, config: config.clone(), shutdown: stop.clone(), failures: failures_rx };
+        let (done_tx, mut done_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("kafka-stateful-poll".into())
+            .spawn(move || {
+                let _ = done_tx.send(poll_loop.run());
+            })
+            .map_err(|e| Error::Fatal { code: "Thread".into(), reason: e.to_string() })?;
+
+        tokio::pin!(shutdown);
+        let result = tokio::select! {
+            r = &mut done_rx => r,
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested");
+                stop.cancel();
+                done_rx.await
+            }
+        };
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        result.unwrap_or_else(|_| Err(Error::Fatal { code: "Panic".into(), reason: "poll loop panicked".into() }))
+    }
+}

@@ -1,0 +1,42 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Data flow
+//!
+//! ```text
+//!  Kafka ──► poll loop ──► per-partition bounded queue ──► partition worker ──► handler
+//!            (one thread; polls,   full → pause               (restore first;     │
+//!             routes, pauses,      drained → resume)           decode; in order)  │ state writes
+//!             commits)                                                            ▼
+//!               ▲                                       overlay (read-your-writes, combined per key)
+//!               │ commit durable offsets                              │ flush
+//!               └──── offset tracker ◄── durable ◄── changelog produce (acked) + markers
+//!                                                    ──► RocksDB WriteBatch + checkpoint
+//! ```
+//!
+//! Modules follow that flow: [`config`] → `consumer` (poll loop, rebalance glue) →
+//! `partition` (router, worker, supervisor) → [`state`] (RocksDB, overlay, restore) →
+//! `changelog` → `offset`.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub, rustdoc::broken_intra_doc_links)]
+#![forbid(unsafe_code)]
+
+pub mod changelog;
+pub mod codec;
+pub mod config;
+mod consumer;
+mod error;
+mod handler;
+pub mod observe;
+mod offset;
+mod partition;
+pub mod state;
+
+pub use codec::{Codec, CodecError};
+pub use config::{
+    AssignmentStrategy, CloseBehavior, ConfigError, ConsumerConfig, ConsumerConfigBuilder, ErrorPolicy, Membership,
+    RetryPolicy,
+};
+pub use consumer::StatefulConsumer;
+pub use error::{Error, Result};
+pub use handler::{Handler, HandlerError, PartitionContext, Record};
+pub use observe::{RebalanceListener, RestoreListener, Stats, StatsSnapshot};
+pub use state::{StateError, Store, StoreDef};

@@ -1,0 +1,146 @@
+//! Observability hooks: rebalance and restore listeners, and a stats snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::offset::PartitionProgress;
+
+/// Called on rebalances, on the poll-loop thread: return quickly (no I/O), or heartbeats and
+/// other partitions' routing wait.
+pub trait RebalanceListener: Send + Sync + 'static {
+    /// Partitions were assigned; their workers restore state, then process.
+    fn on_assigned(&self, _partitions: &[(String, i32)]) {}
+    /// Partitions were revoked, after their in-flight records finished, their state was
+    /// flushed and their offsets were committed.
+    fn on_revoked(&self, _partitions: &[(String, i32)]) {}
+}
+
+/// Called during state restore, on the restoring partition's blocking thread. Return quickly.
+pub trait RestoreListener: Send + Sync + 'static {
+    /// Restore of a partition starts; `records` changelog records are to be read.
+    fn on_restore_start(&self, _topic: &str, _partition: i32, _records: u64) {}
+    /// A batch was applied.
+    fn on_restore_progress(&self, _topic: &str, _partition: i32, _restored: u64, _remaining: u64) {}
+    /// Restore finished; the partition's worker starts processing.
+    fn on_restore_end(&self, _topic: &str, _partition: i32, _restored: u64, _elapsed: Duration) {}
+}
+
+/// A listener that does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopListener;
+
+impl RebalanceListener for NoopListener {}
+impl RestoreListener for NoopListener {}
+
+/// Figures of one assigned partition.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PartitionStats {
+    /// Next offset not yet processed; -1 before the first record.
+    pub processed_next: i64,
+    /// Next offset whose effects are not yet durable (what a commit would send); -1: none.
+    pub durable_next: i64,
+    /// Last committed offset; -1 before the first commit.
+    pub committed_next: i64,
+    /// Records waiting in the partition's queue.
+    pub queued: u64,
+    /// Whether fetching is paused because the queue is full.
+    pub paused: bool,
+    /// Whether restore finished and records are processed.
+    pub ready: bool,
+    /// Changelog records replayed by the restore at assignment.
+    pub restored_records: u64,
+    /// Restore rate, changelog records per second.
+    pub restore_rate: f64,
+    /// Records skipped: already in restored state, or bad input under `ErrorPolicy::Skip`.
+    pub skipped: u64,
+}
+
+/// A point-in-time view of the consumer.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// Assigned partitions, by `(topic, partition)`.
+    pub partitions: BTreeMap<(String, i32), PartitionStats>,
+    /// Records handled successfully since start.
+    pub processed: u64,
+    /// Partitions assigned since start.
+    pub assigned: u64,
+    /// Partitions revoked since start.
+    pub revoked: u64,
+    /// Times a partition was paused because its queue was full.
+    pub pauses: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct StatsInner {
+    pub(crate) partitions: Mutex<BTreeMap<(String, i32), Arc<PartitionProgress>>>,
+    pub(crate) processed: AtomicU64,
+    pub(crate) assigned: AtomicU64,
+    pub(crate) revoked: AtomicU64,
+    pub(crate) pauses: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+}
+
+impl StatsInner {
+    fn partitions(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), Arc<PartitionProgress>>> {
+        // A panic while holding this lock cannot leave the map inconsistent: use it anyway.
+        self.partitions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn partitions_insert(&self, tp: (String, i32), progress: Arc<PartitionProgress>) {
+        self.partitions().insert(tp, progress);
+    }
+
+    pub(crate) fn partitions_remove(&self, tp: &(String, i32)) {
+        self.partitions().remove(tp);
+    }
+
+    pub(crate) fn progress_of(&self, tp: &(String, i32)) -> Option<Arc<PartitionProgress>> {
+        self.partitions().get(tp).cloned()
+    }
+}
+
+/// A cheap handle to the consumer's figures; take it before `run` and read it any time.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub(crate) inner: Arc<StatsInner>,
+}
+
+impl Stats {
+    /// The current figures.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let inner = &self.inner;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let partitions = inner
+            .partitions()
+            .iter()
+            .map(|(tp, p)| {
+                let stats = PartitionStats {
+                    processed_next: p.processed_next.load(Ordering::Relaxed),
+                    durable_next: p.durable_next(),
+                    committed_next: p.committed_next.load(Ordering::Relaxed),
+                    queued: load(&p.queued),
+                    paused: p.paused.load(Ordering::Relaxed),
+                    ready: p.ready.load(Ordering::Relaxed),
+                    restored_records: load(&p.restored_records),
+                    restore_rate: f64::from_bits(load(&p.restore_rate_bits)),
+                    skipped: load(&p.skipped),
+                };
+                (tp.clone(), stats)
+            })
+            .collect();
+        StatsSnapshot {
+            partitions,
+            processed: load(&inner.processed),
+            assigned: load(&inner.assigned),
+            revoked: load(&inner.revoked),
+            pauses: load(&inner.pauses),
+            dead_lettered: load(&inner.dead_lettered),
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! One task per assigned partition: restore state, then decode and handle records in offset
+//! order, flush state, publish durable offsets.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::changelog::{ChangelogWriter, OutRecord};
+use crate::codec::{Codec, CodecError};
+use crate::config::{ConsumerConfig, ErrorPolicy};
+use crate::error::Error;
+use crate::handler::{Handler, HandlerError, PartitionContext, Record};
+use crate::observe::StatsInner;
+use crate::offset::{OffsetTracker, PartitionProgress};
+use crate::state::{PartitionState, StateEnv};
+
+/// What all workers of a consumer share.
+pub(crate) struct Shared<KC, VC, H> {
+    pub(crate) config: Arc<ConsumerConfig>,
+    pub(crate) key_codec: KC,
+    pub(crate) value_codec: VC,
+    pub(crate) handler: H,
+    pub(crate) state_env: Option<StateEnv>,
+    pub(crate) producer: Option<ChangelogWriter>,
+    pub(crate) stats: Arc<StatsInner>,
+    /// A worker that cannot go on reports here; the poll loop stops the consumer.
+    pub(crate) failures: mpsc::UnboundedSender<Error>,
+}
+
+/// A failed record, before the policy decides.
+enum Failure {
+    Decode(CodecError),
+    Handler(HandlerError),
+}
+
+impl Failure {
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Decode(_) => "decode",
+            Failure::Handler(_) => "handler",
+        }
+    }
+    fn message(&self) -> String {
+        match self {
+            Failure::Decode(e) => e.to_string(),
+            Failure::Handler(e) => e.to_string(),
+        }
+    }
+}
+
+/// How the processing of one record ended.
+enum Outcome {
+    Done,
+    /// The revoke timeout ran out while the handler ran: stop without this record.
+    Cancelled,
+}
+
+pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
+    shared: Arc<Shared<KC, VC, H>>,
+    topic: String,
+    partition: i32,
+    progress: Arc<PartitionProgress>,
+    stop: CancellationToken,
+    tracker: OffsetTracker,
+    /// Source offsets below this are already in the restored state.
+    skip_below: i64,
+    since_flush: usize,
+    last_flush: Instant,
+}
+
+impl<KC, VC, H> Worker<KC, VC, H>
+where
+    KC: Codec,
+    VC: Codec,
+    H: Handler<KC::Item, VC::Item>,
+{
+    pub(crate) fn new(
+        shared: Arc<Shared<KC, VC, H>>,
+        (topic, partition): (String, i32),
+        progress: Arc<PartitionProgress>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            shared,
+            topic,
+            partition,
+            progress,
+            stop,
+            tracker: OffsetTracker::default(),
+            skip_below: -1,
+            since_flush: 0,
+            last_flush: Instant::now(),
+        }
+    }
+
+    /// Runs until stopped or until its queue closes; reports a fatal error to the poll loop.
+    pub(crate) async fn run(mut self, rx: mpsc::Receiver<OwnedMessage>) {
+        if let Err(err) = self.run_inner(rx).await {
+            tracing::error!(topic = %self.topic, partition = self.partition, error = %err, "partition worker failed");
+            let _ = self.shared.failures.send(err);
+        }
+    }
+
+    async fn run_inner(&mut self, mut rx: mpsc::Receiver<OwnedMessage>) -> Result<(), Error> {
+        let Some(mut ctx) = self.open_state().await? else {
+            return Ok(()); // revoked while restoring
+        };
+        self.progress.ready.store(true, Ordering::Release);
+        let flush_interval = self.shared.config.flush_interval;
+        let mut ticker = tokio::time::interval(flush_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.progress.queued.fetch_sub(1, Ordering::Relaxed);
+                    match self.process(&msg, &mut ctx).await? {
+                        Outcome::Done => {}
+                        Outcome::Cancelled => break,
+                    }
+                    if self.since_flush >= self.shared.config.flush_max_records
+                        || self.last_flush.elapsed() >= flush_interval
+                    {
+                        self.flush(&mut ctx).await?;
+                    }
+                }
+                _ = ticker.tick() => {
+                    if self.last_flush.elapsed() >= flush_interval {
+                        self.flush(&mut ctx).await?;
+                    }
+                }
+            }
+        }
+        self.flush(&mut ctx).await
+    }
+
+    /// Opens and restores the partition's state on a blocking thread. `None` when the
+    /// partition was revoked before the restore finished.
+    async fn open_state(&mut self) -> Result<Option<PartitionContext>, Error> {
+        let Some(env) = self.shared.state_env.clone() else {
+            return Ok(Some(PartitionContext::new(self.topic.clone(), self.partition, None)));
+        };
+        let (topic, partition, stop) = (self.topic.clone(), self.partition, self.stop.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            PartitionState::open(&env, &topic, partition, &|| stop.is_cancelled())
+        })
+        .await
+        .map_err(|_| Error::WorkerPanicked { topic: self.topic.clone(), partition })??;
+        let Some((state, report)) = opened else { return Ok(None) };
+        self.skip_below = state.restored_source_next();
+        self.progress.restored_records.store(report.records, Ordering::Relaxed);
+        self.progress.restore_rate_bits.store(report.rate().to_bits(), Ordering::Relaxed);
+        Ok(Some(PartitionContext::new(self.topic.clone(), self.partition, Some(state))))
+    }
+
+    /// Flushes state (if any) and publishes the durable offset.
+    async fn flush(&mut self, ctx: &mut PartitionContext) -> Result<(), Error> {
+        self.since_flush = 0;
+        self.last_flush = Instant::now();
+        let Some(next) = self.tracker.committable() else { return Ok(()) };
+        if let Some(state) = ctx.state_mut() {
+            state.flush(next).await?;
+        }
+        self.progress.set_durable(next);
+        Ok(())
+    }
+
+    fn finish(&mut self, offset: i64, ctx: &PartitionContext) {
+        self.tracker.finish(offset);
+        self.since_flush += 1;
+        self.progress.processed_next.store(offset + 1, Ordering::Relaxed);
+        // Nothing unflushed: the record's effects (none in state) are already durable.
+        if ctx.state().is_none_or(|s| s.dirty_keys() == 0) {
+            if let Some(next) = self.tracker.committable() {
+                self.progress.set_durable(next);
+            }
+        }
+    }
+
+    async fn process(&mut self, msg: &OwnedMessage, ctx: &mut PartitionContext) -> Result<Outcome, Error> {
+        let offset = msg.offset();
+        self.tracker.start(offset);
+        if offset < self.skip_below {
+            // Its effect is already in the restored state: applying it again would double it.
+            self.progress.skipped.fetch_add(1, Ordering::Relaxed);
+            self.finish(offset, ctx);
+            return Ok(Outcome::Done);
+        }
+        let retry = self.shared.config.retry;
+        let mut backoff = retry.initial_backoff;
+        let mut attempt = 0;
+        let failure = loop {
+            let record = match self.decode(msg) {
+                Ok(record) => record,
+                Err(e) => break Failure::Decode(e),
+            };
+            let result = tokio::select! {
+                biased;
+                r = self.shared.handler.handle(record, ctx) => r,
+                () = cancel_after_stop(&self.stop, self.shared.config.revoke_timeout) => {
+                    tracing::warn!(topic = %self.topic, partition = self.partition, offset,
+                        "revoke timeout: cancelled the in-flight handler; the record stays uncommitted");
+                    discard_staged(ctx);
+                    return Ok(Outcome::Cancelled);
+                }
+            };
+            match result {
+                Ok(()) => {
+                    if let Some(state) = ctx.state_mut() {
+                        state.overlay_mut().commit_staged();
+                    }
+                    self.shared.stats.processed.fetch_add(1, Ordering::Relaxed);
+                    self.finish(offset, ctx);
+                    return Ok(Outcome::Done);
+                }
+                Err(e) => {
+                    discard_staged(ctx);
+                    if attempt >= retry.max_retries || self.stop.is_cancelled() {
+                        break Failure::Handler(e);
+                    }
+                    attempt += 1;
+                    tracing::warn!(topic = %self.topic, partition = self.partition, offset, attempt, error = %e, "handler failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(retry.max_backoff);
+                }
+            }
+        };
+        self.apply_policy(msg, failure, ctx).await?;
+        Ok(Outcome::Done)
+    }
+
+    fn decode(&self, msg: &OwnedMessage) -> Result<Record<KC::Item, VC::Item>, CodecError> {
+        let key = msg.key().map(|b| self.shared.key_codec.decode(b)).transpose()?;
+        let value = msg.payload().map(|b| self.shared.value_codec.decode(b)).transpose()?;
+        let headers = msg
+            .headers()
+            .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+            .unwrap_or_default();
+        Ok(Record {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: msg.offset(),
+            timestamp: msg.timestamp().to_millis(),
+            key,
+            value,
+            headers,
+        })
+    }
+
+    async fn apply_policy(&mut self, msg: &OwnedMessage, failure: Failure, ctx: &mut PartitionContext) -> Result<(), Error> {
+        let (topic, partition, offset) = (self.topic.clone(), self.partition, msg.offset());
+        match &self.shared.config.error_policy {
+            ErrorPolicy::Fail => {
+                // The record is still pending in the tracker, so this flush makes everything
+                // before it durable and leaves it and what follows uncommitted.
+                self.flush(ctx).await?;
+                Err(match failure {
+                    Failure::Decode(source) => Error::Decode { topic, partition, offset, source },
+                    Failure::Handler(source) => Error::Handler { topic, partition, offset, source },
+                })
+            }
+            ErrorPolicy::Skip => {
+                tracing::warn!(%topic, partition, offset, kind = failure.kind(), error = %failure.message(), "skipping record");
+                self.progress.skipped.fetch_add(1, Ordering::Relaxed);
+                self.finish(offset, ctx);
+                Ok(())
+            }
+            ErrorPolicy::DeadLetter(dlq) => {
+                let Some(producer) = &self.shared.producer else {
+                    unreachable!("a producer is created whenever a dead-letter topic is configured")
+                };
+                let record = dead_letter(dlq, msg, &failure);
+                producer.send_all(vec![record]).await.map_err(|e| Error::DeadLetter {
+                    topic: topic.clone(),
+                    partition,
+                    offset,
+                    dead_letter_topic: dlq.clone(),
+                    source: match e {
+                        crate::changelog::ChangelogError::Produce { source, .. } => source,
+                        _ => rdkafka::error::KafkaError::Canceled,
+                    },
+                })?;
+                tracing::warn!(%topic, partition, offset, dead_letter_topic = %dlq, error = %failure.message(), "record dead-lettered");
+                self.shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.finish(offset, ctx);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn discard_staged(ctx: &mut PartitionContext) {
+    if let Some(state) = ctx.state_mut() {
+        state.overlay_mut().discard_staged();
+    }
+}
+
+/// Resolves `timeout` after `stop` is cancelled; never before.
+async fn cancel_after_stop(stop: &CancellationToken, timeout: Duration) {
+    stop.cancelled().await;
+    tokio::time::sleep(timeout).await;
+}
+
+fn dead_letter(topic: &str, msg: &OwnedMessage, failure: &Failure) -> OutRecord {
+    let mut headers: Vec<(String, Vec<u8>)> = msg
+        .headers()
+        .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+        .unwrap_or_default();
+    headers.extend([
+        ("ks.error.topic".to_string(), msg.topic().as_bytes().to_vec()),
+        ("ks.error.partition".to_string(), msg.partition().to_string().into_bytes()),
+        ("ks.error.offset".to_string(), msg.offset().to_string().into_bytes()),
+        ("ks.error.kind".to_string(), failure.kind().as_bytes().to_vec()),
+        ("ks.error.message".to_string(), failure.message().into_bytes()),
+    ]);
+    OutRecord {
+        topic: topic.to_string(),
+        partition: -1, // RD_KAFKA_PARTITION_UA: the producer's partitioner decides
+        key: msg.key().map(<[u8]>::to_vec),
+        value: msg.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}

@@ -1,0 +1,144 @@
+//! Typed store declarations and the handles handlers use.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::overlay::Lookup;
+use super::{PartitionState, StateError, StoreSpec};
+use crate::codec::Codec;
+
+/// A named store with typed keys and values. Declare it on the builder with
+/// [`ConsumerConfigBuilder::store`](crate::ConsumerConfigBuilder::store) and open it in the
+/// handler with [`PartitionContext::store`](crate::PartitionContext::store). Cheap to clone.
+///
+/// ```
+/// use kafka_stateful::{codec::{Bincode, Utf8}, StoreDef};
+/// let counts: StoreDef<String, u64> = StoreDef::new("counts", Utf8, Bincode::new());
+/// assert_eq!(counts.name(), "counts");
+/// ```
+pub struct StoreDef<K: Send + 'static, V: Send + 'static> {
+    name: Arc<str>,
+    key: Arc<dyn Codec<Item = K>>,
+    value: Arc<dyn Codec<Item = V>>,
+    version: u32,
+}
+
+impl<K: Send + 'static, V: Send + 'static> Clone for StoreDef<K, V> {
+    fn clone(&self) -> Self {
+        Self { name: self.name.clone(), key: self.key.clone(), value: self.value.clone(), version: self.version }
+    }
+}
+
+impl<K: Send + 'static, V: Send + 'static> fmt::Debug for StoreDef<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreDef").field("name", &self.name).field("format", &self.spec().format).finish()
+    }
+}
+
+impl<K: Send + 'static, V: Send + 'static> StoreDef<K, V> {
+    /// A store called `name` (letters, digits, `.`, `_`, `-`: it becomes part of the
+    /// changelog topic's name).
+    pub fn new(name: &str, key: impl Codec<Item = K>, value: impl Codec<Item = V>) -> Self {
+        Self { name: name.into(), key: Arc::new(key), value: Arc::new(value), version: 1 }
+    }
+
+    /// Version of your state schema (default 1), recorded with the codec names. Opening a
+    /// store written with another version is a clear error instead of misread bytes.
+    pub fn with_version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn spec(&self) -> StoreSpec {
+        StoreSpec {
+            name: self.name.to_string(),
+            format: format!("key={};value={};version={}", self.key.name(), self.value.name(), self.version),
+        }
+    }
+}
+
+/// A typed view of one store of the current partition. Reads see the writes of earlier
+/// records that are not flushed yet, and the current record's own writes. The current
+/// record's writes are kept only if its handler returns `Ok`.
+pub struct Store<'a, K: Send + 'static, V: Send + 'static> {
+    def: &'a StoreDef<K, V>,
+    index: usize,
+    state: &'a mut PartitionState,
+}
+
+impl<K: Send + 'static, V: Send + 'static> fmt::Debug for Store<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("name", &self.def.name).finish_non_exhaustive()
+    }
+}
+
+impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
+    pub(crate) fn open(def: &'a StoreDef<K, V>, state: &'a mut PartitionState) -> Result<Self, StateError> {
+        let index = state.store_index(&def.name).ok_or_else(|| StateError::UnknownStore(def.name.to_string()))?;
+        Ok(Self { def, index, state })
+    }
+
+    fn codec_err(&self) -> impl Fn(crate::codec::CodecError) -> StateError + '_ {
+        |source| StateError::Codec { store: self.def.name.to_string(), source }
+    }
+
+    /// The value of `key`, if any.
+    ///
+    /// # Errors
+    /// Codec or RocksDB errors.
+    pub fn get(&self, key: &K) -> Result<Option<V>, StateError> {
+        let key = self.def.key.encode(key).map_err(self.codec_err())?;
+        let bytes = match self.state.overlay.get(self.index, &key) {
+            Lookup::Written(value) => value.map(<[u8]>::to_vec),
+            Lookup::Unknown => self.state.db.get(self.index, &key)?,
+        };
+        bytes.map(|b| self.def.value.decode(&b).map_err(self.codec_err())).transpose()
+    }
+
+    /// Sets `key` to `value`.
+    ///
+    /// # Errors
+    /// Codec errors.
+    pub fn put(&mut self, key: &K, value: &V) -> Result<(), StateError> {
+        let key = self.def.key.encode(key).map_err(self.codec_err())?;
+        let value = self.def.value.encode(value).map_err(self.codec_err())?;
+        self.state.overlay.write(self.index, key, Some(value));
+        Ok(())
+    }
+
+    /// Deletes `key` (a tombstone in the changelog).
+    ///
+    /// # Errors
+    /// Codec errors.
+    pub fn delete(&mut self, key: &K) -> Result<(), StateError> {
+        let key = self.def.key.encode(key).map_err(self.codec_err())?;
+        self.state.overlay.write(self.index, key, None);
+        Ok(())
+    }
+
+    /// Entries whose *encoded* key starts with `prefix`, in encoded-key order (meaningful
+    /// with [`Utf8`](crate::codec::Utf8) or [`RawBytes`](crate::codec::RawBytes) keys).
+    /// Collects into memory: keep prefixes selective.
+    ///
+    /// # Errors
+    /// Codec or RocksDB errors.
+    pub fn prefix(&self, prefix: &[u8]) -> Result<Vec<(K, V)>, StateError> {
+        let base = self.state.db.prefix(self.index, prefix)?;
+        self.state
+            .overlay
+            .merge_prefix(self.index, prefix, base)
+            .into_iter()
+            .map(|(k, v)| {
+                Ok((
+                    self.def.key.decode(&k).map_err(self.codec_err())?,
+                    self.def.value.decode(&v).map_err(self.codec_err())?,
+                ))
+            })
+            .collect()
+    }
+}
