@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README gives it: build dependencies, a broker, then every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/broker.sh
+export KAFKA_BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
+# Integration tests start many consumer groups; run them two at a time on small machines.
+cargo test --all-targets -- --test-threads="${TEST_THREADS:-2}"

@@ -1,0 +1,259 @@
+//! Shared helpers of the integration tests: broker address, unique names, producing,
+//! reading committed offsets, and waiting on conditions with deadlines.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kafka_stateful::codec::{Bincode, Utf8};
+use kafka_stateful::{Handler, HandlerError, PartitionContext, Record, StoreDef};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// `true` when a broker answers. Without one, tests skip with a printed reason — unless
+/// `REQUIRE_KAFKA=1` (CI), where a missing broker fails the test.
+pub fn broker_available() -> bool {
+    let addr = bootstrap();
+    let up = addr
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok())
+        .is_some();
+    if !up {
+        if std::env::var("REQUIRE_KAFKA").is_ok_and(|v| v == "1") {
+            panic!("REQUIRE_KAFKA=1 but no broker answers at {addr}; run scripts/broker.sh");
+        }
+        eprintln!("skipping: no Kafka broker at {addr} (run scripts/broker.sh, or set KAFKA_BOOTSTRAP)");
+    }
+    up
+}
+
+macro_rules! require_broker {
+    () => {
+        if !common::broker_available() {
+            return;
+        }
+    };
+}
+pub(crate) use require_broker;
+
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap()
+}
+
+pub async fn create_topic(topic: &str, partitions: i32) {
+    create_topic_at(&bootstrap(), topic, partitions).await
+}
+
+pub async fn create_topic_at(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin = admin(bootstrap);
+    let res = admin
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await
+        .unwrap();
+    for r in res {
+        r.unwrap();
+    }
+    let t = topic.to_string();
+    let b = bootstrap.to_string();
+    wait_until("topic visible", Duration::from_secs(20), move || partition_count_at(&b, &t) == Some(partitions as usize)).await;
+}
+
+pub async fn delete_topic(topic: &str) {
+    let admin = admin(&bootstrap());
+    for r in admin.delete_topics(&[topic], &AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+    let t = topic.to_string();
+    wait_until("topic deleted", Duration::from_secs(20), move || partition_count_at(&bootstrap(), &t).is_none()).await;
+}
+
+pub fn partition_count_at(bootstrap: &str, topic: &str) -> Option<usize> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().ok()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
+    md.topics().iter().find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()).map(|t| t.partitions().len())
+}
+
+pub fn producer_at(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create().unwrap()
+}
+
+/// Produces `(partition, key, value)` records and waits for every ack.
+pub async fn produce(topic: &str, records: &[(i32, String, String)]) {
+    produce_at(&bootstrap(), topic, records).await
+}
+
+pub async fn produce_at(bootstrap: &str, topic: &str, records: &[(i32, String, String)]) {
+    let producer = producer_at(bootstrap);
+    let futures: Vec<_> = records
+        .iter()
+        .map(|(p, k, v)| producer.send_result(FutureRecord::to(topic).partition(*p).key(k).payload(v)).unwrap())
+        .collect();
+    for f in futures {
+        f.await.unwrap().unwrap();
+    }
+}
+
+/// `count` records spread round-robin over `partitions` partitions and `keys` keys.
+pub fn records(partitions: i32, keys: usize, count: usize) -> Vec<(i32, String, String)> {
+    (0..count).map(|i| ((i as i32) % partitions, format!("key-{}", i % keys), format!("value-{i}"))).collect()
+}
+
+pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
+    end_offsets_at(&bootstrap(), topic, partitions)
+}
+
+pub fn end_offsets_at(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
+}
+
+/// Committed offsets of `group` (-1 where nothing is committed).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    committed_at(&bootstrap(), group, topic, partitions)
+}
+
+pub fn committed_at(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every handled record: `(partition, offset)`, in handling order.
+pub type Seen = Arc<Mutex<Vec<(i32, i64)>>>;
+
+/// Records every record it handles; fails on `fail_at` offsets.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub seen: Seen,
+    pub fail_at: Option<(i32, i64)>,
+    pub delay: Option<(i32, Duration)>,
+}
+
+impl Handler<String, String> for Recorder {
+    async fn handle(&self, r: Record<String, String>, _ctx: &mut PartitionContext) -> Result<(), HandlerError> {
+        if self.fail_at == Some((r.partition, r.offset)) {
+            return Err(format!("poison record at {}", r.offset).into());
+        }
+        if let Some((p, d)) = self.delay {
+            if p == r.partition {
+                tokio::time::sleep(d).await;
+            }
+        }
+        self.seen.lock().unwrap().push((r.partition, r.offset));
+        Ok(())
+    }
+}
+
+pub fn counts_store() -> StoreDef<String, u64> {
+    StoreDef::new("counts", Utf8, Bincode::new())
+}
+
+/// Counts records per key in the `counts` store, and mirrors the last value it wrote per key
+/// (what the store held after the record) so tests can compare with what was produced.
+#[derive(Clone)]
+pub struct Counter {
+    pub store: StoreDef<String, u64>,
+    pub last: Arc<Mutex<HashMap<String, u64>>>,
+    pub handled: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self { store: counts_store(), last: Arc::default(), handled: Arc::default() }
+    }
+}
+
+impl Handler<String, String> for Counter {
+    async fn handle(&self, r: Record<String, String>, ctx: &mut PartitionContext) -> Result<(), HandlerError> {
+        let key = r.key.ok_or("record without key")?;
+        let mut store = ctx.store(&self.store)?;
+        let n = store.get(&key)?.unwrap_or(0) + 1;
+        store.put(&key, &n)?;
+        self.last.lock().unwrap().insert(key, n);
+        self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// How many records were produced per key.
+pub fn expected_counts(records: &[(i32, String, String)]) -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for (_, k, _) in records {
+        *m.entry(k.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// A consumer running on its own task, stopped through a oneshot.
+pub struct Running {
+    pub stats: kafka_stateful::Stats,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub join: tokio::task::JoinHandle<kafka_stateful::Result<()>>,
+}
+
+impl Running {
+    pub fn start<H: Handler<String, String>>(
+        consumer: kafka_stateful::StatefulConsumer<Utf8, Utf8, H>,
+    ) -> Self {
+        let stats = consumer.stats();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let join = tokio::spawn(consumer.run(async move {
+            let _ = rx.await;
+        }));
+        Self { stats, stop: Some(tx), join }
+    }
+
+    /// Graceful shutdown; returns what `run` returned.
+    pub async fn stop(mut self) -> kafka_stateful::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(90), self.join).await.expect("shutdown timed out").expect("run panicked")
+    }
+
+    pub fn assigned(&self) -> Vec<i32> {
+        let s = self.stats.snapshot();
+        s.partitions.keys().map(|(_, p)| *p).collect()
+    }
+}
