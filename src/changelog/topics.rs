@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -13,12 +14,14 @@ use crate::config::ConsumerConfig;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Partition count of `topic`, `None` when it does not exist.
-fn partition_count(
-    admin: &AdminClient<DefaultClientContext>,
-    topic: &str,
-) -> Result<Option<usize>, ChangelogError> {
-    let metadata = admin
-        .inner()
+///
+/// Asks through a consumer-type client: a producer-type (admin) client's metadata request
+/// allows auto-creation, and brokers with auto-creation on would create the topic with the
+/// default partition count instead of answering "unknown".
+fn partition_count(config: &ConsumerConfig, topic: &str) -> Result<Option<usize>, ChangelogError> {
+    let admin_err = |source| ChangelogError::Admin { topic: topic.to_string(), source };
+    let client: BaseConsumer = config.admin().set("allow.auto.create.topics", "false").create().map_err(admin_err)?;
+    let metadata = client
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|source| ChangelogError::Admin { topic: topic.to_string(), source })?;
     Ok(metadata
@@ -36,8 +39,7 @@ fn admin_client(config: &ConsumerConfig, topic: &str) -> Result<AdminClient<Defa
 /// Partition count of the (single) source topic of a stateful consumer.
 pub(crate) fn source_partition_count(config: &ConsumerConfig) -> Result<usize, ChangelogError> {
     let topic = &config.topics[0];
-    let admin = admin_client(config, topic)?;
-    partition_count(&admin, topic)?.ok_or_else(|| ChangelogError::SourceTopicMissing { topic: topic.clone() })
+    partition_count(config, topic)?.ok_or_else(|| ChangelogError::SourceTopicMissing { topic: topic.clone() })
 }
 
 /// Creates missing changelog topics (compacted, `partitions` partitions) and verifies the
@@ -46,11 +48,13 @@ pub(crate) async fn ensure_changelogs(config: &ConsumerConfig, partitions: usize
     for store in &config.stores {
         let topic = changelog_topic(&config.group_id, &store.name);
         let admin = admin_client(config, &topic)?;
-        if partition_count(&admin, &topic)?.is_none() {
-            create(&admin, &topic, partitions, config.changelog_replication).await?;
+        tracing::debug!(%topic, "checking changelog topic");
+        if partition_count(config, &topic)?.is_none() {
+            tracing::debug!(%topic, "creating changelog topic");
+            create(&admin, config, &topic, partitions).await?;
         }
         // Verify what is there now, whoever created it.
-        match partition_count(&admin, &topic)? {
+        match partition_count(config, &topic)? {
             Some(found) if found == partitions => {}
             Some(found) => {
                 return Err(ChangelogError::PartitionMismatch { topic, expected: partitions, found })
@@ -68,16 +72,17 @@ pub(crate) async fn ensure_changelogs(config: &ConsumerConfig, partitions: usize
 
 async fn create(
     admin: &AdminClient<DefaultClientContext>,
+    config: &ConsumerConfig,
     topic: &str,
     partitions: usize,
-    replication: i32,
 ) -> Result<(), ChangelogError> {
+    let replication = config.changelog_replication;
     let admin_err = |source| ChangelogError::Admin { topic: topic.to_string(), source };
     let partitions = i32::try_from(partitions).map_err(|_| admin_err(KafkaError::AdminOpCreation("too many partitions".into())))?;
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
         .set("cleanup.policy", "compact");
     let results = admin
-        .create_topics([&new_topic], &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)))
+        .create_topics([&new_topic], &AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT)))
         .await
         .map_err(admin_err)?;
     for result in results {
@@ -89,7 +94,7 @@ async fn create(
     tracing::info!(topic, partitions, "created changelog topic");
     // Metadata can lag the creation: wait until the topic is visible.
     let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
-    while partition_count(admin, topic)?.is_none() {
+    while partition_count(config, topic)?.is_none() {
         if std::time::Instant::now() > deadline {
             return Err(admin_err(KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition)));
         }

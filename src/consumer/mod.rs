@@ -113,7 +113,9 @@ where
                 let partitions = tokio::task::spawn_blocking(move || source_partition_count(&c))
                     .await
                     .map_err(|_| Error::Fatal { code: "Panic".into(), reason: "metadata lookup panicked".into() })??;
+                tracing::debug!(partitions, "source partitions");
                 ensure_changelogs(&config, partitions).await?;
+                tracing::debug!("changelogs ready");
                 Some(StateEnv { config: config.clone(), writer: writer.clone(), listener: self.restore_listener.clone() })
             }
             _ => None,

@@ -196,17 +196,21 @@ pub struct Counter {
     pub store: StoreDef<String, u64>,
     pub last: Arc<Mutex<HashMap<String, u64>>>,
     pub handled: Arc<std::sync::atomic::AtomicU64>,
+    pub delay: Option<Duration>,
 }
 
 impl Default for Counter {
     fn default() -> Self {
-        Self { store: counts_store(), last: Arc::default(), handled: Arc::default() }
+        Self { store: counts_store(), last: Arc::default(), handled: Arc::default(), delay: None }
     }
 }
 
 impl Handler<String, String> for Counter {
     async fn handle(&self, r: Record<String, String>, ctx: &mut PartitionContext) -> Result<(), HandlerError> {
         let key = r.key.ok_or("record without key")?;
+        if let Some(d) = self.delay {
+            tokio::time::sleep(d).await;
+        }
         let mut store = ctx.store(&self.store)?;
         let n = store.get(&key)?.unwrap_or(0) + 1;
         store.put(&key, &n)?;
