@@ -274,8 +274,10 @@ impl ConsumerConfig {
     /// A consumer without a group, for reading changelogs and watermarks.
     pub(crate) fn restore_consumer(&self) -> ClientConfig {
         let mut c = self.base_client();
-        // No group.id: assign-only, nothing is committed, no group is joined.
-        c.set("enable.auto.commit", "false")
+        // librdkafka needs a group.id for assign(); the group is never joined (no
+        // subscribe) and nothing is committed to it.
+        c.set("group.id", format!("{}.restore", self.group_id))
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "earliest");

@@ -42,7 +42,12 @@ fn assert_counts(counter: &Counter, expected: &HashMap<String, u64>) {
 
 /// Data records (markers excluded) in a changelog partition.
 fn changelog_data_records(topic: &str, partition: i32) -> usize {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", common::bootstrap()).create().unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::bootstrap())
+        .set("group.id", common::unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
     let (_, high) = c.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
