@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kafka_stateful::codec::{Bincode, Json, Utf8};
-use kafka_stateful::{ConsumerConfig, Handler, HandlerError, PartitionContext, Record, StatefulConsumer, StoreDef};
+use kafka_stateful::{
+    ConsumerConfig, Handler, HandlerError, PartitionContext, Record, StatefulConsumer, StoreDef,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -36,13 +38,22 @@ struct CountViews {
 }
 
 impl Handler<String, PageView> for CountViews {
-    async fn handle(&self, record: Record<String, PageView>, ctx: &mut PartitionContext) -> Result<(), HandlerError> {
-        let Some(view) = record.value else { return Ok(()) };
+    async fn handle(
+        &self,
+        record: Record<String, PageView>,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), HandlerError> {
+        let Some(view) = record.value else {
+            return Ok(());
+        };
         let mut views = ctx.store(&self.views)?;
         let count = views.get(&view.user)?.unwrap_or(0) + 1;
         views.put(&view.user, &count)?;
         if self.handled.fetch_add(1, Ordering::Relaxed) % 1000 == 999 {
-            println!("partition {} offset {}: {} has {count} views", record.partition, record.offset, view.user);
+            println!(
+                "partition {} offset {}: {} has {count} views",
+                record.partition, record.offset, view.user
+            );
         }
         Ok(())
     }
@@ -83,14 +94,26 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 async fn fill(args: &Args) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &args.brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .create()?;
     // An existing topic is fine; other errors surface when producing.
-    let _ = admin.create_topics(&[NewTopic::new(&args.topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new()).await?;
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &args.brokers).create()?;
+    let _ = admin
+        .create_topics(
+            &[NewTopic::new(&args.topic, 4, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .create()?;
     let mut pending = Vec::new();
     for i in 0..args.produce {
         let user = format!("user-{}", i % 100);
-        let value = serde_json::to_vec(&PageView { user: user.clone(), page: format!("/page/{}", i % 7) })?;
+        let value = serde_json::to_vec(&PageView {
+            user: user.clone(),
+            page: format!("/page/{}", i % 7),
+        })?;
         let record = FutureRecord::to(&args.topic).key(&user).payload(&value);
         pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
     }
@@ -103,7 +126,12 @@ async fn fill(args: &Args) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,librdkafka=warn".into()),
+        )
+        .init();
     let args = parse_args()?;
     if args.produce > 0 {
         fill(&args).await?;
@@ -115,7 +143,15 @@ async fn main() -> anyhow::Result<()> {
         .store(&views)
         .build()?;
     let handled = Arc::new(AtomicU64::new(0));
-    let consumer = StatefulConsumer::new(config, Utf8, Json::<PageView>::new(), CountViews { views, handled: handled.clone() });
+    let consumer = StatefulConsumer::new(
+        config,
+        Utf8,
+        Json::<PageView>::new(),
+        CountViews {
+            views,
+            handled: handled.clone(),
+        },
+    );
     let stats = consumer.stats();
     let exit_when_idle = args.exit_when_idle;
     let shutdown = async move {
@@ -125,7 +161,12 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let s = stats.snapshot();
                 let idle = !s.partitions.is_empty()
-                    && s.partitions.values().all(|p| p.ready && p.queued == 0 && p.committed_next >= 0 && p.committed_next == p.durable_next);
+                    && s.partitions.values().all(|p| {
+                        p.ready
+                            && p.queued == 0
+                            && p.committed_next >= 0
+                            && p.committed_next == p.durable_next
+                    });
                 if idle && handled.load(Ordering::Relaxed) > 0 {
                     println!("idle: {s:#?}");
                     break;

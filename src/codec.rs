@@ -24,7 +24,10 @@ pub struct CodecError {
 impl CodecError {
     /// An error raised by the codec called `codec`; use this in your own codecs.
     pub fn new(codec: impl Into<String>, message: impl fmt::Display) -> Self {
-        Self { codec: codec.into(), message: message.to_string() }
+        Self {
+            codec: codec.into(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -206,7 +209,10 @@ mod tests {
 
     #[test]
     fn json_and_bincode_round_trip() {
-        let v = Visit { user: "ada".into(), pages: 3 };
+        let v = Visit {
+            user: "ada".into(),
+            pages: 3,
+        };
         let json = Json::<Visit>::new();
         assert_eq!(json.decode(&json.encode(&v).unwrap()).unwrap(), v);
         let bin = Bincode::<Visit>::new();
@@ -221,6 +227,9 @@ mod tests {
         assert!(err.to_string().starts_with("utf8 codec:"), "{err}");
         let mut bytes = Bincode::<u64>::new().encode(&7).unwrap();
         bytes.push(0);
-        assert!(Bincode::<u64>::new().decode(&bytes).is_err(), "trailing bytes are rejected");
+        assert!(
+            Bincode::<u64>::new().decode(&bytes).is_err(),
+            "trailing bytes are rejected"
+        );
     }
 }

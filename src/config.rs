@@ -165,22 +165,52 @@ pub struct ConsumerConfigBuilder {
 
 /// Keys the library sets itself: overriding them would break a guarantee.
 const OWNED_KEYS: &[(&str, &str)] = &[
-    ("enable.auto.commit", "offsets are committed only after a record's effects are durable"),
-    ("enable.auto.offset.store", "the library stores offsets only after processing"),
-    ("auto.commit.interval.ms", "use ConsumerConfigBuilder::commit_interval"),
+    (
+        "enable.auto.commit",
+        "offsets are committed only after a record's effects are durable",
+    ),
+    (
+        "enable.auto.offset.store",
+        "the library stores offsets only after processing",
+    ),
+    (
+        "auto.commit.interval.ms",
+        "use ConsumerConfigBuilder::commit_interval",
+    ),
     ("group.id", "use ConsumerConfig::builder"),
     ("group.instance.id", "use ConsumerConfigBuilder::membership"),
     ("bootstrap.servers", "use ConsumerConfig::builder"),
-    ("partition.assignment.strategy", "use ConsumerConfigBuilder::assignment"),
-    ("session.timeout.ms", "use ConsumerConfigBuilder::session_timeout"),
-    ("max.poll.interval.ms", "use ConsumerConfigBuilder::max_poll_interval"),
-    ("enable.partition.eof", "the poll loop relies on it being off"),
-    ("group.protocol", "the classic group protocol is required for static membership here"),
-    ("transactional.id", "changelog writes are not transactional; see the crate docs"),
+    (
+        "partition.assignment.strategy",
+        "use ConsumerConfigBuilder::assignment",
+    ),
+    (
+        "session.timeout.ms",
+        "use ConsumerConfigBuilder::session_timeout",
+    ),
+    (
+        "max.poll.interval.ms",
+        "use ConsumerConfigBuilder::max_poll_interval",
+    ),
+    (
+        "enable.partition.eof",
+        "the poll loop relies on it being off",
+    ),
+    (
+        "group.protocol",
+        "the classic group protocol is required for static membership here",
+    ),
+    (
+        "transactional.id",
+        "changelog writes are not transactional; see the crate docs",
+    ),
 ];
 
 fn is_secret(key: &str) -> bool {
-    key.contains("password") || key.contains("secret") || key.contains("jaas") || key.contains("key.pem")
+    key.contains("password")
+        || key.contains("secret")
+        || key.contains("jaas")
+        || key.contains("key.pem")
 }
 
 impl ConsumerConfig {
@@ -251,7 +281,10 @@ impl ConsumerConfig {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", self.assignment.rdkafka_name())
+            .set(
+                "partition.assignment.strategy",
+                self.assignment.rdkafka_name(),
+            )
             .set("session.timeout.ms", millis(self.session_timeout))
             .set("max.poll.interval.ms", millis(self.max_poll_interval));
         if let Some(id) = &self.instance_id {
@@ -267,7 +300,9 @@ impl ConsumerConfig {
     /// idempotence so retries neither duplicate nor reorder records.
     pub(crate) fn producer(&self) -> ClientConfig {
         let mut c = self.base_client();
-        c.set("acks", "all").set("enable.idempotence", "true").set("linger.ms", "5");
+        c.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5");
         c
     }
 
@@ -377,7 +412,10 @@ impl ConsumerConfigBuilder {
 
     /// Declares a store; handlers reach it with
     /// [`PartitionContext::store`](crate::PartitionContext::store).
-    pub fn store<K: Send + 'static, V: Send + 'static>(mut self, store: &crate::StoreDef<K, V>) -> Self {
+    pub fn store<K: Send + 'static, V: Send + 'static>(
+        mut self,
+        store: &crate::StoreDef<K, V>,
+    ) -> Self {
         self.config.stores.push(store.spec());
         self
     }
@@ -403,13 +441,17 @@ impl ConsumerConfigBuilder {
     /// A raw librdkafka property for the group consumer (fetch sizes, …). Properties that
     /// would break a guarantee are rejected by [`build`](Self::build).
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.config.consumer_overrides.push((key.into(), value.into()));
+        self.config
+            .consumer_overrides
+            .push((key.into(), value.into()));
         self
     }
 
     /// A raw librdkafka property for every client (security settings, …).
     pub fn set_all_clients(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.config.client_overrides.push((key.into(), value.into()));
+        self.config
+            .client_overrides
+            .push((key.into(), value.into()));
         self
     }
 
@@ -442,7 +484,11 @@ impl ConsumerConfigBuilder {
             Membership::Dynamic => None,
         };
         validate_ranges(&config)?;
-        for (key, value) in config.consumer_overrides.iter().chain(&config.client_overrides) {
+        for (key, value) in config
+            .consumer_overrides
+            .iter()
+            .chain(&config.client_overrides)
+        {
             check_override(key, value)?;
         }
         let mut names: Vec<&str> = config.stores.iter().map(|s| s.name.as_str()).collect();
@@ -451,14 +497,22 @@ impl ConsumerConfigBuilder {
             return Err(ConfigError::DuplicateStore(w[0].to_string()));
         }
         if !config.stores.is_empty() && config.state_dir.is_none() {
-            return Err(ConfigError::Empty("state_dir (required when stores are declared)"));
+            return Err(ConfigError::Empty(
+                "state_dir (required when stores are declared)",
+            ));
         }
         Ok(config)
     }
 }
 
 fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
-    let invalid = |name, value: String, reason| Err(ConfigError::Invalid { name, value, reason });
+    let invalid = |name, value: String, reason| {
+        Err(ConfigError::Invalid {
+            name,
+            value,
+            reason,
+        })
+    };
     if c.queue_capacity == 0 {
         return invalid("queue_capacity", "0".into(), "must be at least 1");
     }
@@ -466,7 +520,11 @@ fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
         return invalid("flush_max_records", "0".into(), "must be at least 1");
     }
     if c.session_timeout < Duration::from_secs(1) {
-        return invalid("session_timeout", format!("{:?}", c.session_timeout), "must be at least 1 s");
+        return invalid(
+            "session_timeout",
+            format!("{:?}", c.session_timeout),
+            "must be at least 1 s",
+        );
     }
     if c.max_poll_interval < c.session_timeout {
         return invalid(
@@ -486,7 +544,11 @@ fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
     }
     if let ErrorPolicy::DeadLetter(topic) = &c.error_policy {
         if topic.trim().is_empty() || c.topics.contains(topic) {
-            return invalid("dead letter topic", topic.clone(), "must be non-empty and not a source topic");
+            return invalid(
+                "dead letter topic",
+                topic.clone(),
+                "must be non-empty and not a source topic",
+            );
         }
     }
     Ok(())
@@ -495,11 +557,18 @@ fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
 fn check_override(key: &str, value: &str) -> Result<(), ConfigError> {
     if let Some((_, reason)) = OWNED_KEYS.iter().find(|(k, _)| *k == key) {
         // Setting a library-owned key to the value the library uses anyway is harmless.
-        let harmless = matches!((key, value), ("enable.auto.commit", "false") | ("enable.auto.offset.store", "false"));
+        let harmless = matches!(
+            (key, value),
+            ("enable.auto.commit", "false") | ("enable.auto.offset.store", "false")
+        );
         if !harmless {
             return Err(ConfigError::ForbiddenOverride {
                 key: key.to_string(),
-                value: if is_secret(key) { "***".into() } else { value.to_string() },
+                value: if is_secret(key) {
+                    "***".into()
+                } else {
+                    value.to_string()
+                },
                 reason,
             });
         }
@@ -564,16 +633,27 @@ mod tests {
         assert_eq!(rd.get("group.instance.id"), Some("i-0"));
         assert_eq!(rd.get("enable.auto.commit"), Some("false"));
         assert_eq!(rd.get("enable.auto.offset.store"), Some("false"));
-        assert_eq!(rd.get("partition.assignment.strategy"), Some("cooperative-sticky"));
+        assert_eq!(
+            rd.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
         assert_eq!(rd.get("session.timeout.ms"), Some("45000"));
     }
 
     #[test]
     fn auto_commit_override_is_rejected() {
-        let err = builder().set("enable.auto.commit", "true").build().unwrap_err();
-        assert!(matches!(err, ConfigError::ForbiddenOverride { ref key, .. } if key == "enable.auto.commit"));
+        let err = builder()
+            .set("enable.auto.commit", "true")
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::ForbiddenOverride { ref key, .. } if key == "enable.auto.commit")
+        );
         assert!(builder().set("enable.auto.commit", "false").build().is_ok());
-        let err = builder().set_all_clients("group.instance.id", "x").build().unwrap_err();
+        let err = builder()
+            .set_all_clients("group.instance.id", "x")
+            .build()
+            .unwrap_err();
         assert!(matches!(err, ConfigError::ForbiddenOverride { .. }));
         assert!(builder().set("fetch.max.bytes", "1048576").build().is_ok());
     }
@@ -581,19 +661,34 @@ mod tests {
     #[test]
     fn instance_id_from_env_is_required_unless_dynamic() {
         let var = "KAFKA_STATEFUL_TEST_UNSET_VAR";
-        let err = builder().membership(Membership::StaticFromEnv(var.into())).build().unwrap_err();
-        assert!(matches!(err, ConfigError::MissingInstanceIdEnv { .. }), "{err}");
+        let err = builder()
+            .membership(Membership::StaticFromEnv(var.into()))
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::MissingInstanceIdEnv { .. }),
+            "{err}"
+        );
         let c = builder().dynamic_membership().build().unwrap();
         assert_eq!(c.instance_id(), None);
         assert_eq!(c.group_consumer().get("group.instance.id"), None);
-        let c = builder().membership(Membership::StaticFromEnv("PATH".into())).build().unwrap();
+        let c = builder()
+            .membership(Membership::StaticFromEnv("PATH".into()))
+            .build()
+            .unwrap();
         assert!(c.instance_id().is_some());
     }
 
     #[test]
     fn invalid_values_are_rejected() {
-        assert!(ConsumerConfig::builder("", "g", ["t"]).instance_id("i").build().is_err());
-        assert!(ConsumerConfig::builder("b", "g", Vec::<String>::new()).instance_id("i").build().is_err());
+        assert!(ConsumerConfig::builder("", "g", ["t"])
+            .instance_id("i")
+            .build()
+            .is_err());
+        assert!(ConsumerConfig::builder("b", "g", Vec::<String>::new())
+            .instance_id("i")
+            .build()
+            .is_err());
         assert!(builder().queue_capacity(0).build().is_err());
         assert!(builder().instance_id(" ").build().is_err());
         assert!(builder()
@@ -601,12 +696,18 @@ mod tests {
             .max_poll_interval(Duration::from_secs(30))
             .build()
             .is_err());
-        assert!(builder().error_policy(ErrorPolicy::DeadLetter("t".into())).build().is_err());
+        assert!(builder()
+            .error_policy(ErrorPolicy::DeadLetter("t".into()))
+            .build()
+            .is_err());
     }
 
     #[test]
     fn debug_redacts_secrets() {
-        let c = builder().set_all_clients("sasl.password", "hunter2").build().unwrap();
+        let c = builder()
+            .set_all_clients("sasl.password", "hunter2")
+            .build()
+            .unwrap();
         let printed = format!("{c:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("sasl.password"));

@@ -67,7 +67,11 @@ impl fmt::Debug for PartitionContext {
 
 impl PartitionContext {
     pub(crate) fn new(topic: String, partition: i32, state: Option<PartitionState>) -> Self {
-        Self { topic, partition, state }
+        Self {
+            topic,
+            partition,
+            state,
+        }
     }
 
     /// The source topic.

@@ -16,7 +16,12 @@
 //! Modules follow that flow: [`config`] → `consumer` (poll loop, rebalance glue) →
 //! `partition` (router, worker, supervisor) → [`state`] (RocksDB, overlay, restore) →
 //! `changelog` → `offset`.
-#![warn(missing_docs, missing_debug_implementations, unreachable_pub, rustdoc::broken_intra_doc_links)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rustdoc::broken_intra_doc_links
+)]
 #![forbid(unsafe_code)]
 
 pub mod changelog;
@@ -32,8 +37,8 @@ pub mod state;
 
 pub use codec::{Codec, CodecError};
 pub use config::{
-    AssignmentStrategy, CloseBehavior, ConfigError, ConsumerConfig, ConsumerConfigBuilder, ErrorPolicy, Membership,
-    RetryPolicy,
+    AssignmentStrategy, CloseBehavior, ConfigError, ConsumerConfig, ConsumerConfigBuilder,
+    ErrorPolicy, Membership, RetryPolicy,
 };
 pub use consumer::StatefulConsumer;
 pub use error::{Error, Result};

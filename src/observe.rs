@@ -87,9 +87,13 @@ pub(crate) struct StatsInner {
 }
 
 impl StatsInner {
-    fn partitions(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), Arc<PartitionProgress>>> {
+    fn partitions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), Arc<PartitionProgress>>> {
         // A panic while holding this lock cannot leave the map inconsistent: use it anyway.
-        self.partitions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn partitions_insert(&self, tp: (String, i32), progress: Arc<PartitionProgress>) {

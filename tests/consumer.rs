@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{require_broker, Recorder, Running};
 use kafka_stateful::codec::Utf8;
 use kafka_stateful::{
-    AssignmentStrategy, CloseBehavior, ConsumerConfig, ConsumerConfigBuilder, Error, RebalanceListener,
-    StatefulConsumer,
+    AssignmentStrategy, CloseBehavior, ConsumerConfig, ConsumerConfigBuilder, Error,
+    RebalanceListener, StatefulConsumer,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -50,7 +50,10 @@ async fn every_record_is_handled_and_clean_shutdown_commits_end_offsets() {
     let c = config(&group, &topic).instance_id("all-0").build().unwrap();
     let running = Running::start(StatefulConsumer::new(c, Utf8, Utf8, recorder.clone()));
     let seen = recorder.seen.clone();
-    common::wait_until("all records handled", WAIT, || seen.lock().unwrap().len() >= 600).await;
+    common::wait_until("all records handled", WAIT, || {
+        seen.lock().unwrap().len() >= 600
+    })
+    .await;
     running.stop().await.unwrap();
 
     let seen = recorder.seen.lock().unwrap().clone();
@@ -58,10 +61,20 @@ async fn every_record_is_handled_and_clean_shutdown_commits_end_offsets() {
     assert_eq!(distinct.len(), 600, "every record handled");
     assert_eq!(seen.len(), 600, "none twice");
     for p in 0..3 {
-        let offsets: Vec<i64> = seen.iter().filter(|(q, _)| *q == p).map(|(_, o)| *o).collect();
-        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {p} handled in offset order");
+        let offsets: Vec<i64> = seen
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, o)| *o)
+            .collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {p} handled in offset order"
+        );
     }
-    assert_eq!(common::committed(&group, &topic, 3), common::end_offsets(&topic, 3));
+    assert_eq!(
+        common::committed(&group, &topic, 3),
+        common::end_offsets(&topic, 3)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -72,25 +85,54 @@ async fn failing_handler_never_commits_its_record_and_a_restart_resumes_there() 
     common::create_topic(&topic, 1).await;
     common::produce(&topic, &common::records(1, 5, 50)).await;
 
-    let poisoned = Recorder { fail_at: Some((0, 20)), ..Recorder::default() };
-    let c = config(&group, &topic).instance_id("fail-0").build().unwrap();
+    let poisoned = Recorder {
+        fail_at: Some((0, 20)),
+        ..Recorder::default()
+    };
+    let c = config(&group, &topic)
+        .instance_id("fail-0")
+        .build()
+        .unwrap();
     let running = Running::start(StatefulConsumer::new(c, Utf8, Utf8, poisoned.clone()));
-    let err = tokio::time::timeout(WAIT, running.join).await.unwrap().unwrap().unwrap_err();
+    let err = tokio::time::timeout(WAIT, running.join)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     match &err {
-        Error::Handler { topic: t, partition: 0, offset: 20, .. } => assert_eq!(t, &topic),
+        Error::Handler {
+            topic: t,
+            partition: 0,
+            offset: 20,
+            ..
+        } => assert_eq!(t, &topic),
         other => panic!("expected a handler error at offset 20, got {other}"),
     }
-    assert!(err.to_string().contains("@20"), "error names the offset: {err}");
-    assert_eq!(common::committed(&group, &topic, 1), vec![20], "records before 20 are committed, 20 is not");
+    assert!(
+        err.to_string().contains("@20"),
+        "error names the offset: {err}"
+    );
+    assert_eq!(
+        common::committed(&group, &topic, 1),
+        vec![20],
+        "records before 20 are committed, 20 is not"
+    );
     assert_eq!(poisoned.seen.lock().unwrap().len(), 20);
 
     let fixed = Recorder::default();
-    let c = config(&group, &topic).instance_id("fail-0").build().unwrap();
+    let c = config(&group, &topic)
+        .instance_id("fail-0")
+        .build()
+        .unwrap();
     let running = Running::start(StatefulConsumer::new(c, Utf8, Utf8, fixed.clone()));
     let seen = fixed.seen.clone();
     common::wait_until("rest handled", WAIT, || seen.lock().unwrap().len() >= 30).await;
     running.stop().await.unwrap();
-    assert_eq!(fixed.seen.lock().unwrap().first(), Some(&(0, 20)), "restart resumes at the failed record");
+    assert_eq!(
+        fixed.seen.lock().unwrap().first(),
+        Some(&(0, 20)),
+        "restart resumes at the failed record"
+    );
     assert_eq!(common::committed(&group, &topic, 1), vec![50]);
 }
 
@@ -99,14 +141,24 @@ async fn restart_scenario(dynamic: bool) -> (u64, Vec<i32>, Vec<i32>) {
     common::create_topic(&topic, 4).await;
     let build = |id: &str| {
         let b = config(&group, &topic).assignment(AssignmentStrategy::Range);
-        let b = if dynamic { b.dynamic_membership() } else { b.instance_id(id) };
+        let b = if dynamic {
+            b.dynamic_membership()
+        } else {
+            b.instance_id(id)
+        };
         b.build().unwrap()
     };
     let other_events = RebalanceCount::default();
     let other = Running::start(
-        StatefulConsumer::new(build("m-1"), Utf8, Utf8, Recorder::default()).with_rebalance_listener(other_events.clone()),
+        StatefulConsumer::new(build("m-1"), Utf8, Utf8, Recorder::default())
+            .with_rebalance_listener(other_events.clone()),
     );
-    let first = Running::start(StatefulConsumer::new(build("m-0"), Utf8, Utf8, Recorder::default()));
+    let first = Running::start(StatefulConsumer::new(
+        build("m-0"),
+        Utf8,
+        Utf8,
+        Recorder::default(),
+    ));
     common::wait_until("both members hold 2 partitions", WAIT, || {
         first.assigned().len() == 2 && other.assigned().len() == 2
     })
@@ -114,8 +166,16 @@ async fn restart_scenario(dynamic: bool) -> (u64, Vec<i32>, Vec<i32>) {
     let before = first.assigned();
     let events_before = other_events.0.load(Ordering::SeqCst);
     first.stop().await.unwrap();
-    let again = Running::start(StatefulConsumer::new(build("m-0"), Utf8, Utf8, Recorder::default()));
-    common::wait_until("restarted member holds 2 partitions", WAIT, || again.assigned().len() == 2).await;
+    let again = Running::start(StatefulConsumer::new(
+        build("m-0"),
+        Utf8,
+        Utf8,
+        Recorder::default(),
+    ));
+    common::wait_until("restarted member holds 2 partitions", WAIT, || {
+        again.assigned().len() == 2
+    })
+    .await;
     let after = again.assigned();
     let other_events_during_restart = other_events.0.load(Ordering::SeqCst) - events_before;
     again.stop().await.unwrap();
@@ -144,7 +204,10 @@ async fn handler_slower_than_max_poll_interval_pauses_only_its_partition() {
     common::create_topic(&topic, 2).await;
     common::produce(&topic, &common::records(2, 4, 400)).await;
     // Partition 0's handler takes 1.5 s per record: four records outlast max.poll.interval (6 s).
-    let recorder = Recorder { delay: Some((0, Duration::from_millis(1500))), ..Recorder::default() };
+    let recorder = Recorder {
+        delay: Some((0, Duration::from_millis(1500))),
+        ..Recorder::default()
+    };
     let c = config(&group, &topic)
         .instance_id("slow-0")
         .session_timeout(Duration::from_secs(6))
@@ -153,7 +216,10 @@ async fn handler_slower_than_max_poll_interval_pauses_only_its_partition() {
         .build()
         .unwrap();
     let events = RebalanceCount::default();
-    let running = Running::start(StatefulConsumer::new(c, Utf8, Utf8, recorder.clone()).with_rebalance_listener(events.clone()));
+    let running = Running::start(
+        StatefulConsumer::new(c, Utf8, Utf8, recorder.clone())
+            .with_rebalance_listener(events.clone()),
+    );
     let seen = recorder.seen.clone();
     common::wait_until("partition 1 fully handled", WAIT, || {
         seen.lock().unwrap().iter().filter(|(p, _)| *p == 1).count() == 200
@@ -162,14 +228,24 @@ async fn handler_slower_than_max_poll_interval_pauses_only_its_partition() {
     let snapshot = running.stats.snapshot();
     let p0 = &snapshot.partitions[&(topic.clone(), 0)];
     assert!(p0.paused, "the slow partition is paused");
-    assert!(p0.queued <= 10, "its queue stays within capacity: {}", p0.queued);
+    assert!(
+        p0.queued <= 10,
+        "its queue stays within capacity: {}",
+        p0.queued
+    );
     assert!(snapshot.pauses >= 1);
     // Outlast max.poll.interval while the slow handler runs, then check membership held.
-    common::wait_until("slow partition handled 6 records (9 s > max.poll.interval)", WAIT, || {
-        seen.lock().unwrap().iter().filter(|(p, _)| *p == 0).count() >= 6
-    })
+    common::wait_until(
+        "slow partition handled 6 records (9 s > max.poll.interval)",
+        WAIT,
+        || seen.lock().unwrap().iter().filter(|(p, _)| *p == 0).count() >= 6,
+    )
     .await;
-    assert_eq!(events.0.load(Ordering::SeqCst), 1, "one assignment, never kicked out and re-assigned");
+    assert_eq!(
+        events.0.load(Ordering::SeqCst),
+        1,
+        "one assignment, never kicked out and re-assigned"
+    );
     assert_eq!(running.assigned(), vec![0, 1]);
     running.stop().await.unwrap();
 }
@@ -183,16 +259,38 @@ async fn second_process_with_same_instance_id_fences_the_first() {
     common::produce(&topic, &common::records(2, 4, 100)).await;
     let first_seen = Recorder::default();
     let c = config(&group, &topic).instance_id("twin").build().unwrap();
-    let first = Running::start(StatefulConsumer::new(c.clone(), Utf8, Utf8, first_seen.clone()));
+    let first = Running::start(StatefulConsumer::new(
+        c.clone(),
+        Utf8,
+        Utf8,
+        first_seen.clone(),
+    ));
     let seen = first_seen.seen.clone();
-    common::wait_until("first member handled everything", WAIT, || seen.lock().unwrap().len() >= 100).await;
-    common::wait_until("first member committed", WAIT, || common::committed(&group, &topic, 2) == common::end_offsets(&topic, 2)).await;
+    common::wait_until("first member handled everything", WAIT, || {
+        seen.lock().unwrap().len() >= 100
+    })
+    .await;
+    common::wait_until("first member committed", WAIT, || {
+        common::committed(&group, &topic, 2) == common::end_offsets(&topic, 2)
+    })
+    .await;
 
     let second = Running::start(StatefulConsumer::new(c, Utf8, Utf8, Recorder::default()));
-    let err = tokio::time::timeout(WAIT, first.join).await.expect("first member stops").unwrap().unwrap_err();
-    assert!(matches!(&err, Error::Fenced { instance_id } if instance_id == "twin"), "{err}");
+    let err = tokio::time::timeout(WAIT, first.join)
+        .await
+        .expect("first member stops")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Fenced { instance_id } if instance_id == "twin"),
+        "{err}"
+    );
     assert!(err.to_string().contains("twin"));
-    assert_eq!(common::committed(&group, &topic, 2), common::end_offsets(&topic, 2), "nothing wrong committed");
+    assert_eq!(
+        common::committed(&group, &topic, 2),
+        common::end_offsets(&topic, 2),
+        "nothing wrong committed"
+    );
     second.stop().await.unwrap();
 }
 
@@ -202,25 +300,52 @@ async fn scale_out_moves_partitions_without_losing_records() {
     common::init_tracing();
     let (topic, group) = (common::unique("scale"), common::unique("g"));
     common::create_topic(&topic, 4).await;
-    let a = Recorder { delay: Some((0, Duration::from_millis(2))), ..Recorder::default() };
+    let a = Recorder {
+        delay: Some((0, Duration::from_millis(2))),
+        ..Recorder::default()
+    };
     let b = Recorder::default();
-    let build = |id: &str| config(&group, &topic).instance_id(id).assignment(AssignmentStrategy::CooperativeSticky).build().unwrap();
+    let build = |id: &str| {
+        config(&group, &topic)
+            .instance_id(id)
+            .assignment(AssignmentStrategy::CooperativeSticky)
+            .build()
+            .unwrap()
+    };
     let first = Running::start(StatefulConsumer::new(build("a"), Utf8, Utf8, a.clone()));
-    common::wait_until("first member owns all", WAIT, || first.assigned().len() == 4).await;
+    common::wait_until("first member owns all", WAIT, || {
+        first.assigned().len() == 4
+    })
+    .await;
     let records = common::records(4, 8, 2000);
     let (head, tail) = records.split_at(1000);
     common::produce(&topic, head).await;
     let second = Running::start(StatefulConsumer::new(build("b"), Utf8, Utf8, b.clone()));
-    common::wait_until("partitions split", WAIT, || first.assigned().len() == 2 && second.assigned().len() == 2).await;
+    common::wait_until("partitions split", WAIT, || {
+        first.assigned().len() == 2 && second.assigned().len() == 2
+    })
+    .await;
     common::produce(&topic, tail).await;
-    let total = || a.seen.lock().unwrap().iter().chain(b.seen.lock().unwrap().iter()).copied().collect::<BTreeSet<_>>().len();
+    let total = || {
+        a.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .chain(b.seen.lock().unwrap().iter())
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
     common::wait_until("all 2000 records handled", WAIT, || total() == 2000).await;
     first.stop().await.unwrap();
     second.stop().await.unwrap();
     let handled = a.seen.lock().unwrap().len() + b.seen.lock().unwrap().len();
     // Revoke commits synchronously after in-flight records finish: no duplicates at all.
     assert_eq!(handled, 2000, "duplicates: {}", handled - 2000);
-    assert_eq!(common::committed(&group, &topic, 4), common::end_offsets(&topic, 4));
+    assert_eq!(
+        common::committed(&group, &topic, 4),
+        common::end_offsets(&topic, 4)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -230,13 +355,36 @@ async fn leave_on_close_hands_partitions_over_at_once() {
     let (topic, group) = (common::unique("leave"), common::unique("g"));
     common::create_topic(&topic, 2).await;
     let build = |id: &str, close| {
-        config(&group, &topic).instance_id(id).session_timeout(Duration::from_secs(60)).close_behavior(close).build().unwrap()
+        config(&group, &topic)
+            .instance_id(id)
+            .session_timeout(Duration::from_secs(60))
+            .close_behavior(close)
+            .build()
+            .unwrap()
     };
-    let stay = Running::start(StatefulConsumer::new(build("s", CloseBehavior::KeepMembership), Utf8, Utf8, Recorder::default()));
-    let leave = Running::start(StatefulConsumer::new(build("l", CloseBehavior::LeaveGroup), Utf8, Utf8, Recorder::default()));
-    common::wait_until("split", WAIT, || stay.assigned().len() == 1 && leave.assigned().len() == 1).await;
+    let stay = Running::start(StatefulConsumer::new(
+        build("s", CloseBehavior::KeepMembership),
+        Utf8,
+        Utf8,
+        Recorder::default(),
+    ));
+    let leave = Running::start(StatefulConsumer::new(
+        build("l", CloseBehavior::LeaveGroup),
+        Utf8,
+        Utf8,
+        Recorder::default(),
+    ));
+    common::wait_until("split", WAIT, || {
+        stay.assigned().len() == 1 && leave.assigned().len() == 1
+    })
+    .await;
     leave.stop().await.unwrap();
     // With a 60 s session timeout, only an explicit LeaveGroup moves the partition this fast.
-    common::wait_until("remaining member owns both", Duration::from_secs(45), || stay.assigned().len() == 2).await;
+    common::wait_until(
+        "remaining member owns both",
+        Duration::from_secs(45),
+        || stay.assigned().len() == 2,
+    )
+    .await;
     stay.stop().await.unwrap();
 }

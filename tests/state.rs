@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use common::{require_broker, Counter, Running};
 use kafka_stateful::changelog::{changelog_topic, ChangelogError};
 use kafka_stateful::codec::Utf8;
-use kafka_stateful::{CloseBehavior, ConsumerConfig, ConsumerConfigBuilder, Error, StateError, StatefulConsumer};
+use kafka_stateful::{
+    CloseBehavior, ConsumerConfig, ConsumerConfigBuilder, Error, StateError, StatefulConsumer,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -48,9 +50,12 @@ fn changelog_data_records(topic: &str, partition: i32) -> usize {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let (_, high) = c.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap();
+    let (_, high) = c
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .unwrap();
     c.assign(&tpl).unwrap();
     let (mut data, mut next) = (0, 0);
     let deadline = Instant::now() + WAIT;
@@ -70,13 +75,20 @@ fn changelog_data_records(topic: &str, partition: i32) -> usize {
 async fn static_restart_with_intact_state_restores_zero_changelog_records() {
     require_broker!();
     common::init_tracing();
-    let (topic, group, dir) = (common::unique("restart"), common::unique("g"), tempfile::tempdir().unwrap());
+    let (topic, group, dir) = (
+        common::unique("restart"),
+        common::unique("g"),
+        tempfile::tempdir().unwrap(),
+    );
     common::create_topic(&topic, 2).await;
     let first_batch = common::records(2, 10, 300);
     common::produce(&topic, &first_batch).await;
     let counter = Counter::default();
     let running = Running::start(StatefulConsumer::new(
-        config(&group, &topic, dir.path(), &counter).instance_id("r-0").build().unwrap(),
+        config(&group, &topic, dir.path(), &counter)
+            .instance_id("r-0")
+            .build()
+            .unwrap(),
         Utf8,
         Utf8,
         counter.clone(),
@@ -88,21 +100,31 @@ async fn static_restart_with_intact_state_restores_zero_changelog_records() {
     common::produce(&topic, &second_batch).await;
     let counter2 = Counter::default();
     let running = Running::start(StatefulConsumer::new(
-        config(&group, &topic, dir.path(), &counter2).instance_id("r-0").build().unwrap(),
+        config(&group, &topic, dir.path(), &counter2)
+            .instance_id("r-0")
+            .build()
+            .unwrap(),
         Utf8,
         Utf8,
         counter2.clone(),
     ));
     common::wait_until("second batch counted", WAIT, || handled(&counter2) == 200).await;
     let snapshot = running.stats.snapshot();
-    let restored: u64 = snapshot.partitions.values().map(|p| p.restored_records).sum();
+    let restored: u64 = snapshot
+        .partitions
+        .values()
+        .map(|p| p.restored_records)
+        .sum();
     println!("changelog records restored after static restart: {restored}");
     assert_eq!(snapshot.partitions.len(), 2, "same partitions back");
     assert_eq!(restored, 0, "intact local state: nothing replayed");
     running.stop().await.unwrap();
     let all: Vec<_> = first_batch.iter().chain(&second_batch).cloned().collect();
     assert_counts(&counter2, &common::expected_counts(&all));
-    assert_eq!(common::committed(&group, &topic, 2), common::end_offsets(&topic, 2));
+    assert_eq!(
+        common::committed(&group, &topic, 2),
+        common::end_offsets(&topic, 2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -134,14 +156,20 @@ async fn moved_partition_is_rebuilt_from_the_changelog_on_an_empty_state_dir() {
     common::produce(&topic, &second).await;
     let b = Counter::default();
     let running = Running::start(StatefulConsumer::new(
-        config(&group, &topic, dir_b.path(), &b).instance_id("b").build().unwrap(),
+        config(&group, &topic, dir_b.path(), &b)
+            .instance_id("b")
+            .build()
+            .unwrap(),
         Utf8,
         Utf8,
         b.clone(),
     ));
     common::wait_until("owner B counted", WAIT, || handled(&b) == 50).await;
     let p = running.stats.snapshot().partitions[&(topic.clone(), 0)].clone();
-    println!("full restore: {} changelog records at {:.0} records/s", p.restored_records, p.restore_rate);
+    println!(
+        "full restore: {} changelog records at {:.0} records/s",
+        p.restored_records, p.restore_rate
+    );
     assert!(p.restored_records > 0, "B replayed the changelog");
     running.stop().await.unwrap();
     let all: Vec<_> = first.iter().chain(&second).cloned().collect();
@@ -152,9 +180,15 @@ async fn moved_partition_is_rebuilt_from_the_changelog_on_an_empty_state_dir() {
 async fn many_updates_to_one_key_between_flushes_write_one_changelog_record() {
     require_broker!();
     common::init_tracing();
-    let (topic, group, dir) = (common::unique("combine"), common::unique("g"), tempfile::tempdir().unwrap());
+    let (topic, group, dir) = (
+        common::unique("combine"),
+        common::unique("g"),
+        tempfile::tempdir().unwrap(),
+    );
     common::create_topic(&topic, 1).await;
-    let records: Vec<_> = (0..100).map(|i| (0, "hot".to_string(), i.to_string())).collect();
+    let records: Vec<_> = (0..100)
+        .map(|i| (0, "hot".to_string(), i.to_string()))
+        .collect();
     common::produce(&topic, &records).await;
     let counter = Counter::default();
     let running = Running::start(StatefulConsumer::new(
@@ -170,7 +204,10 @@ async fn many_updates_to_one_key_between_flushes_write_one_changelog_record() {
     ));
     common::wait_until("100 updates", WAIT, || handled(&counter) == 100).await;
     running.stop().await.unwrap(); // the shutdown flush
-    assert_eq!(changelog_data_records(&changelog_topic(&group, "counts"), 0), 1);
+    assert_eq!(
+        changelog_data_records(&changelog_topic(&group, "counts"), 0),
+        1
+    );
     assert_counts(&counter, &HashMap::from([("hot".to_string(), 100)]));
 }
 
@@ -178,12 +215,26 @@ async fn many_updates_to_one_key_between_flushes_write_one_changelog_record() {
 async fn recreated_changelog_topic_wipes_local_state_and_rebuilds() {
     require_broker!();
     common::init_tracing();
-    let (topic, group, dir) = (common::unique("recreate"), common::unique("g"), tempfile::tempdir().unwrap());
+    let (topic, group, dir) = (
+        common::unique("recreate"),
+        common::unique("g"),
+        tempfile::tempdir().unwrap(),
+    );
     common::create_topic(&topic, 1).await;
     common::produce(&topic, &common::records(1, 5, 100)).await;
     let counter = Counter::default();
-    let build = |c: &Counter| config(&group, &topic, dir.path(), c).instance_id("w-0").build().unwrap();
-    let running = Running::start(StatefulConsumer::new(build(&counter), Utf8, Utf8, counter.clone()));
+    let build = |c: &Counter| {
+        config(&group, &topic, dir.path(), c)
+            .instance_id("w-0")
+            .build()
+            .unwrap()
+    };
+    let running = Running::start(StatefulConsumer::new(
+        build(&counter),
+        Utf8,
+        Utf8,
+        counter.clone(),
+    ));
     common::wait_until("counted", WAIT, || handled(&counter) == 100).await;
     running.stop().await.unwrap();
 
@@ -193,7 +244,12 @@ async fn recreated_changelog_topic_wipes_local_state_and_rebuilds() {
     let later = common::records(1, 5, 10);
     common::produce(&topic, &later).await;
     let counter2 = Counter::default();
-    let running = Running::start(StatefulConsumer::new(build(&counter2), Utf8, Utf8, counter2.clone()));
+    let running = Running::start(StatefulConsumer::new(
+        build(&counter2),
+        Utf8,
+        Utf8,
+        counter2.clone(),
+    ));
     common::wait_until("new records counted", WAIT, || handled(&counter2) == 10).await;
     running.stop().await.unwrap();
     // The local checkpoint pointed past the new, empty changelog: the state was wiped and
@@ -204,14 +260,31 @@ async fn recreated_changelog_topic_wipes_local_state_and_rebuilds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changelog_with_wrong_partition_count_is_a_clear_error() {
     require_broker!();
-    let (topic, group, dir) = (common::unique("wrongpc"), common::unique("g"), tempfile::tempdir().unwrap());
+    let (topic, group, dir) = (
+        common::unique("wrongpc"),
+        common::unique("g"),
+        tempfile::tempdir().unwrap(),
+    );
     common::create_topic(&topic, 2).await;
     common::create_topic(&changelog_topic(&group, "counts"), 3).await;
     let counter = Counter::default();
-    let c = config(&group, &topic, dir.path(), &counter).instance_id("x").build().unwrap();
-    let err = StatefulConsumer::new(c, Utf8, Utf8, counter).run(std::future::pending()).await.unwrap_err();
+    let c = config(&group, &topic, dir.path(), &counter)
+        .instance_id("x")
+        .build()
+        .unwrap();
+    let err = StatefulConsumer::new(c, Utf8, Utf8, counter)
+        .run(std::future::pending())
+        .await
+        .unwrap_err();
     assert!(
-        matches!(&err, Error::Changelog(ChangelogError::PartitionMismatch { expected: 2, found: 3, .. })),
+        matches!(
+            &err,
+            Error::Changelog(ChangelogError::PartitionMismatch {
+                expected: 2,
+                found: 3,
+                ..
+            })
+        ),
         "{err}"
     );
 }
@@ -219,16 +292,29 @@ async fn changelog_with_wrong_partition_count_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn state_dir_locked_by_another_process_is_a_clear_error() {
     require_broker!();
-    let (topic, group, dir) = (common::unique("locked"), common::unique("g"), tempfile::tempdir().unwrap());
+    let (topic, group, dir) = (
+        common::unique("locked"),
+        common::unique("g"),
+        tempfile::tempdir().unwrap(),
+    );
     common::create_topic(&topic, 1).await;
     let partition_dir = dir.path().join(&group).join(format!("{topic}-0"));
     let _held = rocksdb::DB::open_default(&partition_dir).unwrap();
     let counter = Counter::default();
-    let c = config(&group, &topic, dir.path(), &counter).instance_id("l").build().unwrap();
-    let result = tokio::time::timeout(WAIT, StatefulConsumer::new(c, Utf8, Utf8, counter).run(std::future::pending()))
-        .await
-        .expect("run ends with the lock error instead of hanging");
+    let c = config(&group, &topic, dir.path(), &counter)
+        .instance_id("l")
+        .build()
+        .unwrap();
+    let result = tokio::time::timeout(
+        WAIT,
+        StatefulConsumer::new(c, Utf8, Utf8, counter).run(std::future::pending()),
+    )
+    .await
+    .expect("run ends with the lock error instead of hanging");
     let err = result.unwrap_err();
-    assert!(matches!(&err, Error::State(StateError::Locked { .. })), "{err}");
+    assert!(
+        matches!(&err, Error::State(StateError::Locked { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("locked"), "{err}");
 }

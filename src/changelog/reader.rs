@@ -29,14 +29,24 @@ pub(crate) struct ChangelogReader {
 
 impl ChangelogReader {
     pub(crate) fn new(config: &ConsumerConfig) -> Result<Self, rdkafka::error::KafkaError> {
-        Ok(Self { consumer: config.restore_consumer().create()? })
+        Ok(Self {
+            consumer: config.restore_consumer().create()?,
+        })
     }
 
-    pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<Watermarks, ChangelogError> {
+    pub(crate) fn watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Watermarks, ChangelogError> {
         let (low, high) = self
             .consumer
             .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
-            .map_err(|source| ChangelogError::Read { topic: topic.to_string(), partition, source })?;
+            .map_err(|source| ChangelogError::Read {
+                topic: topic.to_string(),
+                partition,
+                source,
+            })?;
         Ok(Watermarks { low, high })
     }
 
@@ -55,13 +65,20 @@ impl ChangelogReader {
         F: FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
         E: From<ChangelogError>,
     {
-        let read_err = |source| ChangelogError::Read { topic: topic.to_string(), partition, source };
+        let read_err = |source| ChangelogError::Read {
+            topic: topic.to_string(),
+            partition,
+            source,
+        };
         if from >= to {
             return Ok(true);
         }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(from)).map_err(|e| E::from(read_err(e)))?;
-        self.consumer.assign(&tpl).map_err(|e| E::from(read_err(e)))?;
+        tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+            .map_err(|e| E::from(read_err(e)))?;
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| E::from(read_err(e)))?;
         let mut next = from;
         let mut last_progress = Instant::now();
         while next < to {
@@ -95,5 +112,9 @@ impl ChangelogReader {
 /// A header's value as decimal text.
 pub(crate) fn header_str<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
     let headers = msg.headers()?;
-    headers.iter().find(|h| h.key == name).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
 }

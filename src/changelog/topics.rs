@@ -19,11 +19,21 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// allows auto-creation, and brokers with auto-creation on would create the topic with the
 /// default partition count instead of answering "unknown".
 fn partition_count(config: &ConsumerConfig, topic: &str) -> Result<Option<usize>, ChangelogError> {
-    let admin_err = |source| ChangelogError::Admin { topic: topic.to_string(), source };
-    let client: BaseConsumer = config.admin().set("allow.auto.create.topics", "false").create().map_err(admin_err)?;
+    let admin_err = |source| ChangelogError::Admin {
+        topic: topic.to_string(),
+        source,
+    };
+    let client: BaseConsumer = config
+        .admin()
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .map_err(admin_err)?;
     let metadata = client
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map_err(|source| ChangelogError::Admin { topic: topic.to_string(), source })?;
+        .map_err(|source| ChangelogError::Admin {
+            topic: topic.to_string(),
+            source,
+        })?;
     Ok(metadata
         .topics()
         .iter()
@@ -32,19 +42,33 @@ fn partition_count(config: &ConsumerConfig, topic: &str) -> Result<Option<usize>
         .map(|t| t.partitions().len()))
 }
 
-fn admin_client(config: &ConsumerConfig, topic: &str) -> Result<AdminClient<DefaultClientContext>, ChangelogError> {
-    config.admin().create().map_err(|source| ChangelogError::Admin { topic: topic.to_string(), source })
+fn admin_client(
+    config: &ConsumerConfig,
+    topic: &str,
+) -> Result<AdminClient<DefaultClientContext>, ChangelogError> {
+    config
+        .admin()
+        .create()
+        .map_err(|source| ChangelogError::Admin {
+            topic: topic.to_string(),
+            source,
+        })
 }
 
 /// Partition count of the (single) source topic of a stateful consumer.
 pub(crate) fn source_partition_count(config: &ConsumerConfig) -> Result<usize, ChangelogError> {
     let topic = &config.topics[0];
-    partition_count(config, topic)?.ok_or_else(|| ChangelogError::SourceTopicMissing { topic: topic.clone() })
+    partition_count(config, topic)?.ok_or_else(|| ChangelogError::SourceTopicMissing {
+        topic: topic.clone(),
+    })
 }
 
 /// Creates missing changelog topics (compacted, `partitions` partitions) and verifies the
 /// partition count of existing ones.
-pub(crate) async fn ensure_changelogs(config: &ConsumerConfig, partitions: usize) -> Result<(), ChangelogError> {
+pub(crate) async fn ensure_changelogs(
+    config: &ConsumerConfig,
+    partitions: usize,
+) -> Result<(), ChangelogError> {
     for store in &config.stores {
         let topic = changelog_topic(&config.group_id, &store.name);
         let admin = admin_client(config, &topic)?;
@@ -57,7 +81,11 @@ pub(crate) async fn ensure_changelogs(config: &ConsumerConfig, partitions: usize
         match partition_count(config, &topic)? {
             Some(found) if found == partitions => {}
             Some(found) => {
-                return Err(ChangelogError::PartitionMismatch { topic, expected: partitions, found })
+                return Err(ChangelogError::PartitionMismatch {
+                    topic,
+                    expected: partitions,
+                    found,
+                })
             }
             None => {
                 return Err(ChangelogError::Admin {
@@ -77,12 +105,19 @@ async fn create(
     partitions: usize,
 ) -> Result<(), ChangelogError> {
     let replication = config.changelog_replication;
-    let admin_err = |source| ChangelogError::Admin { topic: topic.to_string(), source };
-    let partitions = i32::try_from(partitions).map_err(|_| admin_err(KafkaError::AdminOpCreation("too many partitions".into())))?;
+    let admin_err = |source| ChangelogError::Admin {
+        topic: topic.to_string(),
+        source,
+    };
+    let partitions = i32::try_from(partitions)
+        .map_err(|_| admin_err(KafkaError::AdminOpCreation("too many partitions".into())))?;
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
         .set("cleanup.policy", "compact");
     let results = admin
-        .create_topics([&new_topic], &AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT)))
+        .create_topics(
+            [&new_topic],
+            &AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT)),
+        )
         .await
         .map_err(admin_err)?;
     for result in results {
@@ -96,7 +131,9 @@ async fn create(
     let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
     while partition_count(config, topic)?.is_none() {
         if std::time::Instant::now() > deadline {
-            return Err(admin_err(KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition)));
+            return Err(admin_err(KafkaError::AdminOp(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -45,14 +45,22 @@ impl ChangelogWriter {
     ///
     /// # Errors
     /// The first record that was not acknowledged.
-    pub(crate) async fn send_all(&self, records: Vec<OutRecord>) -> Result<Vec<i64>, ChangelogError> {
+    pub(crate) async fn send_all(
+        &self,
+        records: Vec<OutRecord>,
+    ) -> Result<Vec<i64>, ChangelogError> {
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
-                headers = headers.insert(Header { key, value: Some(value) });
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
             }
-            let mut future_record = FutureRecord::to(&record.topic).partition(record.partition).headers(headers);
+            let mut future_record = FutureRecord::to(&record.topic)
+                .partition(record.partition)
+                .headers(headers);
             if let Some(key) = &record.key {
                 future_record = future_record.key(key);
             }

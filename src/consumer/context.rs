@@ -28,8 +28,16 @@ where
     VC: Codec,
     H: Handler<KC::Item, VC::Item>,
 {
-    pub(crate) fn new(supervisor: Supervisor<KC, VC, H>, listener: Arc<dyn RebalanceListener>, stats: Arc<StatsInner>) -> Self {
-        Self { supervisor: Mutex::new(supervisor), listener, stats }
+    pub(crate) fn new(
+        supervisor: Supervisor<KC, VC, H>,
+        listener: Arc<dyn RebalanceListener>,
+        stats: Arc<StatsInner>,
+    ) -> Self {
+        Self {
+            supervisor: Mutex::new(supervisor),
+            listener,
+            stats,
+        }
     }
 
     pub(crate) fn stats_inner(&self) -> &StatsInner {
@@ -38,12 +46,17 @@ where
 
     /// Never hold this across `consumer.poll()`: the callbacks lock it too.
     pub(crate) fn supervisor(&self) -> MutexGuard<'_, Supervisor<KC, VC, H>> {
-        self.supervisor.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.supervisor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 pub(crate) fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
-    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 /// Commits the durable offsets of `partitions` that moved since their last commit.
@@ -66,7 +79,9 @@ pub(crate) fn commit<C: ConsumerContext>(
     consumer.commit(&tpl, mode)?;
     if matches!(mode, CommitMode::Sync) {
         for (progress, next) in sent {
-            progress.committed_next.fetch_max(next, std::sync::atomic::Ordering::AcqRel);
+            progress
+                .committed_next
+                .fetch_max(next, std::sync::atomic::Ordering::AcqRel);
         }
         tracing::debug!(offsets = ?tpl, "committed");
     }
@@ -76,11 +91,16 @@ pub(crate) fn commit<C: ConsumerContext>(
 impl<KC: Codec, VC: Codec, H: Send + Sync + 'static> ClientContext for LoopContext<KC, VC, H> {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
                 tracing::error!(target: "librdkafka", fac, "{log_message}")
             }
             RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{log_message}")
+            }
             RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
         }
     }
@@ -101,7 +121,11 @@ where
                 let lost = consumer.assignment_lost();
                 let _span = tracing::info_span!("revoke", ?partitions, lost).entered();
                 // Lost partitions (session expired) may already belong to another member.
-                let mode = if lost { StopMode::Abort } else { StopMode::Graceful };
+                let mode = if lost {
+                    StopMode::Abort
+                } else {
+                    StopMode::Graceful
+                };
                 let stopped = self.supervisor().stop(&partitions, mode);
                 if !lost {
                     if let Err(error) = commit(consumer, &stopped, CommitMode::Sync) {
@@ -130,14 +154,20 @@ where
         match result {
             Ok(()) => {
                 for e in offsets.elements() {
-                    if let (Offset::Offset(next), Some(progress)) =
-                        (e.offset(), self.stats.progress_of(&(e.topic().to_string(), e.partition())))
-                    {
-                        progress.committed_next.fetch_max(next, std::sync::atomic::Ordering::AcqRel);
+                    if let (Offset::Offset(next), Some(progress)) = (
+                        e.offset(),
+                        self.stats
+                            .progress_of(&(e.topic().to_string(), e.partition())),
+                    ) {
+                        progress
+                            .committed_next
+                            .fetch_max(next, std::sync::atomic::Ordering::AcqRel);
                     }
                 }
             }
-            Err(error) => tracing::warn!(%error, "offset commit failed; retried on the next interval"),
+            Err(error) => {
+                tracing::warn!(%error, "offset commit failed; retried on the next interval")
+            }
         }
     }
 }

@@ -55,7 +55,9 @@ pub struct StatefulConsumer<KC: Codec, VC: Codec, H> {
 
 impl<KC: Codec, VC: Codec, H> std::fmt::Debug for StatefulConsumer<KC, VC, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StatefulConsumer").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("StatefulConsumer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -106,17 +108,28 @@ where
         let config = self.config.clone();
         let needs_producer =
             !config.stores.is_empty() || matches!(config.error_policy, ErrorPolicy::DeadLetter(_));
-        let producer = if needs_producer { Some(ChangelogWriter::new(config.producer().create()?)) } else { None };
+        let producer = if needs_producer {
+            Some(ChangelogWriter::new(config.producer().create()?))
+        } else {
+            None
+        };
         let state_env = match (&producer, config.stores.is_empty()) {
             (Some(writer), false) => {
                 let c = config.clone();
                 let partitions = tokio::task::spawn_blocking(move || source_partition_count(&c))
                     .await
-                    .map_err(|_| Error::Fatal { code: "Panic".into(), reason: "metadata lookup panicked".into() })??;
+                    .map_err(|_| Error::Fatal {
+                        code: "Panic".into(),
+                        reason: "metadata lookup panicked".into(),
+                    })??;
                 tracing::debug!(partitions, "source partitions");
                 ensure_changelogs(&config, partitions).await?;
                 tracing::debug!("changelogs ready");
-                Some(StateEnv { config: config.clone(), writer: writer.clone(), listener: self.restore_listener.clone() })
+                Some(StateEnv {
+                    config: config.clone(),
+                    writer: writer.clone(),
+                    listener: self.restore_listener.clone(),
+                })
             }
             _ => None,
         };
@@ -132,20 +145,32 @@ where
             failures: failures_tx,
         });
         let supervisor = Supervisor::new(shared, tokio::runtime::Handle::current());
-        let context = LoopContext::new(supervisor, self.rebalance_listener.clone(), self.stats.inner.clone());
+        let context = LoopContext::new(
+            supervisor,
+            self.rebalance_listener.clone(),
+            self.stats.inner.clone(),
+        );
         let consumer: BaseConsumer<_> = config.group_consumer().create_with_context(context)?;
 
         let stop = CancellationToken::new();
         // If this future is dropped, the poll loop still stops and closes cleanly.
         let _stop_on_drop = stop.clone().drop_guard();
-        let poll_loop = PollLoop { consumer, config: config.clone(), shutdown: stop.clone(), failures: failures_rx };
+        let poll_loop = PollLoop {
+            consumer,
+            config: config.clone(),
+            shutdown: stop.clone(),
+            failures: failures_rx,
+        };
         let (done_tx, mut done_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("kafka-stateful-poll".into())
             .spawn(move || {
                 let _ = done_tx.send(poll_loop.run());
             })
-            .map_err(|e| Error::Fatal { code: "Thread".into(), reason: e.to_string() })?;
+            .map_err(|e| Error::Fatal {
+                code: "Thread".into(),
+                reason: e.to_string(),
+            })?;
 
         tokio::pin!(shutdown);
         let result = tokio::select! {
@@ -157,6 +182,11 @@ where
             }
         };
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        result.unwrap_or_else(|_| Err(Error::Fatal { code: "Panic".into(), reason: "poll loop panicked".into() }))
+        result.unwrap_or_else(|_| {
+            Err(Error::Fatal {
+                code: "Panic".into(),
+                reason: "poll loop panicked".into(),
+            })
+        })
     }
 }

@@ -105,7 +105,10 @@ where
         }
         if to_pause.count() > 0 {
             tracing::debug!(partitions = ?to_pause, "queue full: pausing");
-            self.consumer.context().stats_inner().pauses.fetch_add(to_pause.count() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.consumer.context().stats_inner().pauses.fetch_add(
+                to_pause.count() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             if let Err(error) = self.consumer.pause(&to_pause) {
                 tracing::warn!(%error, "pause failed; records are kept in the overflow");
             }
@@ -130,7 +133,10 @@ where
     fn commit_all(&self, mode: CommitMode) {
         let progress: Vec<_> = {
             let supervisor = self.consumer.context().supervisor();
-            supervisor.progress().map(|(tp, p)| (tp.clone(), p.clone())).collect()
+            supervisor
+                .progress()
+                .map(|(tp, p)| (tp.clone(), p.clone()))
+                .collect()
         };
         if let Err(error) = commit(&self.consumer, &progress, mode) {
             tracing::warn!(%error, "offset commit failed");
@@ -144,7 +150,10 @@ where
             Some((RDKafkaErrorCode::FencedInstanceId, _)) => Err(Error::Fenced {
                 instance_id: self.config.instance_id.clone().unwrap_or_default(),
             }),
-            Some((code, reason)) => Err(Error::Fatal { code: format!("{code:?}"), reason }),
+            Some((code, reason)) => Err(Error::Fatal {
+                code: format!("{code:?}"),
+                reason,
+            }),
         }
     }
 
@@ -155,14 +164,21 @@ where
             // Fenced: another process owns our identity and maybe our partitions. Write
             // nothing more on their behalf: no flush, no commit.
             let all = self.consumer.context().supervisor().assigned();
-            self.consumer.context().supervisor().stop(&all, StopMode::Abort);
+            self.consumer
+                .context()
+                .supervisor()
+                .stop(&all, StopMode::Abort);
             return;
         }
         if self.config.close == CloseBehavior::LeaveGroup {
             self.leave_group();
         }
         let all = self.consumer.context().supervisor().assigned();
-        let stopped = self.consumer.context().supervisor().stop(&all, StopMode::Graceful);
+        let stopped = self
+            .consumer
+            .context()
+            .supervisor()
+            .stop(&all, StopMode::Graceful);
         if let Err(error) = commit(&self.consumer, &stopped, CommitMode::Sync) {
             tracing::warn!(%error, "final commit failed");
         }
@@ -175,7 +191,9 @@ where
     fn leave_group(&self) {
         self.consumer.unsubscribe();
         let deadline = Instant::now() + self.config.revoke_timeout + Duration::from_secs(30);
-        while !self.consumer.context().supervisor().assigned().is_empty() && Instant::now() < deadline {
+        while !self.consumer.context().supervisor().assigned().is_empty()
+            && Instant::now() < deadline
+        {
             let _ = self.consumer.poll(POLL_TIMEOUT);
         }
     }

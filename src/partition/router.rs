@@ -30,13 +30,28 @@ pub(crate) struct Router<M> {
 
 impl<M> Router<M> {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { lanes: HashMap::new(), capacity }
+        Self {
+            lanes: HashMap::new(),
+            capacity,
+        }
     }
 
     /// Opens a lane for an assigned partition; returns the worker's end of its queue.
-    pub(crate) fn open(&mut self, tp: TopicPartition, progress: Arc<PartitionProgress>) -> mpsc::Receiver<M> {
+    pub(crate) fn open(
+        &mut self,
+        tp: TopicPartition,
+        progress: Arc<PartitionProgress>,
+    ) -> mpsc::Receiver<M> {
         let (tx, rx) = mpsc::channel(self.capacity);
-        self.lanes.insert(tp, Lane { tx, overflow: VecDeque::new(), paused: false, progress });
+        self.lanes.insert(
+            tp,
+            Lane {
+                tx,
+                overflow: VecDeque::new(),
+                paused: false,
+                progress,
+            },
+        );
         rx
     }
 
@@ -132,7 +147,11 @@ mod tests {
         assert_eq!(router.route(&tp(0), 1), None);
         assert_eq!(router.route(&tp(0), 2), None);
         assert_eq!(router.route(&tp(0), 3), Some(tp(0)), "third record pauses");
-        assert_eq!(router.route(&tp(0), 4), None, "already paused: no second pause");
+        assert_eq!(
+            router.route(&tp(0), 4),
+            None,
+            "already paused: no second pause"
+        );
         assert_eq!(router.overflow_len(), 2);
 
         // Nothing was drained yet: no resume.

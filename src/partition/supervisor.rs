@@ -51,7 +51,12 @@ where
     H: Handler<KC::Item, VC::Item>,
 {
     pub(crate) fn new(shared: Arc<Shared<KC, VC, H>>, runtime: Handle) -> Self {
-        Self { router: Router::new(shared.config.queue_capacity), workers: HashMap::new(), shared, runtime }
+        Self {
+            router: Router::new(shared.config.queue_capacity),
+            workers: HashMap::new(),
+            shared,
+            runtime,
+        }
     }
 
     /// Starts workers for newly assigned partitions (already running ones are kept).
@@ -63,17 +68,38 @@ where
             let progress = Arc::new(PartitionProgress::default());
             let rx = self.router.open(tp.clone(), progress.clone());
             let stop = CancellationToken::new();
-            let worker = Worker::new(self.shared.clone(), tp.clone(), progress.clone(), stop.clone());
+            let worker = Worker::new(
+                self.shared.clone(),
+                tp.clone(),
+                progress.clone(),
+                stop.clone(),
+            );
             let join = self.runtime.spawn(worker.run(rx));
-            self.shared.stats.partitions_insert(tp.clone(), progress.clone());
-            self.workers.insert(tp.clone(), WorkerHandle { stop, join, progress });
+            self.shared
+                .stats
+                .partitions_insert(tp.clone(), progress.clone());
+            self.workers.insert(
+                tp.clone(),
+                WorkerHandle {
+                    stop,
+                    join,
+                    progress,
+                },
+            );
         }
-        self.shared.stats.assigned.fetch_add(partitions.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.shared.stats.assigned.fetch_add(
+            partitions.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Stops the workers of `partitions` (all of them in parallel) and waits for them.
     /// Returns the partitions' progress, for the final commit.
-    pub(crate) fn stop(&mut self, partitions: &[TopicPartition], mode: StopMode) -> Vec<(TopicPartition, Arc<PartitionProgress>)> {
+    pub(crate) fn stop(
+        &mut self,
+        partitions: &[TopicPartition],
+        mode: StopMode,
+    ) -> Vec<(TopicPartition, Arc<PartitionProgress>)> {
         let mut stopping = Vec::new();
         for tp in partitions {
             self.router.close(tp);
@@ -91,7 +117,10 @@ where
             tokio::time::timeout(budget, futures::future::join_all(joins)).await
         });
         if finished.is_err() {
-            tracing::error!(?budget, "workers did not stop in time; aborting them without a final flush");
+            tracing::error!(
+                ?budget,
+                "workers did not stop in time; aborting them without a final flush"
+            );
             for (_, handle) in &stopping {
                 handle.join.abort();
             }
@@ -99,8 +128,14 @@ where
         for (tp, _) in &stopping {
             self.shared.stats.partitions_remove(tp);
         }
-        self.shared.stats.revoked.fetch_add(stopping.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        stopping.into_iter().map(|(tp, h)| (tp, h.progress)).collect()
+        self.shared
+            .stats
+            .revoked
+            .fetch_add(stopping.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        stopping
+            .into_iter()
+            .map(|(tp, h)| (tp, h.progress))
+            .collect()
     }
 
     pub(crate) fn assigned(&self) -> Vec<TopicPartition> {
@@ -108,7 +143,9 @@ where
     }
 
     /// Progress of every running worker, for interval commits.
-    pub(crate) fn progress(&self) -> impl Iterator<Item = (&TopicPartition, &Arc<PartitionProgress>)> {
+    pub(crate) fn progress(
+        &self,
+    ) -> impl Iterator<Item = (&TopicPartition, &Arc<PartitionProgress>)> {
         self.workers.iter().map(|(tp, h)| (tp, &h.progress))
     }
 }

@@ -144,26 +144,45 @@ where
     /// partition was revoked before the restore finished.
     async fn open_state(&mut self) -> Result<Option<PartitionContext>, Error> {
         let Some(env) = self.shared.state_env.clone() else {
-            return Ok(Some(PartitionContext::new(self.topic.clone(), self.partition, None)));
+            return Ok(Some(PartitionContext::new(
+                self.topic.clone(),
+                self.partition,
+                None,
+            )));
         };
         let (topic, partition, stop) = (self.topic.clone(), self.partition, self.stop.clone());
         let opened = tokio::task::spawn_blocking(move || {
             PartitionState::open(&env, &topic, partition, &|| stop.is_cancelled())
         })
         .await
-        .map_err(|_| Error::WorkerPanicked { topic: self.topic.clone(), partition })??;
-        let Some((state, report)) = opened else { return Ok(None) };
+        .map_err(|_| Error::WorkerPanicked {
+            topic: self.topic.clone(),
+            partition,
+        })??;
+        let Some((state, report)) = opened else {
+            return Ok(None);
+        };
         self.skip_below = state.restored_source_next();
-        self.progress.restored_records.store(report.records, Ordering::Relaxed);
-        self.progress.restore_rate_bits.store(report.rate().to_bits(), Ordering::Relaxed);
-        Ok(Some(PartitionContext::new(self.topic.clone(), self.partition, Some(state))))
+        self.progress
+            .restored_records
+            .store(report.records, Ordering::Relaxed);
+        self.progress
+            .restore_rate_bits
+            .store(report.rate().to_bits(), Ordering::Relaxed);
+        Ok(Some(PartitionContext::new(
+            self.topic.clone(),
+            self.partition,
+            Some(state),
+        )))
     }
 
     /// Flushes state (if any) and publishes the durable offset.
     async fn flush(&mut self, ctx: &mut PartitionContext) -> Result<(), Error> {
         self.since_flush = 0;
         self.last_flush = Instant::now();
-        let Some(next) = self.tracker.committable() else { return Ok(()) };
+        let Some(next) = self.tracker.committable() else {
+            return Ok(());
+        };
         if let Some(state) = ctx.state_mut() {
             state.flush(next).await?;
         }
@@ -174,7 +193,9 @@ where
     fn finish(&mut self, offset: i64, ctx: &PartitionContext) {
         self.tracker.finish(offset);
         self.since_flush += 1;
-        self.progress.processed_next.store(offset + 1, Ordering::Relaxed);
+        self.progress
+            .processed_next
+            .store(offset + 1, Ordering::Relaxed);
         // Nothing unflushed: the record's effects (none in state) are already durable.
         if ctx.state().is_none_or(|s| s.dirty_keys() == 0) {
             if let Some(next) = self.tracker.committable() {
@@ -183,7 +204,11 @@ where
         }
     }
 
-    async fn process(&mut self, msg: &OwnedMessage, ctx: &mut PartitionContext) -> Result<Outcome, Error> {
+    async fn process(
+        &mut self,
+        msg: &OwnedMessage,
+        ctx: &mut PartitionContext,
+    ) -> Result<Outcome, Error> {
         let offset = msg.offset();
         self.tracker.start(offset);
         if offset < self.skip_below {
@@ -236,11 +261,21 @@ where
     }
 
     fn decode(&self, msg: &OwnedMessage) -> Result<Record<KC::Item, VC::Item>, CodecError> {
-        let key = msg.key().map(|b| self.shared.key_codec.decode(b)).transpose()?;
-        let value = msg.payload().map(|b| self.shared.value_codec.decode(b)).transpose()?;
+        let key = msg
+            .key()
+            .map(|b| self.shared.key_codec.decode(b))
+            .transpose()?;
+        let value = msg
+            .payload()
+            .map(|b| self.shared.value_codec.decode(b))
+            .transpose()?;
         let headers = msg
             .headers()
-            .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Record {
             topic: self.topic.clone(),
@@ -253,7 +288,12 @@ where
         })
     }
 
-    async fn apply_policy(&mut self, msg: &OwnedMessage, failure: Failure, ctx: &mut PartitionContext) -> Result<(), Error> {
+    async fn apply_policy(
+        &mut self,
+        msg: &OwnedMessage,
+        failure: Failure,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), Error> {
         let (topic, partition, offset) = (self.topic.clone(), self.partition, msg.offset());
         match &self.shared.config.error_policy {
             ErrorPolicy::Fail => {
@@ -261,8 +301,18 @@ where
                 // before it durable and leaves it and what follows uncommitted.
                 self.flush(ctx).await?;
                 Err(match failure {
-                    Failure::Decode(source) => Error::Decode { topic, partition, offset, source },
-                    Failure::Handler(source) => Error::Handler { topic, partition, offset, source },
+                    Failure::Decode(source) => Error::Decode {
+                        topic,
+                        partition,
+                        offset,
+                        source,
+                    },
+                    Failure::Handler(source) => Error::Handler {
+                        topic,
+                        partition,
+                        offset,
+                        source,
+                    },
                 })
             }
             ErrorPolicy::Skip => {
@@ -276,18 +326,24 @@ where
                     unreachable!("a producer is created whenever a dead-letter topic is configured")
                 };
                 let record = dead_letter(dlq, msg, &failure);
-                producer.send_all(vec![record]).await.map_err(|e| Error::DeadLetter {
-                    topic: topic.clone(),
-                    partition,
-                    offset,
-                    dead_letter_topic: dlq.clone(),
-                    source: match e {
-                        crate::changelog::ChangelogError::Produce { source, .. } => source,
-                        _ => rdkafka::error::KafkaError::Canceled,
-                    },
-                })?;
+                producer
+                    .send_all(vec![record])
+                    .await
+                    .map_err(|e| Error::DeadLetter {
+                        topic: topic.clone(),
+                        partition,
+                        offset,
+                        dead_letter_topic: dlq.clone(),
+                        source: match e {
+                            crate::changelog::ChangelogError::Produce { source, .. } => source,
+                            _ => rdkafka::error::KafkaError::Canceled,
+                        },
+                    })?;
                 tracing::warn!(%topic, partition, offset, dead_letter_topic = %dlq, error = %failure.message(), "record dead-lettered");
-                self.shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
                 self.finish(offset, ctx);
                 Ok(())
             }
@@ -310,14 +366,33 @@ async fn cancel_after_stop(stop: &CancellationToken, timeout: Duration) {
 fn dead_letter(topic: &str, msg: &OwnedMessage, failure: &Failure) -> OutRecord {
     let mut headers: Vec<(String, Vec<u8>)> = msg
         .headers()
-        .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
         .unwrap_or_default();
     headers.extend([
-        ("ks.error.topic".to_string(), msg.topic().as_bytes().to_vec()),
-        ("ks.error.partition".to_string(), msg.partition().to_string().into_bytes()),
-        ("ks.error.offset".to_string(), msg.offset().to_string().into_bytes()),
-        ("ks.error.kind".to_string(), failure.kind().as_bytes().to_vec()),
-        ("ks.error.message".to_string(), failure.message().into_bytes()),
+        (
+            "ks.error.topic".to_string(),
+            msg.topic().as_bytes().to_vec(),
+        ),
+        (
+            "ks.error.partition".to_string(),
+            msg.partition().to_string().into_bytes(),
+        ),
+        (
+            "ks.error.offset".to_string(),
+            msg.offset().to_string().into_bytes(),
+        ),
+        (
+            "ks.error.kind".to_string(),
+            failure.kind().as_bytes().to_vec(),
+        ),
+        (
+            "ks.error.message".to_string(),
+            failure.message().into_bytes(),
+        ),
     ]);
     OutRecord {
         topic: topic.to_string(),

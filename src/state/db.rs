@@ -27,7 +27,11 @@ pub(crate) struct StoreCheckpoint {
 
 impl StoreCheckpoint {
     /// No local state: replay the whole changelog.
-    pub(crate) const EMPTY: Self = Self { changelog_next: 0, seq: 0, source_next: -1 };
+    pub(crate) const EMPTY: Self = Self {
+        changelog_next: 0,
+        seq: 0,
+        source_next: -1,
+    };
 }
 
 /// Writes to apply atomically: store entries (`None` deletes) and checkpoints.
@@ -45,7 +49,9 @@ pub(crate) struct PartitionDb {
 
 impl std::fmt::Debug for PartitionDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PartitionDb").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("PartitionDb")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,26 +62,43 @@ impl PartitionDb {
     /// [`StateError::Locked`] when another process (or another consumer in this one) has it
     /// open; [`StateError::FormatMismatch`] when a store was written with other codecs.
     pub(crate) fn open(path: &Path, specs: &[StoreSpec]) -> Result<Self, StateError> {
-        std::fs::create_dir_all(path).map_err(|source| StateError::Io { path: path.to_path_buf(), source })?;
+        std::fs::create_dir_all(path).map_err(|source| StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // Column families of stores no longer declared must be opened too, or RocksDB refuses.
         let mut cfs: Vec<String> = DB::list_cf(&opts, path).unwrap_or_default();
-        for name in std::iter::once(META_CF.to_string()).chain(specs.iter().map(|s| store_cf(&s.name))) {
+        for name in
+            std::iter::once(META_CF.to_string()).chain(specs.iter().map(|s| store_cf(&s.name)))
+        {
             if !cfs.contains(&name) {
                 cfs.push(name);
             }
         }
-        let descriptors = cfs.iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let descriptors = cfs
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, descriptors).map_err(|source| {
             if source.to_string().to_lowercase().contains("lock") {
-                StateError::Locked { path: path.to_path_buf(), reason: source.to_string() }
+                StateError::Locked {
+                    path: path.to_path_buf(),
+                    reason: source.to_string(),
+                }
             } else {
-                StateError::Db { path: path.to_path_buf(), source }
+                StateError::Db {
+                    path: path.to_path_buf(),
+                    source,
+                }
             }
         })?;
-        let this = Self { db, path: path.to_path_buf(), stores: specs.iter().map(|s| store_cf(&s.name)).collect() };
+        let this = Self {
+            db,
+            path: path.to_path_buf(),
+            stores: specs.iter().map(|s| store_cf(&s.name)).collect(),
+        };
         this.check_formats(specs)?;
         Ok(this)
     }
@@ -85,14 +108,19 @@ impl PartitionDb {
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StateError> {
-        self.db.cf_handle(name).ok_or_else(|| StateError::CorruptMetadata {
-            path: self.path.clone(),
-            reason: format!("column family {name} is missing"),
-        })
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StateError::CorruptMetadata {
+                path: self.path.clone(),
+                reason: format!("column family {name} is missing"),
+            })
     }
 
     fn db_err(&self) -> impl Fn(rocksdb::Error) -> StateError + '_ {
-        move |source| StateError::Db { path: self.path.clone(), source }
+        move |source| StateError::Db {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn check_formats(&self, specs: &[StoreSpec]) -> Result<(), StateError> {
@@ -109,7 +137,10 @@ impl PartitionDb {
                     })
                 }
                 Some(_) => {}
-                None => self.db.put_cf(meta, &key, spec.format.as_bytes()).map_err(self.db_err())?,
+                None => self
+                    .db
+                    .put_cf(meta, &key, spec.format.as_bytes())
+                    .map_err(self.db_err())?,
             }
         }
         Ok(())
@@ -118,21 +149,33 @@ impl PartitionDb {
     /// The store's checkpoint; [`StoreCheckpoint::EMPTY`] when it has none.
     pub(crate) fn checkpoint(&self, store: usize) -> Result<StoreCheckpoint, StateError> {
         let key = format!("checkpoint/{}", self.stores[store]);
-        match self.db.get_cf(self.cf(META_CF)?, key).map_err(self.db_err())? {
+        match self
+            .db
+            .get_cf(self.cf(META_CF)?, key)
+            .map_err(self.db_err())?
+        {
             None => Ok(StoreCheckpoint::EMPTY),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::CorruptMetadata {
-                path: self.path.clone(),
-                reason: format!("checkpoint of {}: {e}", self.stores[store]),
-            }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| StateError::CorruptMetadata {
+                    path: self.path.clone(),
+                    reason: format!("checkpoint of {}: {e}", self.stores[store]),
+                })
+            }
         }
     }
 
     pub(crate) fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        self.db.get_cf(self.cf(&self.stores[store])?, key).map_err(self.db_err())
+        self.db
+            .get_cf(self.cf(&self.stores[store])?, key)
+            .map_err(self.db_err())
     }
 
     /// Entries whose key starts with `prefix`, in key order.
-    pub(crate) fn prefix(&self, store: usize, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    pub(crate) fn prefix(
+        &self,
+        store: usize,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
         let iter = self.db.iterator_cf(
             self.cf(&self.stores[store])?,
             IteratorMode::From(prefix, rocksdb::Direction::Forward),
@@ -160,10 +203,11 @@ impl PartitionDb {
         }
         let meta = self.cf(META_CF)?;
         for (store, checkpoint) in batch.checkpoints {
-            let bytes = serde_json::to_vec(&checkpoint).map_err(|e| StateError::CorruptMetadata {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+            let bytes =
+                serde_json::to_vec(&checkpoint).map_err(|e| StateError::CorruptMetadata {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                })?;
             wb.put_cf(meta, format!("checkpoint/{}", self.stores[store]), bytes);
         }
         self.db.write(wb).map_err(self.db_err())
@@ -182,7 +226,10 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, format: &str) -> StoreSpec {
-        StoreSpec { name: name.into(), format: format.into() }
+        StoreSpec {
+            name: name.into(),
+            format: format.into(),
+        }
     }
 
     #[test]
@@ -190,9 +237,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = PartitionDb::open(dir.path(), &[spec("counts", "f")]).unwrap();
         assert_eq!(db.checkpoint(0).unwrap(), StoreCheckpoint::EMPTY);
-        let ck = StoreCheckpoint { changelog_next: 7, seq: 2, source_next: 40 };
+        let ck = StoreCheckpoint {
+            changelog_next: 7,
+            seq: 2,
+            source_next: 40,
+        };
         db.write(StateBatch {
-            entries: vec![(0, b"a".to_vec(), Some(b"1".to_vec())), (0, b"b".to_vec(), None)],
+            entries: vec![
+                (0, b"a".to_vec(), Some(b"1".to_vec())),
+                (0, b"b".to_vec(), None),
+            ],
             checkpoints: vec![(0, ck)],
         })
         .unwrap();
@@ -217,9 +271,21 @@ mod tests {
     fn prefix_scan_stops_at_prefix_end() {
         let dir = tempfile::tempdir().unwrap();
         let db = PartitionDb::open(dir.path(), &[spec("s", "f")]).unwrap();
-        let entries = ["a/1", "a/2", "b/1"].iter().map(|k| (0, k.as_bytes().to_vec(), Some(vec![1]))).collect();
-        db.write(StateBatch { entries, checkpoints: vec![] }).unwrap();
-        let keys: Vec<_> = db.prefix(0, b"a/").unwrap().into_iter().map(|(k, _)| k).collect();
+        let entries = ["a/1", "a/2", "b/1"]
+            .iter()
+            .map(|k| (0, k.as_bytes().to_vec(), Some(vec![1])))
+            .collect();
+        db.write(StateBatch {
+            entries,
+            checkpoints: vec![],
+        })
+        .unwrap();
+        let keys: Vec<_> = db
+            .prefix(0, b"a/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(keys, vec![b"a/1".to_vec(), b"a/2".to_vec()]);
     }
 }

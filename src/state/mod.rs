@@ -68,8 +68,10 @@ pub enum StateError {
         reason: String,
     },
     /// The store was written with other codecs or another version.
-    #[error("store {store} in {path} has format {found:?}, this consumer expects {expected:?}; \
-             delete the directory to rebuild it from the changelog, or use matching codecs")]
+    #[error(
+        "store {store} in {path} has format {found:?}, this consumer expects {expected:?}; \
+             delete the directory to rebuild it from the changelog, or use matching codecs"
+    )]
     FormatMismatch {
         /// The store.
         store: String,
@@ -82,7 +84,9 @@ pub enum StateError {
     },
     /// The local checkpoint points past the changelog's end (topic recreated or truncated).
     /// Handled internally by wiping and replaying; surfaced only if that fails.
-    #[error("store {store} in {path}: checkpoint {checkpoint} is past changelog end {changelog_end}")]
+    #[error(
+        "store {store} in {path}: checkpoint {checkpoint} is past changelog end {changelog_end}"
+    )]
     CheckpointAhead {
         /// The store.
         store: String,

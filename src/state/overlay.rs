@@ -27,7 +27,10 @@ pub(crate) struct Overlay {
 
 impl Overlay {
     pub(crate) fn new(stores: usize) -> Self {
-        Self { flushed_pending: vec![Entries::new(); stores], staged: vec![Entries::new(); stores] }
+        Self {
+            flushed_pending: vec![Entries::new(); stores],
+            staged: vec![Entries::new(); stores],
+        }
     }
 
     pub(crate) fn get(&self, store: usize, key: &[u8]) -> Lookup<'_> {
@@ -61,19 +64,33 @@ impl Overlay {
 
     /// Takes everything waiting for a flush, per store.
     pub(crate) fn take(&mut self) -> Vec<Entries> {
-        self.flushed_pending.iter_mut().map(std::mem::take).collect()
+        self.flushed_pending
+            .iter_mut()
+            .map(std::mem::take)
+            .collect()
     }
 
     /// Merges the overlay over `base` (database entries under `prefix`), dropping deletes.
-    pub(crate) fn merge_prefix(&self, store: usize, prefix: &[u8], base: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub(crate) fn merge_prefix(
+        &self,
+        store: usize,
+        prefix: &[u8],
+        base: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
             base.into_iter().map(|(k, v)| (k, Some(v))).collect();
         for layer in [&self.flushed_pending[store], &self.staged[store]] {
-            for (k, v) in layer.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+            for (k, v) in layer
+                .range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+            {
                 merged.insert(k.clone(), v.clone());
             }
         }
-        merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
+        merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect()
     }
 }
 
@@ -89,9 +106,17 @@ mod tests {
         assert_eq!(o.get(0, b"k"), Lookup::Written(Some(&b"1"[..])));
         o.commit_staged();
         o.write(0, b"k".to_vec(), None);
-        assert_eq!(o.get(0, b"k"), Lookup::Written(None), "staged delete hides the pending value");
+        assert_eq!(
+            o.get(0, b"k"),
+            Lookup::Written(None),
+            "staged delete hides the pending value"
+        );
         o.discard_staged();
-        assert_eq!(o.get(0, b"k"), Lookup::Written(Some(&b"1"[..])), "a failed record's writes vanish");
+        assert_eq!(
+            o.get(0, b"k"),
+            Lookup::Written(Some(&b"1"[..])),
+            "a failed record's writes vanish"
+        );
     }
 
     #[test]
@@ -118,8 +143,17 @@ mod tests {
         o.write(0, b"a/3".to_vec(), Some(b"new".to_vec()));
         o.write(0, b"b/1".to_vec(), Some(b"other".to_vec()));
         o.commit_staged();
-        let base = vec![(b"a/1".to_vec(), b"x".to_vec()), (b"a/2".to_vec(), b"y".to_vec())];
+        let base = vec![
+            (b"a/1".to_vec(), b"x".to_vec()),
+            (b"a/2".to_vec(), b"y".to_vec()),
+        ];
         let merged = o.merge_prefix(0, b"a/", base);
-        assert_eq!(merged, vec![(b"a/1".to_vec(), b"x".to_vec()), (b"a/3".to_vec(), b"new".to_vec())]);
+        assert_eq!(
+            merged,
+            vec![
+                (b"a/1".to_vec(), b"x".to_vec()),
+                (b"a/3".to_vec(), b"new".to_vec())
+            ]
+        );
     }
 }

@@ -8,8 +8,8 @@ use super::overlay::Overlay;
 use super::restore::{restore, RestoreReport};
 use super::StateError;
 use crate::changelog::{
-    changelog_topic, ChangelogWriter, OutRecord, HEADER_ABORTED, HEADER_SEQ, HEADER_SOURCE_OFFSET, HEADER_TOUCHED,
-    MARKER_KEY,
+    changelog_topic, ChangelogWriter, OutRecord, HEADER_ABORTED, HEADER_SEQ, HEADER_SOURCE_OFFSET,
+    HEADER_TOUCHED, MARKER_KEY,
 };
 use crate::config::ConsumerConfig;
 use crate::observe::RestoreListener;
@@ -37,8 +37,18 @@ pub(crate) struct PartitionState {
 }
 
 /// `<state_dir>/<group>/<topic>-<partition>`.
-pub(crate) fn partition_dir(config: &ConsumerConfig, topic: &str, partition: i32) -> Option<PathBuf> {
-    Some(config.state_dir.as_ref()?.join(&config.group_id).join(format!("{topic}-{partition}")))
+pub(crate) fn partition_dir(
+    config: &ConsumerConfig,
+    topic: &str,
+    partition: i32,
+) -> Option<PathBuf> {
+    Some(
+        config
+            .state_dir
+            .as_ref()?
+            .join(&config.group_id)
+            .join(format!("{topic}-{partition}")),
+    )
 }
 
 impl PartitionState {
@@ -55,11 +65,19 @@ impl PartitionState {
     ) -> Result<Option<(Self, RestoreReport)>, StateError> {
         let config = &env.config;
         let Some(path) = partition_dir(config, topic, partition) else {
-            return Err(StateError::CorruptMetadata { path: PathBuf::new(), reason: "no state_dir configured".into() });
+            return Err(StateError::CorruptMetadata {
+                path: PathBuf::new(),
+                reason: "no state_dir configured".into(),
+            });
         };
         let mut db = PartitionDb::open(&path, &config.stores)?;
         let report = match restore(&db, env, partition, stop) {
-            Err(StateError::CheckpointAhead { store, checkpoint, changelog_end, .. }) => {
+            Err(StateError::CheckpointAhead {
+                store,
+                checkpoint,
+                changelog_end,
+                ..
+            }) => {
                 tracing::warn!(
                     path = %path.display(), store, checkpoint, changelog_end,
                     "local checkpoint is past the changelog end (changelog recreated or truncated): \
@@ -77,7 +95,11 @@ impl PartitionState {
                 overlay: Overlay::new(config.stores.len()),
                 config: config.clone(),
                 writer: env.writer.clone(),
-                changelogs: config.stores.iter().map(|s| changelog_topic(&config.group_id, &s.name)).collect(),
+                changelogs: config
+                    .stores
+                    .iter()
+                    .map(|s| changelog_topic(&config.group_id, &s.name))
+                    .collect(),
                 partition,
                 next_seq: report.next_seq,
                 source_next: report.source_next,
@@ -111,14 +133,19 @@ impl PartitionState {
     /// Changelog or RocksDB errors; the partition must then stop without committing.
     pub(crate) async fn flush(&mut self, source_next: i64) -> Result<(), StateError> {
         let entries = self.overlay.take();
-        let touched: Vec<usize> = (0..entries.len()).filter(|&i| !entries[i].is_empty()).collect();
+        let touched: Vec<usize> = (0..entries.len())
+            .filter(|&i| !entries[i].is_empty())
+            .collect();
         if touched.is_empty() {
             return Ok(());
         }
         let seq = self.next_seq;
         let base_headers = vec![
             (HEADER_SEQ.to_string(), seq.to_string().into_bytes()),
-            (HEADER_SOURCE_OFFSET.to_string(), source_next.to_string().into_bytes()),
+            (
+                HEADER_SOURCE_OFFSET.to_string(),
+                source_next.to_string().into_bytes(),
+            ),
         ];
         let data: Vec<OutRecord> = touched
             .iter()
@@ -138,9 +165,15 @@ impl PartitionState {
         let records = data.len();
         self.writer.send_all(data).await?;
 
-        let touched_names: Vec<&str> = touched.iter().map(|&i| self.config.stores[i].name.as_str()).collect();
+        let touched_names: Vec<&str> = touched
+            .iter()
+            .map(|&i| self.config.stores[i].name.as_str())
+            .collect();
         let mut marker_headers = base_headers.clone();
-        marker_headers.push((HEADER_TOUCHED.to_string(), touched_names.join(",").into_bytes()));
+        marker_headers.push((
+            HEADER_TOUCHED.to_string(),
+            touched_names.join(",").into_bytes(),
+        ));
         marker_headers.push((HEADER_ABORTED.to_string(), Vec::new()));
         let markers = touched
             .iter()
@@ -156,15 +189,30 @@ impl PartitionState {
 
         let mut batch = StateBatch::default();
         for (&i, offset) in touched.iter().zip(marker_offsets) {
-            batch.checkpoints.push((i, StoreCheckpoint { changelog_next: offset + 1, seq, source_next }));
+            batch.checkpoints.push((
+                i,
+                StoreCheckpoint {
+                    changelog_next: offset + 1,
+                    seq,
+                    source_next,
+                },
+            ));
         }
         for (i, store_entries) in entries.into_iter().enumerate() {
-            batch.entries.extend(store_entries.into_iter().map(|(k, v)| (i, k, v)));
+            batch
+                .entries
+                .extend(store_entries.into_iter().map(|(k, v)| (i, k, v)));
         }
         self.db.write(batch)?;
         self.next_seq += 1;
         self.source_next = source_next;
-        tracing::debug!(partition = self.partition, seq, records, source_next, "flushed state");
+        tracing::debug!(
+            partition = self.partition,
+            seq,
+            records,
+            source_next,
+            "flushed state"
+        );
         Ok(())
     }
 }

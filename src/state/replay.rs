@@ -86,7 +86,11 @@ impl StoreReplay {
             }
         }
         let data = std::mem::take(&mut self.tail);
-        self.held = Some(Held { marker, changelog_next: offset + 1, data });
+        self.held = Some(Held {
+            marker,
+            changelog_next: offset + 1,
+            data,
+        });
     }
 
     /// Records that are safe to apply now, with the checkpoint to write with them.
@@ -129,16 +133,30 @@ pub(crate) struct Resolution {
 
 /// Decides, across all stores of a partition, which held flushes apply and what to repair.
 pub(crate) fn resolve(stores: &mut [StoreReplay]) -> Resolution {
-    let last = stores.iter().filter_map(|s| s.held.as_ref().map(|h| h.marker.clone())).max_by_key(|m| m.seq);
+    let last = stores
+        .iter()
+        .filter_map(|s| s.held.as_ref().map(|h| h.marker.clone()))
+        .max_by_key(|m| m.seq);
     let complete = last.as_ref().is_none_or(|m| {
         m.touched.iter().all(|name| {
             // A touched store that is no longer declared cannot be checked; it is not replayed either.
-            stores.iter().find(|s| &s.name == name).is_none_or(|s| s.has_flush(m.seq))
+            stores
+                .iter()
+                .find(|s| &s.name == name)
+                .is_none_or(|s| s.has_flush(m.seq))
         })
     });
-    let aborted = if complete { None } else { last.as_ref().map(|m| m.seq) };
+    let aborted = if complete {
+        None
+    } else {
+        last.as_ref().map(|m| m.seq)
+    };
     let next_seq = stores.iter().map(|s| s.max_seq).max().unwrap_or(0) + 1;
-    let mut source_next = stores.iter().map(|s| s.checkpoint.source_next).max().unwrap_or(-1);
+    let mut source_next = stores
+        .iter()
+        .map(|s| s.checkpoint.source_next)
+        .max()
+        .unwrap_or(-1);
     let mut outcomes = Vec::with_capacity(stores.len());
     for store in stores.iter_mut() {
         let mut outcome = StoreOutcome::default();
@@ -154,14 +172,21 @@ pub(crate) fn resolve(stores: &mut [StoreReplay]) -> Resolution {
                 });
             }
         }
-        outcome.repair.extend(std::mem::take(&mut store.tail).into_iter().map(|(k, _)| k));
+        outcome
+            .repair
+            .extend(std::mem::take(&mut store.tail).into_iter().map(|(k, _)| k));
         if let Some(ready) = store.take_ready() {
             source_next = source_next.max(ready.1.source_next);
             outcome.apply = Some(ready);
         }
         outcomes.push(outcome);
     }
-    Resolution { stores: outcomes, aborted, next_seq, source_next }
+    Resolution {
+        stores: outcomes,
+        aborted,
+        next_seq,
+        source_next,
+    }
 }
 
 #[cfg(test)]
@@ -182,7 +207,11 @@ mod tests {
     }
 
     fn applied_keys(o: &StoreOutcome) -> Vec<String> {
-        o.apply.iter().flat_map(|(d, _)| d).map(|(k, _)| String::from_utf8(k.clone()).unwrap()).collect()
+        o.apply
+            .iter()
+            .flat_map(|(d, _)| d)
+            .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
+            .collect()
     }
 
     #[test]
@@ -197,7 +226,14 @@ mod tests {
         let r = resolve(&mut stores);
         assert_eq!(r.aborted, None);
         assert_eq!(applied_keys(&r.stores[0]), ["x", "y"]);
-        assert_eq!(r.stores[0].apply.as_ref().unwrap().1, StoreCheckpoint { changelog_next: 4, seq: 2, source_next: 20 });
+        assert_eq!(
+            r.stores[0].apply.as_ref().unwrap().1,
+            StoreCheckpoint {
+                changelog_next: 4,
+                seq: 2,
+                source_next: 20
+            }
+        );
         assert_eq!(r.stores[0].repair, BTreeSet::from([b"z".to_vec()]));
         assert_eq!(r.source_next, 20);
         assert_eq!(r.next_seq, 3);
@@ -222,13 +258,23 @@ mod tests {
         assert_eq!(applied_keys(&r.stores[1]), ["b1"]);
         assert_eq!(r.stores[0].repair, BTreeSet::from([b"a2".to_vec()]));
         assert_eq!(r.stores[1].repair, BTreeSet::from([b"b2".to_vec()]));
-        assert_eq!(r.source_next, 5, "the rolled-back flush's source records are processed again");
+        assert_eq!(
+            r.source_next, 5,
+            "the rolled-back flush's source records are processed again"
+        );
         assert_eq!(r.next_seq, 3);
     }
 
     #[test]
     fn a_store_checkpointed_past_the_flush_counts_as_having_it() {
-        let mut a = StoreReplay::new("a", StoreCheckpoint { changelog_next: 4, seq: 2, source_next: 9 });
+        let mut a = StoreReplay::new(
+            "a",
+            StoreCheckpoint {
+                changelog_next: 4,
+                seq: 2,
+                source_next: 9,
+            },
+        );
         let mut b = StoreReplay::new("b", StoreCheckpoint::EMPTY);
         b.push_data(b"b2".to_vec(), Some(vec![2]));
         b.push_marker(0, marker(2, 9, &["a", "b"], &[]));
@@ -278,7 +324,10 @@ mod tests {
         let mut s = StoreReplay::new("a", StoreCheckpoint::EMPTY);
         for seq in 1..=3 {
             s.push_data(format!("k{seq}").into_bytes(), Some(vec![seq as u8]));
-            s.push_marker(2 * seq as i64 - 1, marker(seq, 10 * seq as i64, &["a"], &[]));
+            s.push_marker(
+                2 * seq as i64 - 1,
+                marker(seq, 10 * seq as i64, &["a"], &[]),
+            );
         }
         assert_eq!(s.ready_len(), 2, "the last marked flush is held back");
         let (data, ck) = s.take_ready().unwrap();

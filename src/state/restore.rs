@@ -12,8 +12,8 @@ use super::db::{PartitionDb, StateBatch, StoreCheckpoint};
 use super::replay::{resolve, Marker, StoreReplay};
 use super::{StateEnv, StateError};
 use crate::changelog::{
-    changelog_topic, ChangelogError, ChangelogReader, OutRecord, HEADER_ABORTED, HEADER_SEQ, HEADER_SOURCE_OFFSET,
-    HEADER_TOUCHED, MARKER_KEY,
+    changelog_topic, ChangelogError, ChangelogReader, OutRecord, HEADER_ABORTED, HEADER_SEQ,
+    HEADER_SOURCE_OFFSET, HEADER_TOUCHED, MARKER_KEY,
 };
 
 /// Restored records are written to RocksDB in batches of about this many.
@@ -42,22 +42,42 @@ impl RestoreReport {
     }
 }
 
-pub(crate) fn malformed(topic: &str, partition: i32, offset: i64, reason: impl Into<String>) -> ChangelogError {
-    ChangelogError::Malformed { topic: topic.to_string(), partition, offset, reason: reason.into() }
+pub(crate) fn malformed(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    reason: impl Into<String>,
+) -> ChangelogError {
+    ChangelogError::Malformed {
+        topic: topic.to_string(),
+        partition,
+        offset,
+        reason: reason.into(),
+    }
 }
 
 fn parse_marker(topic: &str, msg: &BorrowedMessage<'_>) -> Result<Marker, ChangelogError> {
     let header = |name| crate::changelog::reader_header(msg, name);
     let bad = |reason: &str| malformed(topic, msg.partition(), msg.offset(), reason);
     let number = |name| -> Result<i64, ChangelogError> {
-        header(name).and_then(|v| v.parse().ok()).ok_or_else(|| bad(&format!("marker without a valid {name} header")))
+        header(name)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(&format!("marker without a valid {name} header")))
     };
-    let list = |name| header(name).unwrap_or("").split(',').filter(|s| !s.is_empty()).map(str::to_string);
+    let list = |name| {
+        header(name)
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
     Ok(Marker {
         seq: u64::try_from(number(HEADER_SEQ)?).map_err(|_| bad("negative ks.seq"))?,
         source_next: number(HEADER_SOURCE_OFFSET)?,
         touched: list(HEADER_TOUCHED).collect(),
-        aborted: list(HEADER_ABORTED).map(|s| s.parse().map_err(|_| bad("bad ks.aborted"))).collect::<Result<_, _>>()?,
+        aborted: list(HEADER_ABORTED)
+            .map(|s| s.parse().map_err(|_| bad("bad ks.aborted")))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -93,29 +113,58 @@ pub(crate) fn restore(
                 changelog_end: marks.high,
             });
         }
-        plans.push((topic, checkpoint, checkpoint.changelog_next.max(marks.low), marks.high));
+        plans.push((
+            topic,
+            checkpoint,
+            checkpoint.changelog_next.max(marks.low),
+            marks.high,
+        ));
     }
-    let total: u64 = plans.iter().map(|(_, _, from, to)| (to - from).max(0) as u64).sum();
-    env.listener.on_restore_start(source_topic, partition, total);
+    let total: u64 = plans
+        .iter()
+        .map(|(_, _, from, to)| (to - from).max(0) as u64)
+        .sum();
+    env.listener
+        .on_restore_start(source_topic, partition, total);
     tracing::info!(topic = %source_topic, partition, records = total, "restore started");
 
     let mut restored = 0u64;
     let mut replays = Vec::with_capacity(plans.len());
     for (index, (topic, checkpoint, from, to)) in plans.iter().enumerate() {
         let mut replay = StoreReplay::new(config.stores[index].name.clone(), *checkpoint);
-        let finished = reader.read(topic, partition, *from, *to, stop, |msg| -> Result<(), StateError> {
-            restored += 1;
-            match msg.key() {
-                Some(MARKER_KEY) => replay.push_marker(msg.offset(), parse_marker(topic, msg)?),
-                Some(key) => replay.push_data(key.to_vec(), msg.payload().map(<[u8]>::to_vec)),
-                None => return Err(malformed(topic, partition, msg.offset(), "record without a key").into()),
-            }
-            if replay.ready_len() >= APPLY_BATCH {
-                apply_ready(db, index, &mut replay)?;
-                env.listener.on_restore_progress(source_topic, partition, restored, total.saturating_sub(restored));
-            }
-            Ok(())
-        })?;
+        let finished = reader.read(
+            topic,
+            partition,
+            *from,
+            *to,
+            stop,
+            |msg| -> Result<(), StateError> {
+                restored += 1;
+                match msg.key() {
+                    Some(MARKER_KEY) => replay.push_marker(msg.offset(), parse_marker(topic, msg)?),
+                    Some(key) => replay.push_data(key.to_vec(), msg.payload().map(<[u8]>::to_vec)),
+                    None => {
+                        return Err(malformed(
+                            topic,
+                            partition,
+                            msg.offset(),
+                            "record without a key",
+                        )
+                        .into())
+                    }
+                }
+                if replay.ready_len() >= APPLY_BATCH {
+                    apply_ready(db, index, &mut replay)?;
+                    env.listener.on_restore_progress(
+                        source_topic,
+                        partition,
+                        restored,
+                        total.saturating_sub(restored),
+                    );
+                }
+                Ok(())
+            },
+        )?;
         if !finished {
             return Ok(None);
         }
@@ -127,7 +176,9 @@ pub(crate) fn restore(
     let mut batch = StateBatch::default();
     for (index, outcome) in resolution.stores.iter().enumerate() {
         if let Some((data, checkpoint)) = &outcome.apply {
-            batch.entries.extend(data.iter().map(|(k, v)| (index, k.clone(), v.clone())));
+            batch
+                .entries
+                .extend(data.iter().map(|(k, v)| (index, k.clone(), v.clone())));
             batch.checkpoints.push((index, *checkpoint));
         }
     }
@@ -137,8 +188,14 @@ pub(crate) fn restore(
         repair(db, env, partition, &resolution, next_seq)?;
         next_seq += 1;
     }
-    let report = RestoreReport { records: restored, elapsed: started.elapsed(), source_next: resolution.source_next, next_seq };
-    env.listener.on_restore_end(source_topic, partition, report.records, report.elapsed);
+    let report = RestoreReport {
+        records: restored,
+        elapsed: started.elapsed(),
+        source_next: resolution.source_next,
+        next_seq,
+    };
+    env.listener
+        .on_restore_end(source_topic, partition, report.records, report.elapsed);
     tracing::info!(
         topic = %source_topic, partition, records = report.records,
         rate = report.rate(), source_next = report.source_next, "restore finished"
@@ -149,7 +206,10 @@ pub(crate) fn restore(
 fn apply_ready(db: &PartitionDb, index: usize, replay: &mut StoreReplay) -> Result<(), StateError> {
     if let Some((data, checkpoint)) = replay.take_ready() {
         let entries = data.into_iter().map(|(k, v)| (index, k, v)).collect();
-        db.write(StateBatch { entries, checkpoints: vec![(index, checkpoint)] })?;
+        db.write(StateBatch {
+            entries,
+            checkpoints: vec![(index, checkpoint)],
+        })?;
     }
     Ok(())
 }
@@ -164,8 +224,13 @@ fn repair(
     seq: u64,
 ) -> Result<(), StateError> {
     let config = &env.config;
-    let touched: Vec<usize> = (0..resolution.stores.len()).filter(|&i| !resolution.stores[i].repair.is_empty()).collect();
-    let touched_names: Vec<&str> = touched.iter().map(|&i| config.stores[i].name.as_str()).collect();
+    let touched: Vec<usize> = (0..resolution.stores.len())
+        .filter(|&i| !resolution.stores[i].repair.is_empty())
+        .collect();
+    let touched_names: Vec<&str> = touched
+        .iter()
+        .map(|&i| config.stores[i].name.as_str())
+        .collect();
     tracing::warn!(
         partition, aborted = ?resolution.aborted, stores = ?touched_names,
         "changelog ends with an incomplete flush; rolling it back"
@@ -173,11 +238,20 @@ fn repair(
     let headers = |marker: bool| {
         let mut h = vec![
             (HEADER_SEQ.to_string(), seq.to_string().into_bytes()),
-            (HEADER_SOURCE_OFFSET.to_string(), resolution.source_next.to_string().into_bytes()),
+            (
+                HEADER_SOURCE_OFFSET.to_string(),
+                resolution.source_next.to_string().into_bytes(),
+            ),
         ];
         if marker {
-            h.push((HEADER_TOUCHED.to_string(), touched_names.join(",").into_bytes()));
-            let aborted = resolution.aborted.map(|s| s.to_string()).unwrap_or_default();
+            h.push((
+                HEADER_TOUCHED.to_string(),
+                touched_names.join(",").into_bytes(),
+            ));
+            let aborted = resolution
+                .aborted
+                .map(|s| s.to_string())
+                .unwrap_or_default();
             h.push((HEADER_ABORTED.to_string(), aborted.into_bytes()));
         }
         h
@@ -187,7 +261,13 @@ fn repair(
         let topic = changelog_topic(&config.group_id, &config.stores[index].name);
         for key in &resolution.stores[index].repair {
             let value = db.get(index, key)?;
-            records.push(OutRecord { topic: topic.clone(), partition, key: Some(key.clone()), value, headers: headers(false) });
+            records.push(OutRecord {
+                topic: topic.clone(),
+                partition,
+                key: Some(key.clone()),
+                value,
+                headers: headers(false),
+            });
         }
     }
     let markers: Vec<OutRecord> = touched
@@ -207,8 +287,18 @@ fn repair(
         .iter()
         .zip(offsets)
         .map(|(&index, offset)| {
-            (index, StoreCheckpoint { changelog_next: offset + 1, seq, source_next: resolution.source_next })
+            (
+                index,
+                StoreCheckpoint {
+                    changelog_next: offset + 1,
+                    seq,
+                    source_next: resolution.source_next,
+                },
+            )
         })
         .collect();
-    db.write(StateBatch { entries: Vec::new(), checkpoints })
+    db.write(StateBatch {
+        entries: Vec::new(),
+        checkpoints,
+    })
 }

@@ -25,13 +25,21 @@ pub struct StoreDef<K: Send + 'static, V: Send + 'static> {
 
 impl<K: Send + 'static, V: Send + 'static> Clone for StoreDef<K, V> {
     fn clone(&self) -> Self {
-        Self { name: self.name.clone(), key: self.key.clone(), value: self.value.clone(), version: self.version }
+        Self {
+            name: self.name.clone(),
+            key: self.key.clone(),
+            value: self.value.clone(),
+            version: self.version,
+        }
     }
 }
 
 impl<K: Send + 'static, V: Send + 'static> fmt::Debug for StoreDef<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreDef").field("name", &self.name).field("format", &self.spec().format).finish()
+        f.debug_struct("StoreDef")
+            .field("name", &self.name)
+            .field("format", &self.spec().format)
+            .finish()
     }
 }
 
@@ -39,7 +47,12 @@ impl<K: Send + 'static, V: Send + 'static> StoreDef<K, V> {
     /// A store called `name` (letters, digits, `.`, `_`, `-`: it becomes part of the
     /// changelog topic's name).
     pub fn new(name: &str, key: impl Codec<Item = K>, value: impl Codec<Item = V>) -> Self {
-        Self { name: name.into(), key: Arc::new(key), value: Arc::new(value), version: 1 }
+        Self {
+            name: name.into(),
+            key: Arc::new(key),
+            value: Arc::new(value),
+            version: 1,
+        }
     }
 
     /// Version of your state schema (default 1), recorded with the codec names. Opening a
@@ -57,7 +70,12 @@ impl<K: Send + 'static, V: Send + 'static> StoreDef<K, V> {
     pub(crate) fn spec(&self) -> StoreSpec {
         StoreSpec {
             name: self.name.to_string(),
-            format: format!("key={};value={};version={}", self.key.name(), self.value.name(), self.version),
+            format: format!(
+                "key={};value={};version={}",
+                self.key.name(),
+                self.value.name(),
+                self.version
+            ),
         }
     }
 }
@@ -73,18 +91,28 @@ pub struct Store<'a, K: Send + 'static, V: Send + 'static> {
 
 impl<K: Send + 'static, V: Send + 'static> fmt::Debug for Store<'_, K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("name", &self.def.name).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("name", &self.def.name)
+            .finish_non_exhaustive()
     }
 }
 
 impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
-    pub(crate) fn open(def: &'a StoreDef<K, V>, state: &'a mut PartitionState) -> Result<Self, StateError> {
-        let index = state.store_index(&def.name).ok_or_else(|| StateError::UnknownStore(def.name.to_string()))?;
+    pub(crate) fn open(
+        def: &'a StoreDef<K, V>,
+        state: &'a mut PartitionState,
+    ) -> Result<Self, StateError> {
+        let index = state
+            .store_index(&def.name)
+            .ok_or_else(|| StateError::UnknownStore(def.name.to_string()))?;
         Ok(Self { def, index, state })
     }
 
     fn codec_err(&self) -> impl Fn(crate::codec::CodecError) -> StateError + '_ {
-        |source| StateError::Codec { store: self.def.name.to_string(), source }
+        |source| StateError::Codec {
+            store: self.def.name.to_string(),
+            source,
+        }
     }
 
     /// The value of `key`, if any.
@@ -97,7 +125,9 @@ impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
             Lookup::Written(value) => value.map(<[u8]>::to_vec),
             Lookup::Unknown => self.state.db.get(self.index, &key)?,
         };
-        bytes.map(|b| self.def.value.decode(&b).map_err(self.codec_err())).transpose()
+        bytes
+            .map(|b| self.def.value.decode(&b).map_err(self.codec_err()))
+            .transpose()
     }
 
     /// Sets `key` to `value`.

@@ -31,7 +31,9 @@ pub fn broker_available() -> bool {
         if std::env::var("REQUIRE_KAFKA").is_ok_and(|v| v == "1") {
             panic!("REQUIRE_KAFKA=1 but no broker answers at {addr}; run scripts/broker.sh");
         }
-        eprintln!("skipping: no Kafka broker at {addr} (run scripts/broker.sh, or set KAFKA_BOOTSTRAP)");
+        eprintln!(
+            "skipping: no Kafka broker at {addr} (run scripts/broker.sh, or set KAFKA_BOOTSTRAP)"
+        );
     }
     up
 }
@@ -48,19 +50,31 @@ pub(crate) use require_broker;
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
 }
 
 fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
-    ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap()
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap()
 }
 
 pub async fn create_topic(topic: &str, partitions: i32) {
@@ -70,7 +84,10 @@ pub async fn create_topic(topic: &str, partitions: i32) {
 pub async fn create_topic_at(bootstrap: &str, topic: &str, partitions: i32) {
     let admin = admin(bootstrap);
     let res = admin
-        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
         .await
         .unwrap();
     for r in res {
@@ -78,26 +95,46 @@ pub async fn create_topic_at(bootstrap: &str, topic: &str, partitions: i32) {
     }
     let t = topic.to_string();
     let b = bootstrap.to_string();
-    wait_until("topic visible", Duration::from_secs(20), move || partition_count_at(&b, &t) == Some(partitions as usize)).await;
+    wait_until("topic visible", Duration::from_secs(20), move || {
+        partition_count_at(&b, &t) == Some(partitions as usize)
+    })
+    .await;
 }
 
 pub async fn delete_topic(topic: &str) {
     let admin = admin(&bootstrap());
-    for r in admin.delete_topics(&[topic], &AdminOptions::new()).await.unwrap() {
+    for r in admin
+        .delete_topics(&[topic], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
         r.unwrap();
     }
     let t = topic.to_string();
-    wait_until("topic deleted", Duration::from_secs(20), move || partition_count_at(&bootstrap(), &t).is_none()).await;
+    wait_until("topic deleted", Duration::from_secs(20), move || {
+        partition_count_at(&bootstrap(), &t).is_none()
+    })
+    .await;
 }
 
 pub fn partition_count_at(bootstrap: &str, topic: &str) -> Option<usize> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().ok()?;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .ok()?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
-    md.topics().iter().find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()).map(|t| t.partitions().len())
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len())
 }
 
 pub fn producer_at(bootstrap: &str) -> FutureProducer {
-    ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create().unwrap()
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
 }
 
 /// Produces `(partition, key, value)` records and waits for every ack.
@@ -109,7 +146,11 @@ pub async fn produce_at(bootstrap: &str, topic: &str, records: &[(i32, String, S
     let producer = producer_at(bootstrap);
     let futures: Vec<_> = records
         .iter()
-        .map(|(p, k, v)| producer.send_result(FutureRecord::to(topic).partition(*p).key(k).payload(v)).unwrap())
+        .map(|(p, k, v)| {
+            producer
+                .send_result(FutureRecord::to(topic).partition(*p).key(k).payload(v))
+                .unwrap()
+        })
         .collect();
     for f in futures {
         f.await.unwrap().unwrap();
@@ -118,7 +159,15 @@ pub async fn produce_at(bootstrap: &str, topic: &str, records: &[(i32, String, S
 
 /// `count` records spread round-robin over `partitions` partitions and `keys` keys.
 pub fn records(partitions: i32, keys: usize, count: usize) -> Vec<(i32, String, String)> {
-    (0..count).map(|i| ((i as i32) % partitions, format!("key-{}", i % keys), format!("value-{i}"))).collect()
+    (0..count)
+        .map(|i| {
+            (
+                (i as i32) % partitions,
+                format!("key-{}", i % keys),
+                format!("value-{i}"),
+            )
+        })
+        .collect()
 }
 
 pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
@@ -126,8 +175,17 @@ pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
 }
 
 pub fn end_offsets_at(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
 }
 
 /// Committed offsets of `group` (-1 where nothing is committed).
@@ -136,7 +194,11 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
 }
 
 pub fn committed_at(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -154,7 +216,10 @@ pub fn committed_at(bootstrap: &str, group: &str, topic: &str, partitions: i32) 
 pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -171,7 +236,11 @@ pub struct Recorder {
 }
 
 impl Handler<String, String> for Recorder {
-    async fn handle(&self, r: Record<String, String>, _ctx: &mut PartitionContext) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        r: Record<String, String>,
+        _ctx: &mut PartitionContext,
+    ) -> Result<(), HandlerError> {
         if self.fail_at == Some((r.partition, r.offset)) {
             return Err(format!("poison record at {}", r.offset).into());
         }
@@ -201,12 +270,21 @@ pub struct Counter {
 
 impl Default for Counter {
     fn default() -> Self {
-        Self { store: counts_store(), last: Arc::default(), handled: Arc::default(), delay: None }
+        Self {
+            store: counts_store(),
+            last: Arc::default(),
+            handled: Arc::default(),
+            delay: None,
+        }
     }
 }
 
 impl Handler<String, String> for Counter {
-    async fn handle(&self, r: Record<String, String>, ctx: &mut PartitionContext) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        r: Record<String, String>,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), HandlerError> {
         let key = r.key.ok_or("record without key")?;
         if let Some(d) = self.delay {
             tokio::time::sleep(d).await;
@@ -215,7 +293,8 @@ impl Handler<String, String> for Counter {
         let n = store.get(&key)?.unwrap_or(0) + 1;
         store.put(&key, &n)?;
         self.last.lock().unwrap().insert(key, n);
-        self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.handled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
@@ -245,7 +324,11 @@ impl Running {
         let join = tokio::spawn(consumer.run(async move {
             let _ = rx.await;
         }));
-        Self { stats, stop: Some(tx), join }
+        Self {
+            stats,
+            stop: Some(tx),
+            join,
+        }
     }
 
     /// Graceful shutdown; returns what `run` returned.
@@ -253,7 +336,10 @@ impl Running {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        tokio::time::timeout(Duration::from_secs(90), self.join).await.expect("shutdown timed out").expect("run panicked")
+        tokio::time::timeout(Duration::from_secs(90), self.join)
+            .await
+            .expect("shutdown timed out")
+            .expect("run panicked")
     }
 
     pub fn assigned(&self) -> Vec<i32> {
