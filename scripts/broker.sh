@@ -5,6 +5,10 @@
 #   3. else nisshi 0.8.1 (a Kafka-API broker from crates.io) is built once into
 #      $KAFKA_STATEFUL_CACHE (default ~/.cache/kafka-stateful) and started in the background.
 # Idempotent. Exits non-zero with a message when no broker can be made reachable.
+#
+# `scripts/broker.sh --install-nisshi` only builds/caches the nisshi binary (tests that run
+# their own durable broker, such as the broker-restart test, need it even when Docker serves
+# the main broker).
 set -euo pipefail
 BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
 HOST="${BOOTSTRAP%:*}"; PORT="${BOOTSTRAP##*:}"
@@ -14,6 +18,25 @@ NISSHI="$CACHE/nisshi-$NISSHI_VERSION/bin/nisshi"
 cd "$(dirname "$0")/.."
 
 listening() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
+
+install_nisshi() {
+  if [ -x "$NISSHI" ]; then
+    return 0
+  fi
+  echo "broker: building nisshi $NISSHI_VERSION into $CACHE (once; about 9 minutes on 2 cores)"
+  # --ignore-rust-version: nisshi declares rustc 1.96; with --locked it builds and runs on 1.95.
+  # Its own target dir, so that it never shares (or invalidates) the project's.
+  CARGO_TARGET_DIR="$CACHE/nisshi-build" cargo install nisshi --version "$NISSHI_VERSION" \
+    --locked --ignore-rust-version --no-default-features --features dynostore,libsql \
+    --root "$CACHE/nisshi-$NISSHI_VERSION"
+  rm -rf "$CACHE/nisshi-build"
+}
+
+if [ "${1:-}" = "--install-nisshi" ]; then
+  install_nisshi
+  echo "broker: nisshi at $NISSHI"
+  exit 0
+fi
 
 if listening; then
   echo "broker: already listening on $BOOTSTRAP"
@@ -26,12 +49,7 @@ if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
   exit 0
 fi
 
-if [ ! -x "$NISSHI" ]; then
-  echo "broker: building nisshi $NISSHI_VERSION into $CACHE (once; about 9 minutes on 2 cores)"
-  # --ignore-rust-version: nisshi declares rustc 1.96; with --locked it builds and runs on 1.95.
-  cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
-    --no-default-features --features dynostore,libsql --root "$CACHE/nisshi-$NISSHI_VERSION"
-fi
+install_nisshi
 
 LOG="$CACHE/nisshi-$PORT.log"
 echo "broker: starting nisshi on $BOOTSTRAP (log: $LOG)"

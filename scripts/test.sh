@@ -4,6 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/broker.sh
+if [ "${REQUIRE_KAFKA:-}" = "1" ]; then
+  # Every test must run, including the one that starts its own durable nisshi.
+  scripts/broker.sh --install-nisshi
+fi
 export KAFKA_BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
 # Integration tests start many consumer groups; run them two at a time on small machines.
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-2}"

@@ -459,7 +459,8 @@ impl ConsumerConfigBuilder {
     ///
     /// # Errors
     /// [`ConfigError`] for empty required values, an unset instance-id variable, invalid
-    /// durations or capacities, duplicate stores, stores without a state dir, and overrides
+    /// durations or capacities, duplicate stores, stores without a state dir or with more
+    /// than one source topic, names that make an illegal changelog topic name, and overrides
     /// of properties the library owns.
     pub fn build(self) -> Result<ConsumerConfig, ConfigError> {
         let mut config = self.config;
@@ -496,13 +497,58 @@ impl ConsumerConfigBuilder {
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(ConfigError::DuplicateStore(w[0].to_string()));
         }
-        if !config.stores.is_empty() && config.state_dir.is_none() {
-            return Err(ConfigError::Empty(
-                "state_dir (required when stores are declared)",
-            ));
+        if !config.stores.is_empty() {
+            validate_stores(&config)?;
         }
         Ok(config)
     }
+}
+
+/// Stores need a state dir, exactly one source topic (changelog partition `p` backs source
+/// partition `p`, so two source topics would share changelog partitions), and names that make
+/// a legal changelog topic name `<group>-<store>-changelog`.
+fn validate_stores(c: &ConsumerConfig) -> Result<(), ConfigError> {
+    if c.state_dir.is_none() {
+        return Err(ConfigError::Empty(
+            "state_dir (required when stores are declared)",
+        ));
+    }
+    if c.topics.len() != 1 {
+        return Err(ConfigError::Invalid {
+            name: "topics",
+            value: c.topics.join(","),
+            reason: "a consumer with stores reads exactly one source topic",
+        });
+    }
+    let legal = |s: &str| {
+        s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+    };
+    if !legal(&c.group_id) {
+        return Err(ConfigError::Invalid {
+            name: "group id",
+            value: c.group_id.clone(),
+            reason: "with stores, the group id is part of changelog topic names: use only ASCII letters, digits, '.', '_' and '-'",
+        });
+    }
+    for store in &c.stores {
+        if store.name.is_empty() || !legal(&store.name) {
+            return Err(ConfigError::Invalid {
+                name: "store name",
+                value: store.name.clone(),
+                reason: "part of the changelog topic name: use only ASCII letters, digits, '.', '_' and '-'",
+            });
+        }
+        let topic = crate::changelog::changelog_topic(&c.group_id, &store.name);
+        if topic.len() > 249 {
+            return Err(ConfigError::Invalid {
+                name: "store name",
+                value: store.name.clone(),
+                reason: "the changelog topic name <group>-<store>-changelog exceeds Kafka's 249 characters",
+            });
+        }
+    }
+    Ok(())
 }
 
 fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
@@ -711,5 +757,41 @@ mod tests {
         let printed = format!("{c:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("sasl.password"));
+    }
+
+    #[test]
+    fn stores_need_a_state_dir_one_source_topic_and_legal_names() {
+        use crate::codec::{Bincode, Utf8};
+        let counts = crate::StoreDef::new("counts", Utf8, Bincode::<u64>::new());
+        let stateful = |b: ConsumerConfigBuilder| b.state_dir("/tmp/ks").store(&counts);
+        assert!(stateful(builder()).build().is_ok());
+        assert!(matches!(
+            builder().store(&counts).build(),
+            Err(ConfigError::Empty(_))
+        ));
+        let two_topics = ConsumerConfig::builder("b:9092", "g", ["t1", "t2"]).instance_id("i");
+        assert!(matches!(
+            stateful(two_topics).build(),
+            Err(ConfigError::Invalid { name: "topics", .. })
+        ));
+        let bad_group = ConsumerConfig::builder("b:9092", "my group", ["t"]).instance_id("i");
+        assert!(matches!(
+            stateful(bad_group).build(),
+            Err(ConfigError::Invalid {
+                name: "group id",
+                ..
+            })
+        ));
+        let bad_store = crate::StoreDef::new("a/b", Utf8, Bincode::<u64>::new());
+        assert!(matches!(
+            builder().state_dir("/tmp/ks").store(&bad_store).build(),
+            Err(ConfigError::Invalid {
+                name: "store name",
+                ..
+            })
+        ));
+        // Without stores, group ids are free-form: nothing derives topic names from them.
+        let plain = ConsumerConfig::builder("b:9092", "my group", ["t1", "t2"]).instance_id("i");
+        assert!(plain.build().is_ok());
     }
 }

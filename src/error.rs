@@ -83,8 +83,8 @@ pub enum Error {
         offset: i64,
         /// The configured dead-letter topic.
         dead_letter_topic: String,
-        /// The producer's error.
-        source: KafkaError,
+        /// The producer's error (boxed: it would make every `Result<_, Error>` large).
+        source: Box<KafkaError>,
     },
 
     /// A partition's state store failed.

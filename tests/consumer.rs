@@ -388,3 +388,183 @@ async fn leave_on_close_hands_partitions_over_at_once() {
     .await;
     stay.stop().await.unwrap();
 }
+
+/// Every offset below the committed one of each partition was handled (nothing committed
+/// ahead of processing). Reads the committed offsets first, then what was handled.
+fn assert_committed_only_handled(bootstrap: &str, group: &str, topic: &str, seen: &common::Seen) {
+    let committed = common::committed_at(bootstrap, group, topic, 2);
+    let seen: BTreeSet<(i32, i64)> = seen.lock().unwrap().iter().copied().collect();
+    for (p, &c) in committed.iter().enumerate() {
+        for o in 0..c.max(0) {
+            assert!(
+                seen.contains(&(p as i32, o)),
+                "partition {p}: offset {c} committed but {o} was never handled"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_restart_while_consuming_resumes_without_loss_or_wrong_commits() {
+    let Some(nisshi) = common::nisshi_binary() else {
+        return;
+    };
+    common::init_tracing();
+    // Its own broker, on its own port, with durable (SQLite) storage.
+    let mut broker = common::DurableBroker::start(nisshi).await;
+    let bootstrap = broker.bootstrap();
+    let (topic, group) = (common::unique("outage"), common::unique("g"));
+    common::create_topic_at(&bootstrap, &topic, 2).await;
+    let records = common::records(2, 4, 600);
+    let (before, after) = records.split_at(300);
+    common::produce_at(&bootstrap, &topic, before).await;
+
+    // Partition 0 is slow (10 ms per record), so fetched records are still being handled
+    // when the broker dies.
+    let recorder = Recorder {
+        delay: Some((0, Duration::from_millis(10))),
+        ..Recorder::default()
+    };
+    let config = ConsumerConfig::builder(&bootstrap, &group, [&topic])
+        .instance_id("outage-0")
+        .commit_interval(Duration::from_millis(200))
+        .revoke_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let running = Running::start(StatefulConsumer::new(config, Utf8, Utf8, recorder.clone()));
+    let handled_on = |p: i32| {
+        let seen = recorder.seen.lock().unwrap();
+        seen.iter().filter(|(q, _)| *q == p).count()
+    };
+    common::wait_until("partition 0 under way", WAIT, || handled_on(0) >= 20).await;
+
+    broker.kill().await;
+    let handled_at_kill = recorder.seen.lock().unwrap().len();
+    // The outage itself: ~10 s without a broker (a duration of the scenario, not a wait for
+    // a condition). Commits fail meanwhile and are retried; workers keep handling what was
+    // already fetched.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!running.join.is_finished(), "run() survives the outage");
+    assert!(
+        recorder.seen.lock().unwrap().len() > handled_at_kill,
+        "fetched records keep being handled while the broker is down"
+    );
+
+    broker.resume().await;
+    common::produce_at(&bootstrap, &topic, after).await;
+    let distinct = || {
+        let seen = recorder.seen.lock().unwrap();
+        seen.iter().copied().collect::<BTreeSet<_>>().len()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while distinct() < 600 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processing did not resume after the broker restart: {} of 600 handled",
+            distinct()
+        );
+        assert_committed_only_handled(&bootstrap, &group, &topic, &recorder.seen);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    running.stop().await.unwrap();
+
+    assert_committed_only_handled(&bootstrap, &group, &topic, &recorder.seen);
+    assert_eq!(
+        common::committed_at(&bootstrap, &group, &topic, 2),
+        common::end_offsets_at(&bootstrap, &topic, 2),
+        "everything handled is committed after shutdown"
+    );
+    let handled = recorder.seen.lock().unwrap().len();
+    // A static member within its session timeout keeps its partitions across the outage, so
+    // no record is handed to a handler twice.
+    assert_eq!(handled, 600, "duplicates: {}", handled - 600);
+}
+
+/// Partitions each `on_revoked` call named, in order.
+#[derive(Default, Clone)]
+struct Revocations(Arc<std::sync::Mutex<Vec<i32>>>);
+
+impl RebalanceListener for Revocations {
+    fn on_revoked(&self, partitions: &[(String, i32)]) {
+        let mut revoked = self.0.lock().unwrap();
+        revoked.extend(partitions.iter().map(|(_, p)| *p));
+    }
+}
+
+/// A static member owns 4 partitions and is handling records; a second static member joins.
+/// Returns what the first member had revoked, what it kept, and what the second one got.
+async fn join_scenario(strategy: AssignmentStrategy) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+    let (topic, group) = (common::unique("join"), common::unique("g"));
+    common::create_topic(&topic, 4).await;
+    let build = |id: &str| {
+        config(&group, &topic)
+            .instance_id(id)
+            .assignment(strategy)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (Recorder::default(), Recorder::default());
+    let revoked = Revocations::default();
+    let first = Running::start(
+        StatefulConsumer::new(build("a"), Utf8, Utf8, a.clone())
+            .with_rebalance_listener(revoked.clone()),
+    );
+    common::wait_until("first member owns all", WAIT, || {
+        first.assigned().len() == 4
+    })
+    .await;
+    let records = common::records(4, 8, 800);
+    common::produce(&topic, &records[..400]).await;
+    common::wait_until("first half handled", WAIT, || {
+        a.seen.lock().unwrap().len() == 400
+    })
+    .await;
+
+    let second = Running::start(StatefulConsumer::new(build("b"), Utf8, Utf8, b.clone()));
+    common::wait_until("partitions split", WAIT, || {
+        first.assigned().len() == 2 && second.assigned().len() == 2
+    })
+    .await;
+    common::produce(&topic, &records[400..]).await;
+    let total = || {
+        let (a, b) = (a.seen.lock().unwrap(), b.seen.lock().unwrap());
+        a.iter()
+            .chain(b.iter())
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    common::wait_until("all 800 records handled", WAIT, || total() == 800).await;
+    // Taken before shutdown, which revokes what is left.
+    let mut revoked_by_join = revoked.0.lock().unwrap().clone();
+    revoked_by_join.sort_unstable();
+    let (kept, moved) = (first.assigned(), second.assigned());
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+    let handled = a.seen.lock().unwrap().len() + b.seen.lock().unwrap().len();
+    assert_eq!(handled, 800, "no record handled twice");
+    assert_eq!(
+        common::committed(&group, &topic, 4),
+        common::end_offsets(&topic, 4)
+    );
+    (revoked_by_join, kept, moved)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cooperative_join_revokes_only_the_moved_partitions() {
+    require_broker!();
+    common::init_tracing();
+    let (revoked, kept, moved) = join_scenario(AssignmentStrategy::CooperativeSticky).await;
+    assert_eq!(
+        revoked, moved,
+        "only the partitions that moved to the new member were revoked"
+    );
+    assert!(
+        kept.iter().all(|p| !revoked.contains(p)),
+        "kept partitions {kept:?} were never revoked, so their workers never stopped"
+    );
+
+    // The contrast: an eager protocol revokes every partition on the same join.
+    let (revoked, _, _) = join_scenario(AssignmentStrategy::Range).await;
+    assert_eq!(revoked, vec![0, 1, 2, 3], "eager revokes everything");
+}

@@ -117,7 +117,7 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
 
     // One record per key last, so the final in-process run observes every key's count.
     let probes: Vec<_> = (0..40)
-        .map(|k| ((k % 2) as i32, format!("key-{k}"), "probe".to_string()))
+        .map(|k| (k % 2, format!("key-{k}"), "probe".to_string()))
         .collect();
     common::produce(&topic, &probes).await;
     produced.extend(probes);

@@ -79,8 +79,20 @@ where
                 Some(Ok(msg)) => batch.push(msg),
                 Some(Err(error)) => {
                     self.check_fatal()?;
-                    // Transient (broker down, leader moving): librdkafka retries by itself.
-                    tracing::warn!(%error, "consumer error");
+                    // Transient: librdkafka retries by itself. Connection failures are already
+                    // logged by librdkafka (through rdkafka's log), so they stay at debug here.
+                    let connection = matches!(
+                        error.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::BrokerTransportFailure
+                                | RDKafkaErrorCode::AllBrokersDown
+                        )
+                    );
+                    if connection {
+                        tracing::debug!(%error, "consumer error");
+                    } else {
+                        tracing::warn!(%error, "consumer error");
+                    }
                     break;
                 }
             }

@@ -335,8 +335,10 @@ where
                         offset,
                         dead_letter_topic: dlq.clone(),
                         source: match e {
-                            crate::changelog::ChangelogError::Produce { source, .. } => source,
-                            _ => rdkafka::error::KafkaError::Canceled,
+                            crate::changelog::ChangelogError::Produce { source, .. } => {
+                                Box::new(source)
+                            }
+                            _ => Box::new(rdkafka::error::KafkaError::Canceled),
                         },
                     })?;
                 tracing::warn!(%topic, partition, offset, dead_letter_topic = %dlq, error = %failure.message(), "record dead-lettered");

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
-use super::{StateError, StoreSpec};
+use super::{KeyValues, StateError, StoreSpec};
 
 const META_CF: &str = "kafka-stateful.meta";
 
@@ -171,11 +171,7 @@ impl PartitionDb {
     }
 
     /// Entries whose key starts with `prefix`, in key order.
-    pub(crate) fn prefix(
-        &self,
-        store: usize,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    pub(crate) fn prefix(&self, store: usize, prefix: &[u8]) -> Result<KeyValues, StateError> {
         let iter = self.db.iterator_cf(
             self.cf(&self.stores[store])?,
             IteratorMode::From(prefix, rocksdb::Direction::Forward),

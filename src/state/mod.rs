@@ -44,6 +44,9 @@ pub use store::{Store, StoreDef};
 
 use std::path::PathBuf;
 
+/// Raw `(key, value)` pairs of a store, in key order.
+pub(crate) type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 use crate::changelog::ChangelogError;
 use crate::codec::CodecError;
 

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use super::KeyValues;
+
 /// `None` is a delete.
 pub(crate) type Entries = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
@@ -71,12 +73,7 @@ impl Overlay {
     }
 
     /// Merges the overlay over `base` (database entries under `prefix`), dropping deletes.
-    pub(crate) fn merge_prefix(
-        &self,
-        store: usize,
-        prefix: &[u8],
-        base: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub(crate) fn merge_prefix(&self, store: usize, prefix: &[u8], base: KeyValues) -> KeyValues {
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
             base.into_iter().map(|(k, v)| (k, Some(v))).collect();
         for layer in [&self.flushed_pending[store], &self.staged[store]] {

@@ -347,3 +347,132 @@ impl Running {
         s.partitions.keys().map(|(_, p)| *p).collect()
     }
 }
+
+/// The nisshi binary for tests that run their own broker: `$NISSHI_BIN`, else the one
+/// `scripts/broker.sh` caches, else `nisshi` on the PATH. `None` skips such a test with a
+/// printed reason — unless `REQUIRE_KAFKA=1`, where it fails.
+pub fn nisshi_binary() -> Option<std::path::PathBuf> {
+    let cache = std::env::var_os("KAFKA_STATEFUL_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cache/kafka-stateful"))
+        });
+    let found = std::env::var_os("NISSHI_BIN")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(cache.map(|c| c.join("nisshi-0.8.1/bin/nisshi")))
+        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nisshi"))
+                .collect::<Vec<_>>()
+        }))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        let why = "no nisshi binary (set NISSHI_BIN, or run scripts/broker.sh --install-nisshi)";
+        if std::env::var("REQUIRE_KAFKA").is_ok_and(|v| v == "1") {
+            panic!("REQUIRE_KAFKA=1 but {why}");
+        }
+        eprintln!("skipping: {why}");
+    }
+    found
+}
+
+/// A nisshi broker owned by one test, on its own port, storing everything in SQLite inside
+/// a temporary directory, so that it can be stopped and started again on the same data.
+pub struct DurableBroker {
+    binary: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl DurableBroker {
+    pub async fn start(binary: std::path::PathBuf) -> Self {
+        // Ask the OS for a free port; the tiny window before nisshi binds it is acceptable.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = Self {
+            binary,
+            dir: tempfile::tempdir().unwrap(),
+            port,
+            child: None,
+        };
+        broker.resume().await;
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn listening(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
+    /// Starts the broker process on the existing data and waits until it accepts connections.
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let url = format!("tcp://{}", self.bootstrap());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("nisshi.log"))
+            .unwrap();
+        let child = std::process::Command::new(&self.binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://nisshi.db"])
+            .args(["--group-initial-rebalance-delay", "0s"])
+            .current_dir(self.dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start nisshi");
+        self.child = Some(child);
+        let log_path = self.dir.path().join("nisshi.log");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.listening() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "nisshi exited with {status}: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nisshi did not listen within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the broker process (SIGKILL: nothing is shut down cleanly) and waits until the
+    /// port no longer accepts connections.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("broker not running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        wait_until("broker port closed", Duration::from_secs(10), || {
+            !self.listening()
+        })
+        .await;
+    }
+}
+
+impl Drop for DurableBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
