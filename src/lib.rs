@@ -22,7 +22,7 @@
     unreachable_pub,
     rustdoc::broken_intra_doc_links
 )]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one audited exception: `consumer::poll_loop::has_member_id`
 
 pub mod changelog;
 pub mod codec;

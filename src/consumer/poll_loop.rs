@@ -200,13 +200,43 @@ where
 
     /// Unsubscribing makes even a static member leave; the revoke callback drains and
     /// commits as in any rebalance.
+    ///
+    /// librdkafka sends the LeaveGroup only once the unassignment it started after the
+    /// revoke callback has completed, and a static member that is closed before then never
+    /// sends it (KIP-345: no LeaveGroup on close). So the loop keeps serving the consumer until
+    /// librdkafka has dropped its member id, which it does right as it issues the LeaveGroup;
+    /// closing then waits for the broker's answer.
     fn leave_group(&self) {
         self.consumer.unsubscribe();
         let deadline = Instant::now() + self.config.revoke_timeout + Duration::from_secs(30);
-        while !self.consumer.context().supervisor().assigned().is_empty()
+        while (!self.consumer.context().supervisor().assigned().is_empty()
+            || has_member_id(&self.consumer))
             && Instant::now() < deadline
         {
             let _ = self.consumer.poll(POLL_TIMEOUT);
         }
+        if has_member_id(&self.consumer) {
+            tracing::warn!(group = %self.config.group_id, "LeaveGroup not issued before the deadline; partitions move after the session timeout");
+        }
+    }
+}
+
+/// Whether librdkafka still holds a group member id (it drops it when it leaves the group).
+/// rdkafka has no safe wrapper for `rd_kafka_memberid`.
+#[allow(unsafe_code)]
+fn has_member_id<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>) -> bool {
+    use rdkafka::bindings::{rd_kafka_mem_free, rd_kafka_memberid};
+    let client = consumer.client();
+    // SAFETY: the handle is valid for the lifetime of `consumer`. `rd_kafka_memberid` returns
+    // NULL or a NUL-terminated string the caller owns; it is read, then freed exactly once
+    // with `rd_kafka_mem_free`, as librdkafka documents.
+    unsafe {
+        let id = rd_kafka_memberid(client.native_ptr());
+        if id.is_null() {
+            return false;
+        }
+        let present = !std::ffi::CStr::from_ptr(id).to_bytes().is_empty();
+        rd_kafka_mem_free(client.native_ptr(), id.cast());
+        present
     }
 }
