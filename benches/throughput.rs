@@ -1,7 +1,7 @@
 //! Consumer throughput against a broker, as ratios to a raw rdkafka consumer in the same run.
 //!
 //! `cargo bench --bench throughput` (broker at `$KAFKA_BOOTSTRAP`, default 127.0.0.1:9092;
-//! `BENCH_RECORDS` records of 100 bytes, default 200 000, over 4 partitions). Prints one JSON
+//! `BENCH_RECORDS` records of 100 bytes, default 1 000 000, over 4 partitions). Prints one JSON
 //! line per figure: wall-clock records/s and this process's CPU time per record.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +37,8 @@ struct Figure {
     records: u64,
     wall: Duration,
     cpu: Duration,
+    /// Partition pauses (queue full) during the run.
+    pauses: u64,
 }
 
 impl Figure {
@@ -48,8 +50,8 @@ impl Figure {
     }
     fn print(&self, raw: &Figure) {
         println!(
-            "{{\"bench\":\"{}\",\"records\":{},\"records_per_s\":{:.0},\"cpu_us_per_record\":{:.3},\"rate_ratio_to_raw\":{:.3},\"cpu_ratio_to_raw\":{:.3}}}",
-            self.name, self.records, self.rate(), self.cpu_us(), self.rate() / raw.rate(), self.cpu_us() / raw.cpu_us()
+            "{{\"bench\":\"{}\",\"records\":{},\"records_per_s\":{:.0},\"cpu_us_per_record\":{:.3},\"rate_ratio_to_raw\":{:.3},\"cpu_ratio_to_raw\":{:.3},\"pauses\":{}}}",
+            self.name, self.records, self.rate(), self.cpu_us(), self.rate() / raw.rate(), self.cpu_us() / raw.cpu_us(), self.pauses
         );
     }
 }
@@ -60,6 +62,8 @@ fn raw_consumer(bootstrap: &str, topic: &str, n: u64) -> Figure {
         .set("group.id", format!("raw-{}", std::process::id()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        // The value kafka-stateful sets on its consumers, so both fetch alike.
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .unwrap();
     c.subscribe(&[topic]).unwrap();
@@ -81,6 +85,7 @@ fn raw_consumer(bootstrap: &str, topic: &str, n: u64) -> Figure {
         records: n - 1,
         wall: start.elapsed(),
         cpu: cpu_time() - cpu0,
+        pauses: 0,
     }
 }
 
@@ -105,6 +110,7 @@ impl Handler<String, Vec<u8>> for Count {
 
 async fn stateful(
     name: &'static str,
+    queue_capacity: usize,
     bootstrap: &str,
     topic: &str,
     n: u64,
@@ -115,7 +121,7 @@ async fn stateful(
     let mut builder =
         ConsumerConfig::builder(bootstrap, format!("{name}-{}", std::process::id()), [topic])
             .instance_id("bench-0")
-            .queue_capacity(5000)
+            .queue_capacity(queue_capacity)
             .state_dir(dir.path());
     if let Some(s) = &store {
         builder = builder.store(s);
@@ -123,6 +129,7 @@ async fn stateful(
     let count = Count(Arc::default(), store);
     let consumer = StatefulConsumer::new(builder.build().unwrap(), Utf8, RawBytes, count.clone());
     let seen = count.0.clone();
+    let stats = consumer.stats();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(consumer.run(async move {
         let _ = rx.await;
@@ -134,14 +141,16 @@ async fn stateful(
     while seen.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let figure = Figure {
+    let mut figure = Figure {
         name,
         records: n - first,
         wall: start.elapsed(),
         cpu: cpu_time() - cpu0,
+        pauses: 0,
     };
     let _ = tx.send(());
     run.await.unwrap().unwrap();
+    figure.pauses = stats.snapshot().pauses;
     figure
 }
 
@@ -155,7 +164,7 @@ async fn main() {
     let n: u64 = std::env::var("BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+        .unwrap_or(1_000_000);
     let topic = format!("bench-{}", std::process::id());
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -197,10 +206,16 @@ async fn main() {
             .unwrap()
     };
     raw.print(&raw);
-    stateful("kafka_stateful_stateless", &bootstrap, &topic, n, false)
-        .await
-        .print(&raw);
-    stateful("kafka_stateful_counting_store", &bootstrap, &topic, n, true)
-        .await
-        .print(&raw);
+    // The default queue capacity (10 000) and Kafka Streams' 1000 (see
+    // `ConsumerConfigBuilder::queue_capacity` on what a pause costs in librdkafka).
+    for (name, queue, store) in [
+        ("kafka_stateful_stateless_q1000", 1000, false),
+        ("kafka_stateful_stateless_q10000", 10_000, false),
+        ("kafka_stateful_counting_store_q1000", 1000, true),
+        ("kafka_stateful_counting_store_q10000", 10_000, true),
+    ] {
+        stateful(name, queue, &bootstrap, &topic, n, store)
+            .await
+            .print(&raw);
+    }
 }

@@ -23,6 +23,9 @@ use crate::partition::supervisor::StopMode;
 /// Upper bound of one blocking poll: how quickly shutdown, worker failures, resumes and
 /// commits are noticed when no records arrive.
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
+/// Poll timeout while some partition is paused: its queue drains in milliseconds, and
+/// waiting [`POLL_TIMEOUT`] before moving its overflow in would leave its worker idle.
+const BACKLOG_POLL_TIMEOUT: Duration = Duration::from_millis(1);
 /// Records taken per wake-up before flow control and commits get a turn.
 const MAX_BATCH: usize = 1024;
 
@@ -71,7 +74,12 @@ where
 
     /// Waits up to [`POLL_TIMEOUT`] for a record, then takes what else is ready.
     fn poll_batch(&self) -> Result<(), Error> {
-        let mut timeout = POLL_TIMEOUT;
+        let backlog = self.consumer.context().supervisor().router.has_backlog();
+        let mut timeout = if backlog {
+            BACKLOG_POLL_TIMEOUT
+        } else {
+            POLL_TIMEOUT
+        };
         let mut batch = Vec::new();
         while batch.len() < MAX_BATCH {
             match self.consumer.poll(timeout) {

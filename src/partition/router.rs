@@ -125,6 +125,15 @@ impl<M> Router<M> {
         resume
     }
 
+    /// Whether any partition is paused (or has overflow to move): the poll loop then
+    /// polls briefly, so a drained queue is refilled and resumed without waiting out a full
+    /// poll timeout.
+    pub(crate) fn has_backlog(&self) -> bool {
+        self.lanes
+            .values()
+            .any(|l| l.paused || !l.overflow.is_empty())
+    }
+
     /// Records buffered outside the queues, across partitions.
     #[cfg(test)]
     pub(crate) fn overflow_len(&self) -> usize {
