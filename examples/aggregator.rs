@@ -1,6 +1,7 @@
-//! A stateful aggregator: counts page views per user in a RocksDB store backed by a
+//! The smallest stateful job: counts page views per user in a RocksDB store backed by a
 //! changelog topic. Fills the topic with `--produce N` synthetic views first, then consumes
-//! until Ctrl-C (or `--exit-when-idle`), printing each user's running count every 1000 views.
+//! until Ctrl-C, or with `--exit-when-idle` until every partition is processed and committed
+//! up to its end, and prints a short summary.
 //!
 //! Run it (a broker must listen on --brokers; `scripts/broker.sh` starts one):
 //!
@@ -11,14 +12,16 @@
 //! Run it twice: the second run restores its state from the local checkpoint (0 changelog
 //! records replayed) and keeps counting where it stopped.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kafka_stateful::codec::{Bincode, Json, Utf8};
 use kafka_stateful::{
-    ConsumerConfig, Handler, HandlerError, PartitionContext, Record, StatefulConsumer, StoreDef,
+    ConsumerConfig, Handler, HandlerError, PartitionContext, Record, StatefulConsumer,
+    StatsSnapshot, StoreDef,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -35,6 +38,8 @@ struct PageView {
 struct CountViews {
     views: StoreDef<String, u64>,
     handled: Arc<AtomicU64>,
+    /// Each user's count as last written, for the summary (users seen in this run).
+    latest: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Handler<String, PageView> for CountViews {
@@ -49,12 +54,11 @@ impl Handler<String, PageView> for CountViews {
         let mut views = ctx.store(&self.views)?;
         let count = views.get(&view.user)?.unwrap_or(0) + 1;
         views.put(&view.user, &count)?;
-        if self.handled.fetch_add(1, Ordering::Relaxed) % 1000 == 999 {
-            println!(
-                "partition {} offset {}: {} has {count} views",
-                record.partition, record.offset, view.user
-            );
-        }
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        self.latest
+            .lock()
+            .map_err(|_| "summary lock poisoned")?
+            .insert(view.user, count);
         Ok(())
     }
 }
@@ -109,7 +113,9 @@ async fn fill(args: &Args) -> anyhow::Result<()> {
         .create()?;
     let mut pending = Vec::new();
     for i in 0..args.produce {
-        let user = format!("user-{}", i % 100);
+        // A skewed audience: a few heavy users, a long tail.
+        let spread = (i as u64).wrapping_mul(2_654_435_761) % 1000;
+        let user = format!("user-{}", spread * spread / 10_000);
         let value = serde_json::to_vec(&PageView {
             user: user.clone(),
             page: format!("/page/{}", i % 7),
@@ -124,6 +130,34 @@ async fn fill(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every assigned partition is processed and committed up to its end.
+fn caught_up(s: &StatsSnapshot) -> bool {
+    !s.partitions.is_empty()
+        && s.partitions
+            .values()
+            .all(|p| p.ready && p.queued == 0 && p.high_watermark >= 0 && p.committed_lag == 0)
+}
+
+fn print_summary(
+    handled: u64,
+    latest: &HashMap<String, u64>,
+    last: &StatsSnapshot,
+    elapsed: Duration,
+) {
+    let restored: u64 = last.partitions.values().map(|p| p.restored_records).sum();
+    let mut top: Vec<(&String, &u64)> = latest.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    println!("summary");
+    println!("  views counted this run:  {handled}");
+    println!("  users seen this run:     {}", latest.len());
+    println!("  changelog records restored at start: {restored}");
+    println!("  elapsed:                 {:.1} s", elapsed.as_secs_f64());
+    println!("  top users (total views):");
+    for (user, views) in top.into_iter().take(5) {
+        println!("    {user:<12} {views}");
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -132,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,librdkafka=warn".into()),
         )
         .init();
+    let started = Instant::now();
     let args = parse_args()?;
     if args.produce > 0 {
         fill(&args).await?;
@@ -141,8 +176,10 @@ async fn main() -> anyhow::Result<()> {
         .instance_id("aggregator-0")
         .state_dir(&args.state_dir)
         .store(&views)
+        .commit_interval(Duration::from_secs(1))
         .build()?;
     let handled = Arc::new(AtomicU64::new(0));
+    let latest = Arc::new(Mutex::new(HashMap::new()));
     let consumer = StatefulConsumer::new(
         config,
         Utf8,
@@ -150,32 +187,39 @@ async fn main() -> anyhow::Result<()> {
         CountViews {
             views,
             handled: handled.clone(),
+            latest: latest.clone(),
         },
     );
     let stats = consumer.stats();
+    let last = Arc::new(Mutex::new(StatsSnapshot::default()));
     let exit_when_idle = args.exit_when_idle;
-    let shutdown = async move {
-        if exit_when_idle {
-            // Stop once every assigned partition has caught up and committed.
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let s = stats.snapshot();
-                let idle = !s.partitions.is_empty()
-                    && s.partitions.values().all(|p| {
-                        p.ready
-                            && p.queued == 0
-                            && p.committed_next >= 0
-                            && p.committed_next == p.durable_next
-                    });
-                if idle && handled.load(Ordering::Relaxed) > 0 {
-                    println!("idle: {s:#?}");
-                    break;
+    let shutdown = {
+        let last = last.clone();
+        async move {
+            if exit_when_idle {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let s = stats.snapshot();
+                    let done = caught_up(&s);
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = s;
+                    if done {
+                        break;
+                    }
                 }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = stats.snapshot();
             }
-        } else {
-            let _ = tokio::signal::ctrl_c().await;
         }
     };
     consumer.run(shutdown).await?;
+    let latest = latest.lock().unwrap_or_else(|p| p.into_inner());
+    let last = last.lock().unwrap_or_else(|p| p.into_inner());
+    print_summary(
+        handled.load(Ordering::Relaxed),
+        &latest,
+        &last,
+        started.elapsed(),
+    );
     Ok(())
 }

@@ -109,6 +109,19 @@ pub enum ErrorPolicy {
     DeadLetter(String),
 }
 
+/// What to do when a subscribed topic does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MissingTopics {
+    /// `run()` returns [`Error::TopicMissing`](crate::Error::TopicMissing) at start, and when a
+    /// topic disappears while consuming (as Kafka Streams does).
+    #[default]
+    Fail,
+    /// Keep running and consume the topic once it exists (librdkafka logs a warning on each
+    /// metadata refresh meanwhile). Not allowed with stores: changelogs are sized from it.
+    Wait,
+}
+
 /// Retries of a failing handler before the [`ErrorPolicy`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -144,6 +157,9 @@ pub struct ConsumerConfig {
     pub(crate) queue_capacity: usize,
     pub(crate) assignment: AssignmentStrategy,
     pub(crate) revoke_timeout: Duration,
+    pub(crate) flush_timeout: Duration,
+    pub(crate) missing_topics: MissingTopics,
+    pub(crate) stats_interval: Duration,
     pub(crate) close: CloseBehavior,
     pub(crate) error_policy: ErrorPolicy,
     pub(crate) retry: RetryPolicy,
@@ -240,6 +256,9 @@ impl ConsumerConfig {
                 queue_capacity: 10_000,
                 assignment: AssignmentStrategy::default(),
                 revoke_timeout: Duration::from_secs(30),
+                flush_timeout: Duration::from_secs(30),
+                missing_topics: MissingTopics::default(),
+                stats_interval: Duration::from_secs(1),
                 close: CloseBehavior::default(),
                 error_policy: ErrorPolicy::default(),
                 retry: RetryPolicy::default(),
@@ -292,7 +311,9 @@ impl ConsumerConfig {
             // that queue within milliseconds: measured 150k records/s with it and 950k
             // records/s with 10 ms (benches/throughput.rs). The thresholds still bound memory.
             // Overridable with `set`.
-            .set("fetch.queue.backoff.ms", "10");
+            .set("fetch.queue.backoff.ms", "10")
+            // High watermarks for lag in `Stats` come from librdkafka's statistics.
+            .set("statistics.interval.ms", millis(self.stats_interval));
         if let Some(id) = &self.instance_id {
             c.set("group.instance.id", id);
         }
@@ -401,6 +422,31 @@ impl ConsumerConfigBuilder {
         self
     }
 
+    /// How long a stopping worker may take for its final flush after its in-flight record
+    /// finished or was cancelled (default 30 s); past it the worker is aborted and its
+    /// unflushed records stay uncommitted.
+    ///
+    /// `revoke_timeout + flush_timeout` bounds a revoke, and must stay below
+    /// `max_poll_interval`: the group coordinator waits at most that long (the rebalance
+    /// timeout) for a member to complete a rebalance.
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.config.flush_timeout = timeout;
+        self
+    }
+
+    /// What to do when a subscribed topic does not exist (default [`MissingTopics::Fail`]).
+    pub fn missing_topics(mut self, policy: MissingTopics) -> Self {
+        self.config.missing_topics = policy;
+        self
+    }
+
+    /// How often librdkafka reports statistics, from which `Stats` takes each partition's
+    /// high watermark and lag (default 1 s).
+    pub fn stats_interval(mut self, interval: Duration) -> Self {
+        self.config.stats_interval = interval;
+        self
+    }
+
     /// What closing tells the group (default: a static member keeps its membership).
     pub fn close_behavior(mut self, close: CloseBehavior) -> Self {
         self.config.close = close;
@@ -500,6 +546,7 @@ impl ConsumerConfigBuilder {
             Membership::Dynamic => None,
         };
         validate_ranges(&config)?;
+        crate::consumer::Subscription::new(&config.topics)?;
         for (key, value) in config
             .consumer_overrides
             .iter()
@@ -598,10 +645,26 @@ fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
         ("commit_interval", c.commit_interval),
         ("flush_interval", c.flush_interval),
         ("revoke_timeout", c.revoke_timeout),
+        ("flush_timeout", c.flush_timeout),
+        ("stats_interval", c.stats_interval),
     ] {
         if d.is_zero() {
             return invalid(name, "0s".into(), "must be positive");
         }
+    }
+    if c.revoke_timeout + c.flush_timeout >= c.max_poll_interval {
+        return invalid(
+            "revoke_timeout + flush_timeout",
+            format!("{:?}", c.revoke_timeout + c.flush_timeout),
+            "must be below max_poll_interval: the coordinator waits at most that long for a member to finish a rebalance, and would remove it from the group",
+        );
+    }
+    if c.missing_topics == MissingTopics::Wait && !c.stores.is_empty() {
+        return invalid(
+            "missing_topics",
+            "Wait".into(),
+            "a consumer with stores sizes its changelogs from the source topic, which must exist at start",
+        );
     }
     if let ErrorPolicy::DeadLetter(topic) = &c.error_policy {
         if topic.trim().is_empty() || c.topics.contains(topic) {
@@ -657,6 +720,9 @@ impl fmt::Debug for ConsumerConfig {
             .field("queue_capacity", &self.queue_capacity)
             .field("assignment", &self.assignment)
             .field("revoke_timeout", &self.revoke_timeout)
+            .field("flush_timeout", &self.flush_timeout)
+            .field("missing_topics", &self.missing_topics)
+            .field("stats_interval", &self.stats_interval)
             .field("close", &self.close)
             .field("error_policy", &self.error_policy)
             .field("retry", &self.retry)
@@ -761,6 +827,37 @@ mod tests {
             .error_policy(ErrorPolicy::DeadLetter("t".into()))
             .build()
             .is_err());
+    }
+
+    #[test]
+    fn a_revoke_must_fit_in_max_poll_interval() {
+        // Default: 30 s + 30 s < 5 min.
+        assert!(builder().build().is_ok());
+        let err = builder()
+            .session_timeout(Duration::from_secs(10))
+            .max_poll_interval(Duration::from_secs(20))
+            .revoke_timeout(Duration::from_secs(5))
+            .flush_timeout(Duration::from_secs(15))
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    name: "revoke_timeout + flush_timeout",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("max_poll_interval"), "{err}");
+        assert!(builder()
+            .session_timeout(Duration::from_secs(10))
+            .max_poll_interval(Duration::from_secs(21))
+            .revoke_timeout(Duration::from_secs(5))
+            .flush_timeout(Duration::from_secs(15))
+            .build()
+            .is_ok());
     }
 
     #[test]

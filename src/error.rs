@@ -72,6 +72,19 @@ pub enum Error {
         source: HandlerError,
     },
 
+    /// The handler or a codec panicked on a record and the error policy is `Fail`.
+    #[error("panic on {topic}/{partition}@{offset}: {message}")]
+    Panicked {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// Offset of the record; it and everything after it stays uncommitted.
+        offset: i64,
+        /// The panic's message.
+        message: String,
+    },
+
     /// Producing a failed record to the dead-letter topic failed.
     #[error("cannot dead-letter {topic}/{partition}@{offset} to {dead_letter_topic}: {source}")]
     DeadLetter {
@@ -95,12 +108,65 @@ pub enum Error {
     #[error(transparent)]
     Changelog(#[from] ChangelogError),
 
-    /// A partition worker panicked (a bug in the handler or in this crate).
-    #[error("worker for {topic}/{partition} panicked")]
+    /// A partition worker panicked outside the handler and codecs (a bug in this crate).
+    /// Panics of the handler or a codec are errors of their record ([`Error::Handler`],
+    /// [`Error::Decode`]) and follow the error policy.
+    #[error("worker for {topic}/{partition} panicked: {message}")]
     WorkerPanicked {
         /// Source topic.
         topic: String,
         /// Source partition.
         partition: i32,
+        /// The panic's message.
+        message: String,
+    },
+
+    /// The group keeps assigning this consumer partitions of topics it did not subscribe to.
+    ///
+    /// A static member that restarts within the session timeout with a changed subscription
+    /// can be handed its previous assignment back; so can two jobs sharing a group id by
+    /// mistake. The consumer left and rejoined the group to have the assignment recomputed,
+    /// and the coordinator kept the foreign topics.
+    #[error(
+        "group {group:?} (group.instance.id {instance_id:?}) keeps assigning topics {assigned:?} \
+         although this consumer subscribes to {subscribed:?}; use a new instance id for the new \
+         subscription, or stop the old one with CloseBehavior::LeaveGroup before changing it, \
+         and make sure no other job uses this group id"
+    )]
+    ForeignAssignment {
+        /// The consumer group.
+        group: String,
+        /// The static member's instance id (`None`: dynamic membership).
+        instance_id: Option<String>,
+        /// What this consumer subscribed to.
+        subscribed: Vec<String>,
+        /// The foreign topics the group assigned.
+        assigned: Vec<String>,
+    },
+
+    /// A subscribed topic does not exist (at start, or it was deleted while consuming).
+    #[error(
+        "topic {topic:?} does not exist: create it, fix the subscription, or choose \
+         MissingTopics::Wait to wait for it"
+    )]
+    TopicMissing {
+        /// The topic (or the subscription, when the broker did not say which).
+        topic: String,
+    },
+
+    /// The broker refused this principal access to a topic, the group or the cluster.
+    #[error("not authorized ({code}): {reason}; grant the principal read access to the topics and the group")]
+    NotAuthorized {
+        /// librdkafka's error code name.
+        code: String,
+        /// librdkafka's description.
+        reason: String,
+    },
+
+    /// `auto.offset.reset=error` was set and a partition has no valid committed offset.
+    #[error("a partition has no valid committed offset and auto.offset.reset=error: {reason}")]
+    NoValidOffset {
+        /// librdkafka's description.
+        reason: String,
     },
 }

@@ -22,7 +22,7 @@
     unreachable_pub,
     rustdoc::broken_intra_doc_links
 )]
-#![deny(unsafe_code)] // one audited exception: `consumer::poll_loop::has_member_id`
+#![deny(unsafe_code)] // audited exceptions: `consumer::poll_loop::has_member_id`, `consumer::commit::commit_queued`
 
 pub mod changelog;
 pub mod codec;
@@ -38,7 +38,7 @@ pub mod state;
 pub use codec::{Codec, CodecError};
 pub use config::{
     AssignmentStrategy, CloseBehavior, ConfigError, ConsumerConfig, ConsumerConfigBuilder,
-    ErrorPolicy, Membership, RetryPolicy,
+    ErrorPolicy, Membership, MissingTopics, RetryPolicy,
 };
 pub use consumer::StatefulConsumer;
 pub use error::{Error, Result};

@@ -42,8 +42,18 @@ pub struct PartitionStats {
     pub processed_next: i64,
     /// Next offset whose effects are not yet durable (what a commit would send); -1: none.
     pub durable_next: i64,
-    /// Last committed offset; -1 before the first commit.
+    /// The committed offset the broker confirmed for the group; -1 before the first commit.
     pub committed_next: i64,
+    /// Commits of this partition that failed (each is retried).
+    pub commit_failures: u64,
+    /// High watermark (end offset) of the partition, from the client's statistics (refreshed
+    /// every `stats_interval` while the partition is fetched); -1 until known.
+    pub high_watermark: i64,
+    /// Records after the committed offset: `high_watermark - committed_next` (from the start
+    /// of the partition before the first commit); -1 until the high watermark is known.
+    pub committed_lag: i64,
+    /// Records not yet processed: `high_watermark - processed_next`; -1 until known.
+    pub processed_lag: i64,
     /// Records waiting in the partition's queue.
     pub queued: u64,
     /// Whether fetching is paused because the queue is full.
@@ -74,6 +84,8 @@ pub struct StatsSnapshot {
     pub pauses: u64,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Offset commits that failed, across partitions.
+    pub commit_failures: u64,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +96,7 @@ pub(crate) struct StatsInner {
     pub(crate) revoked: AtomicU64,
     pub(crate) pauses: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) commit_failures: AtomicU64,
 }
 
 impl StatsInner {
@@ -124,10 +137,24 @@ impl Stats {
             .partitions()
             .iter()
             .map(|(tp, p)| {
+                let high_watermark = p.high_watermark.load(Ordering::Relaxed);
+                let processed_next = p.processed_next.load(Ordering::Relaxed);
+                let committed_next = p.committed_next.load(Ordering::Relaxed);
+                let lag = |next: i64| {
+                    if high_watermark < 0 {
+                        -1
+                    } else {
+                        (high_watermark - next.max(0)).max(0)
+                    }
+                };
                 let stats = PartitionStats {
-                    processed_next: p.processed_next.load(Ordering::Relaxed),
+                    processed_next,
                     durable_next: p.durable_next(),
-                    committed_next: p.committed_next.load(Ordering::Relaxed),
+                    committed_next,
+                    commit_failures: load(&p.commit_failures),
+                    high_watermark,
+                    committed_lag: lag(committed_next),
+                    processed_lag: lag(processed_next.max(committed_next)),
                     queued: load(&p.queued),
                     paused: p.paused.load(Ordering::Relaxed),
                     ready: p.ready.load(Ordering::Relaxed),
@@ -145,6 +172,7 @@ impl Stats {
             revoked: load(&inner.revoked),
             pauses: load(&inner.pauses),
             dead_lettered: load(&inner.dead_lettered),
+            commit_failures: load(&inner.commit_failures),
         }
     }
 }

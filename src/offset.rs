@@ -48,8 +48,15 @@ pub(crate) struct PartitionProgress {
     durable_next: AtomicI64,
     /// Next offset not yet processed (may be ahead of `durable_next` until a flush).
     pub(crate) processed_next: AtomicI64,
-    /// Last offset committed by the poll loop. -1: nothing yet.
+    /// Last offset the broker confirmed as committed for this group. -1: nothing yet.
     pub(crate) committed_next: AtomicI64,
+    /// Offset of the commit whose result is still awaited; at most `committed_next` when none
+    /// is in flight (a failed commit resets it, so the next interval retries).
+    commit_sent: AtomicI64,
+    /// Commits of this partition the broker (or the client) rejected.
+    pub(crate) commit_failures: AtomicU64,
+    /// High watermark of the source partition, from the client's statistics. -1: unknown.
+    pub(crate) high_watermark: AtomicI64,
     /// Records waiting in this partition's queue.
     pub(crate) queued: AtomicU64,
     /// Whether the poll loop paused fetching for this partition.
@@ -70,6 +77,9 @@ impl Default for PartitionProgress {
             durable_next: AtomicI64::new(-1),
             processed_next: AtomicI64::new(-1),
             committed_next: AtomicI64::new(-1),
+            commit_sent: AtomicI64::new(-1),
+            commit_failures: AtomicU64::new(0),
+            high_watermark: AtomicI64::new(-1),
             queued: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             restored_records: AtomicU64::new(0),
@@ -86,10 +96,37 @@ impl PartitionProgress {
         self.durable_next.fetch_max(next, Ordering::AcqRel);
     }
 
-    /// What the poll loop should commit, if it differs from the last commit.
+    /// What the poll loop should commit: the durable position, unless the broker already
+    /// has it or a commit of it is in flight.
     pub(crate) fn to_commit(&self) -> Option<i64> {
         let durable = self.durable_next.load(Ordering::Acquire);
-        (durable >= 0 && durable > self.committed_next.load(Ordering::Acquire)).then_some(durable)
+        let committed = self.committed_next.load(Ordering::Acquire);
+        let sent = self.commit_sent.load(Ordering::Acquire);
+        (durable >= 0 && durable > committed && durable > sent).then_some(durable)
+    }
+
+    /// A commit of `next` was submitted; its result is awaited.
+    pub(crate) fn commit_submitted(&self, next: i64) {
+        self.commit_sent.fetch_max(next, Ordering::AcqRel);
+    }
+
+    /// The broker confirmed `next` as this partition's committed offset.
+    pub(crate) fn commit_succeeded(&self, next: i64) {
+        self.committed_next.fetch_max(next, Ordering::AcqRel);
+    }
+
+    /// The commit of `next` failed: count it, and let the next interval retry it.
+    pub(crate) fn commit_failed(&self, next: i64) {
+        self.commit_failures.fetch_add(1, Ordering::Relaxed);
+        let committed = self.committed_next.load(Ordering::Acquire);
+        let _ =
+            self.commit_sent
+                .compare_exchange(next, committed, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether a submitted commit still awaits its result.
+    pub(crate) fn commit_in_flight(&self) -> bool {
+        self.commit_sent.load(Ordering::Acquire) > self.committed_next.load(Ordering::Acquire)
     }
 
     pub(crate) fn durable_next(&self) -> i64 {
@@ -146,7 +183,29 @@ mod tests {
         p.set_durable(8);
         p.set_durable(5);
         assert_eq!(p.to_commit(), Some(8));
-        p.committed_next.store(8, Ordering::Release);
-        assert_eq!(p.to_commit(), None);
+        p.commit_submitted(8);
+        assert_eq!(p.to_commit(), None, "in flight: not sent again");
+        assert!(p.commit_in_flight());
+        p.commit_succeeded(8);
+        assert!(!p.commit_in_flight());
+        assert_eq!(p.to_commit(), None, "already committed: not sent again");
+        p.set_durable(9);
+        assert_eq!(p.to_commit(), Some(9));
+    }
+
+    #[test]
+    fn a_failed_commit_is_counted_and_retried() {
+        let p = PartitionProgress::default();
+        p.set_durable(4);
+        p.commit_submitted(4);
+        p.commit_failed(4);
+        assert_eq!(p.commit_failures.load(Ordering::Relaxed), 1);
+        assert!(!p.commit_in_flight());
+        assert_eq!(p.to_commit(), Some(4), "retried on the next interval");
+        // A late failure of an older commit does not cancel a newer one in flight.
+        p.set_durable(6);
+        p.commit_submitted(6);
+        p.commit_failed(4);
+        assert!(p.commit_in_flight());
     }
 }

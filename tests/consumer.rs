@@ -212,6 +212,9 @@ async fn handler_slower_than_max_poll_interval_pauses_only_its_partition() {
         .instance_id("slow-0")
         .session_timeout(Duration::from_secs(6))
         .max_poll_interval(Duration::from_secs(6))
+        // A revoke must fit in max.poll.interval.ms.
+        .revoke_timeout(Duration::from_secs(2))
+        .flush_timeout(Duration::from_secs(2))
         .queue_capacity(10)
         .build()
         .unwrap();
@@ -567,4 +570,68 @@ async fn cooperative_join_revokes_only_the_moved_partitions() {
     // The contrast: an eager protocol revokes every partition on the same join.
     let (revoked, _, _) = join_scenario(AssignmentStrategy::Range).await;
     assert_eq!(revoked, vec![0, 1, 2, 3], "eager revokes everything");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stats_report_the_committed_offsets_the_broker_holds() {
+    require_broker!();
+    common::init_tracing();
+    let (topic, group) = (common::unique("stats"), common::unique("g"));
+    common::create_topic(&topic, 3).await;
+    common::produce(&topic, &common::records(3, 10, 300)).await;
+    let end = common::end_offsets(&topic, 3);
+
+    // Statistics off (an hour apart): the committed offsets in Stats can only come from the
+    // results of this consumer's own commits.
+    let recorder = Recorder::default();
+    let c = config(&group, &topic)
+        .instance_id("stats-0")
+        .stats_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let running = Running::start(StatefulConsumer::new(c, Utf8, Utf8, recorder.clone()));
+    let committed_in_stats = |running: &Running| -> Vec<i64> {
+        let s = running.stats.snapshot();
+        (0..3)
+            .map(|p| {
+                s.partitions
+                    .get(&(topic.clone(), p))
+                    .map_or(-2, |ps| ps.committed_next)
+            })
+            .collect()
+    };
+    common::wait_until(
+        "Stats show every partition committed up to its end",
+        WAIT,
+        || committed_in_stats(&running) == end,
+    )
+    .await;
+    assert_eq!(
+        common::committed(&group, &topic, 3),
+        committed_in_stats(&running),
+        "Stats agree with what the broker returns for the group"
+    );
+    assert_eq!(running.stats.snapshot().commit_failures, 0);
+    running.stop().await.unwrap();
+    assert_eq!(recorder.seen.lock().unwrap().len(), 300);
+
+    // With statistics on, lag is known and zero once caught up; a restart sees the
+    // committed offsets at once, before committing anything itself.
+    let c = config(&group, &topic)
+        .instance_id("stats-0")
+        .build()
+        .unwrap();
+    let running = Running::start(StatefulConsumer::new(c, Utf8, Utf8, Recorder::default()));
+    common::wait_until("lag known and zero after a restart", WAIT, || {
+        let s = running.stats.snapshot();
+        s.partitions.len() == 3
+            && s.partitions.iter().all(|((_, p), ps)| {
+                ps.high_watermark == end[*p as usize]
+                    && ps.committed_next == end[*p as usize]
+                    && ps.committed_lag == 0
+                    && ps.processed_lag == 0
+            })
+    })
+    .await;
+    running.stop().await.unwrap();
 }

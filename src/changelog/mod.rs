@@ -24,7 +24,7 @@ mod topics;
 mod writer;
 
 pub(crate) use reader::{header_str as reader_header, ChangelogReader};
-pub(crate) use topics::{ensure_changelogs, source_partition_count};
+pub(crate) use topics::{ensure_changelogs, partition_count, source_partition_count};
 pub(crate) use writer::{ChangelogWriter, OutRecord};
 
 use rdkafka::error::KafkaError;

@@ -18,7 +18,10 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Asks through a consumer-type client: a producer-type (admin) client's metadata request
 /// allows auto-creation, and brokers with auto-creation on would create the topic with the
 /// default partition count instead of answering "unknown".
-fn partition_count(config: &ConsumerConfig, topic: &str) -> Result<Option<usize>, ChangelogError> {
+pub(crate) fn partition_count(
+    config: &ConsumerConfig,
+    topic: &str,
+) -> Result<Option<usize>, ChangelogError> {
     let admin_err = |source| ChangelogError::Admin {
         topic: topic.to_string(),
         source,

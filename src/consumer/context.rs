@@ -1,25 +1,80 @@
-//! The rdkafka consumer context: rebalance callbacks glue the group protocol to the
-//! supervisor. They run inside `poll()` on the poll-loop thread.
+//! The rdkafka consumer context: the glue between librdkafka's callbacks and the poll loop.
+//!
+//! Every callback runs inside `poll()` on the poll-loop thread. None of them blocks:
+//! - assign: start workers (each restores its state before processing, off this thread);
+//! - revoke: tell the revoked partitions' workers to stop and *defer* librdkafka's unassign
+//!   until they have drained, flushed and committed ([`PendingRevoke`], driven by the poll
+//!   loop). Meanwhile the loop keeps fetching, routing and committing the partitions that
+//!   stay (cooperative rebalances), and librdkafka holds the rebalance until the unassign;
+//! - commit results update each partition's committed offset ([`commit::record_result`]);
+//! - statistics give each partition's high watermark.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::TopicPartitionList;
 
+use super::commit;
+use super::subscription::Subscription;
 use crate::codec::Codec;
 use crate::handler::Handler;
 use crate::observe::{RebalanceListener, StatsInner};
-use crate::offset::PartitionProgress;
 use crate::partition::router::TopicPartition;
-use crate::partition::supervisor::{StopMode, Supervisor};
+use crate::partition::supervisor::{StopMode, Stopping, Supervisor};
+
+/// A revoke whose workers are draining; librdkafka's unassign waits for it.
+pub(crate) struct PendingRevoke {
+    /// The revoked partitions as librdkafka listed them (owned copy: the event's list is
+    /// freed when the callback returns).
+    pub(crate) tpl: TopicPartitionList,
+    pub(crate) partitions: Vec<TopicPartition>,
+    pub(crate) stopping: Stopping,
+    pub(crate) phase: RevokePhase,
+    pub(crate) started: Instant,
+}
+
+/// Where a pending revoke stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RevokePhase {
+    /// Waiting for the workers to finish their in-flight record and final flush.
+    Draining,
+    /// Final offsets submitted; waiting for the broker's answer until the deadline.
+    Committing { deadline: Instant },
+}
+
+/// What the rebalance callbacks leave for the poll loop.
+#[derive(Default)]
+pub(crate) struct RebalanceState {
+    pub(crate) pending_revoke: Option<PendingRevoke>,
+    /// Partitions of topics this consumer did not subscribe to, from the last assignment.
+    pub(crate) foreign: Vec<TopicPartition>,
+    /// Set when an assignment gave this consumer partitions and none of them was foreign.
+    pub(crate) clean_assignment: bool,
+}
 
 pub(crate) struct LoopContext<KC: Codec, VC: Codec, H> {
     supervisor: Mutex<Supervisor<KC, VC, H>>,
+    rebalance: Mutex<RebalanceState>,
+    subscription: Subscription,
     listener: Arc<dyn RebalanceListener>,
     stats: Arc<StatsInner>,
+    /// Set once the poll loop has stopped every worker and the consumer is being dropped:
+    /// librdkafka's closing revoke must then be completed at once, or the close never ends.
+    closing: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Only the poll thread locks these; a panic there ends the consumer anyway.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<KC, VC, H> LoopContext<KC, VC, H>
@@ -30,25 +85,125 @@ where
 {
     pub(crate) fn new(
         supervisor: Supervisor<KC, VC, H>,
+        subscription: Subscription,
         listener: Arc<dyn RebalanceListener>,
         stats: Arc<StatsInner>,
     ) -> Self {
         Self {
             supervisor: Mutex::new(supervisor),
+            rebalance: Mutex::new(RebalanceState::default()),
+            subscription,
             listener,
             stats,
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// From now on revokes are completed inside the callback (see `closing`).
+    pub(crate) fn set_closing(&self) {
+        self.closing.store(true, Ordering::Release);
     }
 
     pub(crate) fn stats_inner(&self) -> &StatsInner {
         &self.stats
     }
 
+    pub(crate) fn listener(&self) -> &dyn RebalanceListener {
+        self.listener.as_ref()
+    }
+
     /// Never hold this across `consumer.poll()`: the callbacks lock it too.
     pub(crate) fn supervisor(&self) -> MutexGuard<'_, Supervisor<KC, VC, H>> {
-        self.supervisor
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.supervisor)
+    }
+
+    /// Never hold this across `consumer.poll()`: the callbacks lock it too.
+    pub(crate) fn rebalance_state(&self) -> MutexGuard<'_, RebalanceState> {
+        lock(&self.rebalance)
+    }
+
+    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let all = partitions_of(tpl);
+        let (own, foreign): (Vec<_>, Vec<_>) = all
+            .iter()
+            .cloned()
+            .partition(|(topic, _)| self.subscription.matches(topic));
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "assign failed");
+        }
+        // librdkafka keeps an application pause across unassign/assign (librdkafka #1849):
+        // a partition paused before it was revoked would come back paused and never be
+        // fetched again. Start every partition of ours fetching; never fetch foreign ones.
+        if !own.is_empty() {
+            if let Err(error) = consumer.resume(&list_of(&own)) {
+                tracing::warn!(%error, "resume of assigned partitions failed");
+            }
+        }
+        if !foreign.is_empty() {
+            tracing::error!(
+                subscribed = ?self.subscription.topics(), assigned = ?foreign,
+                "the group assigned partitions of topics this consumer does not subscribe to; \
+                 they are not processed"
+            );
+            if let Err(error) = consumer.pause(&list_of(&foreign)) {
+                tracing::warn!(%error, "pausing foreign partitions failed");
+            }
+        }
+        tracing::info!(partitions = ?own, "partitions assigned");
+        self.supervisor().assign(&own);
+        {
+            let mut state = self.rebalance_state();
+            state.clean_assignment = !own.is_empty() && foreign.is_empty();
+            state.foreign.extend(foreign);
+        }
+        self.listener.on_assigned(&own);
+    }
+
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let partitions = partitions_of(tpl);
+        let lost = consumer.assignment_lost();
+        tracing::info!(?partitions, lost, "partitions revoked; draining");
+        self.rebalance_state()
+            .foreign
+            .retain(|tp| !partitions.contains(tp));
+        if lost || self.closing.load(Ordering::Acquire) {
+            // Closing: every worker was stopped and committed already.
+            // Lost partitions (session expired) may already belong to another member: write
+            // nothing more for them, commit nothing, hand them back at once.
+            let stopping = self.supervisor().begin_stop(&partitions, StopMode::Abort);
+            self.supervisor().release(&stopping);
+            complete_unassign(consumer, tpl);
+            self.listener.on_revoked(&partitions);
+            return;
+        }
+        let stopping = self
+            .supervisor()
+            .begin_stop(&partitions, StopMode::Graceful);
+        self.rebalance_state().pending_revoke = Some(PendingRevoke {
+            tpl: tpl.clone(),
+            partitions,
+            stopping,
+            phase: RevokePhase::Draining,
+            started: Instant::now(),
+        });
+    }
+}
+
+/// Tells librdkafka the revoked partitions are released, completing its side of the rebalance.
+pub(crate) fn complete_unassign<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: &TopicPartitionList,
+) {
+    let result = match consumer.rebalance_protocol() {
+        RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+        _ => consumer.unassign(),
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, "unassign failed");
     }
 }
 
@@ -59,33 +214,12 @@ pub(crate) fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-/// Commits the durable offsets of `partitions` that moved since their last commit.
-pub(crate) fn commit<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    partitions: &[(TopicPartition, Arc<PartitionProgress>)],
-    mode: CommitMode,
-) -> KafkaResult<()> {
+pub(crate) fn list_of(partitions: &[TopicPartition]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
-    let mut sent = Vec::new();
-    for ((topic, partition), progress) in partitions {
-        if let Some(next) = progress.to_commit() {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(next))?;
-            sent.push((progress, next));
-        }
+    for (topic, partition) in partitions {
+        tpl.add_partition(topic, *partition);
     }
-    if tpl.count() == 0 {
-        return Ok(());
-    }
-    consumer.commit(&tpl, mode)?;
-    if matches!(mode, CommitMode::Sync) {
-        for (progress, next) in sent {
-            progress
-                .committed_next
-                .fetch_max(next, std::sync::atomic::Ordering::AcqRel);
-        }
-        tracing::debug!(offsets = ?tpl, "committed");
-    }
-    Ok(())
+    tpl
 }
 
 impl<KC: Codec, VC: Codec, H: Send + Sync + 'static> ClientContext for LoopContext<KC, VC, H> {
@@ -104,6 +238,27 @@ impl<KC: Codec, VC: Codec, H: Send + Sync + 'static> ClientContext for LoopConte
             RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
         }
     }
+
+    /// High watermarks for lag, from librdkafka's periodic statistics.
+    fn stats(&self, statistics: Statistics) {
+        for (name, topic) in &statistics.topics {
+            for (&partition, p) in &topic.partitions {
+                if partition < 0 || p.hi_offset < 0 {
+                    continue;
+                }
+                if let Some(progress) = self.stats.progress_of(&(name.clone(), partition)) {
+                    progress
+                        .high_watermark
+                        .store(p.hi_offset, std::sync::atomic::Ordering::Relaxed);
+                    // The group's committed offset as librdkafka fetched it at assignment
+                    // (and after each commit): known before this consumer commits anything.
+                    if p.committed_offset >= 0 {
+                        progress.commit_succeeded(p.committed_offset);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl<KC, VC, H> ConsumerContext for LoopContext<KC, VC, H>
@@ -112,62 +267,27 @@ where
     VC: Codec,
     H: Handler<KC::Item, VC::Item>,
 {
-    /// Revoke: stop routing, let in-flight records finish, flush, commit synchronously —
-    /// all before librdkafka hands the partitions to someone else.
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(tpl) => {
-                let partitions = partitions_of(tpl);
-                let lost = consumer.assignment_lost();
-                let _span = tracing::info_span!("revoke", ?partitions, lost).entered();
-                // Lost partitions (session expired) may already belong to another member.
-                let mode = if lost {
-                    StopMode::Abort
-                } else {
-                    StopMode::Graceful
-                };
-                let stopped = self.supervisor().stop(&partitions, mode);
-                if !lost {
-                    if let Err(error) = commit(consumer, &stopped, CommitMode::Sync) {
-                        tracing::warn!(%error, "commit on revoke failed; the next owner reprocesses from the last commit");
-                    }
-                }
-                tracing::info!("partitions revoked");
-                self.listener.on_revoked(&partitions);
+    /// Replaces rdkafka's default, which assigns and unassigns inside the callback: a revoke
+    /// must wait for its workers, and waiting here would stop the poll loop (no fetching for
+    /// the partitions that stay, no commits, no shutdown) for up to the revoke timeout.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),
+            other => {
+                let code: rdkafka::types::RDKafkaErrorCode = other.into();
+                tracing::warn!(%code, "rebalance error; unassigning");
+                complete_unassign(consumer, tpl);
             }
-            Rebalance::Assign(_) => {}
-            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
-        }
-    }
-
-    /// Assign: start workers; each restores its state before processing, off this thread.
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let partitions = partitions_of(tpl);
-            tracing::info!(?partitions, "partitions assigned");
-            self.supervisor().assign(&partitions);
-            self.listener.on_assigned(&partitions);
         }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => {
-                for e in offsets.elements() {
-                    if let (Offset::Offset(next), Some(progress)) = (
-                        e.offset(),
-                        self.stats
-                            .progress_of(&(e.topic().to_string(), e.partition())),
-                    ) {
-                        progress
-                            .committed_next
-                            .fetch_max(next, std::sync::atomic::Ordering::AcqRel);
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "offset commit failed; retried on the next interval")
-            }
-        }
+        commit::record_result(&self.stats, &result, offsets);
     }
 }

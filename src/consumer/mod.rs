@@ -1,7 +1,12 @@
 //! The public consumer: wires configuration, codecs and the handler to the poll loop.
 
+mod commit;
 mod context;
+mod errors;
 mod poll_loop;
+mod subscription;
+
+pub(crate) use subscription::Subscription;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,9 +15,11 @@ use rdkafka::consumer::BaseConsumer;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::changelog::{ensure_changelogs, source_partition_count, ChangelogWriter};
+use crate::changelog::{
+    ensure_changelogs, partition_count, source_partition_count, ChangelogWriter,
+};
 use crate::codec::Codec;
-use crate::config::{ConsumerConfig, ErrorPolicy};
+use crate::config::{ConsumerConfig, ErrorPolicy, MissingTopics};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::observe::{NoopListener, RebalanceListener, RestoreListener, Stats};
@@ -106,6 +113,20 @@ where
     /// and client errors.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let config = self.config.clone();
+        let subscription = Subscription::new(&config.topics)?;
+        if config.missing_topics == MissingTopics::Fail {
+            let c = config.clone();
+            let topics: Vec<String> = subscription.literal_topics().map(str::to_string).collect();
+            let missing = tokio::task::spawn_blocking(move || missing_topic(&c, &topics))
+                .await
+                .map_err(|_| Error::Fatal {
+                    code: "Panic".into(),
+                    reason: "metadata lookup panicked".into(),
+                })??;
+            if let Some(topic) = missing {
+                return Err(Error::TopicMissing { topic });
+            }
+        }
         let needs_producer =
             !config.stores.is_empty() || matches!(config.error_policy, ErrorPolicy::DeadLetter(_));
         let producer = if needs_producer {
@@ -147,6 +168,7 @@ where
         let supervisor = Supervisor::new(shared, tokio::runtime::Handle::current());
         let context = LoopContext::new(
             supervisor,
+            subscription,
             self.rebalance_listener.clone(),
             self.stats.inner.clone(),
         );
@@ -155,12 +177,7 @@ where
         let stop = CancellationToken::new();
         // If this future is dropped, the poll loop still stops and closes cleanly.
         let _stop_on_drop = stop.clone().drop_guard();
-        let poll_loop = PollLoop {
-            consumer,
-            config: config.clone(),
-            shutdown: stop.clone(),
-            failures: failures_rx,
-        };
+        let poll_loop = PollLoop::new(consumer, config.clone(), stop.clone(), failures_rx);
         let (done_tx, mut done_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("kafka-stateful-poll".into())
@@ -189,4 +206,14 @@ where
             })
         })
     }
+}
+
+/// The first of `topics` the cluster does not know. Blocking.
+fn missing_topic(config: &ConsumerConfig, topics: &[String]) -> Result<Option<String>> {
+    for topic in topics {
+        if partition_count(config, topic)?.is_none() {
+            return Ok(Some(topic.clone()));
+        }
+    }
+    Ok(None)
 }

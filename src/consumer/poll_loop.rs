@@ -1,18 +1,20 @@
 //! The poll loop: the only code that touches the group consumer. It polls (which also serves
-//! rebalance callbacks and heartbeats), routes records to partition queues, pauses and
-//! resumes partitions, and commits. It never runs user code.
+//! rebalance callbacks, commit results and statistics), routes records to partition queues,
+//! pauses and resumes partitions, commits, and drives revokes and rejoins to completion. It
+//! never runs user code and never waits for a worker without polling.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::context::{commit, LoopContext};
+use super::commit;
+use super::context::{complete_unassign, LoopContext, RevokePhase};
+use super::errors::classify_poll_error;
 use crate::codec::Codec;
 use crate::config::{CloseBehavior, ConsumerConfig};
 use crate::error::Error;
@@ -28,14 +30,27 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(50);
 const BACKLOG_POLL_TIMEOUT: Duration = Duration::from_millis(1);
 /// Records taken per wake-up before flow control and commits get a turn.
 const MAX_BATCH: usize = 1024;
+/// How long a revoke or shutdown waits for the broker's answer to its final commit.
+const COMMIT_RESULT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Rejoins tried when the group keeps assigning partitions of unsubscribed topics.
+const MAX_FOREIGN_ASSIGNMENTS: u32 = 3;
 
 type Ctx<KC, VC, H> = LoopContext<KC, VC, H>;
+
+/// Leaving and rejoining the group after a foreign assignment.
+enum Rejoin {
+    Idle,
+    Leaving { deadline: Instant },
+}
 
 pub(crate) struct PollLoop<KC: Codec, VC: Codec, H: Handler<KC::Item, VC::Item>> {
     pub(crate) consumer: BaseConsumer<Ctx<KC, VC, H>>,
     pub(crate) config: Arc<ConsumerConfig>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) failures: mpsc::UnboundedReceiver<Error>,
+    rejoin: Rejoin,
+    /// Consecutive assignments that contained foreign partitions.
+    foreign_streak: u32,
 }
 
 impl<KC, VC, H> PollLoop<KC, VC, H>
@@ -44,14 +59,39 @@ where
     VC: Codec,
     H: Handler<KC::Item, VC::Item>,
 {
+    pub(crate) fn new(
+        consumer: BaseConsumer<Ctx<KC, VC, H>>,
+        config: Arc<ConsumerConfig>,
+        shutdown: CancellationToken,
+        failures: mpsc::UnboundedReceiver<Error>,
+    ) -> Self {
+        Self {
+            consumer,
+            config,
+            shutdown,
+            failures,
+            rejoin: Rejoin::Idle,
+            foreign_streak: 0,
+        }
+    }
+
+    fn ctx(&self) -> &Ctx<KC, VC, H> {
+        self.consumer.context()
+    }
+
     /// Runs until shutdown or a fatal error, then stops the workers and closes.
     pub(crate) fn run(mut self) -> Result<(), Error> {
-        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
-        self.consumer.subscribe(&topics)?;
-        tracing::info!(group = %self.config.group_id, instance = ?self.config.instance_id, ?topics, "subscribed");
+        self.subscribe()?;
         let result = self.poll_until_stopped();
         self.close(&result);
         result
+    }
+
+    fn subscribe(&self) -> Result<(), Error> {
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&topics)?;
+        tracing::info!(group = %self.config.group_id, instance = ?self.config.instance_id, ?topics, "subscribed");
+        Ok(())
     }
 
     fn poll_until_stopped(&mut self) -> Result<(), Error> {
@@ -65,8 +105,11 @@ where
             }
             self.poll_batch()?;
             self.flow_control();
+            self.drive_revoke();
+            self.drive_rejoin()?;
             if last_commit.elapsed() >= self.config.commit_interval {
-                self.commit_all(CommitMode::Async);
+                let progress = self.ctx().supervisor().progress();
+                commit::submit(&self.consumer, &progress);
                 last_commit = Instant::now();
             }
         }
@@ -74,7 +117,7 @@ where
 
     /// Waits up to [`POLL_TIMEOUT`] for a record, then takes what else is ready.
     fn poll_batch(&self) -> Result<(), Error> {
-        let backlog = self.consumer.context().supervisor().router.has_backlog();
+        let backlog = self.ctx().supervisor().router.has_backlog();
         let mut timeout = if backlog {
             BACKLOG_POLL_TIMEOUT
         } else {
@@ -87,20 +130,7 @@ where
                 Some(Ok(msg)) => batch.push(msg),
                 Some(Err(error)) => {
                     self.check_fatal()?;
-                    // Transient: librdkafka retries by itself. Connection failures are already
-                    // logged by librdkafka (through rdkafka's log), so they stay at debug here.
-                    let connection = matches!(
-                        error.rdkafka_error_code(),
-                        Some(
-                            RDKafkaErrorCode::BrokerTransportFailure
-                                | RDKafkaErrorCode::AllBrokersDown
-                        )
-                    );
-                    if connection {
-                        tracing::debug!(%error, "consumer error");
-                    } else {
-                        tracing::warn!(%error, "consumer error");
-                    }
+                    classify_poll_error(&self.consumer, &self.config, error)?;
                     break;
                 }
             }
@@ -115,7 +145,7 @@ where
     fn route(&self, batch: Vec<BorrowedMessage<'_>>) {
         let mut to_pause = TopicPartitionList::new();
         {
-            let mut supervisor = self.consumer.context().supervisor();
+            let mut supervisor = self.ctx().supervisor();
             for msg in batch {
                 let tp: TopicPartition = (msg.topic().to_string(), msg.partition());
                 if let Some((topic, partition)) = supervisor.router.route(&tp, msg.detach()) {
@@ -125,7 +155,7 @@ where
         }
         if to_pause.count() > 0 {
             tracing::debug!(partitions = ?to_pause, "queue full: pausing");
-            self.consumer.context().stats_inner().pauses.fetch_add(
+            self.ctx().stats_inner().pauses.fetch_add(
                 to_pause.count() as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
@@ -136,38 +166,118 @@ where
     }
 
     fn flow_control(&self) {
-        let resume = self.consumer.context().supervisor().router.drain_overflow();
+        let resume = self.ctx().supervisor().router.drain_overflow();
         if resume.is_empty() {
             return;
         }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in &resume {
-            tpl.add_partition(topic, *partition);
-        }
+        let tpl = super::context::list_of(&resume);
         tracing::debug!(partitions = ?tpl, "queue drained: resuming");
         if let Err(error) = self.consumer.resume(&tpl) {
             tracing::warn!(%error, "resume failed");
         }
     }
 
-    fn commit_all(&self, mode: CommitMode) {
-        let progress: Vec<_> = {
-            let supervisor = self.consumer.context().supervisor();
-            supervisor
-                .progress()
-                .map(|(tp, p)| (tp.clone(), p.clone()))
-                .collect()
+    /// Moves a pending revoke forward: once its workers stopped, commit their final offsets;
+    /// once the broker answered (or the deadline passed), release the partitions to
+    /// librdkafka, which then completes the rebalance.
+    fn drive_revoke(&self) {
+        let Some(mut pending) = self.ctx().rebalance_state().pending_revoke.take() else {
+            return;
         };
-        if let Err(error) = commit(&self.consumer, &progress, mode) {
-            tracing::warn!(%error, "offset commit failed");
+        let done = match pending.phase {
+            RevokePhase::Draining => {
+                if pending.stopping.poll_done() {
+                    commit::submit(&self.consumer, &pending.stopping.progress());
+                    pending.phase = RevokePhase::Committing {
+                        deadline: Instant::now() + COMMIT_RESULT_TIMEOUT,
+                    };
+                }
+                false
+            }
+            RevokePhase::Committing { deadline } => {
+                let settled = pending
+                    .stopping
+                    .progress()
+                    .iter()
+                    .all(|(_, p)| !p.commit_in_flight());
+                if !settled && Instant::now() >= deadline {
+                    tracing::warn!(partitions = ?pending.partitions, "no answer to the revoke commit in time; the next owner may reprocess from the previous commit");
+                }
+                settled || Instant::now() >= deadline
+            }
+        };
+        if !done {
+            self.ctx().rebalance_state().pending_revoke = Some(pending);
+            return;
         }
+        self.ctx().supervisor().release(&pending.stopping);
+        complete_unassign(&self.consumer, &pending.tpl);
+        tracing::info!(partitions = ?pending.partitions, elapsed = ?pending.started.elapsed(), "partitions revoked: drained, flushed, committed");
+        self.ctx().listener().on_revoked(&pending.partitions);
+    }
+
+    /// Foreign partitions (of topics not subscribed) are never processed: leave the group
+    /// and join again so the coordinator recomputes the assignment; give up with a clear
+    /// error when it keeps handing them out.
+    fn drive_rejoin(&mut self) -> Result<(), Error> {
+        match self.rejoin {
+            Rejoin::Idle => {
+                let (foreign, clean) = {
+                    let mut state = self.ctx().rebalance_state();
+                    let clean = std::mem::take(&mut state.clean_assignment);
+                    (std::mem::take(&mut state.foreign), clean)
+                };
+                if clean {
+                    self.foreign_streak = 0;
+                }
+                if foreign.is_empty() {
+                    return Ok(());
+                }
+                self.foreign_streak += 1;
+                if self.foreign_streak > MAX_FOREIGN_ASSIGNMENTS {
+                    let mut assigned: Vec<String> =
+                        foreign.iter().map(|(t, _)| t.clone()).collect();
+                    assigned.sort_unstable();
+                    assigned.dedup();
+                    return Err(Error::ForeignAssignment {
+                        group: self.config.group_id.clone(),
+                        instance_id: self.config.instance_id.clone(),
+                        subscribed: self.config.topics.clone(),
+                        assigned,
+                    });
+                }
+                tracing::warn!(
+                    group = %self.config.group_id, attempt = self.foreign_streak,
+                    foreign = ?foreign,
+                    "leaving the group and joining again so the coordinator recomputes the assignment"
+                );
+                self.consumer.unsubscribe();
+                self.rejoin = Rejoin::Leaving {
+                    deadline: Instant::now() + self.leave_budget(),
+                };
+            }
+            Rejoin::Leaving { deadline } => {
+                let left = self.ctx().rebalance_state().pending_revoke.is_none()
+                    && self.ctx().supervisor().assigned().is_empty()
+                    && !has_member_id(&self.consumer);
+                if left || Instant::now() >= deadline {
+                    self.subscribe()?;
+                    self.rejoin = Rejoin::Idle;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn leave_budget(&self) -> Duration {
+        self.config.revoke_timeout + self.config.flush_timeout + Duration::from_secs(30)
     }
 
     /// A fatal librdkafka error ends the consumer; fencing gets its own error.
     fn check_fatal(&self) -> Result<(), Error> {
         match self.consumer.client().fatal_error() {
             None => Ok(()),
-            Some((RDKafkaErrorCode::FencedInstanceId, _)) => Err(Error::Fenced {
+            Some((rdkafka::types::RDKafkaErrorCode::FencedInstanceId, _)) => Err(Error::Fenced {
                 instance_id: self.config.instance_id.clone().unwrap_or_default(),
             }),
             Some((code, reason)) => Err(Error::Fatal {
@@ -177,53 +287,80 @@ where
         }
     }
 
+    /// Serves the consumer (records of stopped partitions are dropped by the router) until
+    /// `done` holds or `deadline` passes.
+    fn serve_until(&self, deadline: Instant, mut done: impl FnMut(&Self) -> bool) -> bool {
+        loop {
+            if done(self) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if let Some(Ok(msg)) = self.consumer.poll(POLL_TIMEOUT) {
+                self.route(vec![msg]);
+            }
+            self.drive_revoke();
+        }
+    }
+
     /// Stops workers and commits, according to why the loop ended.
     fn close(&mut self, result: &Result<(), Error>) {
+        self.stop_all(result);
+        // Dropping the consumer closes it; librdkafka's closing revoke is completed in the
+        // callback from here on. A static member does not send LeaveGroup then.
+        self.ctx().set_closing();
+    }
+
+    fn stop_all(&mut self, result: &Result<(), Error>) {
         let fatal = matches!(result, Err(Error::Fenced { .. } | Error::Fatal { .. }));
         if fatal {
             // Fenced: another process owns our identity and maybe our partitions. Write
             // nothing more on their behalf: no flush, no commit.
-            let all = self.consumer.context().supervisor().assigned();
-            self.consumer
-                .context()
-                .supervisor()
-                .stop(&all, StopMode::Abort);
+            let all = self.ctx().supervisor().assigned();
+            let stopping = self.ctx().supervisor().begin_stop(&all, StopMode::Abort);
+            self.ctx().supervisor().release(&stopping);
             return;
         }
+        let budget = self.leave_budget();
+        // A revoke under way completes first, so librdkafka's rebalance is not left hanging.
+        self.serve_until(Instant::now() + budget, |l| {
+            l.ctx().rebalance_state().pending_revoke.is_none()
+        });
         if self.config.close == CloseBehavior::LeaveGroup {
             self.leave_group();
         }
-        let all = self.consumer.context().supervisor().assigned();
-        let stopped = self
-            .consumer
-            .context()
-            .supervisor()
-            .stop(&all, StopMode::Graceful);
-        if let Err(error) = commit(&self.consumer, &stopped, CommitMode::Sync) {
-            tracing::warn!(%error, "final commit failed");
+        let all = self.ctx().supervisor().assigned();
+        let mut stopping = self.ctx().supervisor().begin_stop(&all, StopMode::Graceful);
+        self.serve_until(Instant::now() + budget, |_| stopping.poll_done());
+        let progress = stopping.progress();
+        commit::submit(&self.consumer, &progress);
+        let answered = self.serve_until(Instant::now() + COMMIT_RESULT_TIMEOUT, |_| {
+            progress.iter().all(|(_, p)| !p.commit_in_flight())
+        });
+        if !answered {
+            tracing::warn!("no answer to the final commit in time; a restart may reprocess from the previous commit");
         }
+        self.ctx().supervisor().release(&stopping);
         tracing::info!(group = %self.config.group_id, "consumer closed");
-        // Dropping the consumer closes it; a static member does not send LeaveGroup then.
     }
 
-    /// Unsubscribing makes even a static member leave; the revoke callback drains and
-    /// commits as in any rebalance.
+    /// Unsubscribing makes even a static member leave; the revoke drains and commits as in
+    /// any rebalance.
     ///
     /// librdkafka sends the LeaveGroup only once the unassignment it started after the
-    /// revoke callback has completed, and a static member that is closed before then never
-    /// sends it (KIP-345: no LeaveGroup on close). So the loop keeps serving the consumer until
+    /// revoke has completed, and a static member that is closed before then never sends it
+    /// (KIP-345: no LeaveGroup on close). So the loop keeps serving the consumer until
     /// librdkafka has dropped its member id, which it does right as it issues the LeaveGroup;
     /// closing then waits for the broker's answer.
     fn leave_group(&self) {
         self.consumer.unsubscribe();
-        let deadline = Instant::now() + self.config.revoke_timeout + Duration::from_secs(30);
-        while (!self.consumer.context().supervisor().assigned().is_empty()
-            || has_member_id(&self.consumer))
-            && Instant::now() < deadline
-        {
-            let _ = self.consumer.poll(POLL_TIMEOUT);
-        }
-        if has_member_id(&self.consumer) {
+        let left = self.serve_until(Instant::now() + self.leave_budget(), |l| {
+            l.ctx().rebalance_state().pending_revoke.is_none()
+                && l.ctx().supervisor().assigned().is_empty()
+                && !has_member_id(&l.consumer)
+        });
+        if !left {
             tracing::warn!(group = %self.config.group_id, "LeaveGroup not issued before the deadline; partitions move after the session timeout");
         }
     }

@@ -1,11 +1,13 @@
 //! Starts a worker per assigned partition and stops them on revoke and shutdown.
 //!
 //! Owned by the poll loop (through the consumer context), so only the poll-loop thread
-//! touches it.
+//! touches it. Stopping never blocks the caller: [`Supervisor::begin_stop`] signals the
+//! workers and returns a [`Stopping`] set that the poll loop drives to completion while it
+//! keeps serving the partitions that stay.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use rdkafka::message::OwnedMessage;
 use tokio::runtime::Handle;
@@ -17,9 +19,6 @@ use super::worker::{Shared, Worker};
 use crate::codec::Codec;
 use crate::handler::Handler;
 use crate::offset::PartitionProgress;
-
-/// Extra time, on top of the revoke timeout, for the final flush of a stopping worker.
-const FLUSH_GRACE: Duration = Duration::from_secs(30);
 
 struct WorkerHandle {
     stop: CancellationToken,
@@ -35,6 +34,47 @@ pub(crate) enum StopMode {
     /// Abort at once without flushing: the member was fenced or lost its partitions, so
     /// another member may already own them and nothing may be written on their behalf.
     Abort,
+}
+
+/// Workers told to stop, not yet known to have stopped.
+pub(crate) struct Stopping {
+    workers: Vec<(TopicPartition, WorkerHandle)>,
+    deadline: Instant,
+}
+
+impl Stopping {
+    /// Whether every worker finished, or the budget ran out (the rest are then aborted
+    /// without a final flush, and their records stay uncommitted).
+    pub(crate) fn poll_done(&mut self) -> bool {
+        if self.workers.iter().all(|(_, h)| h.join.is_finished()) {
+            return true;
+        }
+        if Instant::now() < self.deadline {
+            return false;
+        }
+        let late: Vec<_> = self
+            .workers
+            .iter()
+            .filter(|(_, h)| !h.join.is_finished())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        tracing::error!(
+            partitions = ?late,
+            "workers did not stop within revoke_timeout + flush_timeout; aborting them without a final flush"
+        );
+        for (_, handle) in &self.workers {
+            handle.join.abort();
+        }
+        true
+    }
+
+    /// The stopped partitions and their progress, for the final commit.
+    pub(crate) fn progress(&self) -> Vec<(TopicPartition, Arc<PartitionProgress>)> {
+        self.workers
+            .iter()
+            .map(|(tp, h)| (tp.clone(), h.progress.clone()))
+            .collect()
+    }
 }
 
 pub(crate) struct Supervisor<KC: Codec, VC: Codec, H> {
@@ -86,21 +126,18 @@ where
                     progress,
                 },
             );
+            self.shared
+                .stats
+                .assigned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        self.shared.stats.assigned.fetch_add(
-            partitions.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
     }
 
-    /// Stops the workers of `partitions` (all of them in parallel) and waits for them.
-    /// Returns the partitions' progress, for the final commit.
-    pub(crate) fn stop(
-        &mut self,
-        partitions: &[TopicPartition],
-        mode: StopMode,
-    ) -> Vec<(TopicPartition, Arc<PartitionProgress>)> {
-        let mut stopping = Vec::new();
+    /// Tells the workers of `partitions` to stop, without waiting: nothing more is routed to
+    /// them, in-flight records get the revoke timeout, then each flushes and publishes its
+    /// durable offset. Drive the result with [`Stopping::poll_done`].
+    pub(crate) fn begin_stop(&mut self, partitions: &[TopicPartition], mode: StopMode) -> Stopping {
+        let mut workers = Vec::new();
         for tp in partitions {
             self.router.close(tp);
             if let Some(handle) = self.workers.remove(tp) {
@@ -108,34 +145,25 @@ where
                 if mode == StopMode::Abort {
                     handle.join.abort();
                 }
-                stopping.push((tp.clone(), handle));
+                workers.push((tp.clone(), handle));
             }
         }
-        let budget = self.shared.config.revoke_timeout + FLUSH_GRACE;
-        let joins = stopping.iter_mut().map(|(_, h)| &mut h.join);
-        let finished = self.runtime.block_on(async {
-            tokio::time::timeout(budget, futures::future::join_all(joins)).await
-        });
-        if finished.is_err() {
-            tracing::error!(
-                ?budget,
-                "workers did not stop in time; aborting them without a final flush"
-            );
-            for (_, handle) in &stopping {
-                handle.join.abort();
-            }
+        let config = &self.shared.config;
+        Stopping {
+            workers,
+            deadline: Instant::now() + config.revoke_timeout + config.flush_timeout,
         }
-        for (tp, _) in &stopping {
+    }
+
+    /// Forgets stopped partitions once their final commit is known.
+    pub(crate) fn release(&self, stopped: &Stopping) {
+        for (tp, _) in &stopped.workers {
             self.shared.stats.partitions_remove(tp);
         }
-        self.shared
-            .stats
-            .revoked
-            .fetch_add(stopping.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        stopping
-            .into_iter()
-            .map(|(tp, h)| (tp, h.progress))
-            .collect()
+        self.shared.stats.revoked.fetch_add(
+            stopped.workers.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     pub(crate) fn assigned(&self) -> Vec<TopicPartition> {
@@ -143,9 +171,10 @@ where
     }
 
     /// Progress of every running worker, for interval commits.
-    pub(crate) fn progress(
-        &self,
-    ) -> impl Iterator<Item = (&TopicPartition, &Arc<PartitionProgress>)> {
-        self.workers.iter().map(|(tp, h)| (tp, &h.progress))
+    pub(crate) fn progress(&self) -> Vec<(TopicPartition, Arc<PartitionProgress>)> {
+        self.workers
+            .iter()
+            .map(|(tp, h)| (tp.clone(), h.progress.clone()))
+            .collect()
     }
 }

@@ -5,15 +5,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::changelog::{ChangelogWriter, OutRecord};
+use super::policy::{dead_letter, panic_message, Failure};
+use crate::changelog::ChangelogWriter;
 use crate::codec::{Codec, CodecError};
 use crate::config::{ConsumerConfig, ErrorPolicy};
 use crate::error::Error;
-use crate::handler::{Handler, HandlerError, PartitionContext, Record};
+use crate::handler::{Handler, PartitionContext, Record};
 use crate::observe::StatsInner;
 use crate::offset::{OffsetTracker, PartitionProgress};
 use crate::state::{PartitionState, StateEnv};
@@ -29,27 +31,6 @@ pub(crate) struct Shared<KC, VC, H> {
     pub(crate) stats: Arc<StatsInner>,
     /// A worker that cannot go on reports here; the poll loop stops the consumer.
     pub(crate) failures: mpsc::UnboundedSender<Error>,
-}
-
-/// A failed record, before the policy decides.
-enum Failure {
-    Decode(CodecError),
-    Handler(HandlerError),
-}
-
-impl Failure {
-    fn kind(&self) -> &'static str {
-        match self {
-            Failure::Decode(_) => "decode",
-            Failure::Handler(_) => "handler",
-        }
-    }
-    fn message(&self) -> String {
-        match self {
-            Failure::Decode(e) => e.to_string(),
-            Failure::Handler(e) => e.to_string(),
-        }
-    }
 }
 
 /// How the processing of one record ended.
@@ -98,9 +79,23 @@ where
     }
 
     /// Runs until stopped or until its queue closes; reports a fatal error to the poll loop.
+    /// A panic outside the handler and codecs (those are errors of their record) is reported
+    /// too: a worker never ends silently while its partition looks idle.
     pub(crate) async fn run(mut self, rx: mpsc::Receiver<OwnedMessage>) {
-        if let Err(err) = self.run_inner(rx).await {
-            tracing::error!(topic = %self.topic, partition = self.partition, error = %err, "partition worker failed");
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        let result = match std::panic::AssertUnwindSafe(self.run_inner(rx))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(payload) => Err(Error::WorkerPanicked {
+                topic: topic.clone(),
+                partition,
+                message: panic_message(payload.as_ref()),
+            }),
+        };
+        if let Err(err) = result {
+            tracing::error!(%topic, partition, error = %err, "partition worker failed");
             let _ = self.shared.failures.send(err);
         }
     }
@@ -155,9 +150,14 @@ where
             PartitionState::open(&env, &topic, partition, &|| stop.is_cancelled())
         })
         .await
-        .map_err(|_| Error::WorkerPanicked {
+        .map_err(|e| Error::WorkerPanicked {
             topic: self.topic.clone(),
             partition,
+            message: if e.is_panic() {
+                panic_message(e.into_panic().as_ref())
+            } else {
+                "restore cancelled".into()
+            },
         })??;
         let Some((state, report)) = opened else {
             return Ok(None);
@@ -221,13 +221,23 @@ where
         let mut backoff = retry.initial_backoff;
         let mut attempt = 0;
         let failure = loop {
-            let record = match self.decode(msg) {
-                Ok(record) => record,
-                Err(e) => break Failure::Decode(e),
+            let decoded =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decode(msg)));
+            let record = match decoded {
+                Ok(Ok(record)) => record,
+                Ok(Err(e)) => break Failure::Decode(e),
+                Err(payload) => {
+                    break Failure::Panic(format!(
+                        "codec panicked: {}",
+                        panic_message(payload.as_ref())
+                    ))
+                }
             };
+            let handled = std::panic::AssertUnwindSafe(self.shared.handler.handle(record, ctx))
+                .catch_unwind();
             let result = tokio::select! {
                 biased;
-                r = self.shared.handler.handle(record, ctx) => r,
+                r = handled => r,
                 () = cancel_after_stop(&self.stop, self.shared.config.revoke_timeout) => {
                     tracing::warn!(topic = %self.topic, partition = self.partition, offset,
                         "revoke timeout: cancelled the in-flight handler; the record stays uncommitted");
@@ -235,8 +245,8 @@ where
                     return Ok(Outcome::Cancelled);
                 }
             };
-            match result {
-                Ok(()) => {
+            let error = match result {
+                Ok(Ok(())) => {
                     if let Some(state) = ctx.state_mut() {
                         state.overlay_mut().commit_staged();
                     }
@@ -244,17 +254,36 @@ where
                     self.finish(offset, ctx);
                     return Ok(Outcome::Done);
                 }
-                Err(e) => {
+                Ok(Err(e)) => e,
+                Err(payload) => {
                     discard_staged(ctx);
-                    if attempt >= retry.max_retries || self.stop.is_cancelled() {
-                        break Failure::Handler(e);
-                    }
-                    attempt += 1;
-                    tracing::warn!(topic = %self.topic, partition = self.partition, offset, attempt, error = %e, "handler failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(retry.max_backoff);
+                    break Failure::Panic(format!(
+                        "handler panicked: {}",
+                        panic_message(payload.as_ref())
+                    ));
                 }
+            };
+            discard_staged(ctx);
+            if attempt >= retry.max_retries {
+                break Failure::Handler(error);
             }
+            attempt += 1;
+            tracing::warn!(topic = %self.topic, partition = self.partition, offset, attempt, %error, "handler failed; retrying");
+            // A revoke or shutdown interrupts the retries: the record is then neither
+            // skipped, dead-lettered nor failed, but left uncommitted for the next owner.
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => {
+                    tracing::info!(topic = %self.topic, partition = self.partition, offset,
+                        "stopping during retries: the record stays uncommitted");
+                    return Ok(Outcome::Cancelled);
+                }
+                () = tokio::time::sleep(backoff) => {}
+            }
+            if self.stop.is_cancelled() {
+                return Ok(Outcome::Cancelled);
+            }
+            backoff = (backoff * 2).min(retry.max_backoff);
         };
         self.apply_policy(msg, failure, ctx).await?;
         Ok(Outcome::Done)
@@ -300,20 +329,7 @@ where
                 // The record is still pending in the tracker, so this flush makes everything
                 // before it durable and leaves it and what follows uncommitted.
                 self.flush(ctx).await?;
-                Err(match failure {
-                    Failure::Decode(source) => Error::Decode {
-                        topic,
-                        partition,
-                        offset,
-                        source,
-                    },
-                    Failure::Handler(source) => Error::Handler {
-                        topic,
-                        partition,
-                        offset,
-                        source,
-                    },
-                })
+                Err(failure.into_error(topic, partition, offset))
             }
             ErrorPolicy::Skip => {
                 tracing::warn!(%topic, partition, offset, kind = failure.kind(), error = %failure.message(), "skipping record");
@@ -363,44 +379,4 @@ fn discard_staged(ctx: &mut PartitionContext) {
 async fn cancel_after_stop(stop: &CancellationToken, timeout: Duration) {
     stop.cancelled().await;
     tokio::time::sleep(timeout).await;
-}
-
-fn dead_letter(topic: &str, msg: &OwnedMessage, failure: &Failure) -> OutRecord {
-    let mut headers: Vec<(String, Vec<u8>)> = msg
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
-    headers.extend([
-        (
-            "ks.error.topic".to_string(),
-            msg.topic().as_bytes().to_vec(),
-        ),
-        (
-            "ks.error.partition".to_string(),
-            msg.partition().to_string().into_bytes(),
-        ),
-        (
-            "ks.error.offset".to_string(),
-            msg.offset().to_string().into_bytes(),
-        ),
-        (
-            "ks.error.kind".to_string(),
-            failure.kind().as_bytes().to_vec(),
-        ),
-        (
-            "ks.error.message".to_string(),
-            failure.message().into_bytes(),
-        ),
-    ]);
-    OutRecord {
-        topic: topic.to_string(),
-        partition: -1, // RD_KAFKA_PARTITION_UA: the producer's partitioner decides
-        key: msg.key().map(<[u8]>::to_vec),
-        value: msg.payload().map(<[u8]>::to_vec),
-        headers,
-    }
 }

@@ -227,28 +227,60 @@ pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() ->
 /// Every handled record: `(partition, offset)`, in handling order.
 pub type Seen = Arc<Mutex<Vec<(i32, i64)>>>;
 
-/// Records every record it handles; fails on `fail_at` offsets.
+/// Records every record it handles; fails on `fail_at` offsets, panics on `panic_at`.
 #[derive(Clone, Default)]
 pub struct Recorder {
     pub seen: Seen,
     pub fail_at: Option<(i32, i64)>,
+    pub panic_at: Option<(i32, i64)>,
     pub delay: Option<(i32, Duration)>,
+    /// While set, every record takes `SLOW` to handle.
+    pub slow: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Topics of the records handled.
+    pub topics: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// When set, each record's offset is written to this store under its key.
+    pub store: Option<StoreDef<String, u64>>,
+    /// Attempts per `(partition, offset)`, failed ones included.
+    pub attempts: Arc<Mutex<HashMap<(i32, i64), u32>>>,
 }
+
+pub const SLOW: Duration = Duration::from_millis(30);
 
 impl Handler<String, String> for Recorder {
     async fn handle(
         &self,
         r: Record<String, String>,
-        _ctx: &mut PartitionContext,
+        ctx: &mut PartitionContext,
     ) -> Result<(), HandlerError> {
+        *self
+            .attempts
+            .lock()
+            .unwrap()
+            .entry((r.partition, r.offset))
+            .or_default() += 1;
         if self.fail_at == Some((r.partition, r.offset)) {
             return Err(format!("poison record at {}", r.offset).into());
+        }
+        if self.panic_at == Some((r.partition, r.offset)) {
+            panic!("handler bug at offset {}", r.offset);
         }
         if let Some((p, d)) = self.delay {
             if p == r.partition {
                 tokio::time::sleep(d).await;
             }
         }
+        if self
+            .slow
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            tokio::time::sleep(SLOW).await;
+        }
+        if let Some(def) = &self.store {
+            let key = r.key.clone().unwrap_or_default();
+            ctx.store(def)?.put(&key, &(r.offset as u64))?;
+        }
+        self.topics.lock().unwrap().insert(r.topic.clone());
         self.seen.lock().unwrap().push((r.partition, r.offset));
         Ok(())
     }
@@ -475,4 +507,48 @@ impl Drop for DurableBroker {
             let _ = child.wait();
         }
     }
+}
+
+/// A record read back from a topic: key, value and headers.
+pub type ReadRecord = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
+/// Every record of `topic` (all partitions) from the beginning to its current end.
+pub fn read_all(topic: &str, partitions: i32) -> Vec<ReadRecord> {
+    use rdkafka::message::{Headers, Message};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let ends = end_offsets(topic, partitions);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut next = vec![0i64; partitions as usize];
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (0..partitions as usize).any(|p| next[p] < ends[p]) {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            next[m.partition() as usize] = m.offset() + 1;
+            let headers = m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+                headers,
+            ));
+        }
+    }
+    out
 }

@@ -1,0 +1,111 @@
+//! What happens to a record that failed: decode errors, handler errors and panics, after the
+//! retries the [`RetryPolicy`](crate::RetryPolicy) allows.
+
+use std::any::Any;
+
+use rdkafka::message::{Headers, Message, OwnedMessage};
+
+use crate::changelog::OutRecord;
+use crate::codec::CodecError;
+use crate::error::Error;
+use crate::handler::HandlerError;
+
+/// A failed record, before the policy decides.
+pub(crate) enum Failure {
+    Decode(CodecError),
+    Handler(HandlerError),
+    /// The handler or a codec panicked. Not retried: a panic is a bug, not a transient error.
+    Panic(String),
+}
+
+impl Failure {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Failure::Decode(_) => "decode",
+            Failure::Handler(_) => "handler",
+            Failure::Panic(_) => "panic",
+        }
+    }
+
+    pub(crate) fn message(&self) -> String {
+        match self {
+            Failure::Decode(e) => e.to_string(),
+            Failure::Handler(e) => e.to_string(),
+            Failure::Panic(m) => m.clone(),
+        }
+    }
+
+    /// The error `run()` returns under `ErrorPolicy::Fail`.
+    pub(crate) fn into_error(self, topic: String, partition: i32, offset: i64) -> Error {
+        match self {
+            Failure::Decode(source) => Error::Decode {
+                topic,
+                partition,
+                offset,
+                source,
+            },
+            Failure::Handler(source) => Error::Handler {
+                topic,
+                partition,
+                offset,
+                source,
+            },
+            Failure::Panic(message) => Error::Panicked {
+                topic,
+                partition,
+                offset,
+                message,
+            },
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-text payload".to_string())
+}
+
+/// The raw record with `ks.error.*` headers, for the dead-letter topic.
+pub(crate) fn dead_letter(topic: &str, msg: &OwnedMessage, failure: &Failure) -> OutRecord {
+    let mut headers: Vec<(String, Vec<u8>)> = msg
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    headers.extend([
+        (
+            "ks.error.topic".to_string(),
+            msg.topic().as_bytes().to_vec(),
+        ),
+        (
+            "ks.error.partition".to_string(),
+            msg.partition().to_string().into_bytes(),
+        ),
+        (
+            "ks.error.offset".to_string(),
+            msg.offset().to_string().into_bytes(),
+        ),
+        (
+            "ks.error.kind".to_string(),
+            failure.kind().as_bytes().to_vec(),
+        ),
+        (
+            "ks.error.message".to_string(),
+            failure.message().into_bytes(),
+        ),
+    ]);
+    OutRecord {
+        topic: topic.to_string(),
+        partition: -1, // RD_KAFKA_PARTITION_UA: the producer's partitioner decides
+        key: msg.key().map(<[u8]>::to_vec),
+        value: msg.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
