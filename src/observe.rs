@@ -66,6 +66,9 @@ pub struct PartitionStats {
     pub restore_rate: f64,
     /// Records skipped: already in restored state, or bad input under `ErrorPolicy::Skip`.
     pub skipped: u64,
+    /// Another owner took over this partition's changelogs (this process was a zombie for
+    /// it): it is no longer processed or committed here until it is assigned again.
+    pub fenced: bool,
 }
 
 /// A point-in-time view of the consumer.
@@ -161,6 +164,7 @@ impl Stats {
                     restored_records: load(&p.restored_records),
                     restore_rate: f64::from_bits(load(&p.restore_rate_bits)),
                     skipped: load(&p.skipped),
+                    fenced: p.fenced.load(Ordering::Relaxed),
                 };
                 (tp.clone(), stats)
             })

@@ -4,40 +4,32 @@
 //! worker owns an [`OffsetTracker`] (which records may count as done) and publishes the
 //! durable position through [`PartitionProgress`]; the poll loop reads it and commits.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
-/// Tracks which fetched records are finished, tolerating gaps (compacted or transactional
-/// topics skip offsets) and out-of-order completion.
+use crate::state::replay::SourcePosition;
+
+/// How far a partition's records are finished. A worker handles its records one at a time,
+/// in offset order, so the next offset to commit is one past the last finished record;
+/// gaps in offsets (compacted or transactional topics) need no bookkeeping.
 #[derive(Debug, Default)]
 pub(crate) struct OffsetTracker {
-    /// Started but not finished.
-    pending: BTreeSet<i64>,
-    /// One past the highest finished offset.
-    high: Option<i64>,
+    last: Option<SourcePosition>,
 }
 
 impl OffsetTracker {
-    /// A record was handed to the handler.
-    pub(crate) fn start(&mut self, offset: i64) {
-        self.pending.insert(offset);
+    /// The record at `offset` (with this timestamp, -1 if none) finished: handled, skipped
+    /// or dead-lettered.
+    pub(crate) fn finish(&mut self, offset: i64, timestamp: i64) {
+        self.last = Some(SourcePosition {
+            next: offset + 1,
+            last_timestamp: timestamp,
+        });
     }
 
-    /// A record's handler returned (or the record was skipped by policy).
-    pub(crate) fn finish(&mut self, offset: i64) {
-        self.pending.remove(&offset);
-        self.high = Some(self.high.map_or(offset + 1, |h| h.max(offset + 1)));
-    }
-
-    /// The offset to commit once everything finished so far is durable: the lowest
-    /// unfinished offset if any is pending, else one past the highest finished offset.
-    /// `None` until something finished.
-    pub(crate) fn committable(&self) -> Option<i64> {
-        match (self.pending.first(), self.high) {
-            (Some(&low), Some(high)) => Some(low.min(high)),
-            (None, high) => high,
-            (Some(_), None) => None,
-        }
+    /// The offset to commit once everything finished so far is durable, with the
+    /// timestamp of the record before it. `None` until something finished.
+    pub(crate) fn committable(&self) -> Option<SourcePosition> {
+        self.last
     }
 }
 
@@ -69,6 +61,8 @@ pub(crate) struct PartitionProgress {
     pub(crate) ready: AtomicBool,
     /// Records skipped (bad input under `Skip`, or already in restored state).
     pub(crate) skipped: AtomicU64,
+    /// Another owner took over the partition's changelogs: never commit for it again.
+    pub(crate) fenced: AtomicBool,
 }
 
 impl Default for PartitionProgress {
@@ -86,6 +80,7 @@ impl Default for PartitionProgress {
             restore_rate_bits: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             skipped: AtomicU64::new(0),
+            fenced: AtomicBool::new(false),
         }
     }
 }
@@ -99,6 +94,9 @@ impl PartitionProgress {
     /// What the poll loop should commit: the durable position, unless the broker already
     /// has it or a commit of it is in flight.
     pub(crate) fn to_commit(&self) -> Option<i64> {
+        if self.fenced.load(Ordering::Acquire) {
+            return None;
+        }
         let durable = self.durable_next.load(Ordering::Acquire);
         let committed = self.committed_next.load(Ordering::Acquire);
         let sent = self.commit_sent.load(Ordering::Acquire);
@@ -139,41 +137,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nothing_is_committable_before_a_record_finishes() {
+    fn nothing_is_committable_before_a_record_finishes_and_gaps_do_not_block() {
         let mut t = OffsetTracker::default();
         assert_eq!(t.committable(), None);
-        t.start(5);
-        assert_eq!(t.committable(), None);
-        t.finish(5);
-        assert_eq!(t.committable(), Some(6));
-    }
-
-    #[test]
-    fn out_of_order_completion_commits_only_the_finished_prefix() {
-        let mut t = OffsetTracker::default();
-        for o in 10..15 {
-            t.start(o);
-        }
-        t.finish(12);
-        t.finish(13);
-        assert_eq!(t.committable(), Some(10), "10 and 11 are still running");
-        t.finish(10);
-        assert_eq!(t.committable(), Some(11));
-        t.finish(11);
-        assert_eq!(t.committable(), Some(14));
-        t.finish(14);
-        assert_eq!(t.committable(), Some(15));
-    }
-
-    #[test]
-    fn gaps_in_offsets_do_not_block_commits() {
         // Compacted topics and transaction markers leave holes: 3, 7, 20.
-        let mut t = OffsetTracker::default();
         for o in [3, 7, 20] {
-            t.start(o);
-            t.finish(o);
+            t.finish(o, 1000 + o);
         }
-        assert_eq!(t.committable(), Some(21));
+        assert_eq!(
+            t.committable(),
+            Some(SourcePosition {
+                next: 21,
+                last_timestamp: 1020
+            })
+        );
     }
 
     #[test]

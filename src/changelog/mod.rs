@@ -3,39 +3,26 @@
 //! Each store has one compacted topic, `<group>-<store>-changelog`, with the source topic's
 //! partition count; partition `p` of the changelog backs source partition `p`.
 //!
-//! # Record layout
+//! # Records
 //!
 //! A flush writes, per touched store, one record per changed key (a tombstone for a delete)
-//! and then — only after every data record of the flush is acknowledged — one *marker* record
-//! per touched store. Headers (values are decimal text):
-//!
-//! | header | on | meaning |
-//! |---|---|---|
-//! | `ks.seq` | data, marker | flush sequence number of the partition |
-//! | `ks.source-offset` | data, marker | next source offset: everything before it is in this state |
-//! | `ks.touched` | marker | comma-separated stores this flush wrote to |
-//! | `ks.aborted` | marker | flush sequence numbers a restore found incomplete and rolled back |
-//!
-//! The marker makes a flush atomic across stores without Kafka transactions; see
-//! [`crate::state`] for how restore uses it.
+//! and then — only after every data record of the flush is acknowledged — one *flush marker*
+//! per touched store. Each owner of a partition starts by writing an *epoch marker*. The
+//! layout is in [`format`]; why markers and epochs make flushes atomic across stores and
+//! fence zombies without Kafka transactions is in [`crate::state`].
 
+pub(crate) mod format;
+mod kafka;
 mod reader;
 mod topics;
 mod writer;
 
-pub(crate) use reader::{header_str as reader_header, ChangelogReader};
+pub(crate) use kafka::{to_out_record, KafkaChangelog};
+pub(crate) use reader::ReaderPool;
 pub(crate) use topics::{ensure_changelogs, partition_count, source_partition_count};
 pub(crate) use writer::{ChangelogWriter, OutRecord};
 
 use rdkafka::error::KafkaError;
-
-/// Key of marker records. User keys are codec output; this one starts with a NUL byte and
-/// names the crate, so a collision would need a codec to produce exactly these bytes.
-pub(crate) const MARKER_KEY: &[u8] = b"\0kafka-stateful/flush-marker";
-pub(crate) const HEADER_SEQ: &str = "ks.seq";
-pub(crate) const HEADER_SOURCE_OFFSET: &str = "ks.source-offset";
-pub(crate) const HEADER_TOUCHED: &str = "ks.touched";
-pub(crate) const HEADER_ABORTED: &str = "ks.aborted";
 
 /// The changelog topic of `store` in `group`.
 pub fn changelog_topic(group: &str, store: &str) -> String {

@@ -1,68 +1,109 @@
-//! Reading a changelog partition from an offset to its end, with a consumer outside any group.
+//! Reading changelog (and source) partitions with consumers outside any group.
 //!
-//! Blocking: restore runs it on a blocking thread, never on the poll loop.
+//! Blocking: restores run on blocking threads, never on the poll loop. The clients are
+//! pooled: a consumer instance creates at most as many as partitions restore at once, and
+//! reuses them (each librdkafka client has its own threads and broker connections).
+//! Transient errors (a broker restarting, a leader moving) are retried with backoff.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::ChangelogError;
 use crate::config::ConsumerConfig;
 
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
-/// A restore that sees no record for this long while records are still expected fails
+/// A read that sees no record for this long while records are still expected fails
 /// instead of hanging (the broker lost the partition, or the watermark was wrong).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Transient errors are retried with backoff for up to this long.
+const RETRY_BUDGET: Duration = Duration::from_secs(60);
 
-/// Low and high watermark of a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Watermarks {
-    pub(crate) low: i64,
-    pub(crate) high: i64,
+/// Whether librdkafka or the broker may succeed on a later attempt.
+pub(crate) fn is_transient(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        )
+    )
 }
 
-pub(crate) struct ChangelogReader {
+/// Runs `attempt` until it succeeds, fails permanently, or transient failures outlast the
+/// retry budget; backs off 100 ms, 200 ms, … up to 5 s in between.
+pub(crate) fn with_retries<T>(
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, KafkaError>,
+) -> Result<T, KafkaError> {
+    let deadline = Instant::now() + RETRY_BUDGET;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt() {
+            Err(error) if is_transient(&error) && Instant::now() + backoff < deadline => {
+                tracing::warn!(%error, ?backoff, "{what} failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A consumer outside any group, for reading partitions from an offset.
+pub(crate) struct Reader {
     consumer: BaseConsumer,
 }
 
-impl ChangelogReader {
-    pub(crate) fn new(config: &ConsumerConfig) -> Result<Self, rdkafka::error::KafkaError> {
+impl Reader {
+    fn new(config: &ConsumerConfig) -> Result<Self, KafkaError> {
         Ok(Self {
             consumer: config.restore_consumer().create()?,
         })
     }
 
+    /// Low and high watermark of a partition.
     pub(crate) fn watermarks(
         &self,
         topic: &str,
         partition: i32,
-    ) -> Result<Watermarks, ChangelogError> {
-        let (low, high) = self
-            .consumer
-            .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
-            .map_err(|source| ChangelogError::Read {
-                topic: topic.to_string(),
-                partition,
-                source,
-            })?;
-        Ok(Watermarks { low, high })
+    ) -> Result<(i64, i64), ChangelogError> {
+        with_retries("reading watermarks", || {
+            self.consumer
+                .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
+        })
+        .map_err(|source| ChangelogError::Read {
+            topic: topic.to_string(),
+            partition,
+            source,
+        })
     }
 
     /// Calls `apply` for every record in `[from, to)`, in order. `should_stop` is checked
-    /// between polls so a revoke can abandon a long restore.
-    pub(crate) fn read<F, E>(
+    /// between polls so a revoke can abandon a long read; `Ok(false)` then. Records missing
+    /// from the range (compaction) are skipped; a read stalled for a minute fails.
+    pub(crate) fn read<E>(
         &self,
         topic: &str,
         partition: i32,
         from: i64,
         to: i64,
         should_stop: &dyn Fn() -> bool,
-        mut apply: F,
+        apply: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
     ) -> Result<bool, E>
     where
-        F: FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
         E: From<ChangelogError>,
     {
         let read_err = |source| ChangelogError::Read {
@@ -79,42 +120,112 @@ impl ChangelogReader {
         self.consumer
             .assign(&tpl)
             .map_err(|e| E::from(read_err(e)))?;
-        let mut next = from;
+        let result = self.read_assigned(to, should_stop, apply, &read_err);
+        let _ = self.consumer.unassign();
+        result
+    }
+
+    fn read_assigned<E>(
+        &self,
+        to: i64,
+        should_stop: &dyn Fn() -> bool,
+        apply: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
+        read_err: &dyn Fn(KafkaError) -> ChangelogError,
+    ) -> Result<bool, E>
+    where
+        E: From<ChangelogError>,
+    {
         let mut last_progress = Instant::now();
-        while next < to {
+        let mut backoff = Duration::from_millis(100);
+        loop {
             if should_stop() {
                 return Ok(false);
             }
             match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(msg)) => {
                     if msg.offset() >= to {
-                        break;
+                        return Ok(true);
                     }
-                    next = msg.offset() + 1;
                     last_progress = Instant::now();
+                    backoff = Duration::from_millis(100);
                     apply(&msg)?;
+                    if msg.offset() + 1 >= to {
+                        return Ok(true);
+                    }
                 }
-                Some(Err(source)) => return Err(read_err(source).into()),
+                Some(Err(error)) if is_transient(&error) => {
+                    tracing::warn!(%error, "changelog read failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Some(Err(error)) => return Err(read_err(error).into()),
                 None if last_progress.elapsed() > STALL_TIMEOUT => {
-                    return Err(read_err(rdkafka::error::KafkaError::MessageConsumption(
-                        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                    return Err(read_err(KafkaError::MessageConsumption(
+                        RDKafkaErrorCode::OperationTimedOut,
                     ))
                     .into())
                 }
                 None => {}
             }
         }
-        self.consumer.unassign().map_err(|e| E::from(read_err(e)))?;
-        Ok(true)
     }
 }
 
-/// A header's value as decimal text.
-pub(crate) fn header_str<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
-    let headers = msg.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
+/// Restore clients of one consumer instance, created on demand and reused.
+#[derive(Clone)]
+pub(crate) struct ReaderPool {
+    config: Arc<ConsumerConfig>,
+    idle: Arc<Mutex<Vec<Reader>>>,
+}
+
+impl std::fmt::Debug for ReaderPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReaderPool").finish_non_exhaustive()
+    }
+}
+
+/// A reader taken from the pool; goes back when dropped.
+pub(crate) struct PooledReader {
+    reader: Option<Reader>,
+    pool: Arc<Mutex<Vec<Reader>>>,
+}
+
+impl std::ops::Deref for PooledReader {
+    type Target = Reader;
+    fn deref(&self) -> &Reader {
+        self.reader.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for PooledReader {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            self.pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(reader);
+        }
+    }
+}
+
+impl ReaderPool {
+    pub(crate) fn new(config: Arc<ConsumerConfig>) -> Self {
+        Self {
+            config,
+            idle: Arc::default(),
+        }
+    }
+
+    /// An idle reader, or a new one.
+    pub(crate) fn get(&self) -> Result<PooledReader, KafkaError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reader = match idle {
+            Some(reader) => reader,
+            None => Reader::new(&self.config)?,
+        };
+        Ok(PooledReader {
+            reader: Some(reader),
+            pool: self.idle.clone(),
+        })
+    }
 }

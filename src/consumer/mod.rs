@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::changelog::{
-    ensure_changelogs, partition_count, source_partition_count, ChangelogWriter,
+    ensure_changelogs, partition_count, source_partition_count, ChangelogWriter, ReaderPool,
 };
 use crate::codec::Codec;
 use crate::config::{ConsumerConfig, ErrorPolicy, MissingTopics};
@@ -149,6 +149,7 @@ where
                 Some(StateEnv {
                     config: config.clone(),
                     writer: writer.clone(),
+                    readers: ReaderPool::new(config.clone()),
                     listener: self.restore_listener.clone(),
                 })
             }

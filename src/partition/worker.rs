@@ -94,9 +94,19 @@ where
                 message: panic_message(payload.as_ref()),
             }),
         };
-        if let Err(err) = result {
-            tracing::error!(%topic, partition, error = %err, "partition worker failed");
-            let _ = self.shared.failures.send(err);
+        match result {
+            Ok(()) => {}
+            Err(Error::State(err @ crate::StateError::Fenced { .. })) => {
+                // Another owner took over the partition: this process is a zombie for it.
+                // Nothing more is written or committed for it; librdkafka revokes it (as
+                // lost) once the coordinator's verdict reaches this member.
+                tracing::warn!(%topic, partition, error = %err, "partition fenced: stopped writing and committing it");
+                self.progress.fenced.store(true, Ordering::Release);
+            }
+            Err(err) => {
+                tracing::error!(%topic, partition, error = %err, "partition worker failed");
+                let _ = self.shared.failures.send(err);
+            }
         }
     }
 
@@ -159,16 +169,16 @@ where
                 "restore cancelled".into()
             },
         })??;
-        let Some((state, report)) = opened else {
+        let Some((state, restored)) = opened else {
             return Ok(None);
         };
         self.skip_below = state.restored_source_next();
         self.progress
             .restored_records
-            .store(report.records, Ordering::Relaxed);
+            .store(restored.records, Ordering::Relaxed);
         self.progress
             .restore_rate_bits
-            .store(report.rate().to_bits(), Ordering::Relaxed);
+            .store(restored.rate().to_bits(), Ordering::Relaxed);
         Ok(Some(PartitionContext::new(
             self.topic.clone(),
             self.partition,
@@ -180,26 +190,28 @@ where
     async fn flush(&mut self, ctx: &mut PartitionContext) -> Result<(), Error> {
         self.since_flush = 0;
         self.last_flush = Instant::now();
-        let Some(next) = self.tracker.committable() else {
+        let Some(position) = self.tracker.committable() else {
             return Ok(());
         };
         if let Some(state) = ctx.state_mut() {
-            state.flush(next).await?;
+            state.flush(position).await?;
         }
-        self.progress.set_durable(next);
+        self.progress.set_durable(position.next);
         Ok(())
     }
 
-    fn finish(&mut self, offset: i64, ctx: &PartitionContext) {
-        self.tracker.finish(offset);
+    fn finish(&mut self, msg: &OwnedMessage, ctx: &PartitionContext) {
+        let offset = msg.offset();
+        self.tracker
+            .finish(offset, msg.timestamp().to_millis().unwrap_or(-1));
         self.since_flush += 1;
         self.progress
             .processed_next
             .store(offset + 1, Ordering::Relaxed);
         // Nothing unflushed: the record's effects (none in state) are already durable.
         if ctx.state().is_none_or(|s| s.dirty_keys() == 0) {
-            if let Some(next) = self.tracker.committable() {
-                self.progress.set_durable(next);
+            if let Some(position) = self.tracker.committable() {
+                self.progress.set_durable(position.next);
             }
         }
     }
@@ -210,11 +222,10 @@ where
         ctx: &mut PartitionContext,
     ) -> Result<Outcome, Error> {
         let offset = msg.offset();
-        self.tracker.start(offset);
         if offset < self.skip_below {
             // Its effect is already in the restored state: applying it again would double it.
             self.progress.skipped.fetch_add(1, Ordering::Relaxed);
-            self.finish(offset, ctx);
+            self.finish(msg, ctx);
             return Ok(Outcome::Done);
         }
         let retry = self.shared.config.retry;
@@ -251,7 +262,7 @@ where
                         state.overlay_mut().commit_staged();
                     }
                     self.shared.stats.processed.fetch_add(1, Ordering::Relaxed);
-                    self.finish(offset, ctx);
+                    self.finish(msg, ctx);
                     return Ok(Outcome::Done);
                 }
                 Ok(Err(e)) => e,
@@ -334,7 +345,7 @@ where
             ErrorPolicy::Skip => {
                 tracing::warn!(%topic, partition, offset, kind = failure.kind(), error = %failure.message(), "skipping record");
                 self.progress.skipped.fetch_add(1, Ordering::Relaxed);
-                self.finish(offset, ctx);
+                self.finish(msg, ctx);
                 Ok(())
             }
             ErrorPolicy::DeadLetter(dlq) => {
@@ -362,7 +373,7 @@ where
                     .stats
                     .dead_lettered
                     .fetch_add(1, Ordering::Relaxed);
-                self.finish(offset, ctx);
+                self.finish(msg, ctx);
                 Ok(())
             }
         }

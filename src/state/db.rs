@@ -1,9 +1,14 @@
 //! One RocksDB per assigned partition: a column family per store and one for metadata
 //! (each store's format and checkpoint), written together in atomic batches.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, ErrorKind, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{KeyValues, StateError, StoreSpec};
@@ -17,20 +22,32 @@ fn store_cf(name: &str) -> String {
 /// Where a store's state stands relative to its changelog and the source partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StoreCheckpoint {
-    /// Next changelog offset to read: everything before it is in RocksDB.
+    /// Next changelog offset to read: everything before it is in RocksDB. It always follows
+    /// a marker (flush or epoch) of this store.
     pub(crate) changelog_next: i64,
+    /// Epoch of that marker's writer.
+    pub(crate) epoch: u64,
     /// Flush sequence number of the last flush applied.
     pub(crate) seq: u64,
     /// Next source offset: every source record before it is reflected in the state.
     pub(crate) source_next: i64,
+    /// Timestamp of the source record before `source_next` (-1: unknown).
+    #[serde(default = "unknown")]
+    pub(crate) source_timestamp: i64,
+}
+
+fn unknown() -> i64 {
+    -1
 }
 
 impl StoreCheckpoint {
     /// No local state: replay the whole changelog.
     pub(crate) const EMPTY: Self = Self {
         changelog_next: 0,
+        epoch: 0,
         seq: 0,
         source_next: -1,
+        source_timestamp: -1,
     };
 }
 
@@ -39,6 +56,14 @@ impl StoreCheckpoint {
 pub(crate) struct StateBatch {
     pub(crate) entries: Vec<(usize, Vec<u8>, Option<Vec<u8>>)>,
     pub(crate) checkpoints: Vec<(usize, StoreCheckpoint)>,
+}
+
+/// State directories open in this process. RocksDB's lock cannot tell an aborted worker of
+/// this process that has not closed its database yet from another process; this can.
+static OPEN_HERE: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+fn open_here() -> std::sync::MutexGuard<'static, Option<HashSet<PathBuf>>> {
+    OPEN_HERE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(crate) struct PartitionDb {
@@ -55,13 +80,71 @@ impl std::fmt::Debug for PartitionDb {
     }
 }
 
+impl Drop for PartitionDb {
+    fn drop(&mut self) {
+        if let Some(set) = open_here().as_mut() {
+            set.remove(&self.path);
+        }
+    }
+}
+
+fn is_lock_error(error: &rocksdb::Error) -> bool {
+    // RocksDB says "IO error: While lock file: <dir>/LOCK: Resource temporarily unavailable"
+    // for another process, and "IO error: lock hold by current process, ...: <dir>/LOCK: No
+    // locks available" for this one. (Matching on "lock" alone would also match "block".)
+    let message = error.to_string();
+    error.kind() == ErrorKind::IOError
+        && (message.contains("While lock file") || message.contains("lock hold by current process"))
+}
+
+/// Whether the database files themselves are damaged or unreadable (as opposed to the
+/// file system failing): then the directory is rebuilt from the changelog.
+fn is_damaged(error: &rocksdb::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Corruption | ErrorKind::InvalidArgument | ErrorKind::NotSupported
+    )
+}
+
 impl PartitionDb {
     /// Opens (creating if needed) the database at `path` and checks each store's format.
     ///
+    /// A database this process still has open (a worker of the same partition that was
+    /// aborted and has not closed it yet) is waited for, up to `wait`. A damaged database is
+    /// deleted, with a warning, and an empty one is created: the changelog rebuilds it.
+    ///
     /// # Errors
-    /// [`StateError::Locked`] when another process (or another consumer in this one) has it
-    /// open; [`StateError::FormatMismatch`] when a store was written with other codecs.
-    pub(crate) fn open(path: &Path, specs: &[StoreSpec]) -> Result<Self, StateError> {
+    /// [`StateError::Locked`] when another process has it open (or this one still has after
+    /// `wait`); [`StateError::FormatMismatch`] when a store was written with other codecs.
+    pub(crate) fn open(
+        path: &Path,
+        specs: &[StoreSpec],
+        wait: Duration,
+    ) -> Result<Self, StateError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match Self::open_once(path, specs) {
+                Err(StateError::Locked { .. })
+                    if open_here().as_ref().is_some_and(|s| s.contains(path))
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(StateError::Damaged { reason, .. }) => {
+                    tracing::warn!(path = %path.display(), %reason,
+                        "local state is damaged: deleting it; the changelog rebuilds it");
+                    std::fs::remove_dir_all(path).map_err(|source| StateError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                    return Self::open_once(path, specs);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path, specs: &[StoreSpec]) -> Result<Self, StateError> {
         std::fs::create_dir_all(path).map_err(|source| StateError::Io {
             path: path.to_path_buf(),
             source,
@@ -82,8 +165,13 @@ impl PartitionDb {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, descriptors).map_err(|source| {
-            if source.to_string().to_lowercase().contains("lock") {
+            if is_lock_error(&source) {
                 StateError::Locked {
+                    path: path.to_path_buf(),
+                    reason: source.to_string(),
+                }
+            } else if is_damaged(&source) {
+                StateError::Damaged {
                     path: path.to_path_buf(),
                     reason: source.to_string(),
                 }
@@ -94,12 +182,23 @@ impl PartitionDb {
                 }
             }
         })?;
+        open_here()
+            .get_or_insert_with(HashSet::new)
+            .insert(path.to_path_buf());
         let this = Self {
             db,
             path: path.to_path_buf(),
             stores: specs.iter().map(|s| store_cf(&s.name)).collect(),
         };
         this.check_formats(specs)?;
+        for store in 0..specs.len() {
+            if let Err(StateError::CorruptMetadata { reason, .. }) = this.checkpoint(store) {
+                return Err(StateError::Damaged {
+                    path: path.to_path_buf(),
+                    reason,
+                });
+            }
+        }
         Ok(this)
     }
 
@@ -187,8 +286,7 @@ impl PartitionDb {
         Ok(out)
     }
 
-    /// Applies `batch` atomically: data and checkpoints land together or not at all.
-    pub(crate) fn write(&self, batch: StateBatch) -> Result<(), StateError> {
+    fn batch(&self, batch: StateBatch, meta: &[(&str, Vec<u8>)]) -> Result<WriteBatch, StateError> {
         let mut wb = WriteBatch::default();
         for (store, key, value) in batch.entries {
             let cf = self.cf(&self.stores[store])?;
@@ -197,22 +295,59 @@ impl PartitionDb {
                 None => wb.delete_cf(cf, key),
             }
         }
-        let meta = self.cf(META_CF)?;
+        let meta_cf = self.cf(META_CF)?;
         for (store, checkpoint) in batch.checkpoints {
             let bytes =
                 serde_json::to_vec(&checkpoint).map_err(|e| StateError::CorruptMetadata {
                     path: self.path.clone(),
                     reason: e.to_string(),
                 })?;
-            wb.put_cf(meta, format!("checkpoint/{}", self.stores[store]), bytes);
+            wb.put_cf(meta_cf, format!("checkpoint/{}", self.stores[store]), bytes);
         }
+        for (key, value) in meta {
+            wb.put_cf(meta_cf, key, value);
+        }
+        Ok(wb)
+    }
+
+    /// Applies `batch` atomically: data and checkpoints land together or not at all.
+    pub(crate) fn write(&self, batch: StateBatch) -> Result<(), StateError> {
+        self.write_with_meta(batch, &[])
+    }
+
+    /// [`write`](Self::write), plus partition metadata in the same atomic batch.
+    pub(crate) fn write_with_meta(
+        &self,
+        batch: StateBatch,
+        meta: &[(&str, Vec<u8>)],
+    ) -> Result<(), StateError> {
+        let wb = self.batch(batch, meta)?;
         self.db.write(wb).map_err(self.db_err())
+    }
+
+    /// Applies `batch` atomically without the write-ahead log, for restores: a crash loses
+    /// the latest of these batches whole (data and checkpoint together), and the restore
+    /// resumes from an earlier checkpoint. Call [`sync`](Self::sync) when the restore ends.
+    pub(crate) fn write_unlogged(&self, batch: StateBatch) -> Result<(), StateError> {
+        let wb = self.batch(batch, &[])?;
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.db.write_opt(wb, &options).map_err(self.db_err())
+    }
+
+    /// Persists everything written without the write-ahead log.
+    pub(crate) fn sync(&self) -> Result<(), StateError> {
+        self.db.flush().map_err(self.db_err())?;
+        for name in &self.stores {
+            self.db.flush_cf(self.cf(name)?).map_err(self.db_err())?;
+        }
+        self.db.flush_cf(self.cf(META_CF)?).map_err(self.db_err())
     }
 
     /// Closes the database and deletes its directory.
     pub(crate) fn destroy(self) -> Result<(), StateError> {
         let path = self.path.clone();
-        drop(self.db);
+        drop(self);
         std::fs::remove_dir_all(&path).map_err(|source| StateError::Io { path, source })
     }
 }
@@ -220,6 +355,8 @@ impl PartitionDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NO_WAIT: Duration = Duration::ZERO;
 
     fn spec(name: &str, format: &str) -> StoreSpec {
         StoreSpec {
@@ -231,12 +368,14 @@ mod tests {
     #[test]
     fn batch_writes_data_and_checkpoint_together() {
         let dir = tempfile::tempdir().unwrap();
-        let db = PartitionDb::open(dir.path(), &[spec("counts", "f")]).unwrap();
+        let db = PartitionDb::open(dir.path(), &[spec("counts", "f")], NO_WAIT).unwrap();
         assert_eq!(db.checkpoint(0).unwrap(), StoreCheckpoint::EMPTY);
         let ck = StoreCheckpoint {
             changelog_next: 7,
+            epoch: 3,
             seq: 2,
             source_next: 40,
+            source_timestamp: 1_700_000_000_000,
         };
         db.write(StateBatch {
             entries: vec![
@@ -247,7 +386,7 @@ mod tests {
         })
         .unwrap();
         drop(db);
-        let db = PartitionDb::open(dir.path(), &[spec("counts", "f")]).unwrap();
+        let db = PartitionDb::open(dir.path(), &[spec("counts", "f")], NO_WAIT).unwrap();
         assert_eq!(db.get(0, b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(db.checkpoint(0).unwrap(), ck);
     }
@@ -255,18 +394,67 @@ mod tests {
     #[test]
     fn second_open_is_a_lock_error_and_format_change_is_a_mismatch() {
         let dir = tempfile::tempdir().unwrap();
-        let db = PartitionDb::open(dir.path(), &[spec("s", "v1")]).unwrap();
-        let err = PartitionDb::open(dir.path(), &[spec("s", "v1")]).unwrap_err();
+        let db = PartitionDb::open(dir.path(), &[spec("s", "v1")], NO_WAIT).unwrap();
+        let err = PartitionDb::open(dir.path(), &[spec("s", "v1")], NO_WAIT).unwrap_err();
         assert!(matches!(err, StateError::Locked { .. }), "{err}");
         drop(db);
-        let err = PartitionDb::open(dir.path(), &[spec("s", "v2")]).unwrap_err();
+        let err = PartitionDb::open(dir.path(), &[spec("s", "v2")], NO_WAIT).unwrap_err();
         assert!(matches!(err, StateError::FormatMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_database_still_open_in_this_process_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
+        // An aborted worker closes its database a moment later.
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        let db = PartitionDb::open(dir.path(), &[spec("s", "f")], Duration::from_secs(10));
+        closer.join().unwrap();
+        assert!(db.is_ok(), "{:?}", db.err());
+    }
+
+    #[test]
+    fn a_lock_of_another_process_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        // Opened outside PartitionDb: as another process would.
+        let _other = DB::open_default(dir.path()).unwrap();
+        let started = Instant::now();
+        let err =
+            PartitionDb::open(dir.path(), &[spec("s", "f")], Duration::from_secs(10)).unwrap_err();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_damaged_database_is_rebuilt_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
+        db.write(StateBatch {
+            entries: vec![(0, b"a".to_vec(), Some(b"1".to_vec()))],
+            checkpoints: vec![],
+        })
+        .unwrap();
+        drop(db);
+        // Corrupt every file RocksDB needs to open: the manifest and CURRENT.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("MANIFEST") || name == "CURRENT" {
+                std::fs::write(&path, b"garbage, not a rocksdb file").unwrap();
+            }
+        }
+        let db = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
+        assert_eq!(db.get(0, b"a").unwrap(), None, "rebuilt empty");
+        assert_eq!(db.checkpoint(0).unwrap(), StoreCheckpoint::EMPTY);
     }
 
     #[test]
     fn prefix_scan_stops_at_prefix_end() {
         let dir = tempfile::tempdir().unwrap();
-        let db = PartitionDb::open(dir.path(), &[spec("s", "f")]).unwrap();
+        let db = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
         let entries = ["a/1", "a/2", "b/1"]
             .iter()
             .map(|k| (0, k.as_bytes().to_vec(), Some(vec![1])))

@@ -14,29 +14,44 @@
 //!
 //! Writes go to an in-memory overlay, combined per key. A flush (on record count, on time,
 //! before each commit, on revoke and on shutdown):
-//! 1. produces one changelog record per changed key (a tombstone per delete) with the source
-//!    offset in a header, and waits for every acknowledgement;
-//! 2. produces one marker per touched store and waits for those;
-//! 3. writes the values and each store's checkpoint `{changelog offset, source offset}` in one
-//!    atomic RocksDB `WriteBatch`;
-//! 4. only then publishes the source offset as committable.
+//! 1. produces one changelog record per changed key (a tombstone per delete), stamped with
+//!    the owner's epoch and the flush's sequence number, and waits for every acknowledgement;
+//! 2. produces one flush marker per touched store (with the source offset the flush reaches)
+//!    and waits for those;
+//! 3. checks that its records follow this owner's previous ones in each changelog partition:
+//!    any other record in between was written by another owner. A newer epoch there means
+//!    this process was replaced (a zombie): nothing is applied, the partition stops
+//!    ([`StateError::Fenced`]). An older one is a zombie's late write: void, and its keys are
+//!    written again by the next flush;
+//! 4. writes the values and each store's checkpoint `{changelog offset, epoch, seq, source
+//!    offset}` in one atomic RocksDB `WriteBatch`;
+//! 5. only then publishes the source offset as committable.
 //!
-//! # Restore and crashes
+//! # Restore, crashes and zombies — without Kafka transactions
 //!
-//! See [`replay`](self) for why markers make a flush atomic. After a restore the worker skips
-//! source records below the restored source offset: their effect is already in the state.
-//! A crash anywhere in the cycle therefore ends with every source record applied exactly once
-//! to the state. Effects outside the state (producing elsewhere, calling services) are
+//! Each owner starts with an *epoch marker* above every epoch in the changelogs; replay
+//! ignores records of an older epoch that follow a newer one, and a flush counts only if
+//! every store it touched has its marker (the rules are in `replay`). So a flush that a crash
+//! cut short, or that a zombie finished after its successor took over, never reaches the
+//! state, and the keys it left behind are rewritten. After a restore the worker skips source
+//! records below the restored source offset: their effect is already in the state. A crash
+//! anywhere in the cycle therefore ends with every source record applied exactly once to the
+//! state. Effects outside the state (producing elsewhere, calling services) are
 //! at-least-once: a record can be handled again after a crash.
 //!
-//! There is no fencing of a *zombie* writer (a process that lost its partition but still
-//! flushes): that needs Kafka transactions, which the changelog does not use.
+//! A restore also checks identity: the record before each local checkpoint must be the
+//! marker it names (else the changelog was recreated: wipe and replay), and the source topic
+//! must still hold the last record the state reflects, with the same timestamp (else it was
+//! recreated: [`StateError::SourceReplaced`]).
 
 mod db;
+mod flush;
 mod overlay;
 mod partition;
-mod replay;
-mod restore;
+pub(crate) mod replay;
+pub(crate) mod restore;
+#[cfg(test)]
+mod sim;
 mod store;
 
 pub(crate) use partition::{PartitionState, StateEnv};
@@ -134,6 +149,68 @@ pub enum StateError {
         path: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+    /// The local database is damaged. Handled internally by deleting it and replaying the
+    /// changelog; surfaced only if that fails.
+    #[error("state directory {path} is damaged: {reason}")]
+    Damaged {
+        /// The partition's state directory.
+        path: PathBuf,
+        /// RocksDB's message.
+        reason: String,
+    },
+    /// The record before the local checkpoint is not the marker the checkpoint names: the
+    /// changelog topic was deleted and recreated. Handled internally by wiping and replaying.
+    #[error("store {store} in {path}: changelog record {offset} is not the one this state was checkpointed at (changelog recreated?)")]
+    ChangelogReplaced {
+        /// The store.
+        store: String,
+        /// The partition's state directory.
+        path: PathBuf,
+        /// The changelog offset checked.
+        offset: i64,
+    },
+    /// Another owner took over the changelogs while this one opened them. Retried internally.
+    #[error("state {path}: another owner opened the changelogs at the same time (epoch {epoch})")]
+    EpochConflict {
+        /// The partition's state directory.
+        path: PathBuf,
+        /// This owner's epoch.
+        epoch: u64,
+    },
+    /// Another owner wrote to this partition's changelog with a newer epoch: this process
+    /// lost the partition (a zombie, e.g. after a pause longer than the session timeout).
+    /// Nothing more is written or committed for it.
+    #[error(
+        "changelog {topic}/{partition}: another owner (epoch {newer_epoch}) took over from this \
+         one (epoch {epoch}); this process stops writing for the partition"
+    )]
+    Fenced {
+        /// The changelog topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// This owner's epoch.
+        epoch: u64,
+        /// The newer owner's epoch.
+        newer_epoch: u64,
+    },
+    /// The source topic no longer holds the records the state was built from (deleted and
+    /// recreated, or truncated). Processing would skip new records as "already applied".
+    #[error(
+        "source {topic}/{partition} was replaced: the state reflects it up to offset \
+         {state_next}, but {found}; if the topic was recreated on purpose, delete the state \
+         directories and the changelog topics (or use a new group id) to start over"
+    )]
+    SourceReplaced {
+        /// The source topic.
+        topic: String,
+        /// The source partition.
+        partition: i32,
+        /// Next source offset the state reflects.
+        state_next: i64,
+        /// What the source topic holds instead.
+        found: String,
     },
     /// Writing or reading the changelog failed.
     #[error(transparent)]

@@ -2,38 +2,49 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::db::{PartitionDb, StateBatch, StoreCheckpoint};
+use super::db::PartitionDb;
+use super::flush::{judge_gap, FlushPlan, Gap, GapVerdict};
 use super::overlay::Overlay;
-use super::restore::{restore, RestoreReport};
+use super::replay::{Entry, SourcePosition, Stamp};
+use super::restore::{restore, Restored};
 use super::StateError;
-use crate::changelog::{
-    changelog_topic, ChangelogWriter, OutRecord, HEADER_ABORTED, HEADER_SEQ, HEADER_SOURCE_OFFSET,
-    HEADER_TOUCHED, MARKER_KEY,
-};
+use crate::changelog::format::decode;
+use crate::changelog::{changelog_topic, ChangelogWriter, KafkaChangelog, ReaderPool};
 use crate::config::ConsumerConfig;
 use crate::observe::RestoreListener;
+
+/// Opens tried when the local state turns out not to match the changelog (wiped and
+/// replayed) or another owner opened at the same moment.
+const OPEN_ATTEMPTS: usize = 3;
 
 /// What every partition's state shares.
 #[derive(Clone)]
 pub(crate) struct StateEnv {
     pub(crate) config: Arc<ConsumerConfig>,
     pub(crate) writer: ChangelogWriter,
+    pub(crate) readers: ReaderPool,
     pub(crate) listener: Arc<dyn RestoreListener>,
 }
 
 /// A partition's stores: RocksDB, the unflushed overlay, and the flush bookkeeping.
 #[derive(Debug)]
 pub(crate) struct PartitionState {
-    pub(super) db: PartitionDb,
+    pub(super) db: Arc<PartitionDb>,
     pub(super) overlay: Overlay,
     config: Arc<ConsumerConfig>,
     writer: ChangelogWriter,
+    readers: ReaderPool,
     changelogs: Vec<String>,
     partition: i32,
+    /// This owner's epoch: every record it writes carries it.
+    epoch: u64,
     next_seq: u64,
-    /// Next source offset reflected in the flushed state.
-    source_next: i64,
+    /// Per store, the offset this owner's next changelog record must get.
+    log_next: Vec<i64>,
+    /// How far the flushed state reflects the source partition.
+    source: SourcePosition,
 }
 
 /// `<state_dir>/<group>/<topic>-<partition>`.
@@ -52,17 +63,19 @@ pub(crate) fn partition_dir(
 }
 
 impl PartitionState {
-    /// Opens the partition's database and restores it from the changelogs. Blocking.
-    /// `Ok(None)` when `stop` abandoned the restore (the partition was revoked meanwhile).
+    /// Opens the partition's database, restores it from the changelogs and takes ownership
+    /// of them with a new epoch. Blocking. `Ok(None)` when `stop` abandoned the restore
+    /// (the partition was revoked meanwhile).
     ///
     /// # Errors
-    /// Lock, format, RocksDB and changelog errors.
+    /// Lock, format, RocksDB and changelog errors; [`StateError::SourceReplaced`] when the
+    /// source topic no longer holds what the state was built from.
     pub(crate) fn open(
         env: &StateEnv,
         topic: &str,
         partition: i32,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Option<(Self, RestoreReport)>, StateError> {
+    ) -> Result<Option<(Self, Restored)>, StateError> {
         let config = &env.config;
         let Some(path) = partition_dir(config, topic, partition) else {
             return Err(StateError::CorruptMetadata {
@@ -70,42 +83,90 @@ impl PartitionState {
                 reason: "no state_dir configured".into(),
             });
         };
-        let mut db = PartitionDb::open(&path, &config.stores)?;
-        let report = match restore(&db, env, partition, stop) {
-            Err(StateError::CheckpointAhead {
-                store,
-                checkpoint,
-                changelog_end,
-                ..
-            }) => {
-                tracing::warn!(
-                    path = %path.display(), store, checkpoint, changelog_end,
-                    "local checkpoint is past the changelog end (changelog recreated or truncated): \
-                     wiping local state and replaying the changelog"
-                );
-                db.destroy()?;
-                db = PartitionDb::open(&path, &config.stores)?;
-                restore(&db, env, partition, stop)?
-            }
-            other => other?,
-        };
-        Ok(report.map(|report| {
-            let state = Self {
-                db,
-                overlay: Overlay::new(config.stores.len()),
-                config: config.clone(),
-                writer: env.writer.clone(),
-                changelogs: config
-                    .stores
-                    .iter()
-                    .map(|s| changelog_topic(&config.group_id, &s.name))
-                    .collect(),
+        let changelogs: Vec<String> = config
+            .stores
+            .iter()
+            .map(|s| changelog_topic(&config.group_id, &s.name))
+            .collect();
+        // An aborted worker of this partition in this process may still be closing it.
+        let wait = config.revoke_timeout + config.flush_timeout;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let db = PartitionDb::open(&path, &config.stores, wait)?;
+            let mut log = KafkaChangelog {
+                reader: env.readers.get().map_err(|source| {
+                    crate::changelog::ChangelogError::Read {
+                        topic: changelogs[0].clone(),
+                        partition,
+                        source,
+                    }
+                })?,
+                writer: &env.writer,
+                topics: &changelogs,
                 partition,
-                next_seq: report.next_seq,
-                source_next: report.source_next,
+                runtime: tokio::runtime::Handle::current(),
+                stop,
             };
-            (state, report)
-        }))
+            let listener = env.listener.as_ref();
+            let mut started = false;
+            let mut progress = |restored: u64, total: u64| {
+                if started {
+                    listener.on_restore_progress(
+                        topic,
+                        partition,
+                        restored,
+                        total.saturating_sub(restored),
+                    );
+                } else {
+                    started = true;
+                    listener.on_restore_start(topic, partition, total);
+                    tracing::info!(%topic, partition, records = total, "restore started");
+                }
+            };
+            match restore(&db, &mut log, &config.stores, &mut progress) {
+                Err(
+                    error @ (StateError::CheckpointAhead { .. }
+                    | StateError::ChangelogReplaced { .. }),
+                ) if attempt < OPEN_ATTEMPTS => {
+                    tracing::warn!(path = %path.display(), %error,
+                        "local state does not belong to this changelog (topic recreated or truncated): \
+                         wiping it and replaying the changelog");
+                    drop(log);
+                    db.destroy()?;
+                }
+                Err(error @ StateError::EpochConflict { .. }) if attempt < OPEN_ATTEMPTS => {
+                    tracing::warn!(path = %path.display(), %error, "another owner opened this partition at the same moment; opening again");
+                    drop(log);
+                    drop(db);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(error) => return Err(error),
+                Ok(None) => return Ok(None),
+                Ok(Some(restored)) => {
+                    listener.on_restore_end(topic, partition, restored.records, restored.elapsed);
+                    tracing::info!(
+                        %topic, partition, records = restored.records, rate = restored.rate(),
+                        source_next = restored.source.next, epoch = restored.epoch, "restore finished"
+                    );
+                    verify_source(&log, topic, partition, restored.source)?;
+                    let state = Self {
+                        db: Arc::new(db),
+                        overlay: Overlay::new(config.stores.len()),
+                        config: config.clone(),
+                        writer: env.writer.clone(),
+                        readers: env.readers.clone(),
+                        changelogs: changelogs.clone(),
+                        partition,
+                        epoch: restored.epoch,
+                        next_seq: restored.next_seq,
+                        log_next: restored.log_next.clone(),
+                        source: restored.source,
+                    };
+                    return Ok(Some((state, restored)));
+                }
+            }
+        }
     }
 
     pub(crate) fn store_index(&self, name: &str) -> Option<usize> {
@@ -114,7 +175,7 @@ impl PartitionState {
 
     /// Source records before this offset are already reflected in the state.
     pub(crate) fn restored_source_next(&self) -> i64 {
-        self.source_next
+        self.source.next
     }
 
     pub(crate) fn overlay_mut(&mut self) -> &mut Overlay {
@@ -126,93 +187,172 @@ impl PartitionState {
         self.overlay.dirty_keys()
     }
 
-    /// Makes everything in the overlay durable: changelog data, acks, markers, acks, then one
-    /// RocksDB batch with the checkpoints. `source_next` is the next unprocessed source offset.
+    /// Makes everything in the overlay durable: changelog data, acks, markers, acks, a check
+    /// that no other writer appended meanwhile, then one RocksDB batch with the checkpoints.
+    /// `source` is how far the processed records reach.
     ///
     /// # Errors
-    /// Changelog or RocksDB errors; the partition must then stop without committing.
-    pub(crate) async fn flush(&mut self, source_next: i64) -> Result<(), StateError> {
-        let entries = self.overlay.take();
-        let touched: Vec<usize> = (0..entries.len())
-            .filter(|&i| !entries[i].is_empty())
-            .collect();
-        if touched.is_empty() {
+    /// [`StateError::Fenced`] when another owner wrote to the changelog since this one
+    /// opened it (nothing is applied locally); changelog or RocksDB errors. The partition
+    /// must then stop without committing.
+    pub(crate) async fn flush(&mut self, source: SourcePosition) -> Result<(), StateError> {
+        let stamp = Stamp {
+            epoch: self.epoch,
+            seq: self.next_seq,
+        };
+        let Some(plan) = FlushPlan::new(self.overlay.take(), stamp, source) else {
             return Ok(());
-        }
-        let seq = self.next_seq;
-        let base_headers = vec![
-            (HEADER_SEQ.to_string(), seq.to_string().into_bytes()),
-            (
-                HEADER_SOURCE_OFFSET.to_string(),
-                source_next.to_string().into_bytes(),
-            ),
-        ];
-        let data: Vec<OutRecord> = touched
-            .iter()
-            .flat_map(|&i| {
-                let topic = &self.changelogs[i];
-                let headers = &base_headers;
-                let partition = self.partition;
-                entries[i].iter().map(move |(key, value)| OutRecord {
-                    topic: topic.clone(),
-                    partition,
-                    key: Some(key.clone()),
-                    value: value.clone(),
-                    headers: headers.clone(),
+        };
+        let names: Vec<String> = self.config.stores.iter().map(|s| s.name.clone()).collect();
+        let to_records = |records: Vec<(usize, Entry)>| -> Vec<_> {
+            records
+                .iter()
+                .map(|(store, entry)| {
+                    crate::changelog::to_out_record(
+                        &self.changelogs[*store],
+                        self.partition,
+                        stamp,
+                        entry,
+                    )
                 })
-            })
-            .collect();
-        let records = data.len();
-        self.writer.send_all(data).await?;
-
-        let touched_names: Vec<&str> = touched
-            .iter()
-            .map(|&i| self.config.stores[i].name.as_str())
-            .collect();
-        let mut marker_headers = base_headers.clone();
-        marker_headers.push((
-            HEADER_TOUCHED.to_string(),
-            touched_names.join(",").into_bytes(),
-        ));
-        marker_headers.push((HEADER_ABORTED.to_string(), Vec::new()));
-        let markers = touched
-            .iter()
-            .map(|&i| OutRecord {
-                topic: self.changelogs[i].clone(),
-                partition: self.partition,
-                key: Some(MARKER_KEY.to_vec()),
-                value: Some(seq.to_string().into_bytes()),
-                headers: marker_headers.clone(),
-            })
-            .collect();
-        let marker_offsets = self.writer.send_all(markers).await?;
-
-        let mut batch = StateBatch::default();
-        for (&i, offset) in touched.iter().zip(marker_offsets) {
-            batch.checkpoints.push((
-                i,
-                StoreCheckpoint {
-                    changelog_next: offset + 1,
-                    seq,
-                    source_next,
-                },
-            ));
+                .collect()
+        };
+        let data_offsets = self.writer.send_all(to_records(plan.data())).await?;
+        let marker_offsets = self
+            .writer
+            .send_all(to_records(plan.markers(&names)))
+            .await?;
+        let mut repair = Vec::new();
+        for gap in plan.gaps(&data_offsets, &marker_offsets, &self.log_next) {
+            match self.inspect_gap(&gap).await? {
+                GapVerdict::Fenced { newer_epoch } => {
+                    return Err(StateError::Fenced {
+                        topic: self.changelogs[gap.store].clone(),
+                        partition: self.partition,
+                        epoch: self.epoch,
+                        newer_epoch,
+                    })
+                }
+                GapVerdict::Repair(keys) => {
+                    tracing::warn!(
+                        changelog = %self.changelogs[gap.store], partition = self.partition,
+                        from = gap.from, to = gap.to, void_keys = keys.len(),
+                        "a previous owner wrote to the changelog after this one took over; \
+                         its records are void, their keys are written again"
+                    );
+                    repair.extend(keys.into_iter().map(|k| (gap.store, k)));
+                }
+            }
         }
-        for (i, store_entries) in entries.into_iter().enumerate() {
-            batch
-                .entries
-                .extend(store_entries.into_iter().map(|(k, v)| (i, k, v)));
-        }
-        self.db.write(batch)?;
+        let records = plan.records();
+        self.db
+            .write(plan.into_batch(&marker_offsets, &mut self.log_next))?;
         self.next_seq += 1;
-        self.source_next = source_next;
+        self.source = source;
+        // Keys whose latest changelog record is another writer's void record: the next
+        // flush writes their current values again.
+        for (store, key) in repair {
+            let value = self.db.get(store, &key)?;
+            self.overlay.write(store, key, value);
+        }
+        self.overlay.commit_staged();
         tracing::debug!(
             partition = self.partition,
-            seq,
+            seq = stamp.seq,
             records,
-            source_next,
+            source_next = source.next,
             "flushed state"
         );
         Ok(())
+    }
+
+    /// Reads the records in `gap` (another writer appended to the changelog partition since
+    /// this owner's last record) and judges them.
+    async fn inspect_gap(&self, gap: &Gap) -> Result<GapVerdict, StateError> {
+        let (readers, topic, partition, epoch) = (
+            self.readers.clone(),
+            self.changelogs[gap.store].clone(),
+            self.partition,
+            self.epoch,
+        );
+        let gap = Gap {
+            store: gap.store,
+            from: gap.from,
+            to: gap.to,
+            ours: gap.ours.clone(),
+        };
+        tokio::task::spawn_blocking(move || -> Result<GapVerdict, StateError> {
+            let reader =
+                readers
+                    .get()
+                    .map_err(|source| crate::changelog::ChangelogError::Read {
+                        topic: topic.clone(),
+                        partition,
+                        source,
+                    })?;
+            let mut records = Vec::new();
+            reader.read(&topic, partition, gap.from, gap.to, &|| false, &mut |msg| {
+                let (stamp, entry) = decode(msg)?;
+                records.push((rdkafka::message::Message::offset(msg), stamp, entry));
+                Ok::<(), StateError>(())
+            })?;
+            Ok(judge_gap(&gap, epoch, records))
+        })
+        .await
+        .map_err(|_| StateError::CorruptMetadata {
+            path: self.db.path().to_path_buf(),
+            reason: "changelog gap inspection panicked".into(),
+        })?
+    }
+}
+
+/// The state reflects the source partition up to `source`: the source topic must still hold
+/// those records. A source topic deleted and recreated under the same name starts again at
+/// offset 0 (or holds other records at the same offsets): skipping "already applied" records
+/// would then lose new ones.
+fn verify_source(
+    log: &KafkaChangelog<'_>,
+    topic: &str,
+    partition: i32,
+    source: SourcePosition,
+) -> Result<(), StateError> {
+    if source.next <= 0 {
+        return Ok(());
+    }
+    let (low, high) = log.reader.watermarks(topic, partition)?;
+    let replaced = |found: String| StateError::SourceReplaced {
+        topic: topic.to_string(),
+        partition,
+        state_next: source.next,
+        found,
+    };
+    if source.next > high {
+        return Err(replaced(format!("the partition ends at offset {high}")));
+    }
+    let last = source.next - 1;
+    if source.last_timestamp < 0 || last < low {
+        return Ok(());
+    }
+    let mut timestamp = None;
+    log.reader.read(
+        topic,
+        partition,
+        last,
+        last + 1,
+        &|| false,
+        &mut |msg| -> Result<(), StateError> {
+            use rdkafka::message::Message;
+            if msg.offset() == last {
+                timestamp = msg.timestamp().to_millis();
+            }
+            Ok(())
+        },
+    )?;
+    match timestamp {
+        Some(ts) if ts != source.last_timestamp => Err(replaced(format!(
+            "the record at offset {last} has timestamp {ts}, the state was built from one with {}",
+            source.last_timestamp
+        ))),
+        _ => Ok(()),
     }
 }

@@ -1,43 +1,97 @@
-//! Replay bookkeeping: which changelog records may be applied, and which must be rolled back.
+//! Replay bookkeeping: which changelog records may be applied to the state, and which are
+//! *void* and must be repaired. Pure logic, no Kafka and no RocksDB, so every crash point and
+//! every interleaving of two owners can be tested in-process (see `replay_sim`).
 //!
-//! Pure logic, no Kafka and no RocksDB, so every crash point can be tested in-process.
+//! # The rules
 //!
-//! A flush writes data records to each touched store's changelog, waits for their acks, then
-//! writes one marker per touched store. A crash can leave the *last* flush partial: data
-//! without markers, or markers in some touched stores but not all. Replay therefore:
+//! Each owner of a partition (each open of its state) writes an *epoch marker* to every
+//! store's changelog partition before it processes anything, with an epoch higher than any
+//! it found there, and the sequence number of the last flush it found complete (`base`).
+//! Every record carries its writer's epoch and flush sequence number.
 //!
-//! 1. holds back the records of each store's last marked flush until all stores are read,
-//!    and never applies records after a store's last marker (its *tail*);
-//! 2. applies a held flush only if every store it touched has its marker (or a checkpoint
-//!    at or past it); otherwise the flush is rolled back;
-//! 3. *repairs* rolled-back and tail keys: the restorer writes their current (pre-flush)
-//!    values to the changelog with a new marker listing the rolled-back flush in
-//!    `ks.aborted`. Later replays that meet a held flush followed by a marker aborting it
-//!    drop the held records, so a full replay of the log gives the same state.
+//! A flush writes its data records to each touched store, waits for their acks, then writes a
+//! *flush marker* to each touched store. Flushes of one owner run one at a time, so within an
+//! epoch only the last flush can be incomplete.
 //!
-//! Flushes run one at a time per partition and a flush starts only after the previous one's
-//! markers are acknowledged (or after a restore repaired it), so only the last flush of a log
-//! can be partial.
+//! Replay reads each store's log in order and tracks the highest epoch seen:
+//! - a record of an older epoch than one already seen is void (a zombie's late write, or a
+//!   flush an owner could not finish before another took over);
+//! - data waits in the store's *tail* until a flush marker of its flush confirms it; the last
+//!   confirmed flush of a store is *held* until every store it touched is read, because it is
+//!   complete only if every touched store has its marker;
+//! - an epoch marker settles what came before it: held or tail data of flushes up to `base`
+//!   is applied, later ones are void;
+//! - at the end, tail data is void (its flush never got a marker) and a held flush that some
+//!   touched store lacks is void.
+//!
+//! Void records stay in the log, so keys whose latest record is void are *repaired*: the new
+//! owner writes their current values again as its first flush, so a later replay — and
+//! compaction, which keeps only the latest record per key — always ends on a valid value.
 
 use std::collections::BTreeSet;
 
 use super::db::StoreCheckpoint;
 
-/// A marker record's contents.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Marker {
-    pub(crate) seq: u64,
-    pub(crate) source_next: i64,
-    pub(crate) touched: Vec<String>,
-    pub(crate) aborted: Vec<u64>,
-}
-
 /// `(key, value)`; `None` is a tombstone.
 pub(crate) type KeyValue = (Vec<u8>, Option<Vec<u8>>);
 
+/// The epoch and flush sequence number every changelog record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Stamp {
+    pub(crate) epoch: u64,
+    pub(crate) seq: u64,
+}
+
+/// A decoded changelog record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A store entry written by flush `stamp.seq`.
+    Data {
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
+    /// The end of flush `stamp.seq` in this store.
+    Flush {
+        source: SourcePosition,
+        touched: Vec<String>,
+    },
+    /// A new owner; `stamp.seq` is the last flush it found complete (older flushes after it
+    /// are void).
+    Epoch { source: SourcePosition },
+}
+
+/// How far the state reflects the source partition: every record before `next`, the last
+/// of which had timestamp `last_timestamp` (a fingerprint: a recreated source topic has
+/// other records at the same offsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SourcePosition {
+    pub(crate) next: i64,
+    /// `-1` when unknown.
+    pub(crate) last_timestamp: i64,
+}
+
+impl SourcePosition {
+    pub(crate) const NONE: Self = Self {
+        next: -1,
+        last_timestamp: -1,
+    };
+
+    /// The later of two positions.
+    pub(crate) fn max(self, other: Self) -> Self {
+        if other.next > self.next {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Held {
-    marker: Marker,
+    stamp: Stamp,
+    source: SourcePosition,
+    touched: Vec<String>,
+    /// Offset after the flush's marker.
     changelog_next: i64,
     data: Vec<KeyValue>,
 }
@@ -47,11 +101,21 @@ struct Held {
 pub(crate) struct StoreReplay {
     pub(crate) name: String,
     checkpoint: StoreCheckpoint,
+    /// Highest epoch seen in this store (from the checkpoint on).
+    epoch: u64,
+    tail: Vec<(Stamp, KeyValue)>,
     held: Option<Held>,
-    tail: Vec<KeyValue>,
     ready: Vec<KeyValue>,
     ready_checkpoint: Option<StoreCheckpoint>,
+    /// Highest flush sequence number with a valid marker in this store.
+    marked_seq: u64,
+    /// Highest sequence number seen at all, void records included.
     max_seq: u64,
+    max_epoch: u64,
+    source: SourcePosition,
+    void_keys: BTreeSet<Vec<u8>>,
+    /// Approximate bytes in `ready`.
+    ready_bytes: usize,
 }
 
 impl StoreReplay {
@@ -59,54 +123,151 @@ impl StoreReplay {
         Self {
             name: name.into(),
             checkpoint,
-            held: None,
+            epoch: checkpoint.epoch,
             tail: Vec::new(),
+            held: None,
             ready: Vec::new(),
             ready_checkpoint: None,
+            marked_seq: checkpoint.seq,
             max_seq: checkpoint.seq,
+            max_epoch: checkpoint.epoch,
+            source: SourcePosition {
+                next: checkpoint.source_next,
+                last_timestamp: checkpoint.source_timestamp,
+            },
+            void_keys: BTreeSet::new(),
+            ready_bytes: 0,
         }
     }
 
-    pub(crate) fn push_data(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.tail.push((key, value));
+    /// Feeds the record at changelog `offset`.
+    pub(crate) fn push(&mut self, offset: i64, stamp: Stamp, entry: Entry) {
+        self.max_seq = self.max_seq.max(stamp.seq);
+        self.max_epoch = self.max_epoch.max(stamp.epoch);
+        if stamp.epoch < self.epoch {
+            if let Entry::Data { key, .. } = entry {
+                self.void_keys.insert(key);
+            }
+            return;
+        }
+        if stamp.epoch > self.epoch {
+            self.epoch = stamp.epoch;
+        }
+        match entry {
+            Entry::Data { key, value } => self.tail.push((stamp, (key, value))),
+            Entry::Flush { source, touched } => self.push_flush(offset, stamp, source, touched),
+            Entry::Epoch { source } => self.push_epoch(offset, stamp, source),
+        }
     }
 
-    /// A marker at changelog `offset`: the previous held flush is complete (unless this
-    /// marker aborts it), and the records since it become the new held flush.
-    pub(crate) fn push_marker(&mut self, offset: i64, marker: Marker) {
-        self.max_seq = self.max_seq.max(marker.seq);
+    fn push_flush(
+        &mut self,
+        offset: i64,
+        stamp: Stamp,
+        source: SourcePosition,
+        touched: Vec<String>,
+    ) {
+        // A later flush marker proves the held flush complete everywhere: flushes of one
+        // owner start only after the previous one's markers were acknowledged.
         if let Some(held) = self.held.take() {
-            if !marker.aborted.contains(&held.marker.seq) {
-                self.ready.extend(held.data);
-                self.ready_checkpoint = Some(StoreCheckpoint {
-                    changelog_next: held.changelog_next,
-                    seq: held.marker.seq,
-                    source_next: held.marker.source_next,
-                });
+            self.release(held);
+        }
+        self.marked_seq = self.marked_seq.max(stamp.seq);
+        // Data of this flush, and — where compaction removed their markers — of earlier ones.
+        let (data, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tail)
+            .into_iter()
+            .partition(|(s, _)| s.seq <= stamp.seq);
+        self.tail = later;
+        self.held = Some(Held {
+            stamp,
+            source,
+            touched,
+            changelog_next: offset + 1,
+            data: data.into_iter().map(|(_, kv)| kv).collect(),
+        });
+    }
+
+    fn push_epoch(&mut self, offset: i64, stamp: Stamp, source: SourcePosition) {
+        let base = stamp.seq;
+        if let Some(held) = self.held.take() {
+            if held.stamp.seq <= base {
+                self.release(held);
+            } else {
+                self.void_keys
+                    .extend(held.data.into_iter().map(|(key, _)| key));
             }
         }
-        let data = std::mem::take(&mut self.tail);
-        self.held = Some(Held {
-            marker,
-            changelog_next: offset + 1,
-            data,
-        });
+        for (s, (key, value)) in std::mem::take(&mut self.tail) {
+            if s.seq <= base {
+                self.ready_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+                self.ready.push((key, value));
+            } else {
+                self.void_keys.insert(key);
+            }
+        }
+        // Flushes after `base` of older epochs are void, whatever markers they got.
+        self.marked_seq = base;
+        self.source = self.source.max(source);
+        self.ready_checkpoint = Some(self.checkpoint_at(offset + 1, stamp.epoch, base));
+    }
+
+    fn checkpoint_at(&self, changelog_next: i64, epoch: u64, seq: u64) -> StoreCheckpoint {
+        StoreCheckpoint {
+            changelog_next,
+            epoch,
+            seq: seq.max(self.ready_checkpoint.map_or(self.checkpoint.seq, |c| c.seq)),
+            source_next: self.source.next,
+            source_timestamp: self.source.last_timestamp,
+        }
+    }
+
+    fn release(&mut self, held: Held) {
+        // A void key stays marked for repair even if a valid record follows it: rewriting
+        // its current value is harmless, and cheaper than tracking which record came last.
+        self.ready_bytes += held
+            .data
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum::<usize>();
+        self.ready.extend(held.data);
+        self.source = self.source.max(held.source);
+        self.ready_checkpoint =
+            Some(self.checkpoint_at(held.changelog_next, held.stamp.epoch, held.stamp.seq));
     }
 
     /// Records that are safe to apply now, with the checkpoint to write with them.
     pub(crate) fn take_ready(&mut self) -> Option<(Vec<KeyValue>, StoreCheckpoint)> {
         let checkpoint = self.ready_checkpoint.take()?;
+        self.checkpoint = checkpoint;
+        self.ready_bytes = 0;
         Some((std::mem::take(&mut self.ready), checkpoint))
     }
 
-    pub(crate) fn ready_len(&self) -> usize {
-        self.ready.len()
+    /// Approximate bytes waiting in `ready`, for batching.
+    pub(crate) fn ready_bytes(&self) -> usize {
+        self.ready_bytes
+    }
+
+    /// Highest epoch seen in this store, void records included.
+    pub(crate) fn max_epoch(&self) -> u64 {
+        self.max_epoch
+    }
+
+    /// Whether the held flush is complete in every store it touched.
+    fn held_complete(&self, stores: &[StoreReplay]) -> bool {
+        self.held.as_ref().is_none_or(|held| {
+            held.touched.iter().all(|name| {
+                // A touched store no longer declared cannot be checked, nor is it replayed.
+                stores
+                    .iter()
+                    .find(|s| &s.name == name)
+                    .is_none_or(|s| s.has_flush(held.stamp.seq))
+            })
+        })
     }
 
     fn has_flush(&self, seq: u64) -> bool {
-        self.checkpoint.seq >= seq
-            || self.ready_checkpoint.is_some_and(|c| c.seq >= seq)
-            || self.held.as_ref().is_some_and(|h| h.marker.seq == seq)
+        self.marked_seq >= seq
     }
 }
 
@@ -115,7 +276,7 @@ impl StoreReplay {
 pub(crate) struct StoreOutcome {
     /// Records to apply, with the checkpoint to write with them.
     pub(crate) apply: Option<(Vec<KeyValue>, StoreCheckpoint)>,
-    /// Keys whose changelog records must be overwritten with their current state.
+    /// Keys whose latest changelog record is void: the new owner rewrites their values.
     pub(crate) repair: BTreeSet<Vec<u8>>,
 }
 
@@ -123,69 +284,88 @@ pub(crate) struct StoreOutcome {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Resolution {
     pub(crate) stores: Vec<StoreOutcome>,
-    /// The flush that was found incomplete and rolled back.
-    pub(crate) aborted: Option<u64>,
-    /// Sequence number for the next marker (the repair, or the next flush).
+    /// Highest epoch in any store: the next owner's epoch must be above it.
+    pub(crate) max_epoch: u64,
+    /// The last flush found complete: the `base` of the next epoch marker.
+    pub(crate) last_complete_seq: u64,
+    /// Sequence number for the next flush (above every sequence number seen, void included).
     pub(crate) next_seq: u64,
-    /// Next source offset reflected by the restored state; `-1` when unknown (no flush yet).
-    pub(crate) source_next: i64,
+    /// How far the restored state reflects the source partition.
+    pub(crate) source: SourcePosition,
 }
 
-/// Decides, across all stores of a partition, which held flushes apply and what to repair.
-pub(crate) fn resolve(stores: &mut [StoreReplay]) -> Resolution {
-    let last = stores
-        .iter()
-        .filter_map(|s| s.held.as_ref().map(|h| h.marker.clone()))
-        .max_by_key(|m| m.seq);
-    let complete = last.as_ref().is_none_or(|m| {
-        m.touched.iter().all(|name| {
-            // A touched store that is no longer declared cannot be checked; it is not replayed either.
-            stores
-                .iter()
-                .find(|s| &s.name == name)
-                .is_none_or(|s| s.has_flush(m.seq))
-        })
-    });
-    let aborted = if complete {
-        None
-    } else {
-        last.as_ref().map(|m| m.seq)
-    };
-    let next_seq = stores.iter().map(|s| s.max_seq).max().unwrap_or(0) + 1;
-    let mut source_next = stores
-        .iter()
-        .map(|s| s.checkpoint.source_next)
-        .max()
-        .unwrap_or(-1);
-    let mut outcomes = Vec::with_capacity(stores.len());
-    for store in stores.iter_mut() {
-        let mut outcome = StoreOutcome::default();
-        if let Some(held) = store.held.take() {
-            if Some(held.marker.seq) == aborted {
-                outcome.repair.extend(held.data.into_iter().map(|(k, _)| k));
+/// What a new owner needs before it writes its epoch marker: computed without deciding
+/// anything, since more records may still arrive before the marker.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub(crate) max_epoch: u64,
+    pub(crate) last_complete_seq: u64,
+    pub(crate) source: SourcePosition,
+}
+
+/// The [`Plan`] of the stores as read so far.
+pub(crate) fn plan(stores: &[StoreReplay]) -> Plan {
+    let mut last_complete_seq = 0;
+    let mut source = SourcePosition::NONE;
+    for store in stores {
+        let mut marked = store.marked_seq;
+        let mut store_source = store.source;
+        if let Some(held) = &store.held {
+            if store.held_complete(stores) {
+                store_source = store_source.max(held.source);
             } else {
-                store.ready.extend(held.data);
-                store.ready_checkpoint = Some(StoreCheckpoint {
-                    changelog_next: held.changelog_next,
-                    seq: held.marker.seq,
-                    source_next: held.marker.source_next,
-                });
+                marked = store
+                    .ready_checkpoint
+                    .map_or(store.checkpoint.seq, |c| c.seq);
             }
         }
-        outcome
-            .repair
-            .extend(std::mem::take(&mut store.tail).into_iter().map(|(k, _)| k));
-        if let Some(ready) = store.take_ready() {
-            source_next = source_next.max(ready.1.source_next);
-            outcome.apply = Some(ready);
+        last_complete_seq = last_complete_seq.max(marked);
+        source = source.max(store_source);
+    }
+    Plan {
+        max_epoch: stores.iter().map(|s| s.max_epoch).max().unwrap_or(0),
+        last_complete_seq,
+        source,
+    }
+}
+
+/// Decides, across all stores of a partition, whether each store's held flush applies.
+pub(crate) fn resolve(stores: &mut [StoreReplay]) -> Resolution {
+    let complete: Vec<bool> = stores.iter().map(|s| s.held_complete(stores)).collect();
+    let mut outcomes = Vec::with_capacity(stores.len());
+    let mut last_complete_seq = 0;
+    for (store, complete) in stores.iter_mut().zip(complete) {
+        if let Some(held) = store.held.take() {
+            if complete {
+                store.release(held);
+            } else {
+                store
+                    .void_keys
+                    .extend(held.data.into_iter().map(|(key, _)| key));
+                // Its marker does not count: the flush is rolled back.
+                store.marked_seq = store
+                    .ready_checkpoint
+                    .map_or(store.checkpoint.seq, |c| c.seq);
+            }
         }
-        outcomes.push(outcome);
+        for (_, (key, _)) in std::mem::take(&mut store.tail) {
+            store.void_keys.insert(key);
+        }
+        last_complete_seq = last_complete_seq.max(store.marked_seq);
+        outcomes.push(StoreOutcome {
+            apply: store.take_ready(),
+            repair: std::mem::take(&mut store.void_keys),
+        });
     }
     Resolution {
         stores: outcomes,
-        aborted,
-        next_seq,
-        source_next,
+        max_epoch: stores.iter().map(|s| s.max_epoch).max().unwrap_or(0),
+        last_complete_seq,
+        next_seq: stores.iter().map(|s| s.max_seq).max().unwrap_or(0) + 1,
+        source: stores
+            .iter()
+            .map(|s| s.source)
+            .fold(SourcePosition::NONE, SourcePosition::max),
     }
 }
 
@@ -193,146 +373,175 @@ pub(crate) fn resolve(stores: &mut [StoreReplay]) -> Resolution {
 mod tests {
     use super::*;
 
-    fn marker(seq: u64, source_next: i64, touched: &[&str], aborted: &[u64]) -> Marker {
-        Marker {
-            seq,
-            source_next,
-            touched: touched.iter().map(|s| s.to_string()).collect(),
-            aborted: aborted.to_vec(),
+    const NO_SOURCE: SourcePosition = SourcePosition::NONE;
+
+    fn stamp(epoch: u64, seq: u64) -> Stamp {
+        Stamp { epoch, seq }
+    }
+
+    fn data(key: &str, value: u8) -> Entry {
+        Entry::Data {
+            key: key.as_bytes().to_vec(),
+            value: Some(vec![value]),
         }
     }
 
-    fn kv(k: &str, v: &str) -> (Vec<u8>, Option<Vec<u8>>) {
-        (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))
+    fn flush(next: i64, touched: &[&str]) -> Entry {
+        Entry::Flush {
+            source: SourcePosition {
+                next,
+                last_timestamp: next,
+            },
+            touched: touched.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
-    fn applied_keys(o: &StoreOutcome) -> Vec<String> {
-        o.apply
+    fn epoch_marker() -> Entry {
+        Entry::Epoch { source: NO_SOURCE }
+    }
+
+    fn feed(store: &mut StoreReplay, records: Vec<(Stamp, Entry)>) {
+        for (offset, (s, e)) in records.into_iter().enumerate() {
+            store.push(offset as i64, s, e);
+        }
+    }
+
+    fn applied(outcome: &StoreOutcome) -> Vec<String> {
+        outcome
+            .apply
             .iter()
             .flat_map(|(d, _)| d)
-            .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(k),
+                    v.as_ref().map_or(0, |v| v[0])
+                )
+            })
             .collect()
     }
 
+    /// Issue 9, case 6: flush 2 touched a and b and only a got its marker; the next owner
+    /// crashed after writing its epoch marker to b only. Flush 2 must not reach a.
     #[test]
-    fn complete_flushes_apply_and_the_tail_is_repaired() {
-        let mut s = StoreReplay::new("a", StoreCheckpoint::EMPTY);
-        s.push_data(b"x".to_vec(), Some(b"1".to_vec()));
-        s.push_marker(1, marker(1, 10, &["a"], &[]));
-        s.push_data(b"y".to_vec(), Some(b"2".to_vec()));
-        s.push_marker(3, marker(2, 20, &["a"], &[]));
-        s.push_data(b"z".to_vec(), Some(b"3".to_vec())); // crash before the marker
-        let mut stores = [s];
-        let r = resolve(&mut stores);
-        assert_eq!(r.aborted, None);
-        assert_eq!(applied_keys(&r.stores[0]), ["x", "y"]);
-        assert_eq!(
-            r.stores[0].apply.as_ref().unwrap().1,
-            StoreCheckpoint {
-                changelog_next: 4,
-                seq: 2,
-                source_next: 20
-            }
+    fn a_flush_missing_a_marker_stays_rolled_back_when_the_next_owner_crashes_midway() {
+        let (mut a, mut b) = (
+            StoreReplay::new("a", StoreCheckpoint::EMPTY),
+            StoreReplay::new("b", StoreCheckpoint::EMPTY),
         );
+        feed(
+            &mut a,
+            vec![
+                (stamp(1, 1), data("a1", 1)),
+                (stamp(1, 1), flush(5, &["a", "b"])),
+                (stamp(1, 2), data("a2", 2)),
+                (stamp(1, 2), flush(9, &["a", "b"])),
+            ],
+        );
+        feed(
+            &mut b,
+            vec![
+                (stamp(1, 1), data("b1", 1)),
+                (stamp(1, 1), flush(5, &["a", "b"])),
+                (stamp(1, 2), data("b2", 2)),
+                (stamp(7, 1), epoch_marker()),
+            ],
+        );
+        let plan = plan(&[clone_of(&a), clone_of(&b)]);
+        assert_eq!(plan.last_complete_seq, 1);
+        let mut stores = [a, b];
+        let r = resolve(&mut stores);
+        assert_eq!(applied(&r.stores[0]), ["a1=1"]);
+        assert_eq!(applied(&r.stores[1]), ["b1=1"]);
+        assert!(r.stores[0].repair.contains(b"a2".as_slice()));
+        assert!(r.stores[1].repair.contains(b"b2".as_slice()));
+        assert_eq!(r.source.next, 5);
+        assert_eq!(r.max_epoch, 7);
+        assert_eq!(r.next_seq, 3);
+    }
+
+    /// A zombie (epoch 1) finishes a flush after its successor's epoch marker (epoch 2).
+    #[test]
+    fn a_zombies_records_after_a_newer_epoch_marker_are_void() {
+        let mut a = StoreReplay::new("a", StoreCheckpoint::EMPTY);
+        feed(
+            &mut a,
+            vec![
+                (stamp(1, 1), data("k", 1)),
+                (stamp(1, 1), flush(3, &["a"])),
+                (stamp(1, 2), data("k", 2)), // the zombie's flush 2 starts...
+                (stamp(2, 1), epoch_marker()), // ...its successor takes over (base 1)...
+                (stamp(1, 2), flush(6, &["a"])), // ...and the zombie's marker lands late.
+                (stamp(2, 3), data("j", 9)),
+                (stamp(2, 3), flush(4, &["a"])),
+            ],
+        );
+        let mut stores = [a];
+        let r = resolve(&mut stores);
+        assert_eq!(applied(&r.stores[0]), ["k=1", "j=9"]);
+        assert_eq!(r.stores[0].repair, BTreeSet::from([b"k".to_vec()]));
+        assert_eq!(
+            r.source.next, 4,
+            "the void flush's source position does not count"
+        );
+        assert_eq!(r.stores[0].apply.as_ref().unwrap().1.epoch, 2);
+    }
+
+    /// A flush marker confirms in its own store only; the flush applies when every store it
+    /// touched has its marker, and a later marker proves the previous flush complete.
+    #[test]
+    fn flushes_complete_in_every_touched_store_apply_and_the_tail_is_void() {
+        let (mut a, mut b) = (
+            StoreReplay::new("a", StoreCheckpoint::EMPTY),
+            StoreReplay::new("b", StoreCheckpoint::EMPTY),
+        );
+        feed(
+            &mut a,
+            vec![
+                (stamp(1, 1), data("x", 1)),
+                (stamp(1, 1), flush(10, &["a", "b"])),
+                (stamp(1, 2), data("y", 2)),
+                (stamp(1, 2), flush(20, &["a"])),
+                (stamp(1, 3), data("z", 3)), // crash before the marker
+            ],
+        );
+        feed(
+            &mut b,
+            vec![
+                (stamp(1, 1), data("w", 1)),
+                (stamp(1, 1), flush(10, &["a", "b"])),
+            ],
+        );
+        let mut stores = [a, b];
+        let r = resolve(&mut stores);
+        assert_eq!(applied(&r.stores[0]), ["x=1", "y=2"]);
+        assert_eq!(applied(&r.stores[1]), ["w=1"]);
         assert_eq!(r.stores[0].repair, BTreeSet::from([b"z".to_vec()]));
-        assert_eq!(r.source_next, 20);
-        assert_eq!(r.next_seq, 3);
+        assert_eq!(r.source.next, 20);
+        assert_eq!(r.last_complete_seq, 2);
     }
 
-    #[test]
-    fn flush_marked_in_one_store_but_not_another_is_rolled_back() {
-        let mut a = StoreReplay::new("a", StoreCheckpoint::EMPTY);
-        let mut b = StoreReplay::new("b", StoreCheckpoint::EMPTY);
-        a.push_data(b"a1".to_vec(), Some(vec![1]));
-        a.push_marker(1, marker(1, 5, &["a", "b"], &[]));
-        b.push_data(b"b1".to_vec(), Some(vec![1]));
-        b.push_marker(1, marker(1, 5, &["a", "b"], &[]));
-        // Flush 2 touched both; only a's marker made it.
-        a.push_data(b"a2".to_vec(), Some(vec![2]));
-        a.push_marker(3, marker(2, 9, &["a", "b"], &[]));
-        b.push_data(b"b2".to_vec(), Some(vec![2]));
-        let mut stores = [a, b];
-        let r = resolve(&mut stores);
-        assert_eq!(r.aborted, Some(2));
-        assert_eq!(applied_keys(&r.stores[0]), ["a1"]);
-        assert_eq!(applied_keys(&r.stores[1]), ["b1"]);
-        assert_eq!(r.stores[0].repair, BTreeSet::from([b"a2".to_vec()]));
-        assert_eq!(r.stores[1].repair, BTreeSet::from([b"b2".to_vec()]));
-        assert_eq!(
-            r.source_next, 5,
-            "the rolled-back flush's source records are processed again"
-        );
-        assert_eq!(r.next_seq, 3);
-    }
-
-    #[test]
-    fn a_store_checkpointed_past_the_flush_counts_as_having_it() {
-        let mut a = StoreReplay::new(
-            "a",
-            StoreCheckpoint {
-                changelog_next: 4,
-                seq: 2,
-                source_next: 9,
-            },
-        );
-        let mut b = StoreReplay::new("b", StoreCheckpoint::EMPTY);
-        b.push_data(b"b2".to_vec(), Some(vec![2]));
-        b.push_marker(0, marker(2, 9, &["a", "b"], &[]));
-        let mut stores = [a, b];
-        let r = resolve(&mut stores);
-        assert_eq!(r.aborted, None);
-        assert_eq!(applied_keys(&r.stores[1]), ["b2"]);
-        assert_eq!(r.source_next, 9);
-        a = StoreReplay::new("a", StoreCheckpoint::EMPTY);
-        drop(a);
-    }
-
-    #[test]
-    fn replay_after_repairs_drops_aborted_flushes_even_when_a_repair_was_itself_cut_short() {
-        // Log of store a: flush 1 ok, flush 2 partial (b lacks its marker), repair 3 marked in
-        // a only (crash), repair 4 complete. A full replay must end with a1 and the pre-flush-2
-        // value of a2 (here: absent -> tombstone written by the repair).
-        let mut a = StoreReplay::new("a", StoreCheckpoint::EMPTY);
-        let mut b = StoreReplay::new("b", StoreCheckpoint::EMPTY);
-        a.push_data(b"a1".to_vec(), Some(vec![1]));
-        a.push_marker(1, marker(1, 5, &["a"], &[]));
-        a.push_data(b"a2".to_vec(), Some(vec![2]));
-        a.push_marker(3, marker(2, 9, &["a", "b"], &[]));
-        b.push_data(b"b2".to_vec(), Some(vec![2]));
-        a.push_data(b"a2".to_vec(), None);
-        a.push_marker(5, marker(3, 5, &["a", "b"], &[2]));
-        b.push_data(b"b2".to_vec(), None);
-        a.push_data(b"a2".to_vec(), None);
-        a.push_marker(7, marker(4, 5, &["a", "b"], &[3]));
-        b.push_data(b"b2".to_vec(), None);
-        b.push_marker(2, marker(4, 5, &["a", "b"], &[3]));
-        let mut stores = [a, b];
-        let r = resolve(&mut stores);
-        assert_eq!(r.aborted, None);
-        let a_applied = &r.stores[0].apply.as_ref().unwrap().0;
-        assert_eq!(a_applied, &vec![kv("a1", "\u{1}"), (b"a2".to_vec(), None)]);
-        assert!(r.stores[0].repair.is_empty() && r.stores[1].repair.is_empty());
-        // b applies its whole segment in order; the repair's tombstone comes last and wins.
-        let b_applied = &r.stores[1].apply.as_ref().unwrap().0;
-        assert_eq!(b_applied.last(), Some(&(b"b2".to_vec(), None)));
-        assert_eq!(r.source_next, 5);
-        assert_eq!(r.next_seq, 5);
-    }
-
-    #[test]
-    fn ready_records_stream_out_before_the_end() {
-        let mut s = StoreReplay::new("a", StoreCheckpoint::EMPTY);
-        for seq in 1..=3 {
-            s.push_data(format!("k{seq}").into_bytes(), Some(vec![seq as u8]));
-            s.push_marker(
-                2 * seq as i64 - 1,
-                marker(seq, 10 * seq as i64, &["a"], &[]),
-            );
+    fn clone_of(s: &StoreReplay) -> StoreReplay {
+        StoreReplay {
+            name: s.name.clone(),
+            checkpoint: s.checkpoint,
+            epoch: s.epoch,
+            tail: s.tail.clone(),
+            held: s.held.as_ref().map(|h| Held {
+                stamp: h.stamp,
+                source: h.source,
+                touched: h.touched.clone(),
+                changelog_next: h.changelog_next,
+                data: h.data.clone(),
+            }),
+            ready: s.ready.clone(),
+            ready_checkpoint: s.ready_checkpoint,
+            marked_seq: s.marked_seq,
+            max_seq: s.max_seq,
+            max_epoch: s.max_epoch,
+            source: s.source,
+            void_keys: s.void_keys.clone(),
+            ready_bytes: s.ready_bytes,
         }
-        assert_eq!(s.ready_len(), 2, "the last marked flush is held back");
-        let (data, ck) = s.take_ready().unwrap();
-        assert_eq!(data.len(), 2);
-        assert_eq!(ck.seq, 2);
-        assert!(s.take_ready().is_none());
     }
 }

@@ -1,37 +1,67 @@
-//! Restore: bring a partition's RocksDB up to its changelogs before the worker processes.
+//! Restore: bring a partition's RocksDB up to its changelogs before the worker processes,
+//! and take ownership of the changelogs with a new epoch.
 //!
 //! Runs on a blocking thread (never in the rebalance callback, never on the poll loop).
-//! With intact local state it reads only the changelog tail after the checkpoint — usually
-//! nothing. Without local state it replays the whole changelog partition.
+//!
+//! 1. For each store, verify that the changelog is the one the local checkpoint was taken
+//!    from (the record before the checkpoint must be the marker it names; otherwise the topic
+//!    was recreated: wipe and replay), then read from the checkpoint (nothing local: from the
+//!    beginning) to the end, applying confirmed flushes in batches bounded in bytes, each
+//!    with its checkpoint, without the write-ahead log (a crash resumes from the last batch).
+//! 2. Write an epoch marker above every epoch seen to each store's changelog.
+//! 3. Read what landed between the end read in 1 and the marker (usually nothing; a zombie's
+//!    late records otherwise), so the local state is exactly what a replay of the log up to
+//!    the marker gives. A newer epoch there means another owner opened meanwhile: retry.
+//! 4. Rewrite the current value of every key whose latest record is void (the repair flush).
+//!
+//! With intact local state this reads only the changelog tail, usually nothing.
 
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{BorrowedMessage, Message};
-
 use super::db::{PartitionDb, StateBatch, StoreCheckpoint};
-use super::replay::{resolve, Marker, StoreReplay};
-use super::{StateEnv, StateError};
-use crate::changelog::{
-    changelog_topic, ChangelogError, ChangelogReader, OutRecord, HEADER_ABORTED, HEADER_SEQ,
-    HEADER_SOURCE_OFFSET, HEADER_TOUCHED, MARKER_KEY,
-};
+use super::replay::{resolve, Entry, Resolution, SourcePosition, Stamp, StoreReplay};
+use super::{StateError, StoreSpec};
 
-/// Restored records are written to RocksDB in batches of about this many.
-const APPLY_BATCH: usize = 10_000;
+/// Restored records are written to RocksDB in batches of about this many bytes.
+const APPLY_BATCH_BYTES: usize = 4 << 20;
 
-/// What a finished restore found.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RestoreReport {
+/// One partition's changelogs (index = store index): the seam between restore and Kafka.
+pub(crate) trait ChangelogPartition {
+    /// Low and high watermark of store `store`'s changelog partition.
+    fn watermarks(&mut self, store: usize) -> Result<(i64, i64), StateError>;
+    /// Calls `apply` with every record in `[from, to)`, in order (records removed by
+    /// compaction are skipped). `Ok(false)`: the restore was asked to stop.
+    fn read(
+        &mut self,
+        store: usize,
+        from: i64,
+        to: i64,
+        apply: &mut dyn FnMut(i64, Stamp, Entry) -> Result<(), StateError>,
+    ) -> Result<bool, StateError>;
+    /// Produces `records` (store, stamp, entry) in order and waits for every ack; returns
+    /// their offsets in input order.
+    fn append(&mut self, records: Vec<(usize, Stamp, Entry)>) -> Result<Vec<i64>, StateError>;
+}
+
+/// What a finished restore found, and where the new owner starts.
+#[derive(Debug, Clone)]
+pub(crate) struct Restored {
     /// Changelog records read.
     pub(crate) records: u64,
     pub(crate) elapsed: Duration,
-    /// Source records before this offset are already in the state; `-1`: none.
-    pub(crate) source_next: i64,
+    /// How far the state reflects the source partition: records before `source.next` are
+    /// already in it.
+    pub(crate) source: SourcePosition,
+    /// This owner's epoch.
+    pub(crate) epoch: u64,
     /// Sequence number of the partition's next flush.
     pub(crate) next_seq: u64,
+    /// Per store, the offset the next record this owner writes must get: anything else
+    /// means another writer appended meanwhile.
+    pub(crate) log_next: Vec<i64>,
 }
 
-impl RestoreReport {
+impl Restored {
     pub(crate) fn rate(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
@@ -42,137 +72,193 @@ impl RestoreReport {
     }
 }
 
-pub(crate) fn malformed(
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    reason: impl Into<String>,
-) -> ChangelogError {
-    ChangelogError::Malformed {
-        topic: topic.to_string(),
-        partition,
-        offset,
-        reason: reason.into(),
-    }
-}
+/// Restore progress callbacks: `(restored, total)`.
+pub(crate) type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
-fn parse_marker(topic: &str, msg: &BorrowedMessage<'_>) -> Result<Marker, ChangelogError> {
-    let header = |name| crate::changelog::reader_header(msg, name);
-    let bad = |reason: &str| malformed(topic, msg.partition(), msg.offset(), reason);
-    let number = |name| -> Result<i64, ChangelogError> {
-        header(name)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| bad(&format!("marker without a valid {name} header")))
-    };
-    let list = |name| {
-        header(name)
-            .unwrap_or("")
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
-    Ok(Marker {
-        seq: u64::try_from(number(HEADER_SEQ)?).map_err(|_| bad("negative ks.seq"))?,
-        source_next: number(HEADER_SOURCE_OFFSET)?,
-        touched: list(HEADER_TOUCHED).collect(),
-        aborted: list(HEADER_ABORTED)
-            .map(|s| s.parse().map_err(|_| bad("bad ks.aborted")))
-            .collect::<Result<_, _>>()?,
-    })
-}
-
-/// Restores every store of `partition`. Returns `Ok(None)` when `stop` asked to abandon it.
+/// Restores every store and takes ownership with a new epoch. `Ok(None)`: `stop` asked to
+/// abandon it.
 ///
 /// # Errors
-/// [`StateError::CheckpointAhead`] when a local checkpoint points past the changelog's end
-/// (the caller wipes and restores again); changelog and RocksDB errors otherwise.
+/// [`StateError::CheckpointAhead`] / [`StateError::ChangelogReplaced`] when the local state
+/// does not belong to this changelog (the caller wipes and restores again);
+/// [`StateError::EpochConflict`] when another owner opened concurrently; changelog and
+/// RocksDB errors otherwise.
 pub(crate) fn restore(
     db: &PartitionDb,
-    env: &StateEnv,
-    partition: i32,
-    stop: &dyn Fn() -> bool,
-) -> Result<Option<RestoreReport>, StateError> {
+    log: &mut dyn ChangelogPartition,
+    stores: &[StoreSpec],
+    progress: Progress<'_>,
+) -> Result<Option<Restored>, StateError> {
     let started = Instant::now();
-    let config = &env.config;
-    let reader = ChangelogReader::new(config).map_err(|source| ChangelogError::Read {
-        topic: String::new(),
-        partition,
-        source,
-    })?;
-    let source_topic = &config.topics[0];
-    let mut plans = Vec::with_capacity(config.stores.len());
-    for (index, spec) in config.stores.iter().enumerate() {
-        let topic = changelog_topic(&config.group_id, &spec.name);
+    let mut replays = Vec::with_capacity(stores.len());
+    let mut plans = Vec::with_capacity(stores.len());
+    for (index, spec) in stores.iter().enumerate() {
         let checkpoint = db.checkpoint(index)?;
-        let marks = reader.watermarks(&topic, partition)?;
-        if checkpoint.changelog_next > marks.high {
+        let (low, high) = log.watermarks(index)?;
+        if checkpoint.changelog_next > high {
             return Err(StateError::CheckpointAhead {
                 store: spec.name.clone(),
                 path: db.path().to_path_buf(),
                 checkpoint: checkpoint.changelog_next,
-                changelog_end: marks.high,
+                changelog_end: high,
             });
         }
-        plans.push((
-            topic,
-            checkpoint,
-            checkpoint.changelog_next.max(marks.low),
-            marks.high,
-        ));
+        verify_checkpoint(db, log, index, spec, checkpoint, low)?;
+        replays.push(StoreReplay::new(spec.name.clone(), checkpoint));
+        plans.push((checkpoint.changelog_next.max(low), high));
     }
     let total: u64 = plans
         .iter()
-        .map(|(_, _, from, to)| (to - from).max(0) as u64)
+        .map(|(from, to)| (to - from).max(0) as u64)
         .sum();
-    env.listener
-        .on_restore_start(source_topic, partition, total);
-    tracing::info!(topic = %source_topic, partition, records = total, "restore started");
-
     let mut restored = 0u64;
-    let mut replays = Vec::with_capacity(plans.len());
-    for (index, (topic, checkpoint, from, to)) in plans.iter().enumerate() {
-        let mut replay = StoreReplay::new(config.stores[index].name.clone(), *checkpoint);
-        let finished = reader.read(
-            topic,
-            partition,
-            *from,
-            *to,
-            stop,
-            |msg| -> Result<(), StateError> {
-                restored += 1;
-                match msg.key() {
-                    Some(MARKER_KEY) => replay.push_marker(msg.offset(), parse_marker(topic, msg)?),
-                    Some(key) => replay.push_data(key.to_vec(), msg.payload().map(<[u8]>::to_vec)),
-                    None => {
-                        return Err(malformed(
-                            topic,
-                            partition,
-                            msg.offset(),
-                            "record without a key",
-                        )
-                        .into())
-                    }
-                }
-                if replay.ready_len() >= APPLY_BATCH {
-                    apply_ready(db, index, &mut replay)?;
-                    env.listener.on_restore_progress(
-                        source_topic,
-                        partition,
-                        restored,
-                        total.saturating_sub(restored),
-                    );
-                }
-                Ok(())
-            },
-        )?;
+    progress(0, total);
+    for (index, &(from, to)) in plans.iter().enumerate() {
+        if !read_into(db, log, index, from, to, &mut replays[index], &mut |n| {
+            restored += n;
+            progress(restored, total);
+        })? {
+            return Ok(None);
+        }
+    }
+
+    // Take ownership: an epoch above every epoch seen, and the last complete flush as base.
+    let plan = super::replay::plan(&replays);
+    let epoch = plan.max_epoch + 1 + fresh_offset();
+    let marker = Stamp {
+        epoch,
+        seq: plan.last_complete_seq,
+    };
+    let markers = (0..stores.len())
+        .map(|i| {
+            (
+                i,
+                marker,
+                Entry::Epoch {
+                    source: plan.source,
+                },
+            )
+        })
+        .collect();
+    let marker_offsets = log.append(markers)?;
+
+    // What landed between the read and the marker, and the marker itself.
+    for (index, &(_, high)) in plans.iter().enumerate() {
+        let to = marker_offsets[index] + 1;
+        let finished = read_into(db, log, index, high, to, &mut replays[index], &mut |n| {
+            restored += n;
+        })?;
+        // Our own marker is not a restored record.
+        restored = restored.saturating_sub(1);
         if !finished {
             return Ok(None);
         }
-        apply_ready(db, index, &mut replay)?;
-        replays.push(replay);
+        if replays[index].max_epoch() > epoch {
+            return Err(StateError::EpochConflict {
+                path: db.path().to_path_buf(),
+                epoch,
+            });
+        }
     }
-
     let resolution = resolve(&mut replays);
+    apply_resolution(db, &resolution)?;
+    let mut log_next: Vec<i64> = marker_offsets.iter().map(|o| o + 1).collect();
+    let mut next_seq = resolution.next_seq;
+    if resolution.stores.iter().any(|o| !o.repair.is_empty()) {
+        repair(db, log, stores, &resolution, epoch, next_seq, &mut log_next)?;
+        next_seq += 1;
+    }
+    db.sync()?;
+    Ok(Some(Restored {
+        records: restored,
+        elapsed: started.elapsed(),
+        source: resolution.source,
+        epoch,
+        next_seq,
+        log_next,
+    }))
+}
+
+/// The record before the checkpoint must be the marker the checkpoint names. If the record
+/// at that offset is something else, the changelog topic was deleted and recreated (and has
+/// grown past the checkpoint): the local state belongs to another log. If it is gone
+/// (compaction or retention), it cannot be checked, and the checkpoint is trusted.
+fn verify_checkpoint(
+    db: &PartitionDb,
+    log: &mut dyn ChangelogPartition,
+    index: usize,
+    spec: &StoreSpec,
+    checkpoint: StoreCheckpoint,
+    low: i64,
+) -> Result<(), StateError> {
+    let at = checkpoint.changelog_next - 1;
+    if at < low.max(0) {
+        return Ok(());
+    }
+    let mut found = None;
+    log.read(index, at, at + 1, &mut |offset, stamp, entry| {
+        if offset == at {
+            found = Some((
+                stamp,
+                matches!(entry, Entry::Flush { .. } | Entry::Epoch { .. }),
+            ));
+        }
+        Ok(())
+    })?;
+    match found {
+        Some((stamp, true)) if stamp.epoch == checkpoint.epoch => Ok(()),
+        None => Ok(()),
+        Some(_) => Err(StateError::ChangelogReplaced {
+            store: spec.name.clone(),
+            path: db.path().to_path_buf(),
+            offset: at,
+        }),
+    }
+}
+
+/// Reads `[from, to)` of one store into its replay, applying what becomes ready in batches.
+/// Returns whether it finished (`false`: stopped).
+fn read_into(
+    db: &PartitionDb,
+    log: &mut dyn ChangelogPartition,
+    index: usize,
+    from: i64,
+    to: i64,
+    replay: &mut StoreReplay,
+    counted: &mut dyn FnMut(u64),
+) -> Result<bool, StateError> {
+    if from >= to {
+        return Ok(true);
+    }
+    let mut since_report = 0u64;
+    let finished = log.read(index, from, to, &mut |offset, stamp, entry| {
+        replay.push(offset, stamp, entry);
+        since_report += 1;
+        if replay.ready_bytes() >= APPLY_BATCH_BYTES {
+            apply_ready(db, index, replay)?;
+            counted(std::mem::take(&mut since_report));
+        }
+        Ok(())
+    })?;
+    counted(since_report);
+    if finished {
+        apply_ready(db, index, replay)?;
+    }
+    Ok(finished)
+}
+
+fn apply_ready(db: &PartitionDb, index: usize, replay: &mut StoreReplay) -> Result<(), StateError> {
+    if let Some((data, checkpoint)) = replay.take_ready() {
+        let entries = data.into_iter().map(|(k, v)| (index, k, v)).collect();
+        db.write_unlogged(StateBatch {
+            entries,
+            checkpoints: vec![(index, checkpoint)],
+        })?;
+    }
+    Ok(())
+}
+
+fn apply_resolution(db: &PartitionDb, resolution: &Resolution) -> Result<(), StateError> {
     let mut batch = StateBatch::default();
     for (index, outcome) in resolution.stores.iter().enumerate() {
         if let Some((data, checkpoint)) = &outcome.apply {
@@ -182,117 +268,68 @@ pub(crate) fn restore(
             batch.checkpoints.push((index, *checkpoint));
         }
     }
-    db.write(batch)?;
-    let mut next_seq = resolution.next_seq;
-    if resolution.stores.iter().any(|o| !o.repair.is_empty()) {
-        repair(db, env, partition, &resolution, next_seq)?;
-        next_seq += 1;
-    }
-    let report = RestoreReport {
-        records: restored,
-        elapsed: started.elapsed(),
-        source_next: resolution.source_next,
-        next_seq,
-    };
-    env.listener
-        .on_restore_end(source_topic, partition, report.records, report.elapsed);
-    tracing::info!(
-        topic = %source_topic, partition, records = report.records,
-        rate = report.rate(), source_next = report.source_next, "restore finished"
-    );
-    Ok(Some(report))
+    db.write_unlogged(batch)
 }
 
-fn apply_ready(db: &PartitionDb, index: usize, replay: &mut StoreReplay) -> Result<(), StateError> {
-    if let Some((data, checkpoint)) = replay.take_ready() {
-        let entries = data.into_iter().map(|(k, v)| (index, k, v)).collect();
-        db.write(StateBatch {
-            entries,
-            checkpoints: vec![(index, checkpoint)],
-        })?;
-    }
-    Ok(())
-}
-
-/// Overwrites the changelog records of a partial flush with the restored values, then marks
-/// the repair complete, so every later replay reaches the same state.
+/// Writes the current value of every void key as this owner's first flush, so the latest
+/// record of every key in the log is valid again.
 fn repair(
     db: &PartitionDb,
-    env: &StateEnv,
-    partition: i32,
-    resolution: &super::replay::Resolution,
+    log: &mut dyn ChangelogPartition,
+    stores: &[StoreSpec],
+    resolution: &Resolution,
+    epoch: u64,
     seq: u64,
+    log_next: &mut [i64],
 ) -> Result<(), StateError> {
-    let config = &env.config;
+    let stamp = Stamp { epoch, seq };
     let touched: Vec<usize> = (0..resolution.stores.len())
         .filter(|&i| !resolution.stores[i].repair.is_empty())
         .collect();
-    let touched_names: Vec<&str> = touched
-        .iter()
-        .map(|&i| config.stores[i].name.as_str())
-        .collect();
-    tracing::warn!(
-        partition, aborted = ?resolution.aborted, stores = ?touched_names,
-        "changelog ends with an incomplete flush; rolling it back"
-    );
-    let headers = |marker: bool| {
-        let mut h = vec![
-            (HEADER_SEQ.to_string(), seq.to_string().into_bytes()),
-            (
-                HEADER_SOURCE_OFFSET.to_string(),
-                resolution.source_next.to_string().into_bytes(),
-            ),
-        ];
-        if marker {
-            h.push((
-                HEADER_TOUCHED.to_string(),
-                touched_names.join(",").into_bytes(),
-            ));
-            let aborted = resolution
-                .aborted
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            h.push((HEADER_ABORTED.to_string(), aborted.into_bytes()));
-        }
-        h
-    };
+    let names: Vec<String> = touched.iter().map(|&i| stores[i].name.clone()).collect();
+    tracing::warn!(stores = ?names, "changelog holds records of an unfinished flush or of a previous owner; rewriting the current values of their keys");
     let mut records = Vec::new();
     for &index in &touched {
-        let topic = changelog_topic(&config.group_id, &config.stores[index].name);
         for key in &resolution.stores[index].repair {
             let value = db.get(index, key)?;
-            records.push(OutRecord {
-                topic: topic.clone(),
-                partition,
-                key: Some(key.clone()),
-                value,
-                headers: headers(false),
-            });
+            records.push((
+                index,
+                stamp,
+                Entry::Data {
+                    key: key.clone(),
+                    value,
+                },
+            ));
         }
     }
-    let markers: Vec<OutRecord> = touched
+    log.append(records)?;
+    let markers = touched
         .iter()
-        .map(|&index| OutRecord {
-            topic: changelog_topic(&config.group_id, &config.stores[index].name),
-            partition,
-            key: Some(MARKER_KEY.to_vec()),
-            value: Some(seq.to_string().into_bytes()),
-            headers: headers(true),
+        .map(|&i| {
+            (
+                i,
+                stamp,
+                Entry::Flush {
+                    source: resolution.source,
+                    touched: names.clone(),
+                },
+            )
         })
         .collect();
-    let handle = tokio::runtime::Handle::current();
-    handle.block_on(env.writer.send_all(records))?;
-    let offsets = handle.block_on(env.writer.send_all(markers))?;
+    let offsets = log.append(markers)?;
     let checkpoints = touched
         .iter()
-        .zip(offsets)
+        .zip(&offsets)
         .map(|(&index, offset)| {
+            log_next[index] = offset + 1;
             (
                 index,
                 StoreCheckpoint {
                     changelog_next: offset + 1,
+                    epoch,
                     seq,
-                    source_next: resolution.source_next,
+                    source_next: resolution.source.next,
+                    source_timestamp: resolution.source.last_timestamp,
                 },
             )
         })
@@ -301,4 +338,13 @@ fn repair(
         entries: Vec::new(),
         checkpoints,
     })
+}
+
+/// A small random step added to a new epoch, so two owners opening at the same moment
+/// (a zombie and its successor) do not pick the same epoch.
+fn fresh_offset() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos ^ std::process::id()) % 1024
 }
