@@ -1,8 +1,20 @@
 //! Consumer throughput against a broker, as ratios to a raw rdkafka consumer in the same run.
 //!
-//! `cargo bench --bench throughput` (broker at `$KAFKA_BOOTSTRAP`, default 127.0.0.1:9092;
-//! `BENCH_RECORDS` records of 100 bytes, default 1 000 000, over 4 partitions). Prints one JSON
-//! line per figure: wall-clock records/s and this process's CPU time per record.
+//! ```text
+//! cargo bench --bench throughput
+//! ```
+//!
+//! Needs a broker at `$KAFKA_BOOTSTRAP` (default 127.0.0.1:9092; `scripts/broker.sh`). Prints
+//! one JSON line per figure: wall-clock records/s, this process's CPU time per record, both as
+//! ratios to a raw rdkafka `BaseConsumer` reading the same topic in the same run, partition
+//! pauses, and peak RSS while the figure ran. Topics (4 partitions each):
+//!
+//! - `a`: `BENCH_RECORDS` (default 1 000 000) records of 100 B over 1 000 keys;
+//! - `b`: `BENCH_WIDE_RECORDS` (default 500 000) records of 100 B over 200 000 keys;
+//! - `c`: `BENCH_LARGE_RECORDS` (default 20 000) records of 10 KB over 1 000 keys.
+//!
+//! With `BENCH_QUIX=<python>` (a Python with `benches/requirements-quix.txt` installed), the
+//! same count-per-key job runs in Quix Streams on topics `a` and `b` for comparison.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use kafka_stateful::codec::{Bincode, RawBytes, Utf8};
 use kafka_stateful::{
-    ConsumerConfig, Handler, HandlerError, PartitionContext, Record, StatefulConsumer, StoreDef,
+    ConsumerConfig, Handler, HandlerError, PartitionContext, Record, StatefulConsumer, Stats,
+    StoreDef,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -32,13 +45,29 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// Resets the peak-RSS counter of this process (Linux: `clear_refs` 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak RSS since the last reset, in MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 struct Figure {
-    name: &'static str,
+    name: String,
     records: u64,
     wall: Duration,
     cpu: Duration,
-    /// Partition pauses (queue full) during the run.
     pauses: u64,
+    peak_rss_mb: f64,
 }
 
 impl Figure {
@@ -50,16 +79,16 @@ impl Figure {
     }
     fn print(&self, raw: &Figure) {
         println!(
-            "{{\"bench\":\"{}\",\"records\":{},\"records_per_s\":{:.0},\"cpu_us_per_record\":{:.3},\"rate_ratio_to_raw\":{:.3},\"cpu_ratio_to_raw\":{:.3},\"pauses\":{}}}",
-            self.name, self.records, self.rate(), self.cpu_us(), self.rate() / raw.rate(), self.cpu_us() / raw.cpu_us(), self.pauses
+            "{{\"bench\":\"{}\",\"records\":{},\"records_per_s\":{:.0},\"cpu_us_per_record\":{:.3},\"rate_ratio_to_raw\":{:.3},\"cpu_ratio_to_raw\":{:.3},\"pauses\":{},\"peak_rss_mb\":{:.0}}}",
+            self.name, self.records, self.rate(), self.cpu_us(), self.rate() / raw.rate(), self.cpu_us() / raw.cpu_us(), self.pauses, self.peak_rss_mb
         );
     }
 }
 
-fn raw_consumer(bootstrap: &str, topic: &str, n: u64) -> Figure {
+fn raw_consumer(bootstrap: &str, topic: &str, n: u64, name: &str) -> Figure {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("raw-{}", std::process::id()))
+        .set("group.id", format!("raw-{name}-{}", std::process::id()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         // The value kafka-stateful sets on its consumers, so both fetch alike.
@@ -67,13 +96,13 @@ fn raw_consumer(bootstrap: &str, topic: &str, n: u64) -> Figure {
         .create()
         .unwrap();
     c.subscribe(&[topic]).unwrap();
-    let mut seen = 0;
     // Wait for the first record before timing: group join is not throughput.
     while c
         .poll(Duration::from_millis(100))
         .is_none_or(|m| m.is_err())
     {}
-    seen += 1;
+    reset_peak_rss();
+    let mut seen = 1;
     let (start, cpu0) = (Instant::now(), cpu_time());
     while seen < n {
         if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
@@ -81,16 +110,22 @@ fn raw_consumer(bootstrap: &str, topic: &str, n: u64) -> Figure {
         }
     }
     Figure {
-        name: "raw_rdkafka_base_consumer",
+        name: name.to_string(),
         records: n - 1,
         wall: start.elapsed(),
         cpu: cpu_time() - cpu0,
         pauses: 0,
+        peak_rss_mb: peak_rss_mb(),
     }
 }
 
+/// Counts records; with stores, counts per key (and sums value sizes per key).
 #[derive(Clone)]
-struct Count(Arc<AtomicU64>, Option<StoreDef<String, u64>>);
+struct Count {
+    seen: Arc<AtomicU64>,
+    count: Option<StoreDef<String, u64>>,
+    sum: Option<StoreDef<String, u64>>,
+}
 
 impl Handler<String, Vec<u8>> for Count {
     async fn handle(
@@ -98,60 +133,179 @@ impl Handler<String, Vec<u8>> for Count {
         r: Record<String, Vec<u8>>,
         ctx: &mut PartitionContext,
     ) -> Result<(), HandlerError> {
-        if let (Some(store), Some(key)) = (&self.1, r.key) {
-            let mut s = ctx.store(store)?;
-            let n = s.get(&key)?.unwrap_or(0) + 1;
-            s.put(&key, &n)?;
+        if let Some(key) = &r.key {
+            if let Some(store) = &self.count {
+                let mut s = ctx.store(store)?;
+                let n = s.get(key)?.unwrap_or(0) + 1;
+                s.put(key, &n)?;
+            }
+            if let Some(store) = &self.sum {
+                let size = r.value.as_ref().map_or(0, Vec::len) as u64;
+                let mut s = ctx.store(store)?;
+                let n = s.get(key)?.unwrap_or(0) + size;
+                s.put(key, &n)?;
+            }
         }
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.seen.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
 
-async fn stateful(
-    name: &'static str,
-    queue_capacity: usize,
-    bootstrap: &str,
-    topic: &str,
-    n: u64,
-    with_store: bool,
-) -> Figure {
-    let dir = tempfile::tempdir().unwrap();
-    let store = with_store.then(|| StoreDef::new("counts", Utf8, Bincode::<u64>::new()));
-    let mut builder =
-        ConsumerConfig::builder(bootstrap, format!("{name}-{}", std::process::id()), [topic])
-            .instance_id("bench-0")
-            .queue_capacity(queue_capacity)
-            .state_dir(dir.path());
-    if let Some(s) = &store {
-        builder = builder.store(s);
+/// What a stateful run is asked to do.
+struct Job<'a> {
+    name: &'a str,
+    bootstrap: &'a str,
+    topic: &'a str,
+    group: String,
+    state_dir: &'a std::path::Path,
+    stores: usize,
+}
+
+struct Run {
+    figure: Figure,
+    stats: Stats,
+    /// From `run()` to the first record handled.
+    to_first_record: Duration,
+}
+
+async fn stateful(job: &Job<'_>, n: u64) -> Run {
+    let count = (job.stores >= 1).then(|| StoreDef::new("counts", Utf8, Bincode::<u64>::new()));
+    let sum = (job.stores >= 2).then(|| StoreDef::new("sums", Utf8, Bincode::<u64>::new()));
+    let mut builder = ConsumerConfig::builder(job.bootstrap, &job.group, [job.topic])
+        .instance_id("bench-0")
+        .state_dir(job.state_dir);
+    for store in count.iter().chain(&sum) {
+        builder = builder.store(store);
     }
-    let count = Count(Arc::default(), store);
-    let consumer = StatefulConsumer::new(builder.build().unwrap(), Utf8, RawBytes, count.clone());
-    let seen = count.0.clone();
+    let handler = Count {
+        seen: Arc::default(),
+        count,
+        sum,
+    };
+    let consumer =
+        StatefulConsumer::new(builder.build().unwrap(), Utf8, RawBytes, handler.clone());
+    let seen = handler.seen.clone();
     let stats = consumer.stats();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let started = Instant::now();
     let run = tokio::spawn(consumer.run(async move {
         let _ = rx.await;
     }));
     while seen.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    let to_first_record = started.elapsed();
+    reset_peak_rss();
     let (start, cpu0, first) = (Instant::now(), cpu_time(), seen.load(Ordering::Relaxed));
     while seen.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut figure = Figure {
-        name,
+        name: job.name.to_string(),
         records: n - first,
         wall: start.elapsed(),
         cpu: cpu_time() - cpu0,
         pauses: 0,
+        peak_rss_mb: peak_rss_mb(),
     };
+    figure.pauses = stats.snapshot().pauses;
+    let last = stats.clone();
     let _ = tx.send(());
     run.await.unwrap().unwrap();
-    figure.pauses = stats.snapshot().pauses;
-    figure
+    Run {
+        figure,
+        stats: last,
+        to_first_record,
+    }
+}
+
+async fn create_topic(bootstrap: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(topic, 4, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
+async fn fill(bootstrap: &str, topic: &str, n: u64, keys: u64, value_size: usize) {
+    create_topic(bootstrap, topic).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "2000000")
+        .create()
+        .unwrap();
+    let payload = vec![b'x'; value_size];
+    let mut pending = Vec::new();
+    for i in 0..n {
+        // Keys spread evenly but not in order, so each partition sees every key range.
+        let key = format!("page-{}", i.wrapping_mul(2_654_435_761) % keys);
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(&payload))
+                .unwrap(),
+        );
+        if pending.len() >= 100_000 {
+            for p in futures::future::join_all(pending.drain(..)).await {
+                p.unwrap().unwrap();
+            }
+        }
+    }
+    for p in futures::future::join_all(pending).await {
+        p.unwrap().unwrap();
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The count-per-key job in Quix Streams, when `BENCH_QUIX` names a Python that has it.
+fn quix(bootstrap: &str, topic: &str, n: u64, name: &str, raw: &Figure) {
+    let Ok(python) = std::env::var("BENCH_QUIX") else {
+        println!("{{\"bench\":\"{name}\",\"skipped\":\"set BENCH_QUIX to a python with benches/requirements-quix.txt\"}}");
+        return;
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/quix_count.py");
+    let output = std::process::Command::new(python)
+        .args([script, "--brokers", bootstrap, "--topic", topic])
+        .args(["--records", &n.to_string(), "--name", name])
+        .stderr(std::process::Stdio::inherit())
+        .output();
+    let line = output
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().last().map(str::to_string));
+    let Some(line) = line else {
+        println!("{{\"bench\":\"{name}\",\"skipped\":\"quix_count.py failed\"}}");
+        return;
+    };
+    let field = |key: &str| -> f64 {
+        line.split(&format!("\"{key}\":"))
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let (rate, cpu) = (field("records_per_s"), field("cpu_us_per_record"));
+    println!(
+        "{{\"bench\":\"{name}\",\"records\":{},\"records_per_s\":{rate:.0},\"cpu_us_per_record\":{cpu:.3},\"rate_ratio_to_raw\":{:.3},\"cpu_ratio_to_raw\":{:.3},\"peak_rss_mb\":{:.0}}}",
+        field("records"), rate / raw.rate(), cpu / raw.cpu_us(), field("peak_rss_mb")
+    );
 }
 
 #[tokio::main]
@@ -161,61 +315,134 @@ async fn main() {
         return;
     }
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let n: u64 = std::env::var("BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let topic = format!("bench-{}", std::process::id());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(&topic, 4, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("linger.ms", "20")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
-    let payload = vec![b'x'; 100];
-    let mut pending = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let key = format!("key-{}", i % 1000);
-        pending.push(
-            producer
-                .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
-                .unwrap(),
-        );
-    }
-    for p in futures::future::join_all(pending).await {
-        p.unwrap().unwrap();
-    }
-    let raw = {
-        let (b, t) = (bootstrap.clone(), topic.clone());
-        tokio::task::spawn_blocking(move || raw_consumer(&b, &t, n))
-            .await
-            .unwrap()
+    let id = std::process::id();
+    let (n_a, n_b, n_c) = (
+        env_u64("BENCH_RECORDS", 1_000_000),
+        env_u64("BENCH_WIDE_RECORDS", 500_000),
+        env_u64("BENCH_LARGE_RECORDS", 20_000),
+    );
+    let (a, b, c) = (
+        format!("bench-a-{id}"),
+        format!("bench-b-{id}"),
+        format!("bench-c-{id}"),
+    );
+    fill(&bootstrap, &a, n_a, 1_000, 100).await;
+    fill(&bootstrap, &b, n_b, 200_000, 100).await;
+    fill(&bootstrap, &c, n_c, 1_000, 10_000).await;
+    let raw_on = |topic: &str, n: u64, name: &str| {
+        let (b, t, name) = (bootstrap.clone(), topic.to_string(), name.to_string());
+        tokio::task::spawn_blocking(move || raw_consumer(&b, &t, n, &name))
     };
-    raw.print(&raw);
-    // The default queue capacity (10 000) and Kafka Streams' 1000 (see
-    // `ConsumerConfigBuilder::queue_capacity` on what a pause costs in librdkafka).
-    for (name, queue, store) in [
-        ("kafka_stateful_stateless_q1000", 1000, false),
-        ("kafka_stateful_stateless_q10000", 10_000, false),
-        ("kafka_stateful_counting_store_q1000", 1000, true),
-        ("kafka_stateful_counting_store_q10000", 10_000, true),
+    let dir = tempfile::tempdir().unwrap();
+
+    let raw_a = raw_on(&a, n_a, "raw_rdkafka_1k_keys_100b").await.unwrap();
+    raw_a.print(&raw_a);
+    for (name, stores) in [
+        ("kafka_stateful_no_store", 0),
+        ("kafka_stateful_count_1k_keys", 1),
+        ("kafka_stateful_count_and_sum_1k_keys", 2),
     ] {
-        stateful(name, queue, &bootstrap, &topic, n, store)
-            .await
-            .print(&raw);
+        let j = Job {
+            name,
+            bootstrap: &bootstrap,
+            topic: &a,
+            group: format!("{name}-{id}"),
+            state_dir: dir.path(),
+            stores,
+        };
+        stateful(&j, n_a).await.figure.print(&raw_a);
+    }
+    quix(&bootstrap, &a, n_a, "quix_streams_count_1k_keys", &raw_a);
+
+    let raw_b = raw_on(&b, n_b, "raw_rdkafka_200k_keys_100b").await.unwrap();
+    raw_b.print(&raw_b);
+    let wide = Job {
+        name: "kafka_stateful_count_200k_keys",
+        bootstrap: &bootstrap,
+        topic: &b,
+        group: format!("wide-{id}"),
+        state_dir: dir.path(),
+        stores: 1,
+    };
+    stateful(&wide, n_b).await.figure.print(&raw_b);
+    quix(&bootstrap, &b, n_b, "quix_streams_count_200k_keys", &raw_b);
+
+    // Cold restore: the same group and instance on an empty state directory replays the
+    // whole changelog; warm restart: again on the restored directory, 0 records restored.
+    fill(&bootstrap, &b, 1_000, 200_000, 100).await;
+    let cold_dir = tempfile::tempdir().unwrap();
+    let cold = stateful(
+        &Job {
+            state_dir: cold_dir.path(),
+            ..wide_clone(&wide)
+        },
+        1_000,
+    )
+    .await;
+    let restored: u64 = cold
+        .stats
+        .snapshot()
+        .partitions
+        .values()
+        .map(|p| p.restored_records)
+        .sum();
+    let rates: Vec<f64> = cold
+        .stats
+        .snapshot()
+        .partitions
+        .values()
+        .map(|p| p.restore_rate)
+        .collect();
+    println!(
+        "{{\"bench\":\"kafka_stateful_cold_restore\",\"restored_records\":{restored},\"partition_restore_rates_per_s\":{rates:.0?},\"start_to_first_record_ms\":{}}}",
+        cold.to_first_record.as_millis()
+    );
+    fill(&bootstrap, &b, 1_000, 200_000, 100).await;
+    let warm = stateful(
+        &Job {
+            state_dir: cold_dir.path(),
+            ..wide_clone(&wide)
+        },
+        1_000,
+    )
+    .await;
+    let restored: u64 = warm
+        .stats
+        .snapshot()
+        .partitions
+        .values()
+        .map(|p| p.restored_records)
+        .sum();
+    println!(
+        "{{\"bench\":\"kafka_stateful_warm_restart\",\"restored_records\":{restored},\"start_to_first_record_ms\":{}}}",
+        warm.to_first_record.as_millis()
+    );
+
+    let raw_c = raw_on(&c, n_c, "raw_rdkafka_10kb_values").await.unwrap();
+    raw_c.print(&raw_c);
+    for (name, stores) in [
+        ("kafka_stateful_no_store_10kb_values", 0),
+        ("kafka_stateful_count_1k_keys_10kb_values", 1),
+    ] {
+        let j = Job {
+            name,
+            bootstrap: &bootstrap,
+            topic: &c,
+            group: format!("{name}-{id}"),
+            state_dir: dir.path(),
+            stores,
+        };
+        stateful(&j, n_c).await.figure.print(&raw_c);
+    }
+}
+
+fn wide_clone<'a>(job: &Job<'a>) -> Job<'a> {
+    Job {
+        name: job.name,
+        bootstrap: job.bootstrap,
+        topic: job.topic,
+        group: job.group.clone(),
+        state_dir: job.state_dir,
+        stores: job.stores,
     }
 }

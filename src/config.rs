@@ -155,6 +155,9 @@ pub struct ConsumerConfig {
     pub(crate) max_poll_interval: Duration,
     pub(crate) commit_interval: Duration,
     pub(crate) queue_capacity: usize,
+    pub(crate) queue_bytes: usize,
+    pub(crate) total_queue_bytes: usize,
+    pub(crate) overlay_bytes: usize,
     pub(crate) assignment: AssignmentStrategy,
     pub(crate) revoke_timeout: Duration,
     pub(crate) flush_timeout: Duration,
@@ -234,7 +237,8 @@ impl ConsumerConfig {
     ///
     /// Defaults: static membership with the instance id from `$HOSTNAME`,
     /// `cooperative-sticky`, session timeout 45 s, max poll interval 5 min, commit every 5 s,
-    /// 1000 records per partition queue, revoke timeout 30 s, fail on bad records.
+    /// partition queues of 100 000 records or 16 MiB (256 MiB in all), revoke timeout 30 s,
+    /// fail on bad records.
     pub fn builder<T: Into<String>>(
         bootstrap_servers: impl Into<String>,
         group_id: impl Into<String>,
@@ -253,7 +257,10 @@ impl ConsumerConfig {
                 session_timeout: Duration::from_secs(45),
                 max_poll_interval: Duration::from_secs(300),
                 commit_interval: Duration::from_secs(5),
-                queue_capacity: 10_000,
+                queue_capacity: 100_000,
+                queue_bytes: 16 << 20,
+                total_queue_bytes: 256 << 20,
+                overlay_bytes: 64 << 20,
                 assignment: AssignmentStrategy::default(),
                 revoke_timeout: Duration::from_secs(30),
                 flush_timeout: Duration::from_secs(30),
@@ -394,18 +401,41 @@ impl ConsumerConfigBuilder {
         self
     }
 
-    /// Records buffered per partition before the partition is paused (default 10 000).
+    /// Records buffered per partition before the partition is paused (default 100 000).
     ///
-    /// Memory is bounded by this many fetched records per partition plus what was already
-    /// fetched when the pause took effect. The default is ten times Kafka Streams'
-    /// `buffered.records.per.partition` because pausing is not free in librdkafka: it discards
-    /// the partition's prefetched records, which are fetched again on resume, and librdkafka
-    /// hands records over in bursts of about a thousand. With 1000, a stateless handler that
-    /// easily keeps up still paused ~600 times per million records and ran 9x slower
-    /// (`cargo bench --bench throughput` reports both capacities). Lower it for large
-    /// records or many partitions per process.
+    /// Fetched records wait in a per-partition queue for the partition's worker. A partition
+    /// is paused when its queue holds more than this many records or more than
+    /// [`queue_bytes`](Self::queue_bytes), or when all queues together hold more than
+    /// [`total_queue_bytes`](Self::total_queue_bytes); it resumes once its queue drained to
+    /// half. Nothing fetched is dropped. Pausing is not free in librdkafka: it discards the
+    /// partition's prefetched records, which are fetched again on resume, so the limits are
+    /// sized to absorb librdkafka's bursts when the handler keeps up (`cargo bench --bench
+    /// throughput` reports pauses).
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.config.queue_capacity = capacity;
+        self
+    }
+
+    /// Bytes buffered per partition before the partition is paused (default 16 MiB): keys,
+    /// values and headers of the queued records plus 64 bytes each.
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.queue_bytes = bytes;
+        self
+    }
+
+    /// Bytes buffered across all partitions of this consumer before the fullest partitions
+    /// are paused (default 256 MiB). With librdkafka's own prefetch
+    /// (`queued.max.messages.kbytes`, 64 MiB by default) this bounds the memory fetched
+    /// records take.
+    pub fn total_queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.total_queue_bytes = bytes;
+        self
+    }
+
+    /// Bytes of unflushed state writes per partition before a flush is started early
+    /// (default 64 MiB): keys and values in the write overlay.
+    pub fn overlay_bytes(mut self, bytes: usize) -> Self {
+        self.config.overlay_bytes = bytes;
         self
     }
 
@@ -621,8 +651,15 @@ fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
             reason,
         })
     };
-    if c.queue_capacity == 0 {
-        return invalid("queue_capacity", "0".into(), "must be at least 1");
+    for (name, value) in [
+        ("queue_capacity", c.queue_capacity),
+        ("queue_bytes", c.queue_bytes),
+        ("total_queue_bytes", c.total_queue_bytes),
+        ("overlay_bytes", c.overlay_bytes),
+    ] {
+        if value == 0 {
+            return invalid(name, "0".into(), "must be at least 1");
+        }
     }
     if c.flush_max_records == 0 {
         return invalid("flush_max_records", "0".into(), "must be at least 1");
@@ -718,6 +755,9 @@ impl fmt::Debug for ConsumerConfig {
             .field("max_poll_interval", &self.max_poll_interval)
             .field("commit_interval", &self.commit_interval)
             .field("queue_capacity", &self.queue_capacity)
+            .field("queue_bytes", &self.queue_bytes)
+            .field("total_queue_bytes", &self.total_queue_bytes)
+            .field("overlay_bytes", &self.overlay_bytes)
             .field("assignment", &self.assignment)
             .field("revoke_timeout", &self.revoke_timeout)
             .field("flush_timeout", &self.flush_timeout)

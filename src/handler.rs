@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::state::{PartitionState, StateError, Store, StoreDef};
 
@@ -13,7 +14,7 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub struct Record<K, V> {
     /// Source topic.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// Source partition.
     pub partition: i32,
     /// Offset in the partition.
@@ -50,7 +51,7 @@ pub trait Handler<K, V>: Send + Sync + 'static {
 
 /// The partition a handler works on, and its state stores.
 pub struct PartitionContext {
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     state: Option<PartitionState>,
 }
@@ -66,7 +67,7 @@ impl fmt::Debug for PartitionContext {
 }
 
 impl PartitionContext {
-    pub(crate) fn new(topic: String, partition: i32, state: Option<PartitionState>) -> Self {
+    pub(crate) fn new(topic: Arc<str>, partition: i32, state: Option<PartitionState>) -> Self {
         Self {
             topic,
             partition,

@@ -56,6 +56,8 @@ pub struct PartitionStats {
     pub processed_lag: i64,
     /// Records waiting in the partition's queue.
     pub queued: u64,
+    /// Bytes (keys, values, headers and a per-record overhead) waiting in the queue.
+    pub queued_bytes: u64,
     /// Whether fetching is paused because the queue is full.
     pub paused: bool,
     /// Whether restore finished and records are processed.
@@ -158,7 +160,8 @@ impl Stats {
                     high_watermark,
                     committed_lag: lag(committed_next),
                     processed_lag: lag(processed_next.max(committed_next)),
-                    queued: load(&p.queued),
+                    queued: p.queue.records.load(Ordering::Relaxed) as u64,
+                    queued_bytes: p.queue.bytes.load(Ordering::Relaxed) as u64,
                     paused: p.paused.load(Ordering::Relaxed),
                     ready: p.ready.load(Ordering::Relaxed),
                     restored_records: load(&p.restored_records),

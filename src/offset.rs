@@ -5,6 +5,9 @@
 //! durable position through [`PartitionProgress`]; the poll loop reads it and commits.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::partition::router::QueueGauge;
 
 use crate::state::replay::SourcePosition;
 
@@ -49,8 +52,8 @@ pub(crate) struct PartitionProgress {
     pub(crate) commit_failures: AtomicU64,
     /// High watermark of the source partition, from the client's statistics. -1: unknown.
     pub(crate) high_watermark: AtomicI64,
-    /// Records waiting in this partition's queue.
-    pub(crate) queued: AtomicU64,
+    /// What waits in this partition's queue (the router adds, the worker subtracts).
+    pub(crate) queue: Arc<QueueGauge>,
     /// Whether the poll loop paused fetching for this partition.
     pub(crate) paused: AtomicBool,
     /// Changelog records replayed by the last restore.
@@ -74,7 +77,7 @@ impl Default for PartitionProgress {
             commit_sent: AtomicI64::new(-1),
             commit_failures: AtomicU64::new(0),
             high_watermark: AtomicI64::new(-1),
-            queued: AtomicU64::new(0),
+            queue: Arc::default(),
             paused: AtomicBool::new(false),
             restored_records: AtomicU64::new(0),
             restore_rate_bits: AtomicU64::new(0),

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::TopicPartitionList;
+use rdkafka::message::BorrowedMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -25,9 +24,9 @@ use crate::partition::supervisor::StopMode;
 /// Upper bound of one blocking poll: how quickly shutdown, worker failures, resumes and
 /// commits are noticed when no records arrive.
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
-/// Poll timeout while some partition is paused: its queue drains in milliseconds, and
-/// waiting [`POLL_TIMEOUT`] before moving its overflow in would leave its worker idle.
-const BACKLOG_POLL_TIMEOUT: Duration = Duration::from_millis(1);
+/// Poll timeout while some partition is paused, so a drained queue is resumed before its
+/// worker runs dry (it holds half its budget when it is resumable).
+const PAUSED_POLL_TIMEOUT: Duration = Duration::from_millis(5);
 /// Records taken per wake-up before flow control and commits get a turn.
 const MAX_BATCH: usize = 1024;
 /// How long a revoke or shutdown waits for the broker's answer to its final commit.
@@ -117,56 +116,63 @@ where
 
     /// Waits up to [`POLL_TIMEOUT`] for a record, then takes what else is ready.
     fn poll_batch(&self) -> Result<(), Error> {
-        let backlog = self.ctx().supervisor().router.has_backlog();
-        let mut timeout = if backlog {
-            BACKLOG_POLL_TIMEOUT
+        let paused = self.ctx().supervisor().router.has_paused();
+        let mut timeout = if paused {
+            PAUSED_POLL_TIMEOUT
         } else {
             POLL_TIMEOUT
         };
-        let mut batch = Vec::new();
-        while batch.len() < MAX_BATCH {
-            match self.consumer.poll(timeout) {
+        let mut supervisor = self.ctx().supervisor();
+        let mut taken = 0;
+        let mut result = Ok(());
+        while taken < MAX_BATCH {
+            // The supervisor is unlocked while polling: rebalance callbacks lock it.
+            drop(supervisor);
+            let polled = self.consumer.poll(timeout);
+            supervisor = self.ctx().supervisor();
+            match polled {
                 None => break,
-                Some(Ok(msg)) => batch.push(msg),
+                Some(Ok(msg)) => supervisor.router.push(&msg),
                 Some(Err(error)) => {
-                    self.check_fatal()?;
-                    classify_poll_error(&self.consumer, &self.config, error)?;
+                    result = self
+                        .check_fatal()
+                        .and_then(|()| classify_poll_error(&self.consumer, &self.config, error));
                     break;
                 }
             }
+            taken += 1;
             timeout = Duration::ZERO;
         }
-        if !batch.is_empty() {
-            self.route(batch);
-        }
-        Ok(())
+        let to_pause = supervisor.router.send();
+        drop(supervisor);
+        self.pause(&to_pause);
+        result
     }
 
-    fn route(&self, batch: Vec<BorrowedMessage<'_>>) {
-        let mut to_pause = TopicPartitionList::new();
-        {
-            let mut supervisor = self.ctx().supervisor();
-            for msg in batch {
-                let tp: TopicPartition = (msg.topic().to_string(), msg.partition());
-                if let Some((topic, partition)) = supervisor.router.route(&tp, msg.detach()) {
-                    to_pause.add_partition(&topic, partition);
-                }
-            }
-        }
-        if to_pause.count() > 0 {
+    fn route(&self, msg: &BorrowedMessage<'_>) {
+        let mut supervisor = self.ctx().supervisor();
+        supervisor.router.push(msg);
+        let to_pause = supervisor.router.send();
+        drop(supervisor);
+        self.pause(&to_pause);
+    }
+
+    fn pause(&self, partitions: &[TopicPartition]) {
+        if !partitions.is_empty() {
+            let to_pause = super::context::list_of(partitions);
             tracing::debug!(partitions = ?to_pause, "queue full: pausing");
             self.ctx().stats_inner().pauses.fetch_add(
                 to_pause.count() as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
             if let Err(error) = self.consumer.pause(&to_pause) {
-                tracing::warn!(%error, "pause failed; records are kept in the overflow");
+                tracing::warn!(%error, "pause failed");
             }
         }
     }
 
     fn flow_control(&self) {
-        let resume = self.ctx().supervisor().router.drain_overflow();
+        let resume = self.ctx().supervisor().router.drained();
         if resume.is_empty() {
             return;
         }
@@ -298,7 +304,7 @@ where
                 return false;
             }
             if let Some(Ok(msg)) = self.consumer.poll(POLL_TIMEOUT) {
-                self.route(vec![msg]);
+                self.route(&msg);
             }
             self.drive_revoke();
         }

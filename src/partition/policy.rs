@@ -3,8 +3,7 @@
 
 use std::any::Any;
 
-use rdkafka::message::{Headers, Message, OwnedMessage};
-
+use super::batch::{RawRecord, RecordBatch};
 use crate::changelog::OutRecord;
 use crate::codec::CodecError;
 use crate::error::Error;
@@ -70,27 +69,27 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// The raw record with `ks.error.*` headers, for the dead-letter topic.
-pub(crate) fn dead_letter(topic: &str, msg: &OwnedMessage, failure: &Failure) -> OutRecord {
-    let mut headers: Vec<(String, Vec<u8>)> = msg
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
+pub(crate) fn dead_letter(
+    dead_letter_topic: &str,
+    topic: &str,
+    partition: i32,
+    batch: &RecordBatch,
+    raw: &RawRecord,
+    failure: &Failure,
+) -> OutRecord {
+    let mut headers: Vec<(String, Vec<u8>)> = batch
+        .headers(raw)
+        .map(|(k, v)| (k.to_string(), v.unwrap_or_default().to_vec()))
+        .collect();
     headers.extend([
-        (
-            "ks.error.topic".to_string(),
-            msg.topic().as_bytes().to_vec(),
-        ),
+        ("ks.error.topic".to_string(), topic.as_bytes().to_vec()),
         (
             "ks.error.partition".to_string(),
-            msg.partition().to_string().into_bytes(),
+            partition.to_string().into_bytes(),
         ),
         (
             "ks.error.offset".to_string(),
-            msg.offset().to_string().into_bytes(),
+            raw.offset.to_string().into_bytes(),
         ),
         (
             "ks.error.kind".to_string(),
@@ -102,10 +101,10 @@ pub(crate) fn dead_letter(topic: &str, msg: &OwnedMessage, failure: &Failure) ->
         ),
     ]);
     OutRecord {
-        topic: topic.to_string(),
+        topic: dead_letter_topic.to_string(),
         partition: -1, // RD_KAFKA_PARTITION_UA: the producer's partitioner decides
-        key: msg.key().map(<[u8]>::to_vec),
-        value: msg.payload().map(<[u8]>::to_vec),
+        key: batch.key(raw).map(<[u8]>::to_vec),
+        value: batch.value(raw).map(<[u8]>::to_vec),
         headers,
     }
 }

@@ -1,53 +1,87 @@
-//! Routing fetched records to per-partition bounded queues, with pause/resume bookkeeping.
+//! Routing fetched records to per-partition queues, bounded in bytes and records, with
+//! pause/resume bookkeeping.
 //!
-//! The router never blocks the poll loop: a record that does not fit is kept in the
-//! partition's overflow (records fetched before a pause took effect are never dropped) and
-//! the partition is reported for pausing. It is reported for resuming once its overflow is
-//! empty and its queue is at most half full, so a partition does not flap on every record.
+//! The router never blocks the poll loop and never drops a fetched record of an assigned
+//! partition: records are collected into one [`RecordBatch`] per partition per poll round
+//! and sent as a whole. A partition whose queue holds more than its budget (bytes or
+//! records), or any partition while all queues together hold more than the process budget,
+//! is reported for pausing; it is resumed once its queue drained to half its budget, so it
+//! does not flap. Pausing is costly in librdkafka (it discards the partition's prefetched
+//! records, which are fetched again on resume), so the budgets are sized to absorb
+//! librdkafka's bursts when the handler keeps up.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc::{self, error::TrySendError};
+use rdkafka::message::BorrowedMessage;
+use tokio::sync::mpsc;
 
+use super::batch::RecordBatch;
 use crate::offset::PartitionProgress;
 
 /// A topic and partition.
 pub(crate) type TopicPartition = (String, i32);
 
-struct Lane<M> {
-    tx: mpsc::Sender<M>,
-    overflow: VecDeque<M>,
+/// What one partition's queue holds; the router adds, the worker subtracts.
+#[derive(Debug, Default)]
+pub(crate) struct QueueGauge {
+    pub(crate) bytes: AtomicUsize,
+    pub(crate) records: AtomicUsize,
+}
+
+impl QueueGauge {
+    /// The worker took records out (processed or dropped them).
+    pub(crate) fn taken(&self, records: usize, bytes: usize) {
+        self.records.fetch_sub(records, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Queue budgets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub(crate) partition_bytes: usize,
+    pub(crate) partition_records: usize,
+    pub(crate) total_bytes: usize,
+}
+
+struct Lane {
+    tx: mpsc::UnboundedSender<RecordBatch>,
+    filling: Option<RecordBatch>,
+    gauge: Arc<QueueGauge>,
     paused: bool,
     progress: Arc<PartitionProgress>,
 }
 
-pub(crate) struct Router<M> {
-    lanes: HashMap<TopicPartition, Lane<M>>,
-    capacity: usize,
+pub(crate) struct Router {
+    /// Lanes by topic, then partition (looked up by `&str`: no allocation per record).
+    lanes: HashMap<String, HashMap<i32, Lane>>,
+    budget: Budget,
 }
 
-impl<M> Router<M> {
-    pub(crate) fn new(capacity: usize) -> Self {
+impl Router {
+    pub(crate) fn new(budget: Budget) -> Self {
         Self {
             lanes: HashMap::new(),
-            capacity,
+            budget,
         }
     }
 
     /// Opens a lane for an assigned partition; returns the worker's end of its queue.
     pub(crate) fn open(
         &mut self,
-        tp: TopicPartition,
+        (topic, partition): TopicPartition,
         progress: Arc<PartitionProgress>,
-    ) -> mpsc::Receiver<M> {
-        let (tx, rx) = mpsc::channel(self.capacity);
-        self.lanes.insert(
-            tp,
+        gauge: Arc<QueueGauge>,
+    ) -> mpsc::UnboundedReceiver<RecordBatch> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lanes.entry(topic).or_default().insert(
+            partition,
             Lane {
                 tx,
-                overflow: VecDeque::new(),
+                filling: None,
+                gauge,
                 paused: false,
                 progress,
             },
@@ -55,89 +89,129 @@ impl<M> Router<M> {
         rx
     }
 
-    /// Closes a revoked partition's lane: nothing more is routed to it and its overflow is
-    /// dropped (those records were never processed, so they are not committed either).
-    pub(crate) fn close(&mut self, tp: &TopicPartition) {
-        self.lanes.remove(tp);
+    /// Closes a revoked partition's lane: nothing more is routed to it. Records still queued
+    /// were never processed, so they are not committed either.
+    pub(crate) fn close(&mut self, (topic, partition): &TopicPartition) {
+        if let Some(partitions) = self.lanes.get_mut(topic) {
+            partitions.remove(partition);
+            if partitions.is_empty() {
+                self.lanes.remove(topic);
+            }
+        }
     }
 
     #[cfg(test)]
-    pub(crate) fn is_open(&self, tp: &TopicPartition) -> bool {
-        self.lanes.contains_key(tp)
+    pub(crate) fn is_open(&self, (topic, partition): &TopicPartition) -> bool {
+        self.lanes
+            .get(topic)
+            .is_some_and(|p| p.contains_key(partition))
     }
 
-    /// Routes one record. Returns `Some(tp)` when the partition must now be paused.
-    /// Records of partitions without a lane (revoked meanwhile) are dropped: they are
-    /// uncommitted and will be fetched again by their new owner.
-    pub(crate) fn route(&mut self, tp: &TopicPartition, msg: M) -> Option<TopicPartition> {
-        let lane = self.lanes.get_mut(tp)?;
-        if !lane.overflow.is_empty() {
-            lane.overflow.push_back(msg);
-            return None;
+    /// Adds a fetched record to its partition's batch. Records of partitions without a lane
+    /// (revoked meanwhile) are dropped: they are uncommitted and their new owner fetches them.
+    pub(crate) fn push(&mut self, msg: &BorrowedMessage<'_>) {
+        use rdkafka::message::Message;
+        if let Some(lane) = self
+            .lanes
+            .get_mut(msg.topic())
+            .and_then(|p| p.get_mut(&msg.partition()))
+        {
+            lane.filling.get_or_insert_with(RecordBatch::default).push(msg);
         }
-        match lane.tx.try_send(msg) {
-            Ok(()) => {
-                lane.progress.queued.fetch_add(1, Ordering::Relaxed);
-                None
+    }
+
+    #[cfg(test)]
+    pub(crate) fn push_batch(&mut self, (topic, partition): &TopicPartition, batch: RecordBatch) {
+        if let Some(lane) = self.lanes.get_mut(topic).and_then(|p| p.get_mut(partition)) {
+            lane.filling = Some(batch);
+        }
+    }
+
+    /// Sends the batches collected this round. Returns the partitions to pause.
+    pub(crate) fn send(&mut self) -> Vec<TopicPartition> {
+        let mut sent_any = false;
+        for partitions in self.lanes.values_mut() {
+            for lane in partitions.values_mut() {
+                let Some(batch) = lane.filling.take() else {
+                    continue;
+                };
+                let (records, bytes) = (batch.records.len(), batch.bytes);
+                // Counted before sending, so the worker never subtracts what was not added.
+                lane.gauge.records.fetch_add(records, Ordering::AcqRel);
+                lane.gauge.bytes.fetch_add(bytes, Ordering::AcqRel);
+                if lane.tx.send(batch).is_err() {
+                    // The worker stopped (it failed, and the poll loop learns why through
+                    // its error channel, or it was fenced): keep nothing.
+                    lane.gauge.taken(records, bytes);
+                }
+                sent_any = true;
             }
-            Err(TrySendError::Full(msg)) => {
-                lane.overflow.push_back(msg);
-                if lane.paused {
-                    None
-                } else {
+        }
+        if !sent_any {
+            return Vec::new();
+        }
+        let over_total = self.total_bytes() > self.budget.total_bytes;
+        let budget = self.budget;
+        let mut pause = Vec::new();
+        for (topic, partitions) in &mut self.lanes {
+            for (&partition, lane) in partitions.iter_mut() {
+                let bytes = lane.gauge.bytes.load(Ordering::Acquire);
+                let records = lane.gauge.records.load(Ordering::Acquire);
+                let over = bytes > budget.partition_bytes
+                    || records > budget.partition_records
+                    || (over_total && records > 0);
+                if over && !lane.paused {
                     lane.paused = true;
                     lane.progress.paused.store(true, Ordering::Relaxed);
-                    Some(tp.clone())
+                    pause.push((topic.clone(), partition));
                 }
             }
-            // The worker stopped (it failed; the poll loop learns why through its error
-            // channel). Keep nothing: the record stays uncommitted.
-            Err(TrySendError::Closed(_)) => None,
         }
+        pause
     }
 
-    /// Moves overflow into queues that have room, and reports paused partitions whose
-    /// queue drained to half its capacity.
-    pub(crate) fn drain_overflow(&mut self) -> Vec<TopicPartition> {
+    fn total_bytes(&self) -> usize {
+        self.lanes
+            .values()
+            .flat_map(|p| p.values())
+            .map(|l| l.gauge.bytes.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Paused partitions whose queue drained to half its budget (while all queues together
+    /// are below half the process budget): to resume.
+    pub(crate) fn drained(&mut self) -> Vec<TopicPartition> {
+        if !self.has_paused() {
+            return Vec::new();
+        }
+        let total_ok = self.total_bytes() * 2 <= self.budget.total_bytes;
+        let budget = self.budget;
         let mut resume = Vec::new();
-        for (tp, lane) in &mut self.lanes {
-            while let Some(msg) = lane.overflow.pop_front() {
-                match lane.tx.try_send(msg) {
-                    Ok(()) => {
-                        lane.progress.queued.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(TrySendError::Full(msg)) => {
-                        lane.overflow.push_front(msg);
-                        break;
-                    }
-                    Err(TrySendError::Closed(_)) => {
-                        lane.overflow.clear();
-                        break;
-                    }
+        for (topic, partitions) in &mut self.lanes {
+            for (&partition, lane) in partitions.iter_mut() {
+                let bytes = lane.gauge.bytes.load(Ordering::Acquire);
+                let records = lane.gauge.records.load(Ordering::Acquire);
+                if lane.paused
+                    && total_ok
+                    && bytes * 2 <= budget.partition_bytes
+                    && records * 2 <= budget.partition_records
+                {
+                    lane.paused = false;
+                    lane.progress.paused.store(false, Ordering::Relaxed);
+                    resume.push((topic.clone(), partition));
                 }
-            }
-            if lane.paused && lane.overflow.is_empty() && lane.tx.capacity() * 2 >= self.capacity {
-                lane.paused = false;
-                lane.progress.paused.store(false, Ordering::Relaxed);
-                resume.push(tp.clone());
             }
         }
         resume
     }
 
-    /// Whether any partition is paused (or has overflow to move): the poll loop then
-    /// polls briefly, so a drained queue is refilled and resumed without waiting out a full
-    /// poll timeout.
-    pub(crate) fn has_backlog(&self) -> bool {
+    /// Whether any partition is paused: the poll loop then polls more often, so a drained
+    /// queue is resumed without waiting out a full poll timeout.
+    pub(crate) fn has_paused(&self) -> bool {
         self.lanes
             .values()
-            .any(|l| l.paused || !l.overflow.is_empty())
-    }
-
-    /// Records buffered outside the queues, across partitions.
-    #[cfg(test)]
-    pub(crate) fn overflow_len(&self) -> usize {
-        self.lanes.values().map(|l| l.overflow.len()).sum()
+            .flat_map(|p| p.values())
+            .any(|l| l.paused)
     }
 }
 
@@ -149,51 +223,70 @@ mod tests {
         ("t".to_string(), p)
     }
 
-    #[test]
-    fn full_queue_pauses_once_and_keeps_every_record() {
-        let mut router = Router::new(2);
-        let mut rx = router.open(tp(0), Arc::default());
-        assert_eq!(router.route(&tp(0), 1), None);
-        assert_eq!(router.route(&tp(0), 2), None);
-        assert_eq!(router.route(&tp(0), 3), Some(tp(0)), "third record pauses");
-        assert_eq!(
-            router.route(&tp(0), 4),
-            None,
-            "already paused: no second pause"
-        );
-        assert_eq!(router.overflow_len(), 2);
+    fn batch(n: usize) -> RecordBatch {
+        let mut b = RecordBatch::default();
+        for i in 0..n {
+            b.push_raw(i as i64, Some(b"k"), Some(&[0u8; 36]), &[]);
+        }
+        b
+    }
 
-        // Nothing was drained yet: no resume.
-        assert!(router.drain_overflow().is_empty());
-        // The worker takes two; the two overflow records move in; queue full again: no resume.
-        assert_eq!(rx.try_recv().unwrap(), 1);
-        assert_eq!(rx.try_recv().unwrap(), 2);
-        assert!(router.drain_overflow().is_empty());
-        assert_eq!(router.overflow_len(), 0);
-        // The worker takes one: half empty, overflow empty: resume.
-        assert_eq!(rx.try_recv().unwrap(), 3);
-        assert_eq!(router.drain_overflow(), vec![tp(0)]);
-        assert_eq!(rx.try_recv().unwrap(), 4, "order is kept across the pause");
+    const BUDGET: Budget = Budget {
+        partition_bytes: 1000,
+        partition_records: 100,
+        total_bytes: 10_000,
+    };
+
+    #[test]
+    fn a_partition_over_its_budget_pauses_once_keeps_every_record_and_resumes_at_half() {
+        let mut router = Router::new(BUDGET);
+        let gauge = Arc::new(QueueGauge::default());
+        let mut rx = router.open(tp(0), Arc::default(), gauge.clone());
+        // 101 bytes per record: 9 records fit in 1000 bytes, the 10th goes over.
+        router.push_batch(&tp(0), batch(9));
+        assert!(router.send().is_empty());
+        router.push_batch(&tp(0), batch(2));
+        assert_eq!(router.send(), vec![tp(0)], "over budget: pause");
+        router.push_batch(&tp(0), batch(1));
+        assert!(router.send().is_empty(), "already paused: no second pause");
+        assert_eq!(gauge.records.load(Ordering::Relaxed), 12, "nothing dropped");
+        assert!(router.drained().is_empty());
+        // The worker takes the first two batches (11 records): 1 left, below half: resume.
+        for _ in 0..2 {
+            let b = rx.try_recv().unwrap();
+            gauge.taken(b.records.len(), b.bytes);
+        }
+        assert_eq!(router.drained(), vec![tp(0)]);
+        assert!(!router.has_paused());
+        assert_eq!(rx.try_recv().unwrap().records.len(), 1, "order is kept");
     }
 
     #[test]
-    fn one_full_partition_does_not_pause_another() {
-        let mut router = Router::new(1);
-        let _rx0 = router.open(tp(0), Arc::default());
-        let mut rx1 = router.open(tp(1), Arc::default());
-        router.route(&tp(0), 1);
-        assert_eq!(router.route(&tp(0), 2), Some(tp(0)));
-        assert_eq!(router.route(&tp(1), 10), None);
-        assert_eq!(rx1.try_recv().unwrap(), 10);
+    fn one_full_partition_does_not_pause_another_unless_the_process_budget_is_spent() {
+        let mut router = Router::new(Budget {
+            total_bytes: 2500,
+            ..BUDGET
+        });
+        let _rx0 = router.open(tp(0), Arc::default(), Arc::default());
+        let _rx1 = router.open(tp(1), Arc::default(), Arc::default());
+        router.push_batch(&tp(0), batch(11));
+        assert_eq!(router.send(), vec![tp(0)]);
+        router.push_batch(&tp(1), batch(5));
+        assert!(router.send().is_empty(), "partition 1 is within its budget");
+        router.push_batch(&tp(1), batch(9));
+        // 11 + 14 records of 101 bytes: 2525 bytes, over the process budget.
+        assert_eq!(router.send(), vec![tp(1)]);
     }
 
     #[test]
     fn records_for_closed_partitions_are_dropped() {
-        let mut router = Router::new(1);
-        let _rx = router.open(tp(0), Arc::default());
+        let mut router = Router::new(BUDGET);
+        let gauge = Arc::new(QueueGauge::default());
+        let _rx = router.open(tp(0), Arc::default(), gauge.clone());
         router.close(&tp(0));
         assert!(!router.is_open(&tp(0)));
-        assert_eq!(router.route(&tp(0), 1), None);
-        assert_eq!(router.overflow_len(), 0);
+        router.push_batch(&tp(0), batch(3));
+        assert!(router.send().is_empty());
+        assert_eq!(gauge.records.load(Ordering::Relaxed), 0);
     }
 }

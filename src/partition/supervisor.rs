@@ -9,19 +9,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rdkafka::message::OwnedMessage;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use super::router::{Router, TopicPartition};
-use super::worker::{Shared, Worker};
+use super::router::{Budget, Router, TopicPartition};
+use super::worker::{Shared, StopSignal, Worker};
 use crate::codec::Codec;
 use crate::handler::Handler;
 use crate::offset::PartitionProgress;
 
 struct WorkerHandle {
-    stop: CancellationToken,
+    stop: StopSignal,
     join: JoinHandle<()>,
     progress: Arc<PartitionProgress>,
 }
@@ -78,7 +76,7 @@ impl Stopping {
 }
 
 pub(crate) struct Supervisor<KC: Codec, VC: Codec, H> {
-    pub(crate) router: Router<OwnedMessage>,
+    pub(crate) router: Router,
     workers: HashMap<TopicPartition, WorkerHandle>,
     shared: Arc<Shared<KC, VC, H>>,
     runtime: Handle,
@@ -92,7 +90,11 @@ where
 {
     pub(crate) fn new(shared: Arc<Shared<KC, VC, H>>, runtime: Handle) -> Self {
         Self {
-            router: Router::new(shared.config.queue_capacity),
+            router: Router::new(Budget {
+                partition_bytes: shared.config.queue_bytes,
+                partition_records: shared.config.queue_capacity,
+                total_bytes: shared.config.total_queue_bytes,
+            }),
             workers: HashMap::new(),
             shared,
             runtime,
@@ -106,12 +108,14 @@ where
                 continue;
             }
             let progress = Arc::new(PartitionProgress::default());
-            let rx = self.router.open(tp.clone(), progress.clone());
-            let stop = CancellationToken::new();
+            let gauge = progress.queue.clone();
+            let rx = self.router.open(tp.clone(), progress.clone(), gauge.clone());
+            let stop = StopSignal::default();
             let worker = Worker::new(
                 self.shared.clone(),
                 tp.clone(),
                 progress.clone(),
+                gauge,
                 stop.clone(),
             );
             let join = self.runtime.spawn(worker.run(rx));
@@ -141,7 +145,7 @@ where
         for tp in partitions {
             self.router.close(tp);
             if let Some(handle) = self.workers.remove(tp) {
-                handle.stop.cancel();
+                handle.stop.stop();
                 if mode == StopMode::Abort {
                     handle.join.abort();
                 }

@@ -1,16 +1,22 @@
 //! One task per assigned partition: restore state, then decode and handle records in offset
 //! order, flush state, publish durable offsets.
+//!
+//! The per-record path is kept short: records arrive in batches; a handler that completes
+//! without waiting (most state updates) is polled once, with no timer or cancellation
+//! future set up; counters visible to other threads are published once per batch.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use rdkafka::message::{Headers, Message, OwnedMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::batch::{RawRecord, RecordBatch};
 use super::policy::{dead_letter, panic_message, Failure};
+use super::router::QueueGauge;
 use crate::changelog::ChangelogWriter;
 use crate::codec::{Codec, CodecError};
 use crate::config::{ConsumerConfig, ErrorPolicy};
@@ -33,19 +39,43 @@ pub(crate) struct Shared<KC, VC, H> {
     pub(crate) failures: mpsc::UnboundedSender<Error>,
 }
 
+/// Tells a worker to stop: a flag checked between records (an atomic load) and a token for
+/// waiting (`CancellationToken::is_cancelled` takes a lock).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StopSignal {
+    flag: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl StopSignal {
+    pub(crate) fn stop(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    async fn stopped(&self) {
+        self.token.cancelled().await;
+    }
+}
+
 /// How the processing of one record ended.
 enum Outcome {
     Done,
-    /// The revoke timeout ran out while the handler ran: stop without this record.
+    /// The worker is stopping: this record (and what follows) stays uncommitted.
     Cancelled,
 }
 
 pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     shared: Arc<Shared<KC, VC, H>>,
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     progress: Arc<PartitionProgress>,
-    stop: CancellationToken,
+    gauge: Arc<QueueGauge>,
+    stop: StopSignal,
     tracker: OffsetTracker,
     /// Source offsets below this are already in the restored state.
     skip_below: i64,
@@ -63,13 +93,15 @@ where
         shared: Arc<Shared<KC, VC, H>>,
         (topic, partition): (String, i32),
         progress: Arc<PartitionProgress>,
-        stop: CancellationToken,
+        gauge: Arc<QueueGauge>,
+        stop: StopSignal,
     ) -> Self {
         Self {
             shared,
-            topic,
+            topic: topic.into(),
             partition,
             progress,
+            gauge,
             stop,
             tracker: OffsetTracker::default(),
             skip_below: -1,
@@ -81,7 +113,7 @@ where
     /// Runs until stopped or until its queue closes; reports a fatal error to the poll loop.
     /// A panic outside the handler and codecs (those are errors of their record) is reported
     /// too: a worker never ends silently while its partition looks idle.
-    pub(crate) async fn run(mut self, rx: mpsc::Receiver<OwnedMessage>) {
+    pub(crate) async fn run(mut self, rx: mpsc::UnboundedReceiver<RecordBatch>) {
         let (topic, partition) = (self.topic.clone(), self.partition);
         let result = match std::panic::AssertUnwindSafe(self.run_inner(rx))
             .catch_unwind()
@@ -89,7 +121,7 @@ where
         {
             Ok(result) => result,
             Err(payload) => Err(Error::WorkerPanicked {
-                topic: topic.clone(),
+                topic: topic.to_string(),
                 partition,
                 message: panic_message(payload.as_ref()),
             }),
@@ -110,7 +142,7 @@ where
         }
     }
 
-    async fn run_inner(&mut self, mut rx: mpsc::Receiver<OwnedMessage>) -> Result<(), Error> {
+    async fn run_inner(&mut self, mut rx: mpsc::UnboundedReceiver<RecordBatch>) -> Result<(), Error> {
         let Some(mut ctx) = self.open_state().await? else {
             return Ok(()); // revoked while restoring
         };
@@ -121,17 +153,15 @@ where
         loop {
             tokio::select! {
                 biased;
-                () = self.stop.cancelled() => break,
-                msg = rx.recv() => {
-                    let Some(msg) = msg else { break };
-                    self.progress.queued.fetch_sub(1, Ordering::Relaxed);
-                    match self.process(&msg, &mut ctx).await? {
-                        Outcome::Done => {}
-                        Outcome::Cancelled => break,
+                () = self.stop.stopped() => break,
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    let outcome = self.process_batch(&batch, &mut ctx).await;
+                    self.gauge.taken(batch.records.len(), batch.bytes);
+                    if matches!(outcome?, Outcome::Cancelled) {
+                        break;
                     }
-                    if self.since_flush >= self.shared.config.flush_max_records
-                        || self.last_flush.elapsed() >= flush_interval
-                    {
+                    if self.flush_due(&ctx) {
                         self.flush(&mut ctx).await?;
                     }
                 }
@@ -143,6 +173,51 @@ where
             }
         }
         self.flush(&mut ctx).await
+    }
+
+    fn flush_due(&self, ctx: &PartitionContext) -> bool {
+        let config = &self.shared.config;
+        self.since_flush >= config.flush_max_records
+            || ctx
+                .state()
+                .is_some_and(|s| s.overlay_bytes() >= config.overlay_bytes)
+            || self.last_flush.elapsed() >= config.flush_interval
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &mut PartitionContext,
+    ) -> Result<Outcome, Error> {
+        let mut handled = 0u64;
+        let mut outcome = Outcome::Done;
+        for record in &batch.records {
+            if self.stop.is_stopped() {
+                outcome = Outcome::Cancelled;
+                break;
+            }
+            match self.process(batch, record, ctx).await? {
+                (Outcome::Done, counted) => handled += u64::from(counted),
+                (Outcome::Cancelled, _) => {
+                    outcome = Outcome::Cancelled;
+                    break;
+                }
+            }
+        }
+        self.shared
+            .stats
+            .processed
+            .fetch_add(handled, Ordering::Relaxed);
+        if let Some(position) = self.tracker.committable() {
+            self.progress
+                .processed_next
+                .store(position.next, Ordering::Relaxed);
+            // Nothing unflushed: the records' effects (none in state) are already durable.
+            if ctx.state().is_none_or(|s| s.dirty_keys() == 0) {
+                self.progress.set_durable(position.next);
+            }
+        }
+        Ok(outcome)
     }
 
     /// Opens and restores the partition's state on a blocking thread. `None` when the
@@ -157,11 +232,11 @@ where
         };
         let (topic, partition, stop) = (self.topic.clone(), self.partition, self.stop.clone());
         let opened = tokio::task::spawn_blocking(move || {
-            PartitionState::open(&env, &topic, partition, &|| stop.is_cancelled())
+            PartitionState::open(&env, &topic, partition, &|| stop.is_stopped())
         })
         .await
         .map_err(|e| Error::WorkerPanicked {
-            topic: self.topic.clone(),
+            topic: self.topic.to_string(),
             partition,
             message: if e.is_panic() {
                 panic_message(e.into_panic().as_ref())
@@ -200,40 +275,32 @@ where
         Ok(())
     }
 
-    fn finish(&mut self, msg: &OwnedMessage, ctx: &PartitionContext) {
-        let offset = msg.offset();
+    fn finish(&mut self, record: &RawRecord) {
         self.tracker
-            .finish(offset, msg.timestamp().to_millis().unwrap_or(-1));
+            .finish(record.offset, record.timestamp.unwrap_or(-1));
         self.since_flush += 1;
-        self.progress
-            .processed_next
-            .store(offset + 1, Ordering::Relaxed);
-        // Nothing unflushed: the record's effects (none in state) are already durable.
-        if ctx.state().is_none_or(|s| s.dirty_keys() == 0) {
-            if let Some(position) = self.tracker.committable() {
-                self.progress.set_durable(position.next);
-            }
-        }
     }
 
+    /// Processes one record; the flag says whether it counts as handled.
     async fn process(
         &mut self,
-        msg: &OwnedMessage,
+        batch: &RecordBatch,
+        raw: &RawRecord,
         ctx: &mut PartitionContext,
-    ) -> Result<Outcome, Error> {
-        let offset = msg.offset();
+    ) -> Result<(Outcome, bool), Error> {
+        let offset = raw.offset;
         if offset < self.skip_below {
             // Its effect is already in the restored state: applying it again would double it.
             self.progress.skipped.fetch_add(1, Ordering::Relaxed);
-            self.finish(msg, ctx);
-            return Ok(Outcome::Done);
+            self.finish(raw);
+            return Ok((Outcome::Done, false));
         }
         let retry = self.shared.config.retry;
         let mut backoff = retry.initial_backoff;
         let mut attempt = 0;
         let failure = loop {
             let decoded =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decode(msg)));
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decode(batch, raw)));
             let record = match decoded {
                 Ok(Ok(record)) => record,
                 Ok(Err(e)) => break Failure::Decode(e),
@@ -244,26 +311,19 @@ where
                     ))
                 }
             };
-            let handled = std::panic::AssertUnwindSafe(self.shared.handler.handle(record, ctx))
-                .catch_unwind();
-            let result = tokio::select! {
-                biased;
-                r = handled => r,
-                () = cancel_after_stop(&self.stop, self.shared.config.revoke_timeout) => {
-                    tracing::warn!(topic = %self.topic, partition = self.partition, offset,
-                        "revoke timeout: cancelled the in-flight handler; the record stays uncommitted");
-                    discard_staged(ctx);
-                    return Ok(Outcome::Cancelled);
-                }
+            let Some(result) = self.call_handler(record, ctx).await else {
+                tracing::warn!(topic = %self.topic, partition = self.partition, offset,
+                    "revoke timeout: cancelled the in-flight handler; the record stays uncommitted");
+                discard_staged(ctx);
+                return Ok((Outcome::Cancelled, false));
             };
             let error = match result {
                 Ok(Ok(())) => {
                     if let Some(state) = ctx.state_mut() {
                         state.overlay_mut().commit_staged();
                     }
-                    self.shared.stats.processed.fetch_add(1, Ordering::Relaxed);
-                    self.finish(msg, ctx);
-                    return Ok(Outcome::Done);
+                    self.finish(raw);
+                    return Ok((Outcome::Done, true));
                 }
                 Ok(Err(e)) => e,
                 Err(payload) => {
@@ -284,44 +344,62 @@ where
             // skipped, dead-lettered nor failed, but left uncommitted for the next owner.
             tokio::select! {
                 biased;
-                () = self.stop.cancelled() => {
+                () = self.stop.stopped() => {
                     tracing::info!(topic = %self.topic, partition = self.partition, offset,
                         "stopping during retries: the record stays uncommitted");
-                    return Ok(Outcome::Cancelled);
+                    return Ok((Outcome::Cancelled, false));
                 }
                 () = tokio::time::sleep(backoff) => {}
             }
-            if self.stop.is_cancelled() {
-                return Ok(Outcome::Cancelled);
-            }
             backoff = (backoff * 2).min(retry.max_backoff);
         };
-        self.apply_policy(msg, failure, ctx).await?;
-        Ok(Outcome::Done)
+        self.apply_policy(batch, raw, failure, ctx).await?;
+        Ok((Outcome::Done, false))
     }
 
-    fn decode(&self, msg: &OwnedMessage) -> Result<Record<KC::Item, VC::Item>, CodecError> {
-        let key = msg
-            .key()
+    /// Runs the handler, catching a panic. A handler that completes on its first poll (no
+    /// waiting) costs no timer; one that waits races the revoke timeout once the worker is
+    /// told to stop. `None`: cancelled by the revoke timeout.
+    async fn call_handler(
+        &self,
+        record: Record<KC::Item, VC::Item>,
+        ctx: &mut PartitionContext,
+    ) -> Option<std::thread::Result<Result<(), crate::HandlerError>>> {
+        let handled = std::panic::AssertUnwindSafe(self.shared.handler.handle(record, ctx))
+            .catch_unwind();
+        let mut handled = std::pin::pin!(handled);
+        if let Poll::Ready(result) = futures::poll!(handled.as_mut()) {
+            return Some(result);
+        }
+        tokio::select! {
+            biased;
+            r = handled => Some(r),
+            () = cancel_after_stop(&self.stop, self.shared.config.revoke_timeout) => None,
+        }
+    }
+
+    fn decode(
+        &self,
+        batch: &RecordBatch,
+        raw: &RawRecord,
+    ) -> Result<Record<KC::Item, VC::Item>, CodecError> {
+        let key = batch
+            .key(raw)
             .map(|b| self.shared.key_codec.decode(b))
             .transpose()?;
-        let value = msg
-            .payload()
+        let value = batch
+            .value(raw)
             .map(|b| self.shared.value_codec.decode(b))
             .transpose()?;
-        let headers = msg
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = batch
+            .headers(raw)
+            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+            .collect();
         Ok(Record {
             topic: self.topic.clone(),
             partition: self.partition,
-            offset: msg.offset(),
-            timestamp: msg.timestamp().to_millis(),
+            offset: raw.offset,
+            timestamp: raw.timestamp,
             key,
             value,
             headers,
@@ -330,29 +408,30 @@ where
 
     async fn apply_policy(
         &mut self,
-        msg: &OwnedMessage,
+        batch: &RecordBatch,
+        raw: &RawRecord,
         failure: Failure,
         ctx: &mut PartitionContext,
     ) -> Result<(), Error> {
-        let (topic, partition, offset) = (self.topic.clone(), self.partition, msg.offset());
+        let (topic, partition, offset) = (self.topic.to_string(), self.partition, raw.offset);
         match &self.shared.config.error_policy {
             ErrorPolicy::Fail => {
-                // The record is still pending in the tracker, so this flush makes everything
-                // before it durable and leaves it and what follows uncommitted.
+                // The tracker ends before this record, so this flush makes everything before
+                // it durable and leaves it and what follows uncommitted.
                 self.flush(ctx).await?;
                 Err(failure.into_error(topic, partition, offset))
             }
             ErrorPolicy::Skip => {
                 tracing::warn!(%topic, partition, offset, kind = failure.kind(), error = %failure.message(), "skipping record");
                 self.progress.skipped.fetch_add(1, Ordering::Relaxed);
-                self.finish(msg, ctx);
+                self.finish(raw);
                 Ok(())
             }
             ErrorPolicy::DeadLetter(dlq) => {
                 let Some(producer) = &self.shared.producer else {
                     unreachable!("a producer is created whenever a dead-letter topic is configured")
                 };
-                let record = dead_letter(dlq, msg, &failure);
+                let record = dead_letter(dlq, &topic, partition, batch, raw, &failure);
                 producer
                     .send_all(vec![record])
                     .await
@@ -373,7 +452,7 @@ where
                     .stats
                     .dead_lettered
                     .fetch_add(1, Ordering::Relaxed);
-                self.finish(msg, ctx);
+                self.finish(raw);
                 Ok(())
             }
         }
@@ -386,8 +465,8 @@ fn discard_staged(ctx: &mut PartitionContext) {
     }
 }
 
-/// Resolves `timeout` after `stop` is cancelled; never before.
-async fn cancel_after_stop(stop: &CancellationToken, timeout: Duration) {
-    stop.cancelled().await;
+/// Resolves `timeout` after `stop` is signalled; never before.
+async fn cancel_after_stop(stop: &StopSignal, timeout: Duration) {
+    stop.stopped().await;
     tokio::time::sleep(timeout).await;
 }

@@ -1,9 +1,10 @@
 //! The unflushed overlay: writes since the last flush, combined per key, plus the writes of
 //! the record being handled (staged until its handler returns `Ok`).
 //!
-//! Reads go staged → overlay → RocksDB, so a handler reads its own writes. Because the
-//! overlay is a map per store, N updates to one key between two flushes leave one entry:
-//! one changelog record and one RocksDB write (write-combining).
+//! Reads go staged → pending → RocksDB, so a handler reads its own writes. Because pending
+//! is a map per store, N updates to one key between two flushes leave one entry: one
+//! changelog record and one RocksDB write (write-combining). Staging costs O(writes of the
+//! record): the staged writes are a short list, moved into the maps when the record succeeds.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,9 @@ use super::KeyValues;
 
 /// `None` is a delete.
 pub(crate) type Entries = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Bytes accounted per entry on top of its key and value (map node and vectors).
+const ENTRY_OVERHEAD: usize = 48;
 
 /// What the overlay knows about a key.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,66 +27,98 @@ pub(crate) enum Lookup<'a> {
 
 #[derive(Debug)]
 pub(crate) struct Overlay {
-    flushed_pending: Vec<Entries>,
-    staged: Vec<Entries>,
+    pending: Vec<Entries>,
+    staged: Vec<(usize, Vec<u8>, Option<Vec<u8>>)>,
+    /// Approximate bytes held by `pending`.
+    bytes: usize,
+}
+
+fn size(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    ENTRY_OVERHEAD + key.len() + value.as_ref().map_or(0, Vec::len)
 }
 
 impl Overlay {
     pub(crate) fn new(stores: usize) -> Self {
         Self {
-            flushed_pending: vec![Entries::new(); stores],
-            staged: vec![Entries::new(); stores],
+            pending: vec![Entries::new(); stores],
+            staged: Vec::new(),
+            bytes: 0,
         }
     }
 
     pub(crate) fn get(&self, store: usize, key: &[u8]) -> Lookup<'_> {
-        self.staged[store]
+        if let Some((_, _, value)) = self
+            .staged
+            .iter()
+            .rev()
+            .find(|(s, k, _)| *s == store && k.as_slice() == key)
+        {
+            return Lookup::Written(value.as_deref());
+        }
+        self.pending[store]
             .get(key)
-            .or_else(|| self.flushed_pending[store].get(key))
             .map_or(Lookup::Unknown, |v| Lookup::Written(v.as_deref()))
     }
 
     /// Stages a write of the current record.
     pub(crate) fn write(&mut self, store: usize, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.staged[store].insert(key, value);
+        self.staged.push((store, key, value));
     }
 
     /// The current record's handler succeeded: its writes join the overlay.
     pub(crate) fn commit_staged(&mut self) {
-        for (staged, pending) in self.staged.iter_mut().zip(&mut self.flushed_pending) {
-            pending.append(staged);
+        for (store, key, value) in self.staged.drain(..) {
+            let added = size(&key, &value);
+            match self.pending[store].get_mut(&key) {
+                Some(existing) => {
+                    self.bytes = self.bytes + added - size(&key, existing);
+                    *existing = value;
+                }
+                None => {
+                    self.bytes += added;
+                    self.pending[store].insert(key, value);
+                }
+            }
         }
     }
 
     /// The current record failed or was cancelled: forget its writes.
     pub(crate) fn discard_staged(&mut self) {
-        self.staged.iter_mut().for_each(Entries::clear);
+        self.staged.clear();
     }
 
     /// Distinct keys waiting for the next flush.
     pub(crate) fn dirty_keys(&self) -> usize {
-        self.flushed_pending.iter().map(Entries::len).sum()
+        self.pending.iter().map(Entries::len).sum()
+    }
+
+    /// Approximate bytes waiting for the next flush.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Takes everything waiting for a flush, per store.
     pub(crate) fn take(&mut self) -> Vec<Entries> {
-        self.flushed_pending
-            .iter_mut()
-            .map(std::mem::take)
-            .collect()
+        self.bytes = 0;
+        self.pending.iter_mut().map(std::mem::take).collect()
     }
 
     /// Merges the overlay over `base` (database entries under `prefix`), dropping deletes.
     pub(crate) fn merge_prefix(&self, store: usize, prefix: &[u8], base: KeyValues) -> KeyValues {
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
             base.into_iter().map(|(k, v)| (k, Some(v))).collect();
-        for layer in [&self.flushed_pending[store], &self.staged[store]] {
-            for (k, v) in layer
-                .range(prefix.to_vec()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-            {
-                merged.insert(k.clone(), v.clone());
-            }
+        for (k, v) in self.pending[store]
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            merged.insert(k.clone(), v.clone());
+        }
+        for (_, k, v) in self
+            .staged
+            .iter()
+            .filter(|(s, k, _)| *s == store && k.starts_with(prefix))
+        {
+            merged.insert(k.clone(), v.clone());
         }
         merged
             .into_iter()
@@ -117,12 +153,13 @@ mod tests {
     }
 
     #[test]
-    fn many_updates_to_one_key_combine_into_one_entry() {
+    fn many_updates_to_one_key_combine_into_one_entry_and_bytes_track_it() {
         let mut o = Overlay::new(2);
         for i in 0..100u32 {
             o.write(0, b"hot".to_vec(), Some(i.to_be_bytes().to_vec()));
             o.commit_staged();
         }
+        assert_eq!(o.bytes(), ENTRY_OVERHEAD + 3 + 4);
         o.write(1, b"gone".to_vec(), None);
         o.commit_staged();
         assert_eq!(o.dirty_keys(), 2);
@@ -130,7 +167,17 @@ mod tests {
         assert_eq!(taken[0].len(), 1);
         assert_eq!(taken[0][&b"hot"[..]], Some(99u32.to_be_bytes().to_vec()));
         assert_eq!(taken[1][&b"gone"[..]], None, "deletes become tombstones");
-        assert_eq!(o.dirty_keys(), 0);
+        assert_eq!((o.dirty_keys(), o.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn the_latest_staged_write_of_a_record_wins() {
+        let mut o = Overlay::new(1);
+        o.write(0, b"k".to_vec(), Some(b"1".to_vec()));
+        o.write(0, b"k".to_vec(), Some(b"2".to_vec()));
+        assert_eq!(o.get(0, b"k"), Lookup::Written(Some(&b"2"[..])));
+        o.commit_staged();
+        assert_eq!(o.take()[0][&b"k"[..]], Some(b"2".to_vec()));
     }
 
     #[test]
@@ -140,6 +187,7 @@ mod tests {
         o.write(0, b"a/3".to_vec(), Some(b"new".to_vec()));
         o.write(0, b"b/1".to_vec(), Some(b"other".to_vec()));
         o.commit_staged();
+        o.write(0, b"a/4".to_vec(), Some(b"staged".to_vec()));
         let base = vec![
             (b"a/1".to_vec(), b"x".to_vec()),
             (b"a/2".to_vec(), b"y".to_vec()),
@@ -149,7 +197,8 @@ mod tests {
             merged,
             vec![
                 (b"a/1".to_vec(), b"x".to_vec()),
-                (b"a/3".to_vec(), b"new".to_vec())
+                (b"a/3".to_vec(), b"new".to_vec()),
+                (b"a/4".to_vec(), b"staged".to_vec())
             ]
         );
     }

@@ -187,6 +187,11 @@ impl PartitionState {
         self.overlay.dirty_keys()
     }
 
+    /// Approximate bytes waiting for a flush.
+    pub(crate) fn overlay_bytes(&self) -> usize {
+        self.overlay.bytes()
+    }
+
     /// Makes everything in the overlay durable: changelog data, acks, markers, acks, a check
     /// that no other writer appended meanwhile, then one RocksDB batch with the checkpoints.
     /// `source` is how far the processed records reach.

@@ -280,7 +280,7 @@ impl Handler<String, String> for Recorder {
             let key = r.key.clone().unwrap_or_default();
             ctx.store(def)?.put(&key, &(r.offset as u64))?;
         }
-        self.topics.lock().unwrap().insert(r.topic.clone());
+        self.topics.lock().unwrap().insert(r.topic.to_string());
         self.seen.lock().unwrap().push((r.partition, r.offset));
         Ok(())
     }
