@@ -168,6 +168,11 @@ struct Run {
     to_first_record: Duration,
 }
 
+/// `BENCH_ONLY=<part of a figure name>` runs only matching stateful figures (profiling).
+fn selected(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| name.contains(&only))
+}
+
 async fn stateful(job: &Job<'_>, n: u64) -> Run {
     let count = (job.stores >= 1).then(|| StoreDef::new("counts", Utf8, Bincode::<u64>::new()));
     let sum = (job.stores >= 2).then(|| StoreDef::new("sums", Utf8, Bincode::<u64>::new()));
@@ -182,8 +187,7 @@ async fn stateful(job: &Job<'_>, n: u64) -> Run {
         count,
         sum,
     };
-    let consumer =
-        StatefulConsumer::new(builder.build().unwrap(), Utf8, RawBytes, handler.clone());
+    let consumer = StatefulConsumer::new(builder.build().unwrap(), Utf8, RawBytes, handler.clone());
     let seen = handler.seen.clone();
     let stats = consumer.stats();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -232,7 +236,10 @@ async fn create_topic(bootstrap: &str, topic: &str) {
         .await
         .unwrap()
     {
-        r.unwrap();
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err(e) => panic!("create {topic}: {e:?}"),
+        }
     }
 }
 
@@ -342,6 +349,9 @@ async fn main() {
         ("kafka_stateful_count_1k_keys", 1),
         ("kafka_stateful_count_and_sum_1k_keys", 2),
     ] {
+        if !selected(name) {
+            continue;
+        }
         let j = Job {
             name,
             bootstrap: &bootstrap,
@@ -352,7 +362,9 @@ async fn main() {
         };
         stateful(&j, n_a).await.figure.print(&raw_a);
     }
-    quix(&bootstrap, &a, n_a, "quix_streams_count_1k_keys", &raw_a);
+    if std::env::var("BENCH_ONLY").is_err() {
+        quix(&bootstrap, &a, n_a, "quix_streams_count_1k_keys", &raw_a);
+    }
 
     let raw_b = raw_on(&b, n_b, "raw_rdkafka_200k_keys_100b").await.unwrap();
     raw_b.print(&raw_b);
@@ -364,7 +376,12 @@ async fn main() {
         state_dir: dir.path(),
         stores: 1,
     };
-    stateful(&wide, n_b).await.figure.print(&raw_b);
+    if selected(wide.name) {
+        stateful(&wide, n_b).await.figure.print(&raw_b);
+    }
+    if std::env::var("BENCH_ONLY").is_ok() {
+        return;
+    }
     quix(&bootstrap, &b, n_b, "quix_streams_count_200k_keys", &raw_b);
 
     // Cold restore: the same group and instance on an empty state directory replays the

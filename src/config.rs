@@ -271,7 +271,7 @@ impl ConsumerConfig {
                 retry: RetryPolicy::default(),
                 state_dir: None,
                 stores: Vec::new(),
-                flush_max_records: 10_000,
+                flush_max_records: 1_000_000,
                 flush_interval: Duration::from_secs(5),
                 changelog_replication: -1,
                 consumer_overrides: Vec::new(),
@@ -336,7 +336,10 @@ impl ConsumerConfig {
         let mut c = self.base_client();
         c.set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            // A flush enqueues all its records at once; librdkafka's default local queue
+            // (100 000 messages) would make large flushes wait on it.
+            .set("queue.buffering.max.messages", "1000000");
         c
     }
 
@@ -511,7 +514,13 @@ impl ConsumerConfigBuilder {
         self
     }
 
-    /// Flush state after this many processed records (default 10 000).
+    /// Flush state after this many processed records (default 1 000 000).
+    ///
+    /// Flushes are mostly driven by time ([`flush_interval`](Self::flush_interval)) and by
+    /// the write overlay's byte budget ([`overlay_bytes`](Self::overlay_bytes)): the longer a
+    /// flush interval, the more updates to one key are combined into one changelog record
+    /// (`cargo bench --bench throughput`: counting 500 000 records over 200 000 keys writes
+    /// a changelog record for most records with 10 000-record flushes).
     pub fn flush_max_records(mut self, records: usize) -> Self {
         self.config.flush_max_records = records;
         self

@@ -20,7 +20,7 @@ mod writer;
 pub(crate) use kafka::{to_out_record, KafkaChangelog};
 pub(crate) use reader::ReaderPool;
 pub(crate) use topics::{ensure_changelogs, partition_count, source_partition_count};
-pub(crate) use writer::{ChangelogWriter, OutRecord};
+pub(crate) use writer::{headers_of, ChangelogWriter, OutRecord, OutRef};
 
 use rdkafka::error::KafkaError;
 

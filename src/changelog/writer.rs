@@ -1,16 +1,26 @@
 //! Producing changelog (and dead-letter) records and waiting for their acknowledgements.
+//!
+//! One idempotent producer per consumer instance (`acks=all`, so retries neither duplicate
+//! nor reorder records). Delivery reports are counted per send call through one shared
+//! acknowledgement object, rather than one future per record: a flush of 100 000 records
+//! costs 100 000 produce calls and reference-count increments, not 100 000 channels.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::try_join_all;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+use tokio::sync::Notify;
 
 use super::ChangelogError;
 
-/// One record to produce.
+/// One record to produce, owned.
 #[derive(Debug, Clone)]
 pub(crate) struct OutRecord {
     pub(crate) topic: String,
@@ -22,10 +32,94 @@ pub(crate) struct OutRecord {
     pub(crate) headers: Vec<(String, Vec<u8>)>,
 }
 
-/// A shared idempotent producer (`acks=all`); cheap to clone.
+/// One record to produce, borrowed.
+pub(crate) struct OutRef<'a> {
+    pub(crate) topic: &'a str,
+    /// `-1`: the producer's partitioner decides.
+    pub(crate) partition: i32,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: Option<&'a [u8]>,
+    pub(crate) headers: Option<OwnedHeaders>,
+}
+
+/// The acknowledgements of one send call.
+#[derive(Default)]
+pub(crate) struct Acks {
+    state: Mutex<AckState>,
+    done: Notify,
+}
+
+#[derive(Default)]
+struct AckState {
+    /// Per partition, the indices of sent records in send order (delivery reports of a
+    /// partition arrive in that order).
+    queues: Vec<((String, i32), VecDeque<usize>)>,
+    offsets: Vec<i64>,
+    remaining: usize,
+    error: Option<(String, i32, KafkaError)>,
+}
+
+impl AckState {
+    fn acked(&mut self, topic: &str, partition: i32, result: Result<i64, KafkaError>) {
+        self.remaining = self.remaining.saturating_sub(1);
+        let index = self
+            .queues
+            .iter_mut()
+            .find(|((t, p), _)| t == topic && *p == partition)
+            .and_then(|(_, q)| q.pop_front());
+        match (result, index) {
+            (Ok(offset), Some(index)) => self.offsets[index] = offset,
+            (Ok(_), None) => {}
+            (Err(error), _) => {
+                self.error
+                    .get_or_insert_with(|| (topic.to_string(), partition, error));
+            }
+        }
+    }
+}
+
+pub(crate) struct AckContext;
+
+impl ClientContext for AckContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<Acks>;
+
+    /// Runs on the producer's polling thread.
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
+        let (topic, partition, outcome) = match result {
+            Ok(msg) => (msg.topic(), msg.partition(), Ok(msg.offset())),
+            Err((error, msg)) => (msg.topic(), msg.partition(), Err(error.clone())),
+        };
+        let finished = {
+            let mut state = acks.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.acked(topic, partition, outcome);
+            state.remaining == 0
+        };
+        if finished {
+            acks.done.notify_one();
+        }
+    }
+}
+
+/// A shared idempotent producer; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct ChangelogWriter {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<AckContext>>,
 }
 
 impl std::fmt::Debug for ChangelogWriter {
@@ -34,9 +128,45 @@ impl std::fmt::Debug for ChangelogWriter {
     }
 }
 
+/// Headers from name/value pairs.
+pub(crate) fn headers_of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OwnedHeaders {
+    let pairs: Vec<_> = pairs.into_iter().collect();
+    let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
+    for (key, value) in pairs {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    headers
+}
+
 impl ChangelogWriter {
-    pub(crate) fn new(producer: FutureProducer) -> Self {
-        Self { producer }
+    /// # Errors
+    /// When librdkafka rejects the configuration.
+    pub(crate) fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: Arc::new(config.create_with_context(AckContext)?),
+        })
+    }
+
+    /// Produces owned records; see [`send`](Self::send).
+    ///
+    /// # Errors
+    /// The first record that was not acknowledged.
+    pub(crate) async fn send_all(
+        &self,
+        records: Vec<OutRecord>,
+    ) -> Result<Vec<i64>, ChangelogError> {
+        let refs = records.iter().map(|r| OutRef {
+            topic: &r.topic,
+            partition: r.partition,
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            headers: (!r.headers.is_empty())
+                .then(|| headers_of(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))),
+        });
+        self.send(refs).await
     }
 
     /// Produces `records` and waits until every one is acknowledged; returns their offsets
@@ -45,54 +175,81 @@ impl ChangelogWriter {
     ///
     /// # Errors
     /// The first record that was not acknowledged.
-    pub(crate) async fn send_all(
+    pub(crate) async fn send<'a>(
         &self,
-        records: Vec<OutRecord>,
+        records: impl IntoIterator<Item = OutRef<'a>>,
     ) -> Result<Vec<i64>, ChangelogError> {
-        let mut deliveries = Vec::with_capacity(records.len());
-        for record in &records {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (key, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value),
-                });
+        let mut records: Vec<OutRef<'a>> = records.into_iter().collect();
+        let acks = Arc::new(Acks::default());
+        {
+            // The whole plan is in place before the first delivery report can arrive.
+            let mut state = acks.state.lock().unwrap_or_else(|p| p.into_inner());
+            for (index, record) in records.iter().enumerate() {
+                let position = state
+                    .queues
+                    .iter()
+                    .position(|((t, p), _)| t == record.topic && *p == record.partition);
+                let queue = match position {
+                    Some(i) => &mut state.queues[i].1,
+                    None => {
+                        let tp = (record.topic.to_string(), record.partition);
+                        state.queues.push((tp, VecDeque::new()));
+                        &mut state.queues.last_mut().expect("just pushed").1
+                    }
+                };
+                queue.push_back(index);
             }
-            let mut future_record = FutureRecord::to(&record.topic)
-                .partition(record.partition)
-                .headers(headers);
-            if let Some(key) = &record.key {
-                future_record = future_record.key(key);
-            }
-            if let Some(value) = &record.value {
-                future_record = future_record.payload(value);
-            }
+            state.offsets = vec![-1; records.len()];
+            state.remaining = records.len();
+        }
+        for record in &mut records {
             let produce_err = |source| ChangelogError::Produce {
-                topic: record.topic.clone(),
+                topic: record.topic.to_string(),
                 partition: record.partition,
                 source,
             };
+            let mut base = BaseRecord::with_opaque_to(record.topic, acks.clone());
+            if record.partition >= 0 {
+                base = base.partition(record.partition);
+            }
+            if let Some(key) = record.key {
+                base = base.key(key);
+            }
+            if let Some(value) = record.value {
+                base = base.payload(value);
+            }
+            if let Some(headers) = record.headers.take() {
+                base = base.headers(headers);
+            }
             loop {
-                match self.producer.send_result(future_record) {
-                    Ok(delivery) => {
-                        deliveries.push(async move {
-                            match delivery.await {
-                                Ok(Ok(delivery)) => Ok(delivery.offset),
-                                Ok(Err((source, _))) => Err(produce_err(source)),
-                                Err(_canceled) => Err(produce_err(KafkaError::Canceled)),
-                            }
-                        });
-                        break;
-                    }
+                match self.producer.send(base) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                         // The local queue is full: let librdkafka send some, then retry.
-                        future_record = returned;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        base = returned;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
                     }
+                    // Records sent before stay in flight; their acks go nowhere.
                     Err((source, _)) => return Err(produce_err(source)),
                 }
             }
         }
-        try_join_all(deliveries).await
+        loop {
+            let notified = acks.done.notified();
+            {
+                let mut state = acks.state.lock().unwrap_or_else(|p| p.into_inner());
+                if state.remaining == 0 {
+                    if let Some((topic, partition, source)) = state.error.take() {
+                        return Err(ChangelogError::Produce {
+                            topic,
+                            partition,
+                            source,
+                        });
+                    }
+                    return Ok(std::mem::take(&mut state.offsets));
+                }
+            }
+            notified.await;
+        }
     }
 }

@@ -130,7 +130,7 @@ where
         let needs_producer =
             !config.stores.is_empty() || matches!(config.error_policy, ErrorPolicy::DeadLetter(_));
         let producer = if needs_producer {
-            Some(ChangelogWriter::new(config.producer().create()?))
+            Some(ChangelogWriter::new(&config.producer())?)
         } else {
             None
         };

@@ -117,8 +117,7 @@ impl RecordBatch {
         RECORD_OVERHEAD
             + r.key.map_or(0, |k| k.1)
             + r.value.map_or(0, |v| v.1)
-            + r
-                .headers
+            + r.headers
                 .as_ref()
                 .map_or(0, |hs| hs.iter().map(|(k, _)| k.len() + 16).sum())
     }
@@ -131,7 +130,12 @@ mod tests {
     #[test]
     fn keys_values_and_headers_come_back_as_pushed() {
         let mut batch = RecordBatch::default();
-        batch.push_raw(7, Some(b"k1"), Some(b"value-1"), &[("h", Some(b"x")), ("e", None)]);
+        batch.push_raw(
+            7,
+            Some(b"k1"),
+            Some(b"value-1"),
+            &[("h", Some(b"x")), ("e", None)],
+        );
         batch.push_raw(9, None, None, &[]);
         let (a, b) = (&batch.records[0], &batch.records[1]);
         assert_eq!(batch.key(a), Some(&b"k1"[..]));

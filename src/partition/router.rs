@@ -116,7 +116,9 @@ impl Router {
             .get_mut(msg.topic())
             .and_then(|p| p.get_mut(&msg.partition()))
         {
-            lane.filling.get_or_insert_with(RecordBatch::default).push(msg);
+            lane.filling
+                .get_or_insert_with(RecordBatch::default)
+                .push(msg);
         }
     }
 

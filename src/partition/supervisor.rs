@@ -109,7 +109,9 @@ where
             }
             let progress = Arc::new(PartitionProgress::default());
             let gauge = progress.queue.clone();
-            let rx = self.router.open(tp.clone(), progress.clone(), gauge.clone());
+            let rx = self
+                .router
+                .open(tp.clone(), progress.clone(), gauge.clone());
             let stop = StopSignal::default();
             let worker = Worker::new(
                 self.shared.clone(),

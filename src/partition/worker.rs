@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::handler::{Handler, PartitionContext, Record};
 use crate::observe::StatsInner;
 use crate::offset::{OffsetTracker, PartitionProgress};
-use crate::state::{PartitionState, StateEnv};
+use crate::state::{FlushJob, PartitionState, StateEnv};
 
 /// What all workers of a consumer share.
 pub(crate) struct Shared<KC, VC, H> {
@@ -81,6 +81,17 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     skip_below: i64,
     since_flush: usize,
     last_flush: Instant,
+    /// The flush in flight, with the source offset it makes durable. (In a mutex only so
+    /// the worker is `Sync`, as awaiting with `&self` requires; it is never contended.)
+    in_flight: Option<(std::sync::Mutex<FlushJob>, i64)>,
+}
+
+/// What woke the worker.
+enum Event {
+    Stop,
+    Flushed(Result<crate::state::FlushDone, crate::StateError>),
+    Batch(Option<RecordBatch>),
+    Tick,
 }
 
 impl<KC, VC, H> Worker<KC, VC, H>
@@ -107,6 +118,7 @@ where
             skip_below: -1,
             since_flush: 0,
             last_flush: Instant::now(),
+            in_flight: None,
         }
     }
 
@@ -142,7 +154,10 @@ where
         }
     }
 
-    async fn run_inner(&mut self, mut rx: mpsc::UnboundedReceiver<RecordBatch>) -> Result<(), Error> {
+    async fn run_inner(
+        &mut self,
+        mut rx: mpsc::UnboundedReceiver<RecordBatch>,
+    ) -> Result<(), Error> {
         let Some(mut ctx) = self.open_state().await? else {
             return Ok(()); // revoked while restoring
         };
@@ -151,23 +166,32 @@ where
         let mut ticker = tokio::time::interval(flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let event = tokio::select! {
                 biased;
-                () = self.stop.stopped() => break,
-                batch = rx.recv() => {
-                    let Some(batch) = batch else { break };
+                () = self.stop.stopped() => Event::Stop,
+                done = finished(&mut self.in_flight) => Event::Flushed(done),
+                batch = rx.recv() => Event::Batch(batch),
+                _ = ticker.tick() => Event::Tick,
+            };
+            match event {
+                Event::Stop | Event::Batch(None) => break,
+                Event::Flushed(done) => {
+                    let next = self.in_flight.take().map_or(-1, |(_, next)| next);
+                    self.complete_flush(done?, next, &mut ctx)?;
+                }
+                Event::Batch(Some(batch)) => {
                     let outcome = self.process_batch(&batch, &mut ctx).await;
                     self.gauge.taken(batch.records.len(), batch.bytes);
                     if matches!(outcome?, Outcome::Cancelled) {
                         break;
                     }
                     if self.flush_due(&ctx) {
-                        self.flush(&mut ctx).await?;
+                        self.start_flush(&mut ctx).await?;
                     }
                 }
-                _ = ticker.tick() => {
+                Event::Tick => {
                     if self.last_flush.elapsed() >= flush_interval {
-                        self.flush(&mut ctx).await?;
+                        self.start_flush(&mut ctx).await?;
                     }
                 }
             }
@@ -182,6 +206,49 @@ where
                 .state()
                 .is_some_and(|s| s.overlay_bytes() >= config.overlay_bytes)
             || self.last_flush.elapsed() >= config.flush_interval
+    }
+
+    /// Starts a flush that runs while processing goes on. With one already in flight it
+    /// waits for that one only when the overlay is over its byte budget (back-pressure);
+    /// otherwise the new writes wait for the next turn.
+    async fn start_flush(&mut self, ctx: &mut PartitionContext) -> Result<(), Error> {
+        if let Some((job, next)) = self.in_flight.take() {
+            let over_budget = ctx
+                .state()
+                .is_some_and(|s| s.overlay_bytes() >= self.shared.config.overlay_bytes);
+            if !over_budget {
+                self.in_flight = Some((job, next));
+                return Ok(());
+            }
+            let done = into_job(job).await?;
+            self.complete_flush(done, next, ctx)?;
+        }
+        self.since_flush = 0;
+        self.last_flush = Instant::now();
+        let Some(position) = self.tracker.committable() else {
+            return Ok(());
+        };
+        match ctx
+            .state_mut()
+            .and_then(|state| state.start_flush(position))
+        {
+            Some(job) => self.in_flight = Some((std::sync::Mutex::new(job), position.next)),
+            None => self.progress.set_durable(position.next),
+        }
+        Ok(())
+    }
+
+    fn complete_flush(
+        &mut self,
+        done: crate::state::FlushDone,
+        next: i64,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), Error> {
+        if let Some(state) = ctx.state_mut() {
+            state.finish_flush(done)?;
+        }
+        self.progress.set_durable(next);
+        Ok(())
     }
 
     async fn process_batch(
@@ -261,8 +328,12 @@ where
         )))
     }
 
-    /// Flushes state (if any) and publishes the durable offset.
+    /// Completes the flush in flight, flushes what is left and publishes the durable offset.
     async fn flush(&mut self, ctx: &mut PartitionContext) -> Result<(), Error> {
+        if let Some((job, next)) = self.in_flight.take() {
+            let done = into_job(job).await?;
+            self.complete_flush(done, next, ctx)?;
+        }
         self.since_flush = 0;
         self.last_flush = Instant::now();
         let Some(position) = self.tracker.committable() else {
@@ -365,8 +436,8 @@ where
         record: Record<KC::Item, VC::Item>,
         ctx: &mut PartitionContext,
     ) -> Option<std::thread::Result<Result<(), crate::HandlerError>>> {
-        let handled = std::panic::AssertUnwindSafe(self.shared.handler.handle(record, ctx))
-            .catch_unwind();
+        let handled =
+            std::panic::AssertUnwindSafe(self.shared.handler.handle(record, ctx)).catch_unwind();
         let mut handled = std::pin::pin!(handled);
         if let Poll::Ready(result) = futures::poll!(handled.as_mut()) {
             return Some(result);
@@ -469,4 +540,21 @@ fn discard_staged(ctx: &mut PartitionContext) {
 async fn cancel_after_stop(stop: &StopSignal, timeout: Duration) {
     stop.stopped().await;
     tokio::time::sleep(timeout).await;
+}
+
+/// Resolves when the flush in flight finished; never while there is none.
+async fn finished(
+    in_flight: &mut Option<(std::sync::Mutex<FlushJob>, i64)>,
+) -> Result<crate::state::FlushDone, crate::StateError> {
+    match in_flight {
+        Some((job, _)) => {
+            let job = job.get_mut().unwrap_or_else(|p| p.into_inner());
+            job.as_mut().await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn into_job(job: std::sync::Mutex<FlushJob>) -> FlushJob {
+    job.into_inner().unwrap_or_else(|p| p.into_inner())
 }

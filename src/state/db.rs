@@ -325,6 +325,32 @@ impl PartitionDb {
         self.db.write(wb).map_err(self.db_err())
     }
 
+    /// Applies a flush atomically: `entries` of every store (read in place, not copied into a
+    /// [`StateBatch`] first) and the checkpoints.
+    pub(crate) fn write_flush(
+        &self,
+        entries: &[super::overlay::Entries],
+        checkpoints: Vec<(usize, StoreCheckpoint)>,
+    ) -> Result<(), StateError> {
+        let mut wb = self.batch(
+            StateBatch {
+                entries: Vec::new(),
+                checkpoints,
+            },
+            &[],
+        )?;
+        for (store, store_entries) in entries.iter().enumerate() {
+            let cf = self.cf(&self.stores[store])?;
+            for (key, value) in store_entries {
+                match value {
+                    Some(v) => wb.put_cf(cf, key, v),
+                    None => wb.delete_cf(cf, key),
+                }
+            }
+        }
+        self.db.write(wb).map_err(self.db_err())
+    }
+
     /// Applies `batch` atomically without the write-ahead log, for restores: a crash loses
     /// the latest of these batches whole (data and checkpoint together), and the restore
     /// resumes from an earlier checkpoint. Call [`sync`](Self::sync) when the restore ends.

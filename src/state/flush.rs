@@ -3,8 +3,9 @@
 //! (`PartitionState::flush`) and the crash simulation drive the same code.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use super::db::{StateBatch, StoreCheckpoint};
+use super::db::StoreCheckpoint;
 use super::overlay::Entries;
 use super::replay::{Entry, SourcePosition, Stamp};
 
@@ -15,7 +16,7 @@ pub(crate) struct FlushPlan {
     pub(crate) source: SourcePosition,
     /// Stores with entries, in store order.
     pub(crate) touched: Vec<usize>,
-    entries: Vec<Entries>,
+    pub(crate) entries: Arc<Vec<Entries>>,
 }
 
 /// Records of another writer between this owner's records in one store's changelog.
@@ -40,7 +41,11 @@ pub(crate) enum GapVerdict {
 
 impl FlushPlan {
     /// `None` when nothing is to be flushed.
-    pub(crate) fn new(entries: Vec<Entries>, stamp: Stamp, source: SourcePosition) -> Option<Self> {
+    pub(crate) fn new(
+        entries: Arc<Vec<Entries>>,
+        stamp: Stamp,
+        source: SourcePosition,
+    ) -> Option<Self> {
         let touched: Vec<usize> = (0..entries.len())
             .filter(|&i| !entries[i].is_empty())
             .collect();
@@ -54,21 +59,12 @@ impl FlushPlan {
 
     /// The data records, store by store; all of them are acknowledged before any marker is
     /// sent, so a marker in the log proves its store's data is there.
-    pub(crate) fn data(&self) -> Vec<(usize, Entry)> {
-        self.touched
-            .iter()
-            .flat_map(|&i| {
-                self.entries[i].iter().map(move |(key, value)| {
-                    (
-                        i,
-                        Entry::Data {
-                            key: key.clone(),
-                            value: value.clone(),
-                        },
-                    )
-                })
-            })
-            .collect()
+    pub(crate) fn data(&self) -> impl Iterator<Item = (usize, &[u8], Option<&[u8]>)> + '_ {
+        self.touched.iter().flat_map(|&i| {
+            self.entries[i]
+                .iter()
+                .map(move |(key, value)| (i, key.as_slice(), value.as_deref()))
+        })
     }
 
     /// One flush marker per touched store, naming every touched store.
@@ -128,29 +124,30 @@ impl FlushPlan {
         gaps
     }
 
-    /// The RocksDB batch: the entries, and each touched store's checkpoint after its marker.
-    /// Updates `log_next` to follow the markers.
-    pub(crate) fn into_batch(self, marker_offsets: &[i64], log_next: &mut [i64]) -> StateBatch {
-        let mut batch = StateBatch::default();
-        for (&i, &marker) in self.touched.iter().zip(marker_offsets) {
-            batch.checkpoints.push((
-                i,
-                StoreCheckpoint {
-                    changelog_next: marker + 1,
-                    epoch: self.stamp.epoch,
-                    seq: self.stamp.seq,
-                    source_next: self.source.next,
-                    source_timestamp: self.source.last_timestamp,
-                },
-            ));
-            log_next[i] = marker + 1;
-        }
-        for (i, store_entries) in self.entries.into_iter().enumerate() {
-            batch
-                .entries
-                .extend(store_entries.into_iter().map(|(k, v)| (i, k, v)));
-        }
-        batch
+    /// Each touched store's checkpoint after its marker, for the RocksDB batch that also
+    /// holds the entries. Updates `log_next` to follow the markers.
+    pub(crate) fn checkpoints(
+        &self,
+        marker_offsets: &[i64],
+        log_next: &mut [i64],
+    ) -> Vec<(usize, StoreCheckpoint)> {
+        self.touched
+            .iter()
+            .zip(marker_offsets)
+            .map(|(&i, &marker)| {
+                log_next[i] = marker + 1;
+                (
+                    i,
+                    StoreCheckpoint {
+                        changelog_next: marker + 1,
+                        epoch: self.stamp.epoch,
+                        seq: self.stamp.seq,
+                        source_next: self.source.next,
+                        source_timestamp: self.source.last_timestamp,
+                    },
+                )
+            })
+            .collect()
     }
 }
 
@@ -184,15 +181,17 @@ pub(crate) fn judge_gap(
 mod tests {
     use super::*;
 
-    fn entries(stores: &[&[(&str, Option<&str>)]]) -> Vec<Entries> {
-        stores
-            .iter()
-            .map(|kvs| {
-                kvs.iter()
-                    .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
-                    .collect()
-            })
-            .collect()
+    fn entries(stores: &[&[(&str, Option<&str>)]]) -> Arc<Vec<Entries>> {
+        Arc::new(
+            stores
+                .iter()
+                .map(|kvs| {
+                    kvs.iter()
+                        .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+                        .collect()
+                })
+                .collect(),
+        )
     }
 
     const STAMP: Stamp = Stamp { epoch: 5, seq: 9 };
@@ -211,17 +210,16 @@ mod tests {
         .unwrap();
         assert_eq!(plan.touched, vec![0, 2]);
         assert_eq!(plan.records(), 3);
-        assert_eq!(plan.data().len(), 3);
+        assert_eq!(plan.data().count(), 3);
         let names = ["x".to_string(), "y".into(), "z".into()];
         let markers = plan.markers(&names);
         assert!(matches!(&markers[0].1, Entry::Flush { touched, .. } if touched == &["x", "z"]));
         let mut log_next = vec![10, 0, 40];
         assert!(plan.gaps(&[10, 11, 40], &[12, 41], &log_next).is_empty());
-        let batch = plan.into_batch(&[12, 41], &mut log_next);
+        let checkpoints = plan.checkpoints(&[12, 41], &mut log_next);
         assert_eq!(log_next, vec![13, 0, 42]);
-        assert_eq!(batch.entries.len(), 3);
-        assert_eq!(batch.checkpoints[1].1.changelog_next, 42);
-        assert_eq!(batch.checkpoints[1].1.source_next, 100);
+        assert_eq!(checkpoints[1].1.changelog_next, 42);
+        assert_eq!(checkpoints[1].1.source_next, 100);
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub(crate) mod restore;
 mod sim;
 mod store;
 
-pub(crate) use partition::{PartitionState, StateEnv};
+pub(crate) use partition::{FlushDone, FlushJob, PartitionState, StateEnv};
 pub use store::{Store, StoreDef};
 
 use std::path::PathBuf;

@@ -7,6 +7,7 @@
 //! record): the staged writes are a short list, moved into the maps when the record succeeds.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::KeyValues;
 
@@ -27,6 +28,8 @@ pub(crate) enum Lookup<'a> {
 
 #[derive(Debug)]
 pub(crate) struct Overlay {
+    /// The entries a flush in flight is writing: read until it is applied to RocksDB.
+    flushing: Option<Arc<Vec<Entries>>>,
     pending: Vec<Entries>,
     staged: Vec<(usize, Vec<u8>, Option<Vec<u8>>)>,
     /// Approximate bytes held by `pending`.
@@ -40,6 +43,7 @@ fn size(key: &[u8], value: &Option<Vec<u8>>) -> usize {
 impl Overlay {
     pub(crate) fn new(stores: usize) -> Self {
         Self {
+            flushing: None,
             pending: vec![Entries::new(); stores],
             staged: Vec::new(),
             bytes: 0,
@@ -57,6 +61,7 @@ impl Overlay {
         }
         self.pending[store]
             .get(key)
+            .or_else(|| self.flushing.as_ref().and_then(|f| f[store].get(key)))
             .map_or(Lookup::Unknown, |v| Lookup::Written(v.as_deref()))
     }
 
@@ -103,15 +108,36 @@ impl Overlay {
         self.pending.iter_mut().map(std::mem::take).collect()
     }
 
+    /// Hands everything waiting to a flush that runs while processing goes on: reads see
+    /// these entries until [`end_flush`](Self::end_flush). At most one flush is in flight.
+    pub(crate) fn start_flush(&mut self) -> Arc<Vec<Entries>> {
+        debug_assert!(self.flushing.is_none(), "one flush in flight at a time");
+        let entries = Arc::new(self.take());
+        self.flushing = Some(entries.clone());
+        entries
+    }
+
+    /// The flush in flight is in RocksDB: its entries are read from there now.
+    pub(crate) fn end_flush(&mut self) {
+        self.flushing = None;
+    }
+
     /// Merges the overlay over `base` (database entries under `prefix`), dropping deletes.
     pub(crate) fn merge_prefix(&self, store: usize, prefix: &[u8], base: KeyValues) -> KeyValues {
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
             base.into_iter().map(|(k, v)| (k, Some(v))).collect();
-        for (k, v) in self.pending[store]
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-        {
-            merged.insert(k.clone(), v.clone());
+        let layers = self
+            .flushing
+            .iter()
+            .map(|f| &f[store])
+            .chain(std::iter::once(&self.pending[store]));
+        for layer in layers {
+            for (k, v) in layer
+                .range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+            {
+                merged.insert(k.clone(), v.clone());
+            }
         }
         for (_, k, v) in self
             .staged
@@ -168,6 +194,30 @@ mod tests {
         assert_eq!(taken[0][&b"hot"[..]], Some(99u32.to_be_bytes().to_vec()));
         assert_eq!(taken[1][&b"gone"[..]], None, "deletes become tombstones");
         assert_eq!((o.dirty_keys(), o.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn reads_see_a_flush_in_flight_until_it_ends() {
+        let mut o = Overlay::new(1);
+        o.write(0, b"k".to_vec(), Some(b"1".to_vec()));
+        o.commit_staged();
+        let flushing = o.start_flush();
+        assert_eq!(flushing[0].len(), 1);
+        assert_eq!(o.dirty_keys(), 0);
+        assert_eq!(o.get(0, b"k"), Lookup::Written(Some(&b"1"[..])));
+        o.write(0, b"k".to_vec(), Some(b"2".to_vec()));
+        o.commit_staged();
+        assert_eq!(
+            o.get(0, b"k"),
+            Lookup::Written(Some(&b"2"[..])),
+            "newer pending wins"
+        );
+        assert_eq!(
+            o.merge_prefix(0, b"", vec![]),
+            vec![(b"k".to_vec(), b"2".to_vec())]
+        );
+        o.end_flush();
+        assert_eq!(o.get(0, b"k"), Lookup::Written(Some(&b"2"[..])));
     }
 
     #[test]

@@ -7,11 +7,13 @@ use std::time::Duration;
 use super::db::PartitionDb;
 use super::flush::{judge_gap, FlushPlan, Gap, GapVerdict};
 use super::overlay::Overlay;
-use super::replay::{Entry, SourcePosition, Stamp};
+use super::replay::{SourcePosition, Stamp};
 use super::restore::{restore, Restored};
 use super::StateError;
-use crate::changelog::format::decode;
-use crate::changelog::{changelog_topic, ChangelogWriter, KafkaChangelog, ReaderPool};
+use crate::changelog::format::{decode, stamp_header, HEADER_STAMP};
+use crate::changelog::{
+    changelog_topic, headers_of, ChangelogWriter, KafkaChangelog, OutRef, ReaderPool,
+};
 use crate::config::ConsumerConfig;
 use crate::observe::RestoreListener;
 
@@ -192,41 +194,129 @@ impl PartitionState {
         self.overlay.bytes()
     }
 
-    /// Makes everything in the overlay durable: changelog data, acks, markers, acks, a check
-    /// that no other writer appended meanwhile, then one RocksDB batch with the checkpoints.
-    /// `source` is how far the processed records reach.
+    /// Makes everything in the overlay durable and waits for it; see [`start_flush`].
     ///
     /// # Errors
-    /// [`StateError::Fenced`] when another owner wrote to the changelog since this one
-    /// opened it (nothing is applied locally); changelog or RocksDB errors. The partition
-    /// must then stop without committing.
+    /// As [`FlushJob`].
+    ///
+    /// [`start_flush`]: Self::start_flush
     pub(crate) async fn flush(&mut self, source: SourcePosition) -> Result<(), StateError> {
+        if let Some(job) = self.start_flush(source) {
+            let done = job.await?;
+            self.finish_flush(done)?;
+        }
+        Ok(())
+    }
+
+    /// Starts making everything in the overlay durable: changelog data, acks, markers, acks,
+    /// a check that no other writer appended meanwhile, then one RocksDB batch with the
+    /// checkpoints. The returned job owns what it needs, so the worker keeps processing into
+    /// a fresh overlay while it runs (reads see the entries in flight); hand its result to
+    /// [`finish_flush`](Self::finish_flush). `source` is how far the flushed records reach.
+    /// `None`: nothing to flush. At most one job may be in flight.
+    pub(crate) fn start_flush(&mut self, source: SourcePosition) -> Option<FlushJob> {
+        if self.overlay.dirty_keys() == 0 {
+            return None;
+        }
         let stamp = Stamp {
             epoch: self.epoch,
             seq: self.next_seq,
         };
-        let Some(plan) = FlushPlan::new(self.overlay.take(), stamp, source) else {
-            return Ok(());
+        let plan = FlushPlan::new(self.overlay.start_flush(), stamp, source)?;
+        self.next_seq += 1;
+        let job = FlushRun {
+            plan,
+            db: self.db.clone(),
+            writer: self.writer.clone(),
+            readers: self.readers.clone(),
+            changelogs: self.changelogs.clone(),
+            names: self.config.stores.iter().map(|s| s.name.clone()).collect(),
+            partition: self.partition,
+            log_next: self.log_next.clone(),
         };
-        let names: Vec<String> = self.config.stores.iter().map(|s| s.name.clone()).collect();
-        let to_records = |records: Vec<(usize, Entry)>| -> Vec<_> {
-            records
-                .iter()
-                .map(|(store, entry)| {
-                    crate::changelog::to_out_record(
-                        &self.changelogs[*store],
-                        self.partition,
-                        stamp,
-                        entry,
-                    )
-                })
-                .collect()
-        };
-        let data_offsets = self.writer.send_all(to_records(plan.data())).await?;
-        let marker_offsets = self
-            .writer
-            .send_all(to_records(plan.markers(&names)))
-            .await?;
+        Some(Box::pin(job.run()))
+    }
+
+    /// Applies a finished flush job: its entries are in RocksDB, the keys another writer left
+    /// void are queued for rewriting.
+    ///
+    /// # Errors
+    /// RocksDB errors reading the values to rewrite.
+    pub(crate) fn finish_flush(&mut self, done: FlushDone) -> Result<(), StateError> {
+        self.overlay.end_flush();
+        self.log_next = done.log_next;
+        self.source = done.source;
+        // Keys whose latest changelog record is another writer's void record: the next
+        // flush writes their current values again.
+        for (store, key) in done.repair {
+            if matches!(
+                self.overlay.get(store, &key),
+                super::overlay::Lookup::Unknown
+            ) {
+                let value = self.db.get(store, &key)?;
+                self.overlay.write(store, key, value);
+            }
+        }
+        self.overlay.commit_staged();
+        Ok(())
+    }
+}
+
+/// A flush in flight (see [`PartitionState::start_flush`]).
+///
+/// # Errors
+/// [`StateError::Fenced`] when another owner wrote to the changelog since this one opened it
+/// (nothing is applied locally); changelog or RocksDB errors. The partition must then stop
+/// without committing.
+pub(crate) type FlushJob =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<FlushDone, StateError>> + Send>>;
+
+/// What a finished flush job hands back.
+#[derive(Debug)]
+pub(crate) struct FlushDone {
+    log_next: Vec<i64>,
+    repair: Vec<(usize, Vec<u8>)>,
+    source: SourcePosition,
+}
+
+/// Everything a flush job needs, owned.
+struct FlushRun {
+    plan: FlushPlan,
+    db: Arc<PartitionDb>,
+    writer: ChangelogWriter,
+    readers: ReaderPool,
+    changelogs: Vec<String>,
+    names: Vec<String>,
+    partition: i32,
+    log_next: Vec<i64>,
+}
+
+impl FlushRun {
+    async fn run(mut self) -> Result<FlushDone, StateError> {
+        let plan = &self.plan;
+        let stamp = stamp_header(plan.stamp);
+        let stamp_headers = headers_of([(HEADER_STAMP, stamp.as_slice())]);
+        let data = plan.data().map(|(store, key, value)| OutRef {
+            topic: &self.changelogs[store],
+            partition: self.partition,
+            key: Some(key),
+            value,
+            headers: Some(stamp_headers.clone()),
+        });
+        let data_offsets = self.writer.send(data).await?;
+        let markers: Vec<_> = plan
+            .markers(&self.names)
+            .iter()
+            .map(|(store, entry)| {
+                crate::changelog::to_out_record(
+                    &self.changelogs[*store],
+                    self.partition,
+                    plan.stamp,
+                    entry,
+                )
+            })
+            .collect();
+        let marker_offsets = self.writer.send_all(markers).await?;
         let mut repair = Vec::new();
         for gap in plan.gaps(&data_offsets, &marker_offsets, &self.log_next) {
             match self.inspect_gap(&gap).await? {
@@ -234,7 +324,7 @@ impl PartitionState {
                     return Err(StateError::Fenced {
                         topic: self.changelogs[gap.store].clone(),
                         partition: self.partition,
-                        epoch: self.epoch,
+                        epoch: plan.stamp.epoch,
                         newer_epoch,
                     })
                 }
@@ -249,26 +339,26 @@ impl PartitionState {
                 }
             }
         }
-        let records = plan.records();
-        self.db
-            .write(plan.into_batch(&marker_offsets, &mut self.log_next))?;
-        self.next_seq += 1;
-        self.source = source;
-        // Keys whose latest changelog record is another writer's void record: the next
-        // flush writes their current values again.
-        for (store, key) in repair {
-            let value = self.db.get(store, &key)?;
-            self.overlay.write(store, key, value);
-        }
-        self.overlay.commit_staged();
+        let checkpoints = plan.checkpoints(&marker_offsets, &mut self.log_next);
+        let (db, entries) = (self.db.clone(), plan.entries.clone());
+        tokio::task::spawn_blocking(move || db.write_flush(&entries, checkpoints))
+            .await
+            .map_err(|_| StateError::CorruptMetadata {
+                path: self.db.path().to_path_buf(),
+                reason: "flush write panicked".into(),
+            })??;
         tracing::debug!(
             partition = self.partition,
-            seq = stamp.seq,
-            records,
-            source_next = source.next,
+            seq = plan.stamp.seq,
+            records = plan.records(),
+            source_next = plan.source.next,
             "flushed state"
         );
-        Ok(())
+        Ok(FlushDone {
+            log_next: self.log_next,
+            repair,
+            source: self.plan.source,
+        })
     }
 
     /// Reads the records in `gap` (another writer appended to the changelog partition since
@@ -278,7 +368,7 @@ impl PartitionState {
             self.readers.clone(),
             self.changelogs[gap.store].clone(),
             self.partition,
-            self.epoch,
+            self.plan.stamp.epoch,
         );
         let gap = Gap {
             store: gap.store,

@@ -170,12 +170,24 @@ impl Owner {
             last_timestamp: self.next as i64 - 1,
         };
         let entries = std::mem::replace(&mut self.overlay, vec![Entries::new(), Entries::new()]);
-        let Some(plan) = FlushPlan::new(entries, stamp, source) else {
+        let Some(plan) = FlushPlan::new(std::sync::Arc::new(entries), stamp, source) else {
             return Ok(Flushed::Done);
         };
         let with_stamp =
             |r: Vec<(usize, Entry)>| r.into_iter().map(|(i, e)| (i, stamp, e)).collect();
-        let data = self.log.append(with_stamp(plan.data()))?;
+        let data: Vec<(usize, Entry)> = plan
+            .data()
+            .map(|(i, key, value)| {
+                (
+                    i,
+                    Entry::Data {
+                        key: key.to_vec(),
+                        value: value.map(<[u8]>::to_vec),
+                    },
+                )
+            })
+            .collect();
+        let data = self.log.append(with_stamp(data))?;
         let names = ["count".to_string(), "sum".to_string()];
         let markers = self.log.append(with_stamp(plan.markers(&names)))?;
         let mut repair = Vec::new();
@@ -190,8 +202,8 @@ impl Owner {
                 GapVerdict::Repair(keys) => repair.extend(keys.into_iter().map(|k| (gap.store, k))),
             }
         }
-        self.db
-            .write(plan.into_batch(&markers, &mut self.log_next))?;
+        let checkpoints = plan.checkpoints(&markers, &mut self.log_next);
+        self.db.write_flush(&plan.entries, checkpoints)?;
         self.next_seq += 1;
         for (store, key) in repair {
             let value = self.db.get(store, &key)?;
