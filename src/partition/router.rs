@@ -55,16 +55,23 @@ struct Lane {
 }
 
 pub(crate) struct Router {
-    /// Lanes by topic, then partition (looked up by `&str`: no allocation per record).
-    lanes: HashMap<String, HashMap<i32, Lane>>,
+    /// Open lanes; closed ones leave a hole that the next open reuses.
+    lanes: Vec<Option<Lane>>,
+    /// Lane index by topic, then partition (looked up by `&str`: no allocation per record).
+    index: HashMap<String, HashMap<i32, usize>>,
     budget: Budget,
+    /// The partition and lane of the previous record: librdkafka hands records over in runs
+    /// per partition, so most records skip the map lookups.
+    last: Option<(String, i32, usize)>,
 }
 
 impl Router {
     pub(crate) fn new(budget: Budget) -> Self {
         Self {
-            lanes: HashMap::new(),
+            lanes: Vec::new(),
+            index: HashMap::new(),
             budget,
+            last: None,
         }
     }
 
@@ -75,47 +82,66 @@ impl Router {
         progress: Arc<PartitionProgress>,
         gauge: Arc<QueueGauge>,
     ) -> mpsc::UnboundedReceiver<RecordBatch> {
+        self.close(&(topic.clone(), partition));
         let (tx, rx) = mpsc::unbounded_channel();
-        self.lanes.entry(topic).or_default().insert(
-            partition,
-            Lane {
-                tx,
-                filling: None,
-                gauge,
-                paused: false,
-                progress,
-            },
-        );
+        let lane = Lane {
+            tx,
+            filling: None,
+            gauge,
+            paused: false,
+            progress,
+        };
+        let slot = match self.lanes.iter().position(Option::is_none) {
+            Some(free) => {
+                self.lanes[free] = Some(lane);
+                free
+            }
+            None => {
+                self.lanes.push(Some(lane));
+                self.lanes.len() - 1
+            }
+        };
+        self.index.entry(topic).or_default().insert(partition, slot);
         rx
     }
 
     /// Closes a revoked partition's lane: nothing more is routed to it. Records still queued
     /// were never processed, so they are not committed either.
     pub(crate) fn close(&mut self, (topic, partition): &TopicPartition) {
-        if let Some(partitions) = self.lanes.get_mut(topic) {
-            partitions.remove(partition);
+        self.last = None;
+        if let Some(partitions) = self.index.get_mut(topic) {
+            if let Some(slot) = partitions.remove(partition) {
+                self.lanes[slot] = None;
+            }
             if partitions.is_empty() {
-                self.lanes.remove(topic);
+                self.index.remove(topic);
             }
         }
     }
 
+    fn slot(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.index.get(topic)?.get(&partition).copied()
+    }
+
     #[cfg(test)]
     pub(crate) fn is_open(&self, (topic, partition): &TopicPartition) -> bool {
-        self.lanes
-            .get(topic)
-            .is_some_and(|p| p.contains_key(partition))
+        self.slot(topic, *partition).is_some()
     }
 
     /// Adds a fetched record to its partition's batch. Records of partitions without a lane
     /// (revoked meanwhile) are dropped: they are uncommitted and their new owner fetches them.
     pub(crate) fn push(&mut self, msg: &BorrowedMessage<'_>) {
         use rdkafka::message::Message;
-        if let Some(lane) = self
-            .lanes
-            .get_mut(msg.topic())
-            .and_then(|p| p.get_mut(&msg.partition()))
-        {
+        let (topic, partition) = (msg.topic(), msg.partition());
+        let slot = match &self.last {
+            Some((t, p, slot)) if *p == partition && t == topic => Some(*slot),
+            _ => {
+                let slot = self.slot(topic, partition);
+                self.last = slot.map(|s| (topic.to_string(), partition, s));
+                slot
+            }
+        };
+        if let Some(Some(lane)) = slot.map(|s| &mut self.lanes[s]) {
             lane.filling
                 .get_or_insert_with(RecordBatch::default)
                 .push(msg);
@@ -124,16 +150,29 @@ impl Router {
 
     #[cfg(test)]
     pub(crate) fn push_batch(&mut self, (topic, partition): &TopicPartition, batch: RecordBatch) {
-        if let Some(lane) = self.lanes.get_mut(topic).and_then(|p| p.get_mut(partition)) {
+        if let Some(Some(lane)) = self.slot(topic, *partition).map(|s| &mut self.lanes[s]) {
             lane.filling = Some(batch);
         }
+    }
+
+    /// Open lanes with their topic and partition.
+    fn open_lanes(&mut self) -> impl Iterator<Item = (TopicPartition, &mut Lane)> {
+        let names: Vec<(usize, TopicPartition)> = self
+            .index
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, s)| (*s, (t.clone(), *p))))
+            .collect();
+        let mut lanes: Vec<Option<&mut Lane>> = self.lanes.iter_mut().map(Option::as_mut).collect();
+        names
+            .into_iter()
+            .filter_map(move |(slot, tp)| lanes[slot].take().map(|lane| (tp, lane)))
     }
 
     /// Sends the batches collected this round. Returns the partitions to pause.
     pub(crate) fn send(&mut self) -> Vec<TopicPartition> {
         let mut sent_any = false;
-        for partitions in self.lanes.values_mut() {
-            for lane in partitions.values_mut() {
+        for lane in self.lanes.iter_mut().flatten() {
+            {
                 let Some(batch) = lane.filling.take() else {
                     continue;
                 };
@@ -155,18 +194,16 @@ impl Router {
         let over_total = self.total_bytes() > self.budget.total_bytes;
         let budget = self.budget;
         let mut pause = Vec::new();
-        for (topic, partitions) in &mut self.lanes {
-            for (&partition, lane) in partitions.iter_mut() {
-                let bytes = lane.gauge.bytes.load(Ordering::Acquire);
-                let records = lane.gauge.records.load(Ordering::Acquire);
-                let over = bytes > budget.partition_bytes
-                    || records > budget.partition_records
-                    || (over_total && records > 0);
-                if over && !lane.paused {
-                    lane.paused = true;
-                    lane.progress.paused.store(true, Ordering::Relaxed);
-                    pause.push((topic.clone(), partition));
-                }
+        for (tp, lane) in self.open_lanes() {
+            let bytes = lane.gauge.bytes.load(Ordering::Acquire);
+            let records = lane.gauge.records.load(Ordering::Acquire);
+            let over = bytes > budget.partition_bytes
+                || records > budget.partition_records
+                || (over_total && records > 0);
+            if over && !lane.paused {
+                lane.paused = true;
+                lane.progress.paused.store(true, Ordering::Relaxed);
+                pause.push(tp);
             }
         }
         pause
@@ -174,8 +211,8 @@ impl Router {
 
     fn total_bytes(&self) -> usize {
         self.lanes
-            .values()
-            .flat_map(|p| p.values())
+            .iter()
+            .flatten()
             .map(|l| l.gauge.bytes.load(Ordering::Acquire))
             .sum()
     }
@@ -189,19 +226,17 @@ impl Router {
         let total_ok = self.total_bytes() * 2 <= self.budget.total_bytes;
         let budget = self.budget;
         let mut resume = Vec::new();
-        for (topic, partitions) in &mut self.lanes {
-            for (&partition, lane) in partitions.iter_mut() {
-                let bytes = lane.gauge.bytes.load(Ordering::Acquire);
-                let records = lane.gauge.records.load(Ordering::Acquire);
-                if lane.paused
-                    && total_ok
-                    && bytes * 2 <= budget.partition_bytes
-                    && records * 2 <= budget.partition_records
-                {
-                    lane.paused = false;
-                    lane.progress.paused.store(false, Ordering::Relaxed);
-                    resume.push((topic.clone(), partition));
-                }
+        for (tp, lane) in self.open_lanes() {
+            let bytes = lane.gauge.bytes.load(Ordering::Acquire);
+            let records = lane.gauge.records.load(Ordering::Acquire);
+            if lane.paused
+                && total_ok
+                && bytes * 2 <= budget.partition_bytes
+                && records * 2 <= budget.partition_records
+            {
+                lane.paused = false;
+                lane.progress.paused.store(false, Ordering::Relaxed);
+                resume.push(tp);
             }
         }
         resume
@@ -210,10 +245,7 @@ impl Router {
     /// Whether any partition is paused: the poll loop then polls more often, so a drained
     /// queue is resumed without waiting out a full poll timeout.
     pub(crate) fn has_paused(&self) -> bool {
-        self.lanes
-            .values()
-            .flat_map(|p| p.values())
-            .any(|l| l.paused)
+        self.lanes.iter().flatten().any(|l| l.paused)
     }
 }
 

@@ -88,7 +88,6 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
 
 /// What woke the worker.
 enum Event {
-    Stop,
     Flushed(Result<crate::state::FlushDone, crate::StateError>),
     Batch(Option<RecordBatch>),
     Tick,
@@ -166,15 +165,19 @@ where
         let mut ticker = tokio::time::interval(flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Stopping also closes the queue (the router drops its end), which wakes an idle
+            // worker; the flag makes a stop win over records still queued.
+            if self.stop.is_stopped() {
+                break;
+            }
             let event = tokio::select! {
                 biased;
-                () = self.stop.stopped() => Event::Stop,
                 done = finished(&mut self.in_flight) => Event::Flushed(done),
                 batch = rx.recv() => Event::Batch(batch),
                 _ = ticker.tick() => Event::Tick,
             };
             match event {
-                Event::Stop | Event::Batch(None) => break,
+                Event::Batch(None) => break,
                 Event::Flushed(done) => {
                     let next = self.in_flight.take().map_or(-1, |(_, next)| next);
                     self.complete_flush(done?, next, &mut ctx)?;

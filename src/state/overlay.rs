@@ -1,18 +1,20 @@
 //! The unflushed overlay: writes since the last flush, combined per key, plus the writes of
 //! the record being handled (staged until its handler returns `Ok`).
 //!
-//! Reads go staged → pending → RocksDB, so a handler reads its own writes. Because pending
-//! is a map per store, N updates to one key between two flushes leave one entry: one
-//! changelog record and one RocksDB write (write-combining). Staging costs O(writes of the
-//! record): the staged writes are a short list, moved into the maps when the record succeeds.
+//! Reads go staged → pending → (flush in flight) → RocksDB, so a handler reads its own
+//! writes. Because pending is a map per store, N updates to one key between two flushes
+//! leave one entry: one changelog record and one RocksDB write (write-combining). Staging
+//! costs O(writes of the record): the staged writes are a short list, moved into the maps
+//! when the record succeeds. The maps are hash maps: point reads and writes cost the same
+//! at 1 000 or 1 000 000 dirty keys; a prefix scan looks at every dirty key of its store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::KeyValues;
 
 /// `None` is a delete.
-pub(crate) type Entries = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+pub(crate) type Entries = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
 
 /// Bytes accounted per entry on top of its key and value (map node and vectors).
 const ENTRY_OVERHEAD: usize = 48;
@@ -44,7 +46,7 @@ impl Overlay {
     pub(crate) fn new(stores: usize) -> Self {
         Self {
             flushing: None,
-            pending: vec![Entries::new(); stores],
+            pending: vec![Entries::default(); stores],
             staged: Vec::new(),
             bytes: 0,
         }
@@ -132,10 +134,7 @@ impl Overlay {
             .map(|f| &f[store])
             .chain(std::iter::once(&self.pending[store]));
         for layer in layers {
-            for (k, v) in layer
-                .range(prefix.to_vec()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-            {
+            for (k, v) in layer.iter().filter(|(k, _)| k.starts_with(prefix)) {
                 merged.insert(k.clone(), v.clone());
             }
         }

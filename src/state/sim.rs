@@ -138,7 +138,7 @@ impl Owner {
             next_seq: r.next_seq,
             log_next: r.log_next,
             next: r.source.next.max(0) as u64,
-            overlay: vec![Entries::new(), Entries::new()],
+            overlay: vec![Entries::default(), Entries::default()],
         }
     }
 
@@ -169,7 +169,10 @@ impl Owner {
             next: self.next as i64,
             last_timestamp: self.next as i64 - 1,
         };
-        let entries = std::mem::replace(&mut self.overlay, vec![Entries::new(), Entries::new()]);
+        let entries = std::mem::replace(
+            &mut self.overlay,
+            vec![Entries::default(), Entries::default()],
+        );
         let Some(plan) = FlushPlan::new(std::sync::Arc::new(entries), stamp, source) else {
             return Ok(Flushed::Done);
         };
