@@ -359,7 +359,8 @@ async fn main() {
         format!("bench-c-{id}"),
     );
     fill(&bootstrap, &a, n_a, 1_000, 100).await;
-    fill(&bootstrap, &b, n_b, 200_000, 100).await;
+    let wide_keys = env_u64("BENCH_WIDE_KEYS", 200_000);
+    fill(&bootstrap, &b, n_b, wide_keys, 100).await;
     fill(&bootstrap, &c, n_c, 1_000, 10_000).await;
     let raw_on = |topic: &str, n: u64, name: &str| {
         let (b, t, name) = (bootstrap.clone(), topic.to_string(), name.to_string());
@@ -401,17 +402,18 @@ async fn main() {
         state_dir: dir.path(),
         stores: 1,
     };
-    if selected(wide.name) {
+    if selected(wide.name) || selected("restore") {
         stateful(&wide, n_b).await.figure.print(&raw_b);
     }
-    if std::env::var("BENCH_ONLY").is_ok() {
+    if std::env::var("BENCH_ONLY").is_err() {
+        quix(&bootstrap, &b, n_b, "quix_streams_count_200k_keys", &raw_b);
+    } else if !selected("restore") {
         return;
     }
-    quix(&bootstrap, &b, n_b, "quix_streams_count_200k_keys", &raw_b);
 
     // Cold restore: the same group and instance on an empty state directory replays the
     // whole changelog; warm restart: again on the restored directory, 0 records restored.
-    fill(&bootstrap, &b, 1_000, 200_000, 100).await;
+    fill(&bootstrap, &b, 1_000, wide_keys, 100).await;
     let cold_dir = tempfile::tempdir().unwrap();
     let cold = stateful(
         &Job {
@@ -439,7 +441,7 @@ async fn main() {
         rates.iter().sum::<f64>(),
         cold.assigned_to_first_record.as_millis()
     );
-    fill(&bootstrap, &b, 1_000, 200_000, 100).await;
+    fill(&bootstrap, &b, 1_000, wide_keys, 100).await;
     let warm = stateful(
         &Job {
             state_dir: cold_dir.path(),

@@ -13,6 +13,9 @@ pub(crate) const RECORD_OVERHEAD: usize = 64;
 
 type Span = (usize, usize);
 
+/// Header names with the span of their value (`None`: a header without a value).
+type RawHeaders = Box<[(String, Option<Span>)]>;
+
 /// One fetched record of a [`RecordBatch`].
 #[derive(Debug, Clone)]
 pub(crate) struct RawRecord {
@@ -21,7 +24,7 @@ pub(crate) struct RawRecord {
     pub(crate) timestamp: Option<i64>,
     key: Option<Span>,
     value: Option<Span>,
-    headers: Option<Box<[(String, Option<Span>)]>>,
+    headers: Option<RawHeaders>,
 }
 
 /// Records of one partition, in offset order, with their bytes in one buffer.

@@ -361,6 +361,33 @@ impl PartitionDb {
         self.db.write_opt(wb, &options).map_err(self.db_err())
     }
 
+    /// [`write_unlogged`](Self::write_unlogged) of one store's restored entries, read in
+    /// place.
+    pub(crate) fn write_restored<'a>(
+        &self,
+        store: usize,
+        entries: impl Iterator<Item = &'a (Vec<u8>, Option<Vec<u8>>)>,
+        checkpoint: StoreCheckpoint,
+    ) -> Result<(), StateError> {
+        let mut wb = self.batch(
+            StateBatch {
+                entries: Vec::new(),
+                checkpoints: vec![(store, checkpoint)],
+            },
+            &[],
+        )?;
+        let cf = self.cf(&self.stores[store])?;
+        for (key, value) in entries {
+            match value {
+                Some(v) => wb.put_cf(cf, key, v),
+                None => wb.delete_cf(cf, key),
+            }
+        }
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.db.write_opt(wb, &options).map_err(self.db_err())
+    }
+
     /// Persists everything written without the write-ahead log.
     pub(crate) fn sync(&self) -> Result<(), StateError> {
         self.db.flush().map_err(self.db_err())?;

@@ -174,16 +174,21 @@ impl StoreReplay {
         }
         self.marked_seq = self.marked_seq.max(stamp.seq);
         // Data of this flush, and — where compaction removed their markers — of earlier ones.
-        let (data, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tail)
-            .into_iter()
-            .partition(|(s, _)| s.seq <= stamp.seq);
-        self.tail = later;
+        let tail = std::mem::take(&mut self.tail);
+        let data = if tail.iter().all(|(s, _)| s.seq <= stamp.seq) {
+            tail.into_iter().map(|(_, kv)| kv).collect()
+        } else {
+            let (data, later): (Vec<_>, Vec<_>) =
+                tail.into_iter().partition(|(s, _)| s.seq <= stamp.seq);
+            self.tail = later;
+            data.into_iter().map(|(_, kv)| kv).collect()
+        };
         self.held = Some(Held {
             stamp,
             source,
             touched,
             changelog_next: offset + 1,
-            data: data.into_iter().map(|(_, kv)| kv).collect(),
+            data,
         });
     }
 
@@ -229,7 +234,11 @@ impl StoreReplay {
             .iter()
             .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
             .sum::<usize>();
-        self.ready.extend(held.data);
+        if self.ready.is_empty() {
+            self.ready = held.data;
+        } else {
+            self.ready.extend(held.data);
+        }
         self.source = self.source.max(held.source);
         self.ready_checkpoint =
             Some(self.checkpoint_at(held.changelog_next, held.stamp.epoch, held.stamp.seq));
