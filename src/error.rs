@@ -85,6 +85,20 @@ pub enum Error {
         message: String,
     },
 
+    /// A lifecycle hook of the handler (`on_assigned`, `on_revoked`) failed, panicked or
+    /// outlasted the revoke timeout.
+    #[error("{hook} failed for {topic}/{partition}: {message}")]
+    Hook {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// The hook.
+        hook: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+
     /// Producing a failed record to the dead-letter topic failed.
     #[error("cannot dead-letter {topic}/{partition}@{offset} to {dead_letter_topic}: {source}")]
     DeadLetter {

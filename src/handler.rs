@@ -7,7 +7,52 @@ use std::sync::Arc;
 use crate::state::{PartitionState, StateError, Store, StoreDef};
 
 /// Error returned by a handler; any error type converts into it with `?`.
+///
+/// Errors are *retryable* by default: the [`RetryPolicy`](crate::RetryPolicy) retries the
+/// record before the [`ErrorPolicy`](crate::ErrorPolicy) applies. Wrap an error that no
+/// retry can fix with [`fatal`] to skip the retries.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A handler error that retrying cannot fix (bad data, a bug): the record goes to the
+/// [`ErrorPolicy`](crate::ErrorPolicy) at once. Build it with [`fatal`].
+#[derive(Debug)]
+pub struct FatalError(HandlerError);
+
+impl fmt::Display for FatalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for FatalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
+/// Marks `error` as fatal: not retried.
+///
+/// ```
+/// use kafka_stateful::{fatal, HandlerError};
+/// fn parse(text: &str) -> Result<u64, HandlerError> {
+///     text.parse().map_err(fatal) // no retry parses it better
+/// }
+/// assert!(kafka_stateful::is_fatal(&parse("x").unwrap_err()));
+/// ```
+pub fn fatal(error: impl Into<HandlerError>) -> HandlerError {
+    Box::new(FatalError(error.into()))
+}
+
+/// Marks `error` as retryable (what every error is unless wrapped with [`fatal`]); for
+/// handlers that want to say so.
+pub fn retryable(error: impl Into<HandlerError>) -> HandlerError {
+    error.into()
+}
+
+/// Whether `error` was marked with [`fatal`].
+pub fn is_fatal(error: &HandlerError) -> bool {
+    error.downcast_ref::<FatalError>().is_some()
+}
 
 /// A decoded source record.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +85,18 @@ pub struct Record<K, V> {
 /// Side effects outside the partition's stores (producing, calling services) are
 /// at-least-once: after a crash a record can be handled twice. State writes through
 /// [`PartitionContext::store`] are applied exactly once.
+///
+/// # Lifecycle
+///
+/// [`on_assigned`](Self::on_assigned) runs when a partition arrives, after its state is
+/// restored and before its first record; [`on_revoked`](Self::on_revoked) when it leaves
+/// normally (rebalance or shutdown), after its last record and before the final flush, so
+/// its store writes are kept; [`on_lost`](Self::on_lost) when it was lost (session expired,
+/// or this process was fenced) — another member may own it already, so its writes are
+/// discarded. All three run on the partition's worker, never on the poll thread, with
+/// store access, and within the revoke timeout (past it they are cancelled). An error
+/// from `on_assigned` or `on_revoked` stops the consumer, like a record's error under
+/// [`ErrorPolicy::Fail`](crate::ErrorPolicy::Fail); `on_lost` errors are logged.
 pub trait Handler<K, V>: Send + Sync + 'static {
     /// Handles one record.
     fn handle(
@@ -47,6 +104,31 @@ pub trait Handler<K, V>: Send + Sync + 'static {
         record: Record<K, V>,
         ctx: &mut PartitionContext,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// A partition arrived and its state is restored. Does nothing by default.
+    fn on_assigned(
+        &self,
+        _ctx: &mut PartitionContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// A partition leaves this consumer; its writes here are flushed with the rest. Does
+    /// nothing by default.
+    fn on_revoked(
+        &self,
+        _ctx: &mut PartitionContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// A partition was lost; nothing written here is kept. Does nothing by default.
+    fn on_lost(
+        &self,
+        _ctx: &mut PartitionContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// The partition a handler works on, and its state stores.

@@ -42,6 +42,8 @@ pub use config::{
 };
 pub use consumer::StatefulConsumer;
 pub use error::{Error, Result};
-pub use handler::{Handler, HandlerError, PartitionContext, Record};
+pub use handler::{
+    fatal, is_fatal, retryable, FatalError, Handler, HandlerError, PartitionContext, Record,
+};
 pub use observe::{RebalanceListener, RestoreListener, Stats, StatsSnapshot};
 pub use state::{StateError, Store, StoreDef};

@@ -115,7 +115,11 @@ async fn create(
     let partitions = i32::try_from(partitions)
         .map_err(|_| admin_err(KafkaError::AdminOpCreation("too many partitions".into())))?;
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
-        .set("cleanup.policy", "compact");
+        .set("cleanup.policy", "compact")
+        // Compaction keeps only the latest record of a key. A zombie's void record can be
+        // the latest of its key until the partition's owner rewrites it at its next flush:
+        // an hour's lag keeps the valid record it shadows until then.
+        .set("min.compaction.lag.ms", "3600000");
     let results = admin
         .create_topics(
             [&new_topic],

@@ -174,8 +174,7 @@ where
             // Closing: every worker was stopped and committed already.
             // Lost partitions (session expired) may already belong to another member: write
             // nothing more for them, commit nothing, hand them back at once.
-            let stopping = self.supervisor().begin_stop(&partitions, StopMode::Abort);
-            self.supervisor().release(&stopping);
+            self.supervisor().lose(&partitions);
             complete_unassign(consumer, tpl);
             self.listener.on_revoked(&partitions);
             return;

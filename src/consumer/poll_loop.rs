@@ -105,6 +105,7 @@ where
             self.poll_batch()?;
             self.flow_control();
             self.drive_revoke();
+            self.ctx().supervisor().reap_lost();
             self.drive_rejoin()?;
             if last_commit.elapsed() >= self.config.commit_interval {
                 let progress = self.ctx().supervisor().progress();
@@ -324,8 +325,10 @@ where
             // Fenced: another process owns our identity and maybe our partitions. Write
             // nothing more on their behalf: no flush, no commit.
             let all = self.ctx().supervisor().assigned();
-            let stopping = self.ctx().supervisor().begin_stop(&all, StopMode::Abort);
-            self.ctx().supervisor().release(&stopping);
+            self.ctx().supervisor().lose(&all);
+            self.serve_until(Instant::now() + self.leave_budget(), |l| {
+                !l.ctx().supervisor().reap_lost()
+            });
             return;
         }
         let budget = self.leave_budget();
@@ -348,6 +351,9 @@ where
             tracing::warn!("no answer to the final commit in time; a restart may reprocess from the previous commit");
         }
         self.ctx().supervisor().release(&stopping);
+        self.serve_until(Instant::now() + budget, |l| {
+            !l.ctx().supervisor().reap_lost()
+        });
         tracing::info!(group = %self.config.group_id, "consumer closed");
     }
 

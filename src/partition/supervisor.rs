@@ -78,6 +78,9 @@ impl Stopping {
 pub(crate) struct Supervisor<KC: Codec, VC: Codec, H> {
     pub(crate) router: Router,
     workers: HashMap<TopicPartition, WorkerHandle>,
+    /// Workers of lost partitions, winding down without flushing; kept so that each is
+    /// joined, or aborted past its deadline.
+    lost: Vec<Stopping>,
     shared: Arc<Shared<KC, VC, H>>,
     runtime: Handle,
 }
@@ -96,6 +99,7 @@ where
                 total_bytes: shared.config.total_queue_bytes,
             }),
             workers: HashMap::new(),
+            lost: Vec::new(),
             shared,
             runtime,
         }
@@ -120,7 +124,10 @@ where
                 gauge,
                 stop.clone(),
             );
-            let join = self.runtime.spawn(worker.run(rx));
+            let span = tracing::info_span!("partition", topic = %tp.0, partition = tp.1);
+            let join = self
+                .runtime
+                .spawn(tracing::Instrument::instrument(worker.run(rx), span));
             self.shared
                 .stats
                 .partitions_insert(tp.clone(), progress.clone());
@@ -147,9 +154,11 @@ where
         for tp in partitions {
             self.router.close(tp);
             if let Some(handle) = self.workers.remove(tp) {
-                handle.stop.stop();
-                if mode == StopMode::Abort {
-                    handle.join.abort();
+                match mode {
+                    StopMode::Graceful => handle.stop.stop(),
+                    // The worker cancels its in-flight handler, runs `on_lost` and exits
+                    // without flushing; it is aborted if it outlasts the deadline.
+                    StopMode::Abort => handle.stop.lose(),
                 }
                 workers.push((tp.clone(), handle));
             }
@@ -170,6 +179,20 @@ where
             stopped.workers.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Releases lost partitions at once; their workers wind down in the background.
+    pub(crate) fn lose(&mut self, partitions: &[TopicPartition]) {
+        let stopping = self.begin_stop(partitions, StopMode::Abort);
+        self.release(&stopping);
+        self.lost.push(stopping);
+    }
+
+    /// Forgets the workers of lost partitions that finished (or aborts them past their
+    /// deadline). Returns whether some are still winding down.
+    pub(crate) fn reap_lost(&mut self) -> bool {
+        self.lost.retain_mut(|s| !s.poll_done());
+        !self.lost.is_empty()
     }
 
     pub(crate) fn assigned(&self) -> Vec<TopicPartition> {

@@ -44,6 +44,7 @@ pub(crate) struct Shared<KC, VC, H> {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StopSignal {
     flag: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
     token: CancellationToken,
 }
 
@@ -53,12 +54,41 @@ impl StopSignal {
         self.token.cancel();
     }
 
+    /// Stops a partition that was lost: nothing more is flushed or kept, the in-flight
+    /// handler is cancelled at once.
+    pub(crate) fn lose(&self) {
+        self.lost.store(true, Ordering::Release);
+        self.stop();
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
     pub(crate) fn is_stopped(&self) -> bool {
         self.flag.load(Ordering::Acquire)
     }
 
     async fn stopped(&self) {
         self.token.cancelled().await;
+    }
+}
+
+/// The lifecycle hooks of [`Handler`].
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    Assigned,
+    Revoked,
+    Lost,
+}
+
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Assigned => "on_assigned",
+            Hook::Revoked => "on_revoked",
+            Hook::Lost => "on_lost",
+        }
     }
 }
 
@@ -160,6 +190,7 @@ where
         let Some(mut ctx) = self.open_state().await? else {
             return Ok(()); // revoked while restoring
         };
+        self.run_hook(Hook::Assigned, &mut ctx).await?;
         self.progress.ready.store(true, Ordering::Release);
         let flush_interval = self.shared.config.flush_interval;
         let mut ticker = tokio::time::interval(flush_interval);
@@ -199,7 +230,61 @@ where
                 }
             }
         }
+        if self.stop.is_lost() {
+            // Another member may own the partition already: keep nothing.
+            self.in_flight = None;
+            self.run_hook(Hook::Lost, &mut ctx).await?;
+            return Ok(());
+        }
+        self.run_hook(Hook::Revoked, &mut ctx).await?;
         self.flush(&mut ctx).await
+    }
+
+    /// Runs a lifecycle hook within the revoke timeout; its store writes are kept when it
+    /// succeeds (and the partition was not lost).
+    async fn run_hook(&mut self, hook: Hook, ctx: &mut PartitionContext) -> Result<(), Error> {
+        let handler = &self.shared.handler;
+        let timeout = self.shared.config.revoke_timeout;
+        let result = {
+            let call = async {
+                match hook {
+                    Hook::Assigned => handler.on_assigned(ctx).await,
+                    Hook::Revoked => handler.on_revoked(ctx).await,
+                    Hook::Lost => handler.on_lost(ctx).await,
+                }
+            };
+            let call = std::panic::AssertUnwindSafe(call).catch_unwind();
+            tokio::time::timeout(timeout, call).await
+        };
+        let error = match result {
+            Ok(Ok(Ok(()))) if !matches!(hook, Hook::Lost) => {
+                if let Some(state) = ctx.state_mut() {
+                    state.overlay_mut().commit_staged();
+                }
+                return Ok(());
+            }
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => Some(e.to_string()),
+            Ok(Err(payload)) => Some(format!("panicked: {}", panic_message(payload.as_ref()))),
+            Err(_) => Some(format!(
+                "did not finish within the revoke timeout ({timeout:?})"
+            )),
+        };
+        discard_staged(ctx);
+        let Some(message) = error else {
+            return Ok(());
+        };
+        let name = hook.name();
+        if matches!(hook, Hook::Lost) {
+            tracing::warn!(topic = %self.topic, partition = self.partition, hook = name, %message, "lifecycle hook failed");
+            return Ok(());
+        }
+        Err(Error::Hook {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            hook: name,
+            message,
+        })
     }
 
     fn flush_due(&self, ctx: &PartitionContext) -> bool {
@@ -333,6 +418,9 @@ where
 
     /// Completes the flush in flight, flushes what is left and publishes the durable offset.
     async fn flush(&mut self, ctx: &mut PartitionContext) -> Result<(), Error> {
+        if self.stop.is_lost() {
+            return Ok(());
+        }
         if let Some((job, next)) = self.in_flight.take() {
             let done = into_job(job).await?;
             self.complete_flush(done, next, ctx)?;
@@ -409,7 +497,7 @@ where
                 }
             };
             discard_staged(ctx);
-            if attempt >= retry.max_retries {
+            if attempt >= retry.max_retries || crate::handler::is_fatal(&error) {
                 break Failure::Handler(error);
             }
             attempt += 1;
@@ -539,10 +627,12 @@ fn discard_staged(ctx: &mut PartitionContext) {
     }
 }
 
-/// Resolves `timeout` after `stop` is signalled; never before.
+/// Resolves `timeout` after `stop` is signalled (at once for a lost partition); never before.
 async fn cancel_after_stop(stop: &StopSignal, timeout: Duration) {
     stop.stopped().await;
-    tokio::time::sleep(timeout).await;
+    if !stop.is_lost() {
+        tokio::time::sleep(timeout).await;
+    }
 }
 
 /// Resolves when the flush in flight finished; never while there is none.

@@ -78,6 +78,7 @@ impl PartitionState {
         partition: i32,
         stop: &dyn Fn() -> bool,
     ) -> Result<Option<(Self, Restored)>, StateError> {
+        let _span = tracing::info_span!("restore", %topic, partition).entered();
         let config = &env.config;
         let Some(path) = partition_dir(config, topic, partition) else {
             return Err(StateError::CorruptMetadata {
