@@ -36,6 +36,18 @@ impl OffsetTracker {
     }
 }
 
+/// How long a commit result may take before the commit counts as failed and is sent again.
+const COMMIT_ANSWER_DEADLINE_MS: u64 = 30_000;
+
+/// Milliseconds on a monotonic clock.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 /// A partition's progress, written by its worker and read by the poll loop and stats.
 #[derive(Debug)]
 pub(crate) struct PartitionProgress {
@@ -48,6 +60,8 @@ pub(crate) struct PartitionProgress {
     /// Offset of the commit whose result is still awaited; at most `committed_next` when none
     /// is in flight (a failed commit resets it, so the next interval retries).
     commit_sent: AtomicI64,
+    /// When the commit in flight was submitted (milliseconds, [`now_ms`]).
+    commit_sent_at_ms: AtomicU64,
     /// Commits of this partition the broker (or the client) rejected.
     pub(crate) commit_failures: AtomicU64,
     /// High watermark of the source partition, from the client's statistics. -1: unknown.
@@ -66,6 +80,23 @@ pub(crate) struct PartitionProgress {
     pub(crate) skipped: AtomicU64,
     /// Another owner took over the partition's changelogs: never commit for it again.
     pub(crate) fenced: AtomicBool,
+    /// Records handled (by the handler, successfully).
+    pub(crate) handled: AtomicU64,
+    /// Records sent to the dead-letter topic.
+    pub(crate) dead_lettered: AtomicU64,
+    /// Times this partition was paused.
+    pub(crate) pauses: AtomicU64,
+    /// Milliseconds spent paused.
+    pub(crate) paused_ms: AtomicU64,
+    /// Records handled per second over the last stats interval (f64 bits).
+    pub(crate) rate_bits: AtomicU64,
+    /// Duration (µs) and data records of the last flush.
+    pub(crate) last_flush_us: AtomicU64,
+    pub(crate) last_flush_records: AtomicU64,
+    /// Restore progress: changelog records to read in all, and read so far.
+    pub(crate) restore_total: AtomicU64,
+    pub(crate) restore_done: AtomicU64,
+    pub(crate) restore_started: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl Default for PartitionProgress {
@@ -75,6 +106,7 @@ impl Default for PartitionProgress {
             processed_next: AtomicI64::new(-1),
             committed_next: AtomicI64::new(-1),
             commit_sent: AtomicI64::new(-1),
+            commit_sent_at_ms: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             high_watermark: AtomicI64::new(-1),
             queue: Arc::default(),
@@ -84,6 +116,16 @@ impl Default for PartitionProgress {
             ready: AtomicBool::new(false),
             skipped: AtomicU64::new(0),
             fenced: AtomicBool::new(false),
+            handled: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
+            paused_ms: AtomicU64::new(0),
+            rate_bits: AtomicU64::new(0),
+            last_flush_us: AtomicU64::new(0),
+            last_flush_records: AtomicU64::new(0),
+            restore_total: AtomicU64::new(0),
+            restore_done: AtomicU64::new(0),
+            restore_started: std::sync::OnceLock::new(),
         }
     }
 }
@@ -103,12 +145,27 @@ impl PartitionProgress {
         let durable = self.durable_next.load(Ordering::Acquire);
         let committed = self.committed_next.load(Ordering::Acquire);
         let sent = self.commit_sent.load(Ordering::Acquire);
+        // A result that never came (librdkafka lost it, or the coordinator never answered)
+        // must not block commits of this partition forever: past the deadline the commit
+        // counts as failed and is sent again.
+        let unanswered = sent > committed
+            && now_ms().saturating_sub(self.commit_sent_at_ms.load(Ordering::Acquire))
+                >= COMMIT_ANSWER_DEADLINE_MS;
+        if unanswered {
+            tracing::warn!(
+                offset = sent,
+                "no answer to an offset commit for 30 s: sending it again"
+            );
+            self.commit_failed(sent);
+        }
+        let sent = self.commit_sent.load(Ordering::Acquire);
         (durable >= 0 && durable > committed && durable > sent).then_some(durable)
     }
 
     /// A commit of `next` was submitted; its result is awaited.
     pub(crate) fn commit_submitted(&self, next: i64) {
         self.commit_sent.fetch_max(next, Ordering::AcqRel);
+        self.commit_sent_at_ms.store(now_ms(), Ordering::Release);
     }
 
     /// The broker confirmed `next` as this partition's committed offset.

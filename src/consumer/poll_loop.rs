@@ -50,6 +50,7 @@ pub(crate) struct PollLoop<KC: Codec, VC: Codec, H: Handler<KC::Item, VC::Item>>
     rejoin: Rejoin,
     /// Consecutive assignments that contained foreign partitions.
     foreign_streak: u32,
+    metrics: crate::observe::metrics::Publisher,
 }
 
 impl<KC, VC, H> PollLoop<KC, VC, H>
@@ -71,6 +72,7 @@ where
             failures,
             rejoin: Rejoin::Idle,
             foreign_streak: 0,
+            metrics: Default::default(),
         }
     }
 
@@ -95,6 +97,7 @@ where
 
     fn poll_until_stopped(&mut self) -> Result<(), Error> {
         let mut last_commit = Instant::now();
+        let mut last_publish = Instant::now();
         loop {
             if self.shutdown.is_cancelled() {
                 return Ok(());
@@ -111,6 +114,11 @@ where
                 let progress = self.ctx().supervisor().progress();
                 commit::submit(&self.consumer, &progress);
                 last_commit = Instant::now();
+            }
+            if last_publish.elapsed() >= self.config.stats_interval {
+                let progress = self.ctx().supervisor().progress();
+                self.metrics.publish(&progress);
+                last_publish = Instant::now();
             }
         }
     }

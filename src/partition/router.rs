@@ -50,7 +50,8 @@ struct Lane {
     tx: mpsc::UnboundedSender<RecordBatch>,
     filling: Option<RecordBatch>,
     gauge: Arc<QueueGauge>,
-    paused: bool,
+    /// Since when the partition is paused.
+    paused: Option<std::time::Instant>,
     progress: Arc<PartitionProgress>,
 }
 
@@ -88,7 +89,7 @@ impl Router {
             tx,
             filling: None,
             gauge,
-            paused: false,
+            paused: None,
             progress,
         };
         let slot = match self.lanes.iter().position(Option::is_none) {
@@ -200,9 +201,10 @@ impl Router {
             let over = bytes > budget.partition_bytes
                 || records > budget.partition_records
                 || (over_total && records > 0);
-            if over && !lane.paused {
-                lane.paused = true;
+            if over && lane.paused.is_none() {
+                lane.paused = Some(std::time::Instant::now());
                 lane.progress.paused.store(true, Ordering::Relaxed);
+                lane.progress.pauses.fetch_add(1, Ordering::Relaxed);
                 pause.push(tp);
             }
         }
@@ -229,13 +231,16 @@ impl Router {
         for (tp, lane) in self.open_lanes() {
             let bytes = lane.gauge.bytes.load(Ordering::Acquire);
             let records = lane.gauge.records.load(Ordering::Acquire);
-            if lane.paused
-                && total_ok
-                && bytes * 2 <= budget.partition_bytes
-                && records * 2 <= budget.partition_records
-            {
-                lane.paused = false;
+            if let Some(since) = lane.paused.filter(|_| {
+                total_ok
+                    && bytes * 2 <= budget.partition_bytes
+                    && records * 2 <= budget.partition_records
+            }) {
+                lane.paused = None;
                 lane.progress.paused.store(false, Ordering::Relaxed);
+                lane.progress
+                    .paused_ms
+                    .fetch_add(since.elapsed().as_millis() as u64, Ordering::Relaxed);
                 resume.push(tp);
             }
         }
@@ -245,7 +250,7 @@ impl Router {
     /// Whether any partition is paused: the poll loop then polls more often, so a drained
     /// queue is resumed without waiting out a full poll timeout.
     pub(crate) fn has_paused(&self) -> bool {
-        self.lanes.iter().flatten().any(|l| l.paused)
+        self.lanes.iter().flatten().any(|l| l.paused.is_some())
     }
 }
 

@@ -114,6 +114,11 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     /// The flush in flight, with the source offset it makes durable. (In a mutex only so
     /// the worker is `Sync`, as awaiting with `&self` requires; it is never contended.)
     in_flight: Option<(std::sync::Mutex<FlushJob>, i64)>,
+    /// When the flush in flight started.
+    flush_started: Instant,
+    /// Records seen, for sampling the handler-duration histogram.
+    sampled: u64,
+    handler_duration: metrics::Histogram,
 }
 
 /// What woke the worker.
@@ -136,6 +141,7 @@ where
         gauge: Arc<QueueGauge>,
         stop: StopSignal,
     ) -> Self {
+        let topic_label = topic.clone();
         Self {
             shared,
             topic: topic.into(),
@@ -148,6 +154,9 @@ where
             since_flush: 0,
             last_flush: Instant::now(),
             in_flight: None,
+            flush_started: Instant::now(),
+            sampled: 0,
+            handler_duration: crate::observe::metrics::handler_histogram(&topic_label, partition),
         }
     }
 
@@ -320,7 +329,10 @@ where
             .state_mut()
             .and_then(|state| state.start_flush(position))
         {
-            Some(job) => self.in_flight = Some((std::sync::Mutex::new(job), position.next)),
+            Some(job) => {
+                self.flush_started = Instant::now();
+                self.in_flight = Some((std::sync::Mutex::new(job), position.next));
+            }
             None => self.progress.set_durable(position.next),
         }
         Ok(())
@@ -332,6 +344,19 @@ where
         next: i64,
         ctx: &mut PartitionContext,
     ) -> Result<(), Error> {
+        let elapsed = self.flush_started.elapsed();
+        self.progress
+            .last_flush_us
+            .store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.progress
+            .last_flush_records
+            .store(done.records() as u64, Ordering::Relaxed);
+        crate::observe::metrics::flush_finished(
+            &self.topic,
+            self.partition,
+            elapsed,
+            done.records(),
+        );
         if let Some(state) = ctx.state_mut() {
             state.finish_flush(done)?;
         }
@@ -363,6 +388,7 @@ where
             .stats
             .processed
             .fetch_add(handled, Ordering::Relaxed);
+        self.progress.handled.fetch_add(handled, Ordering::Relaxed);
         if let Some(position) = self.tracker.committable() {
             self.progress
                 .processed_next
@@ -386,8 +412,14 @@ where
             )));
         };
         let (topic, partition, stop) = (self.topic.clone(), self.partition, self.stop.clone());
+        let progress = self.progress.clone();
         let opened = tokio::task::spawn_blocking(move || {
-            PartitionState::open(&env, &topic, partition, &|| stop.is_stopped())
+            let on_progress = |done: u64, total: u64| {
+                let _ = progress.restore_started.set(Instant::now());
+                progress.restore_total.store(total, Ordering::Relaxed);
+                progress.restore_done.store(done, Ordering::Relaxed);
+            };
+            PartitionState::open(&env, &topic, partition, &|| stop.is_stopped(), &on_progress)
         })
         .await
         .map_err(|e| Error::WorkerPanicked {
@@ -473,7 +505,15 @@ where
                     ))
                 }
             };
-            let Some(result) = self.call_handler(record, ctx).await else {
+            self.sampled += 1;
+            let timed =
+                (self.sampled % crate::observe::metrics::HANDLER_SAMPLE == 0).then(Instant::now);
+            let called = self.call_handler(record, ctx).await;
+            if let Some(started) = timed {
+                self.handler_duration
+                    .record(started.elapsed().as_secs_f64());
+            }
+            let Some(result) = called else {
                 tracing::warn!(topic = %self.topic, partition = self.partition, offset,
                     "revoke timeout: cancelled the in-flight handler; the record stays uncommitted");
                 discard_staged(ctx);
@@ -614,6 +654,7 @@ where
                     .stats
                     .dead_lettered
                     .fetch_add(1, Ordering::Relaxed);
+                self.progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.finish(raw);
                 Ok(())
             }

@@ -77,6 +77,7 @@ impl PartitionState {
         topic: &str,
         partition: i32,
         stop: &dyn Fn() -> bool,
+        on_progress: &dyn Fn(u64, u64),
     ) -> Result<Option<(Self, Restored)>, StateError> {
         let _span = tracing::info_span!("restore", %topic, partition).entered();
         let config = &env.config;
@@ -114,6 +115,7 @@ impl PartitionState {
             let listener = env.listener.as_ref();
             let mut started = false;
             let mut progress = |restored: u64, total: u64| {
+                on_progress(restored, total);
                 if started {
                     listener.on_restore_progress(
                         topic,
@@ -278,6 +280,14 @@ pub(crate) struct FlushDone {
     log_next: Vec<i64>,
     repair: Vec<(usize, Vec<u8>)>,
     source: SourcePosition,
+    records: usize,
+}
+
+impl FlushDone {
+    /// Changelog data records the flush wrote.
+    pub(crate) fn records(&self) -> usize {
+        self.records
+    }
 }
 
 /// Everything a flush job needs, owned.
@@ -359,6 +369,7 @@ impl FlushRun {
             log_next: self.log_next,
             repair,
             source: self.plan.source,
+            records: self.plan.records(),
         })
     }
 

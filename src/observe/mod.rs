@@ -1,4 +1,4 @@
-//! Observability hooks: rebalance and restore listeners, and a stats snapshot.
+//! Observability: rebalance and restore listeners, a stats snapshot, and [`metrics`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::offset::PartitionProgress;
+
+pub mod metrics;
 
 /// Called on rebalances, on the poll-loop thread: return quickly (no I/O), or heartbeats and
 /// other partitions' routing wait.
@@ -71,6 +73,27 @@ pub struct PartitionStats {
     /// Another owner took over this partition's changelogs (this process was a zombie for
     /// it): it is no longer processed or committed here until it is assigned again.
     pub fenced: bool,
+    /// Records handled successfully.
+    pub handled: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Records handled per second over the last stats interval.
+    pub records_per_second: f64,
+    /// Times this partition was paused, and the time it spent paused.
+    pub pauses: u64,
+    /// Time spent paused.
+    pub paused_time: Duration,
+    /// Duration of the last flush (changelog produce, acknowledgements, RocksDB write).
+    pub last_flush_duration: Duration,
+    /// Changelog data records the last flush wrote.
+    pub last_flush_records: u64,
+    /// Restore progress while restoring (before `ready`): records read and to read in all.
+    pub restore_done: u64,
+    /// See [`restore_done`](Self::restore_done).
+    pub restore_total: u64,
+    /// Estimated time left of the restore at its current rate; `None` when not restoring
+    /// (or no rate yet).
+    pub restore_eta: Option<Duration>,
 }
 
 /// A point-in-time view of the consumer.
@@ -127,6 +150,26 @@ impl StatsInner {
     }
 }
 
+/// Time left of a running restore at its rate so far.
+fn restore_eta(p: &PartitionProgress) -> Option<Duration> {
+    if p.ready.load(Ordering::Relaxed) {
+        return None;
+    }
+    let (done, total) = (
+        p.restore_done.load(Ordering::Relaxed),
+        p.restore_total.load(Ordering::Relaxed),
+    );
+    let started = p.restore_started.get()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if done == 0 || elapsed <= 0.0 {
+        return None;
+    }
+    let rate = done as f64 / elapsed;
+    Some(Duration::from_secs_f64(
+        total.saturating_sub(done) as f64 / rate,
+    ))
+}
+
 /// A cheap handle to the consumer's figures; take it before `run` and read it any time.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
@@ -168,6 +211,16 @@ impl Stats {
                     restore_rate: f64::from_bits(load(&p.restore_rate_bits)),
                     skipped: load(&p.skipped),
                     fenced: p.fenced.load(Ordering::Relaxed),
+                    handled: load(&p.handled),
+                    dead_lettered: load(&p.dead_lettered),
+                    records_per_second: f64::from_bits(load(&p.rate_bits)),
+                    pauses: load(&p.pauses),
+                    paused_time: Duration::from_millis(load(&p.paused_ms)),
+                    last_flush_duration: Duration::from_micros(load(&p.last_flush_us)),
+                    last_flush_records: load(&p.last_flush_records),
+                    restore_done: load(&p.restore_done),
+                    restore_total: load(&p.restore_total),
+                    restore_eta: restore_eta(p),
                 };
                 (tp.clone(), stats)
             })

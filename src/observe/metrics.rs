@@ -1,0 +1,125 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade: install any recorder
+//! (Prometheus, StatsD, OpenTelemetry…) in the application, or enable this crate's
+//! `prometheus` feature for a ready scrape endpoint. Without a recorder they cost nothing.
+//!
+//! Every metric is labelled with `topic` and `partition`. Gauges and counters are published
+//! from the same figures as [`Stats`](crate::Stats), once per `stats_interval`, by the poll
+//! loop; histograms are recorded where they happen.
+//!
+//! | name | kind | what |
+//! |---|---|---|
+//! | `kafka_stateful_records_handled_total` | counter | records the handler processed successfully |
+//! | `kafka_stateful_records_skipped_total` | counter | records skipped (bad input under `Skip`, or already in restored state) |
+//! | `kafka_stateful_records_dead_lettered_total` | counter | records sent to the dead-letter topic |
+//! | `kafka_stateful_commit_failures_total` | counter | offset commits that failed (each is retried) |
+//! | `kafka_stateful_pauses_total` | counter | times the partition was paused because its queue was full |
+//! | `kafka_stateful_paused_seconds_total` | counter | time spent paused |
+//! | `kafka_stateful_restored_records_total` | counter | changelog records replayed by restores |
+//! | `kafka_stateful_consumer_lag_records` | gauge | high watermark − committed offset |
+//! | `kafka_stateful_processing_lag_records` | gauge | high watermark − next offset to process |
+//! | `kafka_stateful_committed_offset` | gauge | offset the broker confirmed for the group |
+//! | `kafka_stateful_queued_records` / `kafka_stateful_queued_bytes` | gauge | what waits in the partition's queue |
+//! | `kafka_stateful_records_per_second` | gauge | handling rate over the last stats interval |
+//! | `kafka_stateful_restore_remaining_records` | gauge | changelog records left to restore |
+//! | `kafka_stateful_flush_duration_seconds` | histogram | flush: changelog produce, acknowledgements, RocksDB write |
+//! | `kafka_stateful_flush_records` | histogram | changelog data records per flush |
+//! | `kafka_stateful_handler_duration_seconds` | histogram | handler time per record (one record in 32 is timed) |
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram, Histogram};
+
+use crate::offset::PartitionProgress;
+use crate::partition::router::TopicPartition;
+
+/// One record in this many is timed for the handler histogram.
+pub(crate) const HANDLER_SAMPLE: u64 = 32;
+
+fn labels(topic: &str, partition: i32) -> [(&'static str, String); 2] {
+    [
+        ("topic", topic.to_string()),
+        ("partition", partition.to_string()),
+    ]
+}
+
+/// The handler-duration histogram of one partition.
+pub(crate) fn handler_histogram(topic: &str, partition: i32) -> Histogram {
+    histogram!(
+        "kafka_stateful_handler_duration_seconds",
+        &labels(topic, partition)
+    )
+}
+
+/// Records a finished flush.
+pub(crate) fn flush_finished(topic: &str, partition: i32, elapsed: Duration, records: usize) {
+    let labels = labels(topic, partition);
+    histogram!("kafka_stateful_flush_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    histogram!("kafka_stateful_flush_records", &labels).record(records as f64);
+}
+
+/// Publishes the per-partition figures, and computes handling rates.
+#[derive(Debug, Default)]
+pub(crate) struct Publisher {
+    last: HashMap<TopicPartition, (u64, Instant)>,
+}
+
+impl Publisher {
+    pub(crate) fn publish(&mut self, partitions: &[(TopicPartition, Arc<PartitionProgress>)]) {
+        let now = Instant::now();
+        self.last
+            .retain(|tp, _| partitions.iter().any(|(p, _)| p == tp));
+        for ((topic, partition), p) in partitions {
+            let handled = p.handled.load(Ordering::Relaxed);
+            let (before, at) = self
+                .last
+                .insert((topic.clone(), *partition), (handled, now))
+                .unwrap_or((handled, now));
+            let secs = now.duration_since(at).as_secs_f64();
+            let rate = if secs > 0.0 {
+                handled.saturating_sub(before) as f64 / secs
+            } else {
+                0.0
+            };
+            p.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+            publish_partition(topic, *partition, p, rate);
+        }
+    }
+}
+
+fn publish_partition(topic: &str, partition: i32, p: &PartitionProgress, rate: f64) {
+    let labels = labels(topic, partition);
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    counter!("kafka_stateful_records_handled_total", &labels).absolute(load(&p.handled));
+    counter!("kafka_stateful_records_skipped_total", &labels).absolute(load(&p.skipped));
+    counter!("kafka_stateful_records_dead_lettered_total", &labels)
+        .absolute(load(&p.dead_lettered));
+    counter!("kafka_stateful_commit_failures_total", &labels).absolute(load(&p.commit_failures));
+    counter!("kafka_stateful_pauses_total", &labels).absolute(load(&p.pauses));
+    counter!("kafka_stateful_paused_seconds_total", &labels).absolute(load(&p.paused_ms) / 1000);
+    counter!("kafka_stateful_restored_records_total", &labels).absolute(load(&p.restored_records));
+    let high = p.high_watermark.load(Ordering::Relaxed);
+    let committed = p.committed_next.load(Ordering::Relaxed);
+    let processed = p.processed_next.load(Ordering::Relaxed).max(committed);
+    if high >= 0 {
+        gauge!("kafka_stateful_consumer_lag_records", &labels)
+            .set((high - committed.max(0)).max(0) as f64);
+        gauge!("kafka_stateful_processing_lag_records", &labels)
+            .set((high - processed.max(0)).max(0) as f64);
+    }
+    gauge!("kafka_stateful_committed_offset", &labels).set(committed as f64);
+    gauge!("kafka_stateful_queued_records", &labels)
+        .set(p.queue.records.load(Ordering::Relaxed) as f64);
+    gauge!("kafka_stateful_queued_bytes", &labels)
+        .set(p.queue.bytes.load(Ordering::Relaxed) as f64);
+    gauge!("kafka_stateful_records_per_second", &labels).set(rate);
+    let remaining = load(&p.restore_total).saturating_sub(load(&p.restore_done));
+    let restoring = !p.ready.load(Ordering::Relaxed);
+    gauge!("kafka_stateful_restore_remaining_records", &labels).set(if restoring {
+        remaining as f64
+    } else {
+        0.0
+    });
+}
