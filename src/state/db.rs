@@ -70,6 +70,20 @@ pub(crate) struct PartitionDb {
     db: DB,
     path: PathBuf,
     stores: Vec<String>,
+    /// Declared after `db`: fields drop in order, so the path leaves the registry only once
+    /// RocksDB has released its lock.
+    _registration: Registration,
+}
+
+/// A path's entry in [`OPEN_HERE`], removed on drop.
+struct Registration(PathBuf);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(set) = open_here().as_mut() {
+            set.remove(&self.0);
+        }
+    }
 }
 
 impl std::fmt::Debug for PartitionDb {
@@ -77,14 +91,6 @@ impl std::fmt::Debug for PartitionDb {
         f.debug_struct("PartitionDb")
             .field("path", &self.path)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for PartitionDb {
-    fn drop(&mut self) {
-        if let Some(set) = open_here().as_mut() {
-            set.remove(&self.path);
-        }
     }
 }
 
@@ -189,6 +195,7 @@ impl PartitionDb {
             db,
             path: path.to_path_buf(),
             stores: specs.iter().map(|s| store_cf(&s.name)).collect(),
+            _registration: Registration(path.to_path_buf()),
         };
         this.check_formats(specs)?;
         for store in 0..specs.len() {
