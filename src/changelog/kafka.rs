@@ -1,72 +1,168 @@
-//! The changelogs of one partition on Kafka: what restore reads and writes through
-//! [`ChangelogPartition`](crate::state::restore::ChangelogPartition).
+//! The changelogs on Kafka: the [`StateLog`] of a consumer with stores.
 
-use super::format::{decode, encode};
-use super::reader::PooledReader;
-use super::{ChangelogWriter, OutRecord};
-use crate::state::replay::{Entry, Stamp};
-use crate::state::restore::ChangelogPartition;
+use rdkafka::message::OwnedHeaders;
+
+use super::format::{decode, encode, stamp_header, EPOCH_KEY, FLUSH_KEY, HEADER_STAMP};
+use super::reader::ReaderPool;
+use super::{headers_of, ChangelogError, ChangelogWriter, OutRef};
+use crate::state::log::{Appended, EntryRef, StateLog};
+use crate::state::replay::{Entry, SourcePosition, Stamp};
 use crate::state::StateError;
 
-pub(crate) struct KafkaChangelog<'a> {
-    pub(crate) reader: PooledReader,
-    pub(crate) writer: &'a ChangelogWriter,
+/// Changelog topics by store index, written with the consumer's producer and read with its
+/// pooled restore clients.
+#[derive(Debug, Clone)]
+pub(crate) struct KafkaStateLog {
+    pub(crate) writer: ChangelogWriter,
+    pub(crate) readers: ReaderPool,
     /// The changelog topic of each store, by store index.
-    pub(crate) topics: &'a [String],
-    pub(crate) partition: i32,
-    pub(crate) runtime: tokio::runtime::Handle,
-    pub(crate) stop: &'a dyn Fn() -> bool,
+    pub(crate) topics: Vec<String>,
 }
 
-impl ChangelogPartition for KafkaChangelog<'_> {
-    fn watermarks(&mut self, store: usize) -> Result<(i64, i64), StateError> {
+impl KafkaStateLog {
+    fn reader(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<super::reader::PooledReader, ChangelogError> {
+        self.readers.get().map_err(|source| ChangelogError::Read {
+            topic: topic.to_string(),
+            partition,
+            source,
+        })
+    }
+}
+
+/// Key, value and headers of an entry in the Kafka record layout.
+struct Encoded<'a> {
+    key: &'a [u8],
+    value: Option<&'a [u8]>,
+    headers: OwnedHeaders,
+}
+
+fn encode_ref<'a>(stamp: Stamp, entry: EntryRef<'a>, data_headers: &OwnedHeaders) -> Encoded<'a> {
+    match entry {
+        // The hot path: data records share their flush's stamp header.
+        EntryRef::Data { key, value } => Encoded {
+            key,
+            value,
+            headers: data_headers.clone(),
+        },
+        marker => {
+            let (_, _, headers) = encode(stamp, &marker.to_owned());
+            Encoded {
+                key: if matches!(marker, EntryRef::Flush { .. }) {
+                    FLUSH_KEY
+                } else {
+                    EPOCH_KEY
+                },
+                value: None,
+                headers: headers_of(headers.iter().map(|(k, v)| (*k, v.as_slice()))),
+            }
+        }
+    }
+}
+
+impl StateLog for KafkaStateLog {
+    fn append<'a>(
+        &'a self,
+        partition: i32,
+        records: Vec<(usize, Stamp, EntryRef<'a>)>,
+    ) -> Appended<'a> {
+        Box::pin(async move {
+            let mut cached: Option<(Stamp, OwnedHeaders)> = None;
+            let encoded: Vec<(usize, Encoded<'a>)> = records
+                .into_iter()
+                .map(|(store, stamp, entry)| {
+                    if cached.as_ref().is_none_or(|(s, _)| *s != stamp) {
+                        let header = stamp_header(stamp);
+                        cached = Some((stamp, headers_of([(HEADER_STAMP, header.as_slice())])));
+                    }
+                    let headers = &cached.as_ref().expect("just set").1;
+                    (store, encode_ref(stamp, entry, headers))
+                })
+                .collect();
+            let refs = encoded.into_iter().map(|(store, e)| OutRef {
+                topic: &self.topics[store],
+                partition,
+                key: Some(e.key),
+                value: e.value,
+                headers: Some(e.headers),
+            });
+            Ok(self.writer.send(refs).await?)
+        })
+    }
+
+    fn watermarks(&self, store: usize, partition: i32) -> Result<(i64, i64), StateError> {
+        let topic = &self.topics[store];
         Ok(self
-            .reader
-            .watermarks(&self.topics[store], self.partition)?)
+            .reader(topic, partition)?
+            .watermarks(topic, partition)?)
     }
 
     fn read(
-        &mut self,
+        &self,
         store: usize,
+        partition: i32,
         from: i64,
         to: i64,
+        stop: &dyn Fn() -> bool,
         apply: &mut dyn FnMut(i64, Stamp, Entry) -> Result<(), StateError>,
     ) -> Result<bool, StateError> {
-        self.reader.read(
-            &self.topics[store],
-            self.partition,
-            from,
-            to,
-            self.stop,
-            &mut |msg| {
-                let (stamp, entry) = decode(msg)?;
-                apply(rdkafka::message::Message::offset(msg), stamp, entry)
-            },
-        )
+        let topic = &self.topics[store];
+        let reader = self.reader(topic, partition)?;
+        reader.read(topic, partition, from, to, stop, &mut |msg| {
+            let (stamp, entry) = decode(msg)?;
+            apply(rdkafka::message::Message::offset(msg), stamp, entry)
+        })
     }
 
-    fn append(&mut self, records: Vec<(usize, Stamp, Entry)>) -> Result<Vec<i64>, StateError> {
-        let out = records
-            .iter()
-            .map(|(store, stamp, entry)| {
-                to_out_record(&self.topics[*store], self.partition, *stamp, entry)
-            })
-            .collect();
-        Ok(self.runtime.block_on(self.writer.send_all(out))?)
+    fn verify_source(
+        &self,
+        topic: &str,
+        partition: i32,
+        source: SourcePosition,
+    ) -> Result<(), StateError> {
+        if source.next <= 0 {
+            return Ok(());
+        }
+        let reader = self.reader(topic, partition)?;
+        let (low, high) = reader.watermarks(topic, partition)?;
+        let replaced = |found: String| StateError::SourceReplaced {
+            topic: topic.to_string(),
+            partition,
+            state_next: source.next,
+            found,
+        };
+        if source.next > high {
+            return Err(replaced(format!("the partition ends at offset {high}")));
+        }
+        let last = source.next - 1;
+        if source.last_timestamp < 0 || last < low {
+            return Ok(());
+        }
+        let mut timestamp = None;
+        reader.read(topic, partition, last, last + 1, &|| false, &mut |msg| {
+            use rdkafka::message::Message;
+            if msg.offset() == last {
+                timestamp = msg.timestamp().to_millis();
+            }
+            Ok::<(), StateError>(())
+        })?;
+        match timestamp {
+            Some(ts) if ts != source.last_timestamp => Err(replaced(format!(
+                "the record at offset {last} has timestamp {ts}, the state was built from one with {}",
+                source.last_timestamp
+            ))),
+            _ => Ok(()),
+        }
     }
-}
 
-/// The Kafka record of a changelog entry.
-pub(crate) fn to_out_record(topic: &str, partition: i32, stamp: Stamp, entry: &Entry) -> OutRecord {
-    let (key, value, headers) = encode(stamp, entry);
-    OutRecord {
-        topic: topic.to_string(),
-        partition,
-        key: Some(key),
-        value,
-        headers: headers
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+    fn append_blocking(
+        &self,
+        partition: i32,
+        records: Vec<(usize, Stamp, EntryRef<'_>)>,
+    ) -> Result<Vec<i64>, StateError> {
+        tokio::runtime::Handle::current().block_on(self.append(partition, records))
     }
 }

@@ -17,7 +17,7 @@ mod reader;
 mod topics;
 mod writer;
 
-pub(crate) use kafka::{to_out_record, KafkaChangelog};
+pub(crate) use kafka::KafkaStateLog;
 pub(crate) use reader::ReaderPool;
 pub(crate) use topics::{ensure_changelogs, partition_count, source_partition_count};
 pub(crate) use writer::{headers_of, ChangelogWriter, OutRecord, OutRef};

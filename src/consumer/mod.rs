@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::changelog::{
-    ensure_changelogs, partition_count, source_partition_count, ChangelogWriter, ReaderPool,
+    changelog_topic, ensure_changelogs, partition_count, source_partition_count, ChangelogWriter,
+    KafkaStateLog, ReaderPool,
 };
 use crate::codec::Codec;
 use crate::config::{ConsumerConfig, ErrorPolicy, MissingTopics};
@@ -148,8 +149,15 @@ where
                 tracing::debug!("changelogs ready");
                 Some(StateEnv {
                     config: config.clone(),
-                    writer: writer.clone(),
-                    readers: ReaderPool::new(config.clone()),
+                    log: Arc::new(KafkaStateLog {
+                        writer: writer.clone(),
+                        readers: ReaderPool::new(config.clone()),
+                        topics: config
+                            .stores
+                            .iter()
+                            .map(|s| changelog_topic(&config.group_id, &s.name))
+                            .collect(),
+                    }),
                     listener: self.restore_listener.clone(),
                 })
             }

@@ -506,8 +506,10 @@ where
                 }
             };
             self.sampled += 1;
-            let timed =
-                self.sampled.is_multiple_of(crate::observe::metrics::HANDLER_SAMPLE).then(Instant::now);
+            let timed = self
+                .sampled
+                .is_multiple_of(crate::observe::metrics::HANDLER_SAMPLE)
+                .then(Instant::now);
             let called = self.call_handler(record, ctx).await;
             if let Some(started) = timed {
                 self.handler_duration

@@ -46,6 +46,7 @@
 
 mod db;
 mod flush;
+pub(crate) mod log;
 mod overlay;
 mod partition;
 pub(crate) mod replay;
@@ -54,6 +55,7 @@ pub(crate) mod restore;
 mod sim;
 mod store;
 
+pub use log::MemoryLog;
 pub(crate) use partition::{FlushDone, FlushJob, PartitionState, StateEnv};
 pub use store::{Store, StoreDef};
 

@@ -6,14 +6,11 @@ use std::time::Duration;
 
 use super::db::PartitionDb;
 use super::flush::{judge_gap, FlushPlan, Gap, GapVerdict};
+use super::log::{EntryRef, LogPartition, StateLog};
 use super::overlay::Overlay;
 use super::replay::{SourcePosition, Stamp};
 use super::restore::{restore, Restored};
 use super::StateError;
-use crate::changelog::format::{decode, stamp_header, HEADER_STAMP};
-use crate::changelog::{
-    changelog_topic, headers_of, ChangelogWriter, KafkaChangelog, OutRef, ReaderPool,
-};
 use crate::config::ConsumerConfig;
 use crate::observe::RestoreListener;
 
@@ -25,8 +22,8 @@ const OPEN_ATTEMPTS: usize = 3;
 #[derive(Clone)]
 pub(crate) struct StateEnv {
     pub(crate) config: Arc<ConsumerConfig>,
-    pub(crate) writer: ChangelogWriter,
-    pub(crate) readers: ReaderPool,
+    /// The stores' changelogs.
+    pub(crate) log: Arc<dyn StateLog>,
     pub(crate) listener: Arc<dyn RestoreListener>,
 }
 
@@ -36,9 +33,7 @@ pub(crate) struct PartitionState {
     pub(super) db: Arc<PartitionDb>,
     pub(super) overlay: Overlay,
     config: Arc<ConsumerConfig>,
-    writer: ChangelogWriter,
-    readers: ReaderPool,
-    changelogs: Vec<String>,
+    log: Arc<dyn StateLog>,
     partition: i32,
     /// This owner's epoch: every record it writes carries it.
     epoch: u64,
@@ -87,29 +82,15 @@ impl PartitionState {
                 reason: "no state_dir configured".into(),
             });
         };
-        let changelogs: Vec<String> = config
-            .stores
-            .iter()
-            .map(|s| changelog_topic(&config.group_id, &s.name))
-            .collect();
         // An aborted worker of this partition in this process may still be closing it.
         let wait = config.revoke_timeout + config.flush_timeout;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let db = PartitionDb::open(&path, &config.stores, wait)?;
-            let mut log = KafkaChangelog {
-                reader: env.readers.get().map_err(|source| {
-                    crate::changelog::ChangelogError::Read {
-                        topic: changelogs[0].clone(),
-                        partition,
-                        source,
-                    }
-                })?,
-                writer: &env.writer,
-                topics: &changelogs,
+            let mut log = LogPartition {
+                log: env.log.as_ref(),
                 partition,
-                runtime: tokio::runtime::Handle::current(),
                 stop,
             };
             let listener = env.listener.as_ref();
@@ -154,14 +135,12 @@ impl PartitionState {
                         %topic, partition, records = restored.records, rate = restored.rate(),
                         source_next = restored.source.next, epoch = restored.epoch, "restore finished"
                     );
-                    verify_source(&log, topic, partition, restored.source)?;
+                    env.log.verify_source(topic, partition, restored.source)?;
                     let state = Self {
                         db: Arc::new(db),
                         overlay: Overlay::new(config.stores.len()),
                         config: config.clone(),
-                        writer: env.writer.clone(),
-                        readers: env.readers.clone(),
-                        changelogs: changelogs.clone(),
+                        log: env.log.clone(),
                         partition,
                         epoch: restored.epoch,
                         next_seq: restored.next_seq,
@@ -230,9 +209,7 @@ impl PartitionState {
         let job = FlushRun {
             plan,
             db: self.db.clone(),
-            writer: self.writer.clone(),
-            readers: self.readers.clone(),
-            changelogs: self.changelogs.clone(),
+            log: self.log.clone(),
             names: self.config.stores.iter().map(|s| s.name.clone()).collect(),
             partition: self.partition,
             log_next: self.log_next.clone(),
@@ -294,9 +271,7 @@ impl FlushDone {
 struct FlushRun {
     plan: FlushPlan,
     db: Arc<PartitionDb>,
-    writer: ChangelogWriter,
-    readers: ReaderPool,
-    changelogs: Vec<String>,
+    log: Arc<dyn StateLog>,
     names: Vec<String>,
     partition: i32,
     log_next: Vec<i64>,
@@ -305,35 +280,23 @@ struct FlushRun {
 impl FlushRun {
     async fn run(mut self) -> Result<FlushDone, StateError> {
         let plan = &self.plan;
-        let stamp = stamp_header(plan.stamp);
-        let stamp_headers = headers_of([(HEADER_STAMP, stamp.as_slice())]);
-        let data = plan.data().map(|(store, key, value)| OutRef {
-            topic: &self.changelogs[store],
-            partition: self.partition,
-            key: Some(key),
-            value,
-            headers: Some(stamp_headers.clone()),
-        });
-        let data_offsets = self.writer.send(data).await?;
-        let markers: Vec<_> = plan
-            .markers(&self.names)
-            .iter()
-            .map(|(store, entry)| {
-                crate::changelog::to_out_record(
-                    &self.changelogs[*store],
-                    self.partition,
-                    plan.stamp,
-                    entry,
-                )
-            })
+        let data = plan
+            .data()
+            .map(|(store, key, value)| (store, plan.stamp, EntryRef::Data { key, value }))
             .collect();
-        let marker_offsets = self.writer.send_all(markers).await?;
+        let data_offsets = self.log.append(self.partition, data).await?;
+        let markers = plan.markers(&self.names);
+        let markers = markers
+            .iter()
+            .map(|(store, entry)| (*store, plan.stamp, super::log::entry_ref(entry)))
+            .collect();
+        let marker_offsets = self.log.append(self.partition, markers).await?;
         let mut repair = Vec::new();
         for gap in plan.gaps(&data_offsets, &marker_offsets, &self.log_next) {
             match self.inspect_gap(&gap).await? {
                 GapVerdict::Fenced { newer_epoch } => {
                     return Err(StateError::Fenced {
-                        topic: self.changelogs[gap.store].clone(),
+                        topic: self.names[gap.store].clone(),
                         partition: self.partition,
                         epoch: plan.stamp.epoch,
                         newer_epoch,
@@ -341,7 +304,7 @@ impl FlushRun {
                 }
                 GapVerdict::Repair(keys) => {
                     tracing::warn!(
-                        changelog = %self.changelogs[gap.store], partition = self.partition,
+                        store = %self.names[gap.store], partition = self.partition,
                         from = gap.from, to = gap.to, void_keys = keys.len(),
                         "a previous owner wrote to the changelog after this one took over; \
                          its records are void, their keys are written again"
@@ -376,12 +339,7 @@ impl FlushRun {
     /// Reads the records in `gap` (another writer appended to the changelog partition since
     /// this owner's last record) and judges them.
     async fn inspect_gap(&self, gap: &Gap) -> Result<GapVerdict, StateError> {
-        let (readers, topic, partition, epoch) = (
-            self.readers.clone(),
-            self.changelogs[gap.store].clone(),
-            self.partition,
-            self.plan.stamp.epoch,
-        );
+        let (log, partition, epoch) = (self.log.clone(), self.partition, self.plan.stamp.epoch);
         let gap = Gap {
             store: gap.store,
             from: gap.from,
@@ -389,20 +347,18 @@ impl FlushRun {
             ours: gap.ours.clone(),
         };
         tokio::task::spawn_blocking(move || -> Result<GapVerdict, StateError> {
-            let reader =
-                readers
-                    .get()
-                    .map_err(|source| crate::changelog::ChangelogError::Read {
-                        topic: topic.clone(),
-                        partition,
-                        source,
-                    })?;
             let mut records = Vec::new();
-            reader.read(&topic, partition, gap.from, gap.to, &|| false, &mut |msg| {
-                let (stamp, entry) = decode(msg)?;
-                records.push((rdkafka::message::Message::offset(msg), stamp, entry));
-                Ok::<(), StateError>(())
-            })?;
+            log.read(
+                gap.store,
+                partition,
+                gap.from,
+                gap.to,
+                &|| false,
+                &mut |o, s, e| {
+                    records.push((o, s, e));
+                    Ok(())
+                },
+            )?;
             Ok(judge_gap(&gap, epoch, records))
         })
         .await
@@ -410,56 +366,5 @@ impl FlushRun {
             path: self.db.path().to_path_buf(),
             reason: "changelog gap inspection panicked".into(),
         })?
-    }
-}
-
-/// The state reflects the source partition up to `source`: the source topic must still hold
-/// those records. A source topic deleted and recreated under the same name starts again at
-/// offset 0 (or holds other records at the same offsets): skipping "already applied" records
-/// would then lose new ones.
-fn verify_source(
-    log: &KafkaChangelog<'_>,
-    topic: &str,
-    partition: i32,
-    source: SourcePosition,
-) -> Result<(), StateError> {
-    if source.next <= 0 {
-        return Ok(());
-    }
-    let (low, high) = log.reader.watermarks(topic, partition)?;
-    let replaced = |found: String| StateError::SourceReplaced {
-        topic: topic.to_string(),
-        partition,
-        state_next: source.next,
-        found,
-    };
-    if source.next > high {
-        return Err(replaced(format!("the partition ends at offset {high}")));
-    }
-    let last = source.next - 1;
-    if source.last_timestamp < 0 || last < low {
-        return Ok(());
-    }
-    let mut timestamp = None;
-    log.reader.read(
-        topic,
-        partition,
-        last,
-        last + 1,
-        &|| false,
-        &mut |msg| -> Result<(), StateError> {
-            use rdkafka::message::Message;
-            if msg.offset() == last {
-                timestamp = msg.timestamp().to_millis();
-            }
-            Ok(())
-        },
-    )?;
-    match timestamp {
-        Some(ts) if ts != source.last_timestamp => Err(replaced(format!(
-            "the record at offset {last} has timestamp {ts}, the state was built from one with {}",
-            source.last_timestamp
-        ))),
-        _ => Ok(()),
     }
 }
