@@ -143,11 +143,14 @@ pub(crate) fn entry_ref(entry: &Entry) -> EntryRef<'_> {
 /// (shared), so a test can "restart" a partition on the same log.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryLog {
-    logs: Arc<Mutex<HashMap<(usize, i32), Vec<(Stamp, Entry)>>>>,
+    logs: Arc<Mutex<Logs>>,
 }
 
+/// Records by store index and partition.
+type Logs = HashMap<(usize, i32), Vec<(Stamp, Entry)>>;
+
 impl MemoryLog {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<(usize, i32), Vec<(Stamp, Entry)>>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut Logs) -> T) -> T {
         f(&mut self.logs.lock().unwrap_or_else(|p| p.into_inner()))
     }
 

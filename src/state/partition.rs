@@ -118,12 +118,10 @@ impl PartitionState {
                     tracing::warn!(path = %path.display(), %error,
                         "local state does not belong to this changelog (topic recreated or truncated): \
                          wiping it and replaying the changelog");
-                    drop(log);
                     db.destroy()?;
                 }
                 Err(error @ StateError::EpochConflict { .. }) if attempt < OPEN_ATTEMPTS => {
                     tracing::warn!(path = %path.display(), %error, "another owner opened this partition at the same moment; opening again");
-                    drop(log);
                     drop(db);
                     std::thread::sleep(Duration::from_millis(200));
                 }
