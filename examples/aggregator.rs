@@ -223,3 +223,69 @@ async fn main() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use kafka_stateful::testing::{TestDriver, TestRecord};
+
+    use super::*;
+
+    fn view(user: &str) -> TestRecord<String, PageView> {
+        let view = PageView {
+            user: user.into(),
+            page: "/".into(),
+        };
+        TestRecord::new(user.to_string(), view)
+    }
+
+    async fn driver(views: &StoreDef<String, u64>) -> TestDriver<Utf8, Json<PageView>, CountViews> {
+        let config = ConsumerConfig::builder("unused:9092", "aggregator", ["page-views"])
+            .instance_id("test")
+            .state_dir("unused")
+            .store(views)
+            .build()
+            .unwrap();
+        let handler = CountViews {
+            views: views.clone(),
+            handled: Arc::default(),
+            latest: Arc::default(),
+        };
+        TestDriver::new(config, Utf8, Json::new(), handler)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counts_views_per_user() {
+        let views = StoreDef::new("views", Utf8, Bincode::<u64>::new());
+        let mut driver = driver(&views).await;
+        for user in ["ada", "bob", "ada"] {
+            driver.send(view(user)).await.unwrap();
+        }
+        let counts = driver.read(&views).await.unwrap();
+        assert_eq!(counts, vec![("ada".into(), 2), ("bob".into(), 1)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_neither_loses_nor_double_counts_a_view() {
+        let views = StoreDef::new("views", Utf8, Bincode::<u64>::new());
+        let mut driver = driver(&views).await;
+        driver.send(view("ada")).await.unwrap();
+        driver.flush().await.unwrap();
+        driver.send(view("ada")).await.unwrap();
+        driver.crash().await.unwrap(); // the unflushed view is delivered again
+        driver.lose_disk().await.unwrap(); // rebuilt from the changelog
+        assert_eq!(driver.read(&views).await.unwrap(), vec![("ada".into(), 2)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tombstone_counts_nothing() {
+        let views = StoreDef::new("views", Utf8, Bincode::<u64>::new());
+        let mut driver = driver(&views).await;
+        driver
+            .send(TestRecord::tombstone("ada".to_string()))
+            .await
+            .unwrap();
+        assert!(driver.read(&views).await.unwrap().is_empty());
+    }
+}

@@ -11,3 +11,6 @@ fi
 export KAFKA_BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
 # Integration tests start many consumer groups; run them two at a time on small machines.
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-2}"
+# Doc examples, and the optional Prometheus endpoint.
+cargo test --doc
+cargo test --features prometheus --test prometheus

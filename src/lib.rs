@@ -34,6 +34,8 @@ pub mod observe;
 mod offset;
 mod partition;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use codec::{Codec, CodecError};
 pub use config::{

@@ -20,7 +20,7 @@ mod writer;
 pub(crate) use kafka::KafkaStateLog;
 pub(crate) use reader::ReaderPool;
 pub(crate) use topics::{ensure_changelogs, partition_count, source_partition_count};
-pub(crate) use writer::{headers_of, ChangelogWriter, OutRecord, OutRef};
+pub(crate) use writer::{headers_of, ChangelogWriter, OutRecord, OutRef, RecordSink};
 
 use rdkafka::error::KafkaError;
 

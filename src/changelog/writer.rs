@@ -253,3 +253,26 @@ impl ChangelogWriter {
         }
     }
 }
+
+/// Where records other than changelog entries go (dead letters): Kafka, or a capture in the
+/// test driver.
+pub(crate) trait RecordSink: Send + Sync + 'static {
+    /// Produces `records` and waits for every acknowledgement; offsets in input order.
+    fn send_records(
+        &self,
+        records: Vec<OutRecord>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<i64>, ChangelogError>> + Send + '_>,
+    >;
+}
+
+impl RecordSink for ChangelogWriter {
+    fn send_records(
+        &self,
+        records: Vec<OutRecord>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<i64>, ChangelogError>> + Send + '_>,
+    > {
+        Box::pin(self.send_all(records))
+    }
+}

@@ -73,6 +73,7 @@ pub(crate) fn record_result(
     result: &KafkaResult<()>,
     offsets: &TopicPartitionList,
 ) {
+    tracing::debug!(?result, ?offsets, "commit result");
     for element in offsets.elements() {
         let Offset::Offset(next) = element.offset() else {
             continue;

@@ -170,7 +170,7 @@ where
             value_codec: self.value_codec,
             handler: self.handler,
             state_env,
-            producer,
+            producer: producer.map(|p| Arc::new(p) as Arc<dyn crate::changelog::RecordSink>),
             stats: self.stats.inner.clone(),
             failures: failures_tx,
         });

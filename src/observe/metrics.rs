@@ -35,6 +35,22 @@ use metrics::{counter, gauge, histogram, Histogram};
 use crate::offset::PartitionProgress;
 use crate::partition::router::TopicPartition;
 
+/// Serves every metric recorded through the `metrics` facade (this crate's and the
+/// application's) for Prometheus at `http://<addr>/metrics`, by installing
+/// `metrics-exporter-prometheus` as the process's recorder. Call it once, inside a tokio
+/// runtime, before the consumer runs.
+///
+/// # Errors
+/// When another recorder is installed already, or the address cannot be bound.
+#[cfg(feature = "prometheus")]
+pub fn serve_prometheus(
+    addr: std::net::SocketAddr,
+) -> Result<(), metrics_exporter_prometheus::BuildError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+}
+
 /// One record in this many is timed for the handler histogram.
 pub(crate) const HANDLER_SAMPLE: u64 = 32;
 

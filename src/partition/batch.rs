@@ -65,7 +65,8 @@ impl RecordBatch {
         self.records.push(record);
     }
 
-    #[cfg(test)]
+    /// Adds a record built in memory (tests and the test driver).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn push_raw(
         &mut self,
         offset: i64,
@@ -83,13 +84,21 @@ impl RecordBatch {
         });
         let record = RawRecord {
             offset,
-            timestamp: Some(offset),
+            timestamp: None,
             key,
             value,
             headers,
         };
         self.bytes += self.record_bytes(&record);
         self.records.push(record);
+    }
+
+    /// Sets the timestamp of the last record added.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn set_last_timestamp(&mut self, timestamp: Option<i64>) {
+        if let Some(last) = self.records.last_mut() {
+            last.timestamp = timestamp;
+        }
     }
 
     fn slice(&self, span: Option<Span>) -> Option<&[u8]> {

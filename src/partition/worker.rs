@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{RawRecord, RecordBatch};
 use super::policy::{dead_letter, panic_message, Failure};
 use super::router::QueueGauge;
-use crate::changelog::ChangelogWriter;
+use crate::changelog::RecordSink;
 use crate::codec::{Codec, CodecError};
 use crate::config::{ConsumerConfig, ErrorPolicy};
 use crate::error::Error;
@@ -33,7 +33,8 @@ pub(crate) struct Shared<KC, VC, H> {
     pub(crate) value_codec: VC,
     pub(crate) handler: H,
     pub(crate) state_env: Option<StateEnv>,
-    pub(crate) producer: Option<ChangelogWriter>,
+    /// Where dead letters go.
+    pub(crate) producer: Option<Arc<dyn RecordSink>>,
     pub(crate) stats: Arc<StatsInner>,
     /// A worker that cannot go on reports here; the poll loop stops the consumer.
     pub(crate) failures: mpsc::UnboundedSender<Error>,
@@ -637,7 +638,7 @@ where
                 };
                 let record = dead_letter(dlq, &topic, partition, batch, raw, &failure);
                 producer
-                    .send_all(vec![record])
+                    .send_records(vec![record])
                     .await
                     .map_err(|e| Error::DeadLetter {
                         topic: topic.clone(),

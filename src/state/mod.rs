@@ -55,7 +55,11 @@ pub(crate) mod restore;
 mod sim;
 mod store;
 
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use db::PartitionDb;
 pub use log::MemoryLog;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use partition::partition_dir;
 pub(crate) use partition::{FlushDone, FlushJob, PartitionState, StateEnv};
 pub use store::{Store, StoreDef};
 

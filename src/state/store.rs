@@ -67,6 +67,16 @@ impl<K: Send + 'static, V: Send + 'static> StoreDef<K, V> {
         &self.name
     }
 
+    /// Decodes a raw entry of this store (the test driver reads stores back).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn decode(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(K, V), crate::codec::CodecError> {
+        Ok((self.key.decode(key)?, self.value.decode(value)?))
+    }
+
     pub(crate) fn spec(&self) -> StoreSpec {
         StoreSpec {
             name: self.name.to_string(),
