@@ -99,6 +99,19 @@ pub enum Error {
         message: String,
     },
 
+    /// An output record of a record was not acknowledged, and the error policy is `Fail`.
+    #[error("output of {topic}/{partition}@{offset} was not acknowledged: {source}")]
+    Output {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// Offset of the record; it and everything after it stays uncommitted.
+        offset: i64,
+        /// The producer's error.
+        source: ChangelogError,
+    },
+
     /// Producing a failed record to the dead-letter topic failed.
     #[error("cannot dead-letter {topic}/{partition}@{offset} to {dead_letter_topic}: {source}")]
     DeadLetter {

@@ -4,6 +4,9 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::changelog::OutRecord;
+use crate::codec::CodecError;
+use crate::output::Output;
 use crate::state::{PartitionState, StateError, Store, StoreDef};
 
 /// Error returned by a handler; any error type converts into it with `?`.
@@ -82,9 +85,9 @@ pub struct Record<K, V> {
 /// is revoked while `handle` runs, the future gets up to the revoke timeout to finish and is
 /// then dropped; its writes are discarded and the record is handled again by the next owner.
 ///
-/// Side effects outside the partition's stores (producing, calling services) are
-/// at-least-once: after a crash a record can be handled twice. State writes through
-/// [`PartitionContext::store`] are applied exactly once.
+/// Side effects outside the partition's stores (calling services, [output
+/// records](crate::output)) are at-least-once: after a crash a record can be handled
+/// twice. State writes through [`PartitionContext::store`] are applied exactly once.
 ///
 /// # Lifecycle
 ///
@@ -131,11 +134,13 @@ pub trait Handler<K, V>: Send + Sync + 'static {
     }
 }
 
-/// The partition a handler works on, and its state stores.
+/// The partition a handler works on, its state stores, and its output.
 pub struct PartitionContext {
     topic: Arc<str>,
     partition: i32,
     state: Option<PartitionState>,
+    /// Output records of the record being handled, sent when its handler succeeds.
+    outbox: Vec<OutRecord>,
 }
 
 impl fmt::Debug for PartitionContext {
@@ -154,7 +159,50 @@ impl PartitionContext {
             topic,
             partition,
             state,
+            outbox: Vec::new(),
         }
+    }
+
+    /// Sends a record to `output`'s topic (partitioned by its key, by the producer's default
+    /// partitioner) once the current record's handler returns `Ok`; the current record
+    /// counts as processed only when it is acknowledged. See [`crate::output`].
+    ///
+    /// # Errors
+    /// The codecs' errors.
+    pub fn send<K: Send + 'static, V: Send + 'static>(
+        &mut self,
+        output: &Output<K, V>,
+        key: Option<&K>,
+        value: Option<&V>,
+    ) -> Result<(), CodecError> {
+        self.send_to(output, -1, key, value)
+    }
+
+    /// [`send`](Self::send) to a chosen partition of the output topic.
+    ///
+    /// # Errors
+    /// The codecs' errors.
+    pub fn send_to<K: Send + 'static, V: Send + 'static>(
+        &mut self,
+        output: &Output<K, V>,
+        partition: i32,
+        key: Option<&K>,
+        value: Option<&V>,
+    ) -> Result<(), CodecError> {
+        let (key, value) = output.encode(key, value)?;
+        self.outbox.push(OutRecord {
+            topic: output.topic().to_string(),
+            partition,
+            key,
+            value,
+            headers: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// The output records staged by the current record (or hook).
+    pub(crate) fn take_outbox(&mut self) -> Vec<OutRecord> {
+        std::mem::take(&mut self.outbox)
     }
 
     /// The source topic.

@@ -32,6 +32,7 @@ mod error;
 mod handler;
 pub mod observe;
 mod offset;
+pub mod output;
 mod partition;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]
@@ -48,4 +49,5 @@ pub use handler::{
     fatal, is_fatal, retryable, FatalError, Handler, HandlerError, PartitionContext, Record,
 };
 pub use observe::{RebalanceListener, RestoreListener, Stats, StatsSnapshot};
+pub use output::Output;
 pub use state::{StateError, Store, StoreDef};

@@ -113,7 +113,7 @@ impl<K, V> TestRecord<K, V> {
     }
 }
 
-/// A record the driver captured instead of producing it (a dead letter).
+/// A record the driver captured instead of producing it (an output record or a dead letter).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapturedRecord {
     /// The topic it was for.
@@ -127,7 +127,7 @@ pub struct CapturedRecord {
 }
 
 #[derive(Default)]
-struct Capture(Mutex<Vec<OutRecord>>);
+struct Capture(Mutex<Vec<OutRecord>>, std::sync::atomic::AtomicBool);
 
 impl RecordSink for Capture {
     fn send_records(
@@ -140,6 +140,18 @@ impl RecordSink for Capture {
                 + '_,
         >,
     > {
+        if self.1.load(Ordering::Acquire) {
+            let topic = records.first().map(|r| r.topic.clone()).unwrap_or_default();
+            return Box::pin(async move {
+                Err(ChangelogError::Produce {
+                    topic,
+                    partition: -1,
+                    source: rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+                    ),
+                })
+            });
+        }
         let mut captured = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let first = captured.len() as i64;
         let offsets = (first..first + records.len() as i64).collect();
@@ -475,13 +487,22 @@ where
             .map_or(0, |r| r.progress.skipped.load(Ordering::Relaxed))
     }
 
-    /// Dead letters sent so far.
+    /// Dead letters sent so far (to the configured dead-letter topic).
     pub fn dead_letters(&self) -> Vec<CapturedRecord> {
+        match &self.shared.config.error_policy {
+            crate::ErrorPolicy::DeadLetter(topic) => self.sent_to(topic),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Records sent so far to `topic` (output records, or dead letters), acknowledged.
+    pub fn sent_to(&self, topic: &str) -> Vec<CapturedRecord> {
         self.capture
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
+            .filter(|r| r.topic == topic)
             .map(|r| CapturedRecord {
                 topic: r.topic.clone(),
                 key: r.key.clone(),
@@ -489,6 +510,11 @@ where
                 headers: r.headers.clone(),
             })
             .collect()
+    }
+
+    /// From now on, sends of output records and dead letters fail (`true`) or succeed again.
+    pub fn fail_sends(&self, fail: bool) {
+        self.capture.1.store(fail, Ordering::Release);
     }
 
     /// The in-memory changelogs (by store index, partition 0).
@@ -509,6 +535,7 @@ impl<KC: Codec, VC: Codec, H> Drop for TestDriver<KC, VC, H> {
 mod tests {
     use super::*;
     use crate::codec::{Bincode, Utf8};
+    use crate::Codec;
     use crate::{ConsumerConfig, ErrorPolicy, HandlerError, PartitionContext, Record};
 
     /// Counts values per key; fails on "bad", panics on "boom".
@@ -577,6 +604,69 @@ mod tests {
         assert!(d.restored_records() > 0, "rebuilt from the changelog");
         assert_eq!(d.read(&store()).await.unwrap(), counts);
         assert!(!d.changelog().is_empty(0, 0));
+    }
+
+    /// Counts per key and sends each new count to "counts-out".
+    #[derive(Clone)]
+    struct CountAndSend(StoreDef<String, u64>, crate::Output<String, u64>);
+
+    impl Handler<String, String> for CountAndSend {
+        async fn handle(
+            &self,
+            r: Record<String, String>,
+            ctx: &mut PartitionContext,
+        ) -> std::result::Result<(), HandlerError> {
+            let key = r.key.ok_or("no key")?;
+            let n = {
+                let mut s = ctx.store(&self.0)?;
+                let n = s.get(&key)?.unwrap_or(0) + 1;
+                s.put(&key, &n)?;
+                n
+            };
+            ctx.send(&self.1, Some(&key), Some(&n))?;
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_counts_only_once_its_output_is_acknowledged() {
+        let output = crate::Output::new("counts-out", Utf8, Bincode::<u64>::new());
+        let config = |policy| {
+            ConsumerConfig::builder("unused:9092", "g", ["t"])
+                .instance_id("i")
+                .state_dir("/nonexistent")
+                .store(&store())
+                .error_policy(policy)
+                .build()
+                .unwrap()
+        };
+        let handler = CountAndSend(store(), output.clone());
+        let mut d = TestDriver::new(config(ErrorPolicy::Fail), Utf8, Utf8, handler.clone())
+            .await
+            .unwrap();
+        d.send(rec("a", "x")).await.unwrap();
+        d.send(rec("a", "x")).await.unwrap();
+        let sent = d.sent_to("counts-out");
+        assert_eq!(sent.len(), 2);
+        assert_eq!(
+            sent[1].value,
+            Some(Bincode::<u64>::new().encode(&2).unwrap())
+        );
+        d.fail_sends(true);
+        let err = d.send(rec("a", "x")).await.unwrap_err();
+        assert!(matches!(err, Error::Output { offset: 2, .. }), "{err}");
+
+        // Under Skip, the record whose output failed is skipped, and its state write with it.
+        let mut d = TestDriver::new(config(ErrorPolicy::Skip), Utf8, Utf8, handler)
+            .await
+            .unwrap();
+        d.send(rec("a", "x")).await.unwrap();
+        d.fail_sends(true);
+        d.send(rec("a", "x")).await.unwrap();
+        d.fail_sends(false);
+        assert_eq!(d.skipped(), 1);
+        assert_eq!(d.read(&store()).await.unwrap(), vec![("a".into(), 1)]);
+        assert_eq!(d.sent_to("counts-out").len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

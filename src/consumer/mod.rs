@@ -20,7 +20,7 @@ use crate::changelog::{
     KafkaStateLog, ReaderPool,
 };
 use crate::codec::Codec;
-use crate::config::{ConsumerConfig, ErrorPolicy, MissingTopics};
+use crate::config::{ConsumerConfig, MissingTopics};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::observe::{NoopListener, RebalanceListener, RestoreListener, Stats};
@@ -128,13 +128,8 @@ where
                 return Err(Error::TopicMissing { topic });
             }
         }
-        let needs_producer =
-            !config.stores.is_empty() || matches!(config.error_policy, ErrorPolicy::DeadLetter(_));
-        let producer = if needs_producer {
-            Some(ChangelogWriter::new(&config.producer())?)
-        } else {
-            None
-        };
+        // Changelogs, dead letters and output records: one producer for all.
+        let producer = Some(ChangelogWriter::new(&config.producer())?);
         let state_env = match (&producer, config.stores.is_empty()) {
             (Some(writer), false) => {
                 let c = config.clone();

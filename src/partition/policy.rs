@@ -15,6 +15,8 @@ pub(crate) enum Failure {
     Handler(HandlerError),
     /// The handler or a codec panicked. Not retried: a panic is a bug, not a transient error.
     Panic(String),
+    /// An output record of the record was not acknowledged.
+    Output(crate::changelog::ChangelogError),
 }
 
 impl Failure {
@@ -23,6 +25,7 @@ impl Failure {
             Failure::Decode(_) => "decode",
             Failure::Handler(_) => "handler",
             Failure::Panic(_) => "panic",
+            Failure::Output(_) => "output",
         }
     }
 
@@ -31,6 +34,7 @@ impl Failure {
             Failure::Decode(e) => e.to_string(),
             Failure::Handler(e) => e.to_string(),
             Failure::Panic(m) => m.clone(),
+            Failure::Output(e) => e.to_string(),
         }
     }
 
@@ -54,6 +58,12 @@ impl Failure {
                 partition,
                 offset,
                 message,
+            },
+            Failure::Output(source) => Error::Output {
+                topic,
+                partition,
+                offset,
+                source,
             },
         }
     }

@@ -267,12 +267,15 @@ where
             tokio::time::timeout(timeout, call).await
         };
         let error = match result {
-            Ok(Ok(Ok(()))) if !matches!(hook, Hook::Lost) => {
-                if let Some(state) = ctx.state_mut() {
-                    state.overlay_mut().commit_staged();
+            Ok(Ok(Ok(()))) if !matches!(hook, Hook::Lost) => match self.send_outbox(ctx).await {
+                Ok(()) => {
+                    if let Some(state) = ctx.state_mut() {
+                        state.overlay_mut().commit_staged();
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
+                Err(error) => Some(format!("its output was not acknowledged: {error}")),
+            },
             Ok(Ok(Ok(()))) => None,
             Ok(Ok(Err(e))) => Some(e.to_string()),
             Ok(Err(payload)) => Some(format!("panicked: {}", panic_message(payload.as_ref()))),
@@ -524,6 +527,11 @@ where
             };
             let error = match result {
                 Ok(Ok(())) => {
+                    // Its output first: the record counts only once that is acknowledged.
+                    if let Err(error) = self.send_outbox(ctx).await {
+                        discard_staged(ctx);
+                        break Failure::Output(error);
+                    }
                     if let Some(state) = ctx.state_mut() {
                         state.overlay_mut().commit_staged();
                     }
@@ -560,6 +568,22 @@ where
         };
         self.apply_policy(batch, raw, failure, ctx).await?;
         Ok((Outcome::Done, false))
+    }
+
+    /// Produces the output records the current record staged and waits for their
+    /// acknowledgements.
+    async fn send_outbox(
+        &self,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), crate::changelog::ChangelogError> {
+        let outbox = ctx.take_outbox();
+        if outbox.is_empty() {
+            return Ok(());
+        }
+        let Some(producer) = &self.shared.producer else {
+            unreachable!("every consumer has a producer");
+        };
+        producer.send_records(outbox).await.map(|_| ())
     }
 
     /// Runs the handler, catching a panic. A handler that completes on its first poll (no
@@ -669,6 +693,7 @@ fn discard_staged(ctx: &mut PartitionContext) {
     if let Some(state) = ctx.state_mut() {
         state.overlay_mut().discard_staged();
     }
+    ctx.take_outbox();
 }
 
 /// Resolves `timeout` after `stop` is signalled (at once for a lost partition); never before.

@@ -1,0 +1,107 @@
+//! Output records against a real broker: produced when a record succeeds, committed past only
+//! once acknowledged, never for a record that failed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{require_broker, Running};
+use kafka_stateful::codec::{Bincode, Json, Utf8};
+use kafka_stateful::{
+    ConsumerConfig, Error, Handler, HandlerError, Output, PartitionContext, Record,
+    StatefulConsumer, StoreDef,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Counts per key and sends `{key: count}` for every record; fails on `fail_at`.
+#[derive(Clone)]
+struct CountAndEmit {
+    store: StoreDef<String, u64>,
+    output: Output<String, u64>,
+    fail_at: Option<i64>,
+}
+
+impl Handler<String, String> for CountAndEmit {
+    async fn handle(
+        &self,
+        r: Record<String, String>,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), HandlerError> {
+        let key = r.key.ok_or("no key")?;
+        let n = {
+            let mut s = ctx.store(&self.store)?;
+            let n = s.get(&key)?.unwrap_or(0) + 1;
+            s.put(&key, &n)?;
+            n
+        };
+        ctx.send(&self.output, Some(&key), Some(&n))?;
+        if Some(r.offset) == self.fail_at {
+            return Err("failed after sending".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_records_output_is_never_sent_nor_its_offset_committed() {
+    require_broker!();
+    common::init_tracing();
+    let (topic, out, group, dir) = (
+        common::unique("out-src"),
+        common::unique("out"),
+        common::unique("g"),
+        tempfile::tempdir().unwrap(),
+    );
+    common::create_topic(&topic, 1).await;
+    common::create_topic(&out, 1).await;
+    let records = common::records(1, 4, 40);
+    common::produce(&topic, &records).await;
+    let handler = |fail_at| CountAndEmit {
+        store: StoreDef::new("counts", Utf8, Bincode::new()),
+        output: Output::new(&out, Utf8, Json::new()),
+        fail_at,
+    };
+    let build = |h: &CountAndEmit| {
+        ConsumerConfig::builder(common::bootstrap(), &group, [&topic])
+            .instance_id("out-0")
+            .commit_interval(Duration::from_millis(200))
+            .state_dir(dir.path())
+            .store(&h.store)
+            .build()
+            .unwrap()
+    };
+    let failing = handler(Some(25));
+    let running = Running::start(StatefulConsumer::new(build(&failing), Utf8, Utf8, failing));
+    let err = tokio::time::timeout(WAIT, running.join)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::Handler { offset: 25, .. }), "{err}");
+    assert_eq!(common::committed(&group, &topic, 1), vec![25]);
+    assert_eq!(
+        common::read_all(&out, 1).len(),
+        25,
+        "the failed record's output was discarded with it"
+    );
+
+    let fixed = handler(None);
+    let running = Running::start(StatefulConsumer::new(build(&fixed), Utf8, Utf8, fixed));
+    common::wait_until("all committed", WAIT, || {
+        common::committed(&group, &topic, 1) == vec![40]
+    })
+    .await;
+    running.stop().await.unwrap();
+    let sent = common::read_all(&out, 1);
+    assert_eq!(sent.len(), 40, "one output per record, none twice here");
+    // The last output of each key holds its count: the state was applied exactly once.
+    let mut last = HashMap::new();
+    for (key, value, _) in &sent {
+        let key = String::from_utf8(key.clone().unwrap()).unwrap();
+        let n: u64 = serde_json::from_slice(value.as_ref().unwrap()).unwrap();
+        last.insert(key, n);
+    }
+    assert_eq!(last, common::expected_counts(&records));
+}
