@@ -108,8 +108,8 @@ pub enum Error {
         partition: i32,
         /// Offset of the record; it and everything after it stays uncommitted.
         offset: i64,
-        /// The producer's error.
-        source: ChangelogError,
+        /// The producer's error (boxed: it would make every `Result<_, Error>` large).
+        source: Box<ChangelogError>,
     },
 
     /// Producing a failed record to the dead-letter topic failed.

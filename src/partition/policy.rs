@@ -63,7 +63,7 @@ impl Failure {
                 topic,
                 partition,
                 offset,
-                source,
+                source: Box::new(source),
             },
         }
     }
