@@ -19,6 +19,9 @@ use std::sync::Arc;
 
 use crate::codec::{Codec, CodecError};
 
+/// Encoded key and value of an output record.
+pub(crate) type EncodedRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// A typed output topic. Cheap to clone.
 ///
 /// ```
@@ -69,7 +72,7 @@ impl<K: Send + 'static, V: Send + 'static> Output<K, V> {
         &self,
         key: Option<&K>,
         value: Option<&V>,
-    ) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), CodecError> {
+    ) -> Result<EncodedRecord, CodecError> {
         Ok((
             key.map(|k| self.key.encode(k)).transpose()?,
             value.map(|v| self.value.encode(v)).transpose()?,
