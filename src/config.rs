@@ -122,6 +122,18 @@ pub enum MissingTopics {
     Wait,
 }
 
+/// What happens to a record that is late for every window it falls in (see
+/// [`crate::window`]): it is never applied, and always counted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LatePolicy {
+    /// Dropped (and counted).
+    #[default]
+    Drop,
+    /// The raw record is produced to this topic with `ks.error.kind=late` (and counted).
+    DeadLetter(String),
+}
+
 /// Retries of a failing handler before the [`ErrorPolicy`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -165,6 +177,7 @@ pub struct ConsumerConfig {
     pub(crate) stats_interval: Duration,
     pub(crate) close: CloseBehavior,
     pub(crate) error_policy: ErrorPolicy,
+    pub(crate) late_policy: LatePolicy,
     pub(crate) retry: RetryPolicy,
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) stores: Vec<StoreSpec>,
@@ -268,6 +281,7 @@ impl ConsumerConfig {
                 stats_interval: Duration::from_secs(1),
                 close: CloseBehavior::default(),
                 error_policy: ErrorPolicy::default(),
+                late_policy: LatePolicy::default(),
                 retry: RetryPolicy::default(),
                 state_dir: None,
                 stores: Vec::new(),
@@ -492,6 +506,13 @@ impl ConsumerConfigBuilder {
         self
     }
 
+    /// What to do with records late for every window they fall in (default
+    /// [`LatePolicy::Drop`]).
+    pub fn late_records(mut self, policy: LatePolicy) -> Self {
+        self.config.late_policy = policy;
+        self
+    }
+
     /// Handler retries before the error policy applies (default: none).
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.config.retry = retry;
@@ -511,6 +532,33 @@ impl ConsumerConfigBuilder {
         store: &crate::StoreDef<K, V>,
     ) -> Self {
         self.config.stores.push(store.spec());
+        self
+    }
+
+    /// Declares a window store ([`crate::window`]); enables timers (window closes are
+    /// timers).
+    pub fn window<K: Send + 'static, V: Send + 'static>(
+        mut self,
+        window: &crate::window::WindowDef<K, V>,
+    ) -> Self {
+        self.config.stores.push(window.spec());
+        self.timers()
+    }
+
+    /// Enables timers ([`crate::timer`]): an internal store `ks.timers` with its changelog
+    /// (`<group>-ks.timers-changelog`). Needs a state directory; windows call it for you.
+    pub fn timers(mut self) -> Self {
+        if !self
+            .config
+            .stores
+            .iter()
+            .any(|s| s.name == crate::timer::TIMER_STORE)
+        {
+            self.config.stores.push(crate::state::StoreSpec {
+                name: crate::timer::TIMER_STORE.to_string(),
+                format: "timers;version=1".to_string(),
+            });
+        }
         self
     }
 
@@ -633,6 +681,13 @@ fn validate_stores(c: &ConsumerConfig) -> Result<(), ConfigError> {
         });
     }
     for store in &c.stores {
+        if store.name.starts_with("ks.") && store.name != crate::timer::TIMER_STORE {
+            return Err(ConfigError::Invalid {
+                name: "store name",
+                value: store.name.clone(),
+                reason: "names starting with \"ks.\" are reserved for the library's own stores",
+            });
+        }
         if store.name.is_empty() || !legal(&store.name) {
             return Err(ConfigError::Invalid {
                 name: "store name",
@@ -774,6 +829,7 @@ impl fmt::Debug for ConsumerConfig {
             .field("stats_interval", &self.stats_interval)
             .field("close", &self.close)
             .field("error_policy", &self.error_policy)
+            .field("late_policy", &self.late_policy)
             .field("retry", &self.retry)
             .field("state_dir", &self.state_dir)
             .field("stores", &self.stores)

@@ -99,6 +99,19 @@ pub enum Error {
         message: String,
     },
 
+    /// A timer's `on_timer` (or a window's close) failed, and the error policy is `Fail`.
+    #[error("timer at {at} of {topic}/{partition} failed: {message}")]
+    Timer {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// The timer's time.
+        at: i64,
+        /// What went wrong.
+        message: String,
+    },
+
     /// An output record of a record was not acknowledged, and the error policy is `Fail`.
     #[error("output of {topic}/{partition}@{offset} was not acknowledged: {source}")]
     Output {

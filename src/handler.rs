@@ -8,6 +8,8 @@ use crate::changelog::OutRecord;
 use crate::codec::CodecError;
 use crate::output::Output;
 use crate::state::{PartitionState, StateError, Store, StoreDef};
+use crate::timer::{TimeKind, Timer};
+use crate::window::{ClosedWindow, WindowDef, WindowStore};
 
 /// Error returned by a handler; any error type converts into it with `?`.
 ///
@@ -108,6 +110,40 @@ pub trait Handler<K, V>: Send + Sync + 'static {
         ctx: &mut PartitionContext,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
+    /// The record's event time in milliseconds since the epoch: by default the Kafka
+    /// timestamp. Override it to take the time from the value (`None`: the record has no
+    /// event time and does not move stream time). Stream time, the highest event time of the
+    /// partition's processed records, drives windows and stream-time timers, and survives
+    /// restarts with the state.
+    fn event_time(&self, record: &Record<K, V>) -> Option<i64> {
+        record.timestamp
+    }
+
+    /// A timer scheduled with [`PartitionContext::schedule`] is due; runs on the
+    /// partition's worker between records, with store access and output records. Its
+    /// writes are kept and the timer removed only if it returns `Ok`; an error stops the
+    /// consumer under [`ErrorPolicy::Fail`](crate::ErrorPolicy::Fail), and is logged (the
+    /// timer dropped) otherwise. Does nothing by default.
+    fn on_timer(
+        &self,
+        _timer: Timer,
+        _ctx: &mut PartitionContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// A window of a [window store](crate::window) closed: `closed` holds its final entries
+    /// (decode them with [`ClosedWindow::entries`]). Send results from here with
+    /// [`PartitionContext::send`]. The window's entries are deleted after it returns `Ok`.
+    /// Runs like a timer (see [`on_timer`](Self::on_timer)). Does nothing by default.
+    fn on_window_closed(
+        &self,
+        _closed: ClosedWindow,
+        _ctx: &mut PartitionContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async { Ok(()) }
+    }
+
     /// A partition arrived and its state is restored. Does nothing by default.
     fn on_assigned(
         &self,
@@ -141,6 +177,12 @@ pub struct PartitionContext {
     state: Option<PartitionState>,
     /// Output records of the record being handled, sent when its handler succeeds.
     outbox: Vec<OutRecord>,
+    /// Highest event time of the partition's processed records (the current one included).
+    stream_time: i64,
+    /// Event time of the record being handled.
+    event_time: Option<i64>,
+    /// Set when the current record turned out late for a window.
+    late: bool,
 }
 
 impl fmt::Debug for PartitionContext {
@@ -160,7 +202,85 @@ impl PartitionContext {
             partition,
             state,
             outbox: Vec::new(),
+            stream_time: -1,
+            event_time: None,
+            late: false,
         }
+    }
+
+    /// Opens a declared window store of this partition for the current record.
+    ///
+    /// # Errors
+    /// [`StateError::UnknownStore`] when `window` was not declared on the builder.
+    pub fn window<'a, K: Send + 'static, V: Send + 'static>(
+        &'a mut self,
+        window: &'a WindowDef<K, V>,
+    ) -> Result<WindowStore<'a, K, V>, StateError> {
+        let (stream_time, event_time) = (self.stream_time, self.event_time);
+        match &mut self.state {
+            Some(state) => {
+                WindowStore::open(window, state, stream_time, event_time, &mut self.late)
+            }
+            None => Err(StateError::UnknownStore(window.name().to_string())),
+        }
+    }
+
+    /// Whether the current record was late for a window; resets the flag.
+    pub(crate) fn take_late(&mut self) -> bool {
+        std::mem::take(&mut self.late)
+    }
+
+    /// The partition's stream time: the highest event time of its processed records, the
+    /// current one included (milliseconds since the epoch; `-1` before any). It never goes
+    /// back, and survives restarts and moves with the state.
+    pub fn stream_time(&self) -> i64 {
+        self.stream_time
+    }
+
+    /// The event time of the record being handled ([`Handler::event_time`]).
+    pub fn event_time(&self) -> Option<i64> {
+        self.event_time
+    }
+
+    /// Schedules a timer for this partition: [`Handler::on_timer`] runs once `at` has come on
+    /// the `kind` clock (milliseconds since the epoch). Scheduling the same `(kind, at, key)`
+    /// twice schedules it once. Kept only if the current record succeeds.
+    ///
+    /// # Errors
+    /// [`StateError::TimersNotDeclared`] without
+    /// [`ConsumerConfigBuilder::timers`](crate::ConsumerConfigBuilder::timers).
+    pub fn schedule(&mut self, kind: TimeKind, at: i64, key: &[u8]) -> Result<(), StateError> {
+        self.stage_timer(true, (kind, at, crate::timer::Owner::Handler, key.to_vec()))
+    }
+
+    /// Cancels a timer scheduled with [`schedule`](Self::schedule).
+    ///
+    /// # Errors
+    /// [`StateError::TimersNotDeclared`].
+    pub fn cancel(&mut self, kind: TimeKind, at: i64, key: &[u8]) -> Result<(), StateError> {
+        self.stage_timer(
+            false,
+            (kind, at, crate::timer::Owner::Handler, key.to_vec()),
+        )
+    }
+
+    pub(crate) fn stage_timer(
+        &mut self,
+        insert: bool,
+        entry: crate::timer::Entry,
+    ) -> Result<(), StateError> {
+        match &mut self.state {
+            Some(state) => state.stage_timer(insert, entry),
+            None => Err(StateError::TimersNotDeclared),
+        }
+    }
+
+    pub(crate) fn set_stream_time(&mut self, stream_time: i64) {
+        self.stream_time = stream_time;
+    }
+
+    pub(crate) fn set_event_time(&mut self, event_time: Option<i64>) {
+        self.event_time = event_time;
     }
 
     /// Sends a record to `output`'s topic (partitioned by its key, by the producer's default

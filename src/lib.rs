@@ -37,11 +37,13 @@ mod partition;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod timer;
+pub mod window;
 
 pub use codec::{Codec, CodecError};
 pub use config::{
     AssignmentStrategy, CloseBehavior, ConfigError, ConsumerConfig, ConsumerConfigBuilder,
-    ErrorPolicy, Membership, MissingTopics, RetryPolicy,
+    ErrorPolicy, LatePolicy, Membership, MissingTopics, RetryPolicy,
 };
 pub use consumer::StatefulConsumer;
 pub use error::{Error, Result};

@@ -20,12 +20,20 @@ pub(crate) struct OffsetTracker {
 }
 
 impl OffsetTracker {
+    /// A tracker whose records before `position.next` are finished already (restored).
+    pub(crate) fn starting_at(position: SourcePosition) -> Self {
+        Self {
+            last: (position.next >= 0).then_some(position),
+        }
+    }
+
     /// The record at `offset` (with this timestamp, -1 if none) finished: handled, skipped
-    /// or dead-lettered.
-    pub(crate) fn finish(&mut self, offset: i64, timestamp: i64) {
+    /// or dead-lettered; `stream_time` is the partition's stream time after it.
+    pub(crate) fn finish(&mut self, offset: i64, timestamp: i64, stream_time: i64) {
         self.last = Some(SourcePosition {
             next: offset + 1,
             last_timestamp: timestamp,
+            stream_time,
         });
     }
 
@@ -84,6 +92,12 @@ pub(crate) struct PartitionProgress {
     pub(crate) handled: AtomicU64,
     /// Records sent to the dead-letter topic.
     pub(crate) dead_lettered: AtomicU64,
+    /// Records late for every window they fall in.
+    pub(crate) late: AtomicU64,
+    /// Pending timers.
+    pub(crate) timers: AtomicU64,
+    /// Times the worker looked for due wall-clock timers.
+    pub(crate) wall_ticks: AtomicU64,
     /// Times this partition was paused.
     pub(crate) pauses: AtomicU64,
     /// Milliseconds spent paused.
@@ -118,6 +132,9 @@ impl Default for PartitionProgress {
             fenced: AtomicBool::new(false),
             handled: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            timers: AtomicU64::new(0),
+            wall_ticks: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
             paused_ms: AtomicU64::new(0),
             rate_bits: AtomicU64::new(0),
@@ -202,13 +219,14 @@ mod tests {
         assert_eq!(t.committable(), None);
         // Compacted topics and transaction markers leave holes: 3, 7, 20.
         for o in [3, 7, 20] {
-            t.finish(o, 1000 + o);
+            t.finish(o, 1000 + o, 2000 + o);
         }
         assert_eq!(
             t.committable(),
             Some(SourcePosition {
                 next: 21,
-                last_timestamp: 1020
+                last_timestamp: 1020,
+                stream_time: 2020,
             })
         );
     }

@@ -241,6 +241,7 @@ where
             producer: Some(capture.clone() as Arc<dyn RecordSink>),
             stats: Arc::new(StatsInner::default()),
             failures: failures_tx,
+            clock_offset_ms: Default::default(),
         });
         let mut driver = Self {
             shared,
@@ -436,6 +437,45 @@ where
         self.start().await
     }
 
+    /// Every entry of a window store, decoded, ordered by window start, then encoded key.
+    /// Flushes first (see [`flush`](Self::flush)).
+    ///
+    /// # Errors
+    /// Flush, RocksDB and codec errors.
+    pub async fn read_window<K: Send + 'static, V: Send + 'static>(
+        &mut self,
+        window: &crate::window::WindowDef<K, V>,
+    ) -> Result<Vec<(crate::window::Window, K, V)>> {
+        let raw = self.read_raw(window.name()).await?;
+        raw.iter()
+            .map(|(k, v)| {
+                window.decode_entry(k, v).map_err(|source| {
+                    Error::from(crate::StateError::Codec {
+                        store: window.name().to_string(),
+                        source,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    async fn read_raw(&mut self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.stop_gracefully().await?;
+        let config = &self.shared.config;
+        let index = config
+            .stores
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| crate::StateError::UnknownStore(name.to_string()))?;
+        let path = crate::state::partition_dir(config, &self.topic(), 0).unwrap_or_default();
+        let entries = {
+            let db = crate::state::PartitionDb::open(&path, &config.stores, WAIT)?;
+            db.prefix(index, b"")?
+        };
+        self.start().await?;
+        Ok(entries)
+    }
+
     /// Every entry of `store`, decoded, in key order of the encoded keys. Flushes first
     /// (see [`flush`](Self::flush)).
     ///
@@ -470,6 +510,33 @@ where
             .collect::<Result<Vec<_>>>()?;
         self.start().await?;
         Ok(decoded)
+    }
+
+    /// Moves the wall clock of wall-clock timers forward by `by`, and waits until the worker
+    /// has looked for due timers (and fired them).
+    ///
+    /// # Errors
+    /// What firing a timer returned.
+    pub async fn advance_wall_clock(&mut self, by: Duration) -> Result<()> {
+        self.shared
+            .clock_offset_ms
+            .fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+        let Some(running) = &self.running else {
+            return Ok(());
+        };
+        let progress = running.progress.clone();
+        let ticks = progress.wall_ticks.load(Ordering::Acquire);
+        self.wait("the worker to look for due timers", || {
+            progress.wall_ticks.load(Ordering::Acquire) >= ticks + 2
+        })
+        .await
+    }
+
+    /// Records late for every window they fall in, counted by the current worker.
+    pub fn late(&self) -> u64 {
+        self.running
+            .as_ref()
+            .map_or(0, |r| r.progress.late.load(Ordering::Relaxed))
     }
 
     /// Changelog records the last restore replayed.

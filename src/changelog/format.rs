@@ -8,11 +8,12 @@
 //! | record | key | value | more headers |
 //! |---|---|---|---|
 //! | data | the store key | the value, none for a delete | — |
-//! | flush marker | [`FLUSH_KEY`] | none | `ks.source-offset`, `ks.source-ts`, `ks.touched` |
-//! | epoch marker | [`EPOCH_KEY`] | none | `ks.source-offset`, `ks.source-ts` |
+//! | flush marker | [`FLUSH_KEY`] | none | `ks.source-offset`, `ks.source-ts`, `ks.stream-time`, `ks.touched` |
+//! | epoch marker | [`EPOCH_KEY`] | none | `ks.source-offset`, `ks.source-ts`, `ks.stream-time` |
 //!
 //! `ks.source-offset` is the next source offset the state reflects, `ks.source-ts` the
-//! timestamp of the source record before it (a fingerprint of the source topic).
+//! timestamp of the source record before it (a fingerprint of the source topic),
+//! `ks.stream-time` the partition's stream time there.
 //!
 //! Marker keys start with a NUL byte and name the crate, so a store key would have to be
 //! exactly these bytes to collide; compaction keeps the latest marker of each kind.
@@ -29,6 +30,7 @@ pub(crate) const EPOCH_KEY: &[u8] = b"\0kafka-stateful/epoch";
 pub(crate) const HEADER_STAMP: &str = "ks";
 pub(crate) const HEADER_SOURCE_OFFSET: &str = "ks.source-offset";
 pub(crate) const HEADER_SOURCE_TIMESTAMP: &str = "ks.source-ts";
+pub(crate) const HEADER_STREAM_TIME: &str = "ks.stream-time";
 pub(crate) const HEADER_TOUCHED: &str = "ks.touched";
 
 /// The `ks` header value of `stamp`.
@@ -61,6 +63,10 @@ fn push_source(headers: &mut Vec<(&'static str, Vec<u8>)>, source: SourcePositio
     headers.push((
         HEADER_SOURCE_TIMESTAMP,
         source.last_timestamp.to_string().into_bytes(),
+    ));
+    headers.push((
+        HEADER_STREAM_TIME,
+        source.stream_time.to_string().into_bytes(),
     ));
 }
 
@@ -126,6 +132,9 @@ pub(crate) fn decode(msg: &BorrowedMessage<'_>) -> Result<(Stamp, Entry), Change
             last_timestamp: text(msg, HEADER_SOURCE_TIMESTAMP)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(-1),
+            stream_time: text(msg, HEADER_STREAM_TIME)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1),
         })
     };
     let entry = match msg.key() {
@@ -175,6 +184,7 @@ mod tests {
                 source: SourcePosition {
                     next: 40,
                     last_timestamp: 7,
+                    stream_time: 9,
                 },
                 touched: vec!["a".into(), "b".into()],
             },

@@ -168,6 +168,7 @@ where
             producer: producer.map(|p| Arc::new(p) as Arc<dyn crate::changelog::RecordSink>),
             stats: self.stats.inner.clone(),
             failures: failures_tx,
+            clock_offset_ms: Default::default(),
         });
         let supervisor = Supervisor::new(shared, tokio::runtime::Handle::current());
         let context = LoopContext::new(

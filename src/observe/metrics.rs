@@ -11,6 +11,7 @@
 //! | `kafka_stateful_records_handled_total` | counter | records the handler processed successfully |
 //! | `kafka_stateful_records_skipped_total` | counter | records skipped (bad input under `Skip`, or already in restored state) |
 //! | `kafka_stateful_records_dead_lettered_total` | counter | records sent to the dead-letter topic |
+//! | `kafka_stateful_records_late_total` | counter | records late for every window they fall in (never applied) |
 //! | `kafka_stateful_commit_failures_total` | counter | offset commits that failed (each is retried) |
 //! | `kafka_stateful_pauses_total` | counter | times the partition was paused because its queue was full |
 //! | `kafka_stateful_paused_seconds_total` | counter | time spent paused |
@@ -112,6 +113,7 @@ fn publish_partition(topic: &str, partition: i32, p: &PartitionProgress, rate: f
     counter!("kafka_stateful_records_skipped_total", &labels).absolute(load(&p.skipped));
     counter!("kafka_stateful_records_dead_lettered_total", &labels)
         .absolute(load(&p.dead_lettered));
+    counter!("kafka_stateful_records_late_total", &labels).absolute(load(&p.late));
     counter!("kafka_stateful_commit_failures_total", &labels).absolute(load(&p.commit_failures));
     counter!("kafka_stateful_pauses_total", &labels).absolute(load(&p.pauses));
     counter!("kafka_stateful_paused_seconds_total", &labels).absolute(load(&p.paused_ms) / 1000);

@@ -77,6 +77,10 @@ pub struct PartitionStats {
     pub handled: u64,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Records late for every window they fall in (never applied).
+    pub late: u64,
+    /// Pending timers (window closes included).
+    pub timers: u64,
     /// Records handled per second over the last stats interval.
     pub records_per_second: f64,
     /// Times this partition was paused, and the time it spent paused.
@@ -213,6 +217,8 @@ impl Stats {
                     fenced: p.fenced.load(Ordering::Relaxed),
                     handled: load(&p.handled),
                     dead_lettered: load(&p.dead_lettered),
+                    late: load(&p.late),
+                    timers: load(&p.timers),
                     records_per_second: f64::from_bits(load(&p.rate_bits)),
                     pauses: load(&p.pauses),
                     paused_time: Duration::from_millis(load(&p.paused_ms)),

@@ -17,6 +17,9 @@ pub(crate) enum Failure {
     Panic(String),
     /// An output record of the record was not acknowledged.
     Output(crate::changelog::ChangelogError),
+    /// The record was late for every window it falls in (not an error: dead-lettered by the
+    /// late policy).
+    Late,
 }
 
 impl Failure {
@@ -26,6 +29,7 @@ impl Failure {
             Failure::Handler(_) => "handler",
             Failure::Panic(_) => "panic",
             Failure::Output(_) => "output",
+            Failure::Late => "late",
         }
     }
 
@@ -35,6 +39,7 @@ impl Failure {
             Failure::Handler(e) => e.to_string(),
             Failure::Panic(m) => m.clone(),
             Failure::Output(e) => e.to_string(),
+            Failure::Late => "later than its windows' end plus grace".to_string(),
         }
     }
 
@@ -64,6 +69,12 @@ impl Failure {
                 partition,
                 offset,
                 source: Box::new(source),
+            },
+            Failure::Late => Error::Handler {
+                topic,
+                partition,
+                offset,
+                source: "late record".into(),
             },
         }
     }

@@ -25,6 +25,7 @@ use crate::handler::{Handler, PartitionContext, Record};
 use crate::observe::StatsInner;
 use crate::offset::{OffsetTracker, PartitionProgress};
 use crate::state::{FlushJob, PartitionState, StateEnv};
+use crate::timer::{Owner, TimeKind, Timer};
 
 /// What all workers of a consumer share.
 pub(crate) struct Shared<KC, VC, H> {
@@ -38,6 +39,8 @@ pub(crate) struct Shared<KC, VC, H> {
     pub(crate) stats: Arc<StatsInner>,
     /// A worker that cannot go on reports here; the poll loop stops the consumer.
     pub(crate) failures: mpsc::UnboundedSender<Error>,
+    /// Added to the system clock for wall-clock timers (the test driver moves time).
+    pub(crate) clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 /// Tells a worker to stop: a flag checked between records (an atomic load) and a token for
@@ -127,7 +130,12 @@ enum Event {
     Flushed(Result<crate::state::FlushDone, crate::StateError>),
     Batch(Option<RecordBatch>),
     Tick,
+    /// Time to look for due wall-clock timers.
+    WallTick,
 }
+
+/// How often wall-clock timers are looked for.
+const WALL_TIMER_TICK: Duration = Duration::from_millis(100);
 
 impl<KC, VC, H> Worker<KC, VC, H>
 where
@@ -205,6 +213,12 @@ where
         let flush_interval = self.shared.config.flush_interval;
         let mut ticker = tokio::time::interval(flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let has_timers = ctx.state().is_some_and(|s| s.has_timers());
+        let mut wall_ticker = tokio::time::interval(WALL_TIMER_TICK);
+        wall_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Timers that came due while the partition was away fire before its records.
+        self.fire_timers(TimeKind::Stream, ctx.stream_time(), &mut ctx)
+            .await?;
         loop {
             // Stopping also closes the queue (the router drops its end), which wakes an idle
             // worker; the flag makes a stop win over records still queued.
@@ -216,6 +230,7 @@ where
                 done = finished(&mut self.in_flight) => Event::Flushed(done),
                 batch = rx.recv() => Event::Batch(batch),
                 _ = ticker.tick() => Event::Tick,
+                _ = wall_ticker.tick(), if has_timers => Event::WallTick,
             };
             match event {
                 Event::Batch(None) => break,
@@ -237,6 +252,11 @@ where
                     if self.last_flush.elapsed() >= flush_interval {
                         self.start_flush(&mut ctx).await?;
                     }
+                }
+                Event::WallTick => {
+                    let now = wall_clock_ms() + self.shared.clock_offset_ms.load(Ordering::Relaxed);
+                    self.fire_timers(TimeKind::Wall, now, &mut ctx).await?;
+                    self.progress.wall_ticks.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -270,7 +290,7 @@ where
             Ok(Ok(Ok(()))) if !matches!(hook, Hook::Lost) => match self.send_outbox(ctx).await {
                 Ok(()) => {
                     if let Some(state) = ctx.state_mut() {
-                        state.overlay_mut().commit_staged();
+                        state.commit_staged();
                     }
                     return Ok(());
                 }
@@ -381,7 +401,13 @@ where
                 break;
             }
             match self.process(batch, record, ctx).await? {
-                (Outcome::Done, counted) => handled += u64::from(counted),
+                (Outcome::Done, counted) => {
+                    handled += u64::from(counted);
+                    if counted {
+                        self.fire_timers(TimeKind::Stream, ctx.stream_time(), ctx)
+                            .await?;
+                    }
+                }
                 (Outcome::Cancelled, _) => {
                     outcome = Outcome::Cancelled;
                     break;
@@ -393,6 +419,11 @@ where
             .processed
             .fetch_add(handled, Ordering::Relaxed);
         self.progress.handled.fetch_add(handled, Ordering::Relaxed);
+        if let Some(state) = ctx.state() {
+            self.progress
+                .timers
+                .store(state.pending_timers() as u64, Ordering::Relaxed);
+        }
         if let Some(position) = self.tracker.committable() {
             self.progress
                 .processed_next
@@ -439,17 +470,18 @@ where
             return Ok(None);
         };
         self.skip_below = state.restored_source_next();
+        let stream_time = restored.source.stream_time;
+        // Writes without a new record (timers, hooks) are flushed at the restored position.
+        self.tracker = OffsetTracker::starting_at(restored.source);
         self.progress
             .restored_records
             .store(restored.records, Ordering::Relaxed);
         self.progress
             .restore_rate_bits
             .store(restored.rate().to_bits(), Ordering::Relaxed);
-        Ok(Some(PartitionContext::new(
-            self.topic.clone(),
-            self.partition,
-            Some(state),
-        )))
+        let mut ctx = PartitionContext::new(self.topic.clone(), self.partition, Some(state));
+        ctx.set_stream_time(stream_time);
+        Ok(Some(ctx))
     }
 
     /// Completes the flush in flight, flushes what is left and publishes the durable offset.
@@ -473,9 +505,9 @@ where
         Ok(())
     }
 
-    fn finish(&mut self, record: &RawRecord) {
+    fn finish(&mut self, record: &RawRecord, stream_time: i64) {
         self.tracker
-            .finish(record.offset, record.timestamp.unwrap_or(-1));
+            .finish(record.offset, record.timestamp.unwrap_or(-1), stream_time);
         self.since_flush += 1;
     }
 
@@ -490,9 +522,10 @@ where
         if offset < self.skip_below {
             // Its effect is already in the restored state: applying it again would double it.
             self.progress.skipped.fetch_add(1, Ordering::Relaxed);
-            self.finish(raw);
+            self.finish(raw, ctx.stream_time());
             return Ok((Outcome::Done, false));
         }
+        let stream_time_before = ctx.stream_time();
         let retry = self.shared.config.retry;
         let mut backoff = retry.initial_backoff;
         let mut attempt = 0;
@@ -509,6 +542,9 @@ where
                     ))
                 }
             };
+            let event_time = self.shared.handler.event_time(&record);
+            ctx.set_event_time(event_time);
+            ctx.set_stream_time(stream_time_before.max(event_time.unwrap_or(-1)));
             self.sampled += 1;
             let timed = self
                 .sampled
@@ -533,9 +569,12 @@ where
                         break Failure::Output(error);
                     }
                     if let Some(state) = ctx.state_mut() {
-                        state.overlay_mut().commit_staged();
+                        state.commit_staged();
                     }
-                    self.finish(raw);
+                    if ctx.take_late() {
+                        self.late(batch, raw).await?;
+                    }
+                    self.finish(raw, ctx.stream_time());
                     return Ok((Outcome::Done, true));
                 }
                 Ok(Err(e)) => e,
@@ -566,8 +605,92 @@ where
             }
             backoff = (backoff * 2).min(retry.max_backoff);
         };
+        // A record that was not applied does not move stream time.
+        ctx.set_stream_time(stream_time_before);
         self.apply_policy(batch, raw, failure, ctx).await?;
         Ok((Outcome::Done, false))
+    }
+
+    /// A record was late for every window it falls in: count it, and dead-letter it if
+    /// configured.
+    async fn late(&self, batch: &RecordBatch, raw: &RawRecord) -> Result<(), Error> {
+        self.progress.late.fetch_add(1, Ordering::Relaxed);
+        let crate::LatePolicy::DeadLetter(dlq) = &self.shared.config.late_policy else {
+            return Ok(());
+        };
+        let Some(producer) = &self.shared.producer else {
+            unreachable!("every consumer has a producer");
+        };
+        let failure = Failure::Late;
+        let record = dead_letter(dlq, &self.topic, self.partition, batch, raw, &failure);
+        producer
+            .send_records(vec![record])
+            .await
+            .map_err(|e| Error::Output {
+                topic: self.topic.to_string(),
+                partition: self.partition,
+                offset: raw.offset,
+                source: Box::new(e),
+            })?;
+        Ok(())
+    }
+
+    /// Fires every timer of `kind` due at `now`, earliest first (see [`crate::timer`]).
+    async fn fire_timers(
+        &mut self,
+        kind: TimeKind,
+        now: i64,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), Error> {
+        while let Some(entry) = ctx.state().and_then(|s| s.next_timer(kind, now)) {
+            ctx.stage_timer(false, entry.clone())?;
+            let (_, at, owner, key) = entry.clone();
+            let outcome = match owner {
+                Owner::Handler => {
+                    let timer = Timer { kind, at, key };
+                    let call = self.shared.handler.on_timer(timer, ctx);
+                    match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(payload) => {
+                            Err(format!("panicked: {}", panic_message(payload.as_ref())))
+                        }
+                    }
+                }
+                Owner::Window => crate::window::close(&self.shared.handler, &key, at, ctx)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            let outcome = match outcome {
+                Ok(()) => self.send_outbox(ctx).await.map_err(|e| e.to_string()),
+                failed => failed,
+            };
+            match outcome {
+                Ok(()) => {
+                    if let Some(state) = ctx.state_mut() {
+                        state.commit_staged();
+                    }
+                }
+                Err(message) => {
+                    discard_staged(ctx);
+                    if matches!(self.shared.config.error_policy, ErrorPolicy::Fail) {
+                        return Err(Error::Timer {
+                            topic: self.topic.to_string(),
+                            partition: self.partition,
+                            at,
+                            message,
+                        });
+                    }
+                    tracing::warn!(topic = %self.topic, partition = self.partition, at, %message,
+                        "timer failed; dropping it");
+                    ctx.stage_timer(false, entry)?;
+                    if let Some(state) = ctx.state_mut() {
+                        state.commit_staged();
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Produces the output records the current record staged and waits for their
@@ -653,7 +776,7 @@ where
             ErrorPolicy::Skip => {
                 tracing::warn!(%topic, partition, offset, kind = failure.kind(), error = %failure.message(), "skipping record");
                 self.progress.skipped.fetch_add(1, Ordering::Relaxed);
-                self.finish(raw);
+                self.finish(raw, ctx.stream_time());
                 Ok(())
             }
             ErrorPolicy::DeadLetter(dlq) => {
@@ -682,7 +805,7 @@ where
                     .dead_lettered
                     .fetch_add(1, Ordering::Relaxed);
                 self.progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                self.finish(raw);
+                self.finish(raw, ctx.stream_time());
                 Ok(())
             }
         }
@@ -691,9 +814,16 @@ where
 
 fn discard_staged(ctx: &mut PartitionContext) {
     if let Some(state) = ctx.state_mut() {
-        state.overlay_mut().discard_staged();
+        state.discard_staged();
     }
     ctx.take_outbox();
+}
+
+/// Milliseconds since the epoch, for wall-clock timers.
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Resolves `timeout` after `stop` is signalled (at once for a lost partition); never before.

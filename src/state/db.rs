@@ -34,6 +34,9 @@ pub(crate) struct StoreCheckpoint {
     /// Timestamp of the source record before `source_next` (-1: unknown).
     #[serde(default = "unknown")]
     pub(crate) source_timestamp: i64,
+    /// The partition's stream time at `source_next` (-1: none).
+    #[serde(default = "unknown")]
+    pub(crate) stream_time: i64,
 }
 
 fn unknown() -> i64 {
@@ -48,6 +51,7 @@ impl StoreCheckpoint {
         seq: 0,
         source_next: -1,
         source_timestamp: -1,
+        stream_time: -1,
     };
 }
 
@@ -436,6 +440,7 @@ mod tests {
             seq: 2,
             source_next: 40,
             source_timestamp: 1_700_000_000_000,
+            stream_time: 1_700_000_000_000,
         };
         db.write(StateBatch {
             entries: vec![

@@ -144,6 +144,7 @@ impl FlushPlan {
                         seq: self.stamp.seq,
                         source_next: self.source.next,
                         source_timestamp: self.source.last_timestamp,
+                        stream_time: self.source.stream_time,
                     },
                 )
             })
@@ -198,6 +199,7 @@ mod tests {
     const SOURCE: SourcePosition = SourcePosition {
         next: 100,
         last_timestamp: 7,
+        stream_time: 7,
     };
 
     #[test]

@@ -218,6 +218,21 @@ pub enum StateError {
         /// What the source topic holds instead.
         found: String,
     },
+    /// A write to a window that is closed (stream time passed its end plus grace): the
+    /// record is late.
+    #[error("window [{start}, {end}) of store {store} is closed")]
+    WindowClosed {
+        /// The window store.
+        store: String,
+        /// The window's start.
+        start: i64,
+        /// The window's end.
+        end: i64,
+    },
+    /// A handler scheduled a timer, but the consumer was built without
+    /// [`ConsumerConfigBuilder::timers`](crate::ConsumerConfigBuilder::timers).
+    #[error("timers are not declared: call ConsumerConfigBuilder::timers (windows do it too)")]
+    TimersNotDeclared,
     /// Writing or reading the changelog failed.
     #[error(transparent)]
     Changelog(#[from] ChangelogError),

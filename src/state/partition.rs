@@ -13,6 +13,7 @@ use super::restore::{restore, Restored};
 use super::StateError;
 use crate::config::ConsumerConfig;
 use crate::observe::RestoreListener;
+use crate::timer::Timers;
 
 /// Opens tried when the local state turns out not to match the changelog (wiped and
 /// replayed) or another owner opened at the same moment.
@@ -42,6 +43,9 @@ pub(crate) struct PartitionState {
     log_next: Vec<i64>,
     /// How far the flushed state reflects the source partition.
     source: SourcePosition,
+    /// Pending timers (when declared), and the changes the current record staged.
+    timers: Option<(usize, Timers)>,
+    staged_timers: Vec<(bool, crate::timer::Entry)>,
 }
 
 /// `<state_dir>/<group>/<topic>-<partition>`.
@@ -134,6 +138,7 @@ impl PartitionState {
                         source_next = restored.source.next, epoch = restored.epoch, "restore finished"
                     );
                     env.log.verify_source(topic, partition, restored.source)?;
+                    let timers = load_timers(&db, config)?;
                     let state = Self {
                         db: Arc::new(db),
                         overlay: Overlay::new(config.stores.len()),
@@ -144,6 +149,8 @@ impl PartitionState {
                         next_seq: restored.next_seq,
                         log_next: restored.log_next.clone(),
                         source: restored.source,
+                        timers,
+                        staged_timers: Vec::new(),
                     };
                     return Ok(Some((state, restored)));
                 }
@@ -160,8 +167,98 @@ impl PartitionState {
         self.source.next
     }
 
-    pub(crate) fn overlay_mut(&mut self) -> &mut Overlay {
-        &mut self.overlay
+    /// The current record (or timer, or hook) succeeded: its writes join the overlay.
+    pub(crate) fn commit_staged(&mut self) {
+        self.overlay.commit_staged();
+        if let Some((_, timers)) = &mut self.timers {
+            for (insert, entry) in self.staged_timers.drain(..) {
+                if insert {
+                    timers.insert(entry);
+                } else {
+                    timers.remove(&entry);
+                }
+            }
+        }
+    }
+
+    /// The current record failed: forget its writes.
+    pub(crate) fn discard_staged(&mut self) {
+        self.overlay.discard_staged();
+        self.staged_timers.clear();
+    }
+
+    /// Schedules (`insert`) or cancels a timer, with the current record.
+    ///
+    /// # Errors
+    /// [`StateError::TimersNotDeclared`].
+    pub(crate) fn stage_timer(
+        &mut self,
+        insert: bool,
+        entry: crate::timer::Entry,
+    ) -> Result<(), StateError> {
+        let Some((store, _)) = &self.timers else {
+            return Err(StateError::TimersNotDeclared);
+        };
+        let value = insert.then(Vec::new);
+        self.overlay
+            .write(*store, crate::timer::encode(&entry), value);
+        self.staged_timers.push((insert, entry));
+        Ok(())
+    }
+
+    /// The earliest timer of `kind` due at `now`.
+    pub(crate) fn next_timer(
+        &self,
+        kind: crate::timer::TimeKind,
+        now: i64,
+    ) -> Option<crate::timer::Entry> {
+        self.timers.as_ref()?.1.next_due(kind, now)
+    }
+
+    /// Reads a key of a store through the overlay (staged, pending, in flight, RocksDB).
+    pub(crate) fn read(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        match self.overlay.get(store, key) {
+            super::overlay::Lookup::Written(value) => Ok(value.map(<[u8]>::to_vec)),
+            super::overlay::Lookup::Unknown => self.db.get(store, key),
+        }
+    }
+
+    /// Stages a write of the current record.
+    pub(crate) fn write(&mut self, store: usize, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.overlay.write(store, key, value);
+    }
+
+    /// Entries of a store under `prefix`, through the overlay, in key order.
+    pub(crate) fn prefix(
+        &self,
+        store: usize,
+        prefix: &[u8],
+    ) -> Result<super::KeyValues, StateError> {
+        let base = self.db.prefix(store, prefix)?;
+        Ok(self.overlay.merge_prefix(store, prefix, base))
+    }
+
+    /// The recorded format of a store (window stores record their sizes there).
+    pub(crate) fn store_format(&self, store: usize) -> Option<&str> {
+        self.config.stores.get(store).map(|s| s.format.as_str())
+    }
+
+    /// Whether a timer is pending (or staged by the current record).
+    pub(crate) fn timer_pending(&self, entry: &crate::timer::Entry) -> bool {
+        self.staged_timers
+            .iter()
+            .any(|(insert, e)| *insert && e == entry)
+            || self.timers.as_ref().is_some_and(|(_, t)| t.contains(entry))
+    }
+
+    /// Whether timers are declared.
+    pub(crate) fn has_timers(&self) -> bool {
+        self.timers.is_some()
+    }
+
+    /// Pending timers.
+    pub(crate) fn pending_timers(&self) -> usize {
+        self.timers.as_ref().map_or(0, |(_, t)| t.len())
     }
 
     /// Distinct keys waiting for a flush.
@@ -238,6 +335,27 @@ impl PartitionState {
         self.overlay.commit_staged();
         Ok(())
     }
+}
+
+/// Reads the pending timers from the timer store, if timers are declared.
+fn load_timers(
+    db: &PartitionDb,
+    config: &ConsumerConfig,
+) -> Result<Option<(usize, Timers)>, StateError> {
+    let Some(store) = config
+        .stores
+        .iter()
+        .position(|s| s.name == crate::timer::TIMER_STORE)
+    else {
+        return Ok(None);
+    };
+    let mut timers = Timers::default();
+    for (key, _) in db.prefix(store, b"")? {
+        if let Some(entry) = crate::timer::decode(&key) {
+            timers.insert(entry);
+        }
+    }
+    Ok(Some((store, timers)))
 }
 
 /// A flush in flight (see [`PartitionState::start_flush`]).

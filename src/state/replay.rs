@@ -68,12 +68,15 @@ pub(crate) struct SourcePosition {
     pub(crate) next: i64,
     /// `-1` when unknown.
     pub(crate) last_timestamp: i64,
+    /// The partition's stream time (highest event time seen, milliseconds); `-1`: none.
+    pub(crate) stream_time: i64,
 }
 
 impl SourcePosition {
     pub(crate) const NONE: Self = Self {
         next: -1,
         last_timestamp: -1,
+        stream_time: -1,
     };
 
     /// The later of two positions.
@@ -134,6 +137,7 @@ impl StoreReplay {
             source: SourcePosition {
                 next: checkpoint.source_next,
                 last_timestamp: checkpoint.source_timestamp,
+                stream_time: checkpoint.stream_time,
             },
             void_keys: BTreeSet::new(),
             ready_bytes: 0,
@@ -223,6 +227,7 @@ impl StoreReplay {
             seq: seq.max(self.ready_checkpoint.map_or(self.checkpoint.seq, |c| c.seq)),
             source_next: self.source.next,
             source_timestamp: self.source.last_timestamp,
+            stream_time: self.source.stream_time,
         }
     }
 
@@ -400,6 +405,7 @@ mod tests {
             source: SourcePosition {
                 next,
                 last_timestamp: next,
+                stream_time: next,
             },
             touched: touched.iter().map(|s| s.to_string()).collect(),
         }

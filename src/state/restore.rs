@@ -361,6 +361,7 @@ fn repair(
                     seq,
                     source_next: resolution.source.next,
                     source_timestamp: resolution.source.last_timestamp,
+                    stream_time: resolution.source.stream_time,
                 },
             )
         })

@@ -168,6 +168,7 @@ impl Owner {
         let source = SourcePosition {
             next: self.next as i64,
             last_timestamp: self.next as i64 - 1,
+            stream_time: self.next as i64 - 1,
         };
         let entries = std::mem::replace(
             &mut self.overlay,
