@@ -1,20 +1,46 @@
-//! Crash consistency: a child process counting records into a store is killed with SIGKILL
-//! at varied moments, restarted, and at the end every key's count equals what was produced.
+//! Crash consistency, with proof of where each kill landed.
 //!
-//! The child is this test binary re-run with `KS_CRASH_CHILD` set (see `crash_child`).
+//! A child process (this test binary re-run with `KS_CRASH_CHILD` set, see `crash_child`)
+//! counts records per key into a `counts` store and sums their values into a `sums` store,
+//! and appends to a probe file: every 50th source offset its handler processes, and the
+//! library's restore and flush events (a tracing layer; "flushed state" is a flush's last
+//! step, after its RocksDB batch).
+//!
+//! Each round starts a child, produces more input, waits until the child is processing and
+//! has flushed at least once, SIGKILLs it after a random delay and classifies the kill:
+//! - *during processing*: the child processed a record within 250 ms before the kill and
+//!   records after it were waiting (lag > 0);
+//! - *during a flush*: the changelogs hold records of a flush of the child's epoch whose
+//!   "flushed state" was never logged (it had started, and did not end).
+//!
+//! Finally a consumer in this process handles one more record per key: every key's count and
+//! sum must equal those computed from the produced records (exactly once), and the committed
+//! offsets must equal the end offsets. `KS_CRASH_ROUNDS` and `KS_CRASH_SEED` override the
+//! round count and the seed (printed); `KS_KEEP_DIR=1` keeps the probe files and child logs.
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{require_broker, Counter, Running};
+use common::{require_broker, CountSum, KillOnDrop, Running};
+use kafka_stateful::changelog::changelog_topic;
 use kafka_stateful::codec::Utf8;
 use kafka_stateful::{ConsumerConfig, StatefulConsumer};
 
-const ROUNDS: u64 = 6;
+const PARTITIONS: i32 = 2;
+const KEYS: usize = 40;
+const DEFAULT_ROUNDS: u64 = 8;
+const INITIAL_RECORDS: usize = 16000;
+const RECORDS_PER_ROUND: usize = 3000;
+/// Kill delays are uniform in `0..MAX_DELAY_MS` after the child was seen processing and
+/// having flushed.
+const MAX_DELAY_MS: u64 = 1000;
 
-fn child_config(topic: &str, group: &str, dir: &str, counter: &Counter) -> ConsumerConfig {
+fn child_config(topic: &str, group: &str, dir: &str) -> ConsumerConfig {
+    let handler = CountSum::default();
     ConsumerConfig::builder(common::bootstrap(), group, [topic])
         .instance_id("crash-0")
         .session_timeout(Duration::from_secs(10))
@@ -23,7 +49,8 @@ fn child_config(topic: &str, group: &str, dir: &str, counter: &Counter) -> Consu
         .flush_max_records(37)
         .flush_interval(Duration::from_millis(50))
         .state_dir(dir)
-        .store(&counter.store)
+        .store(&handler.counts)
+        .store(&handler.sums)
         .build()
         .unwrap()
 }
@@ -34,33 +61,41 @@ async fn crash_child() {
     let Ok(spec) = std::env::var("KS_CRASH_CHILD") else {
         return;
     };
-    let mut parts = spec.split('|');
-    let (topic, group, dir) = (
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-    );
-    let counter = Counter {
-        delay: Some(Duration::from_micros(300)),
-        ..Counter::default()
+    let parts: Vec<&str> = spec.split('|').collect();
+    let [topic, group, dir, probe] = parts[..] else {
+        panic!("bad KS_CRASH_CHILD {spec:?}");
     };
-    let consumer = StatefulConsumer::new(
-        child_config(topic, group, dir, &counter),
-        Utf8,
-        Utf8,
-        counter,
-    );
+    let probe = common::Probe::create(Path::new(probe));
+    common::init_probe_tracing(probe.clone());
+    let handler = CountSum {
+        // About 0.4 ms per record: a batch (up to 1024 records) takes a few hundred ms.
+        delay: Some(Duration::from_millis(1)),
+        delay_every: 3,
+        probe: Some(probe),
+        ..CountSum::default()
+    };
+    let consumer = StatefulConsumer::new(child_config(topic, group, dir), Utf8, Utf8, handler);
     consumer.run(std::future::pending()).await.unwrap();
 }
 
-fn spawn_child(topic: &str, group: &str, dir: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+fn spawn_child(topic: &str, group: &str, dir: &str, probe: &Path, stderr: &Path) -> KillOnDrop {
+    let child = Command::new(common::self_exe())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env("KS_CRASH_CHILD", format!("{topic}|{group}|{dir}"))
+        .env(
+            "KS_CRASH_CHILD",
+            format!("{topic}|{group}|{dir}|{}", probe.display()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
         .spawn()
-        .unwrap()
+        .unwrap();
+    KillOnDrop(Some(child))
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -70,78 +105,172 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
         return;
     }
     common::init_tracing();
+    let test_started = Instant::now();
+    let rounds: u64 = std::env::var("KS_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_ROUNDS);
+    let (mut rng, seed) = common::Rng::from_env_or_clock("KS_CRASH_SEED");
+    println!(
+        "crash: seed {seed} (KS_CRASH_SEED={seed} reproduces delays and input), {rounds} rounds"
+    );
     let (topic, group, dir) = (
         common::unique("crash"),
         common::unique("g"),
-        tempfile::tempdir().unwrap(),
+        common::test_dir(),
     );
-    let dir_str = dir.path().to_str().unwrap().to_string();
-    common::create_topic(&topic, 2).await;
-    let mut produced = common::records(2, 40, 8000);
-    common::produce(&topic, &produced).await;
+    let state_dir = dir.path().join("state").to_str().unwrap().to_string();
+    let changelogs = [
+        changelog_topic(&group, "counts"),
+        changelog_topic(&group, "sums"),
+    ];
+    common::create_topic(&topic, PARTITIONS).await;
+    let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
+    common::produce(&topic, &workload.batch(INITIAL_RECORDS)).await;
 
-    // Pseudo-random kill delays from the clock; the seed is printed for reproduction.
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("kill seed {seed}");
-    let mut rounds = 0;
-    for round in 0..ROUNDS {
-        let mut child = spawn_child(&topic, &group, &dir_str);
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        // The child needs ~3 s to join; kill between 3 and 6 s: before, during and after work.
-        let kill_after = Duration::from_millis(3000 + (seed >> 33) % 3000);
+    let (mut during_processing, mut during_flush, mut both, mut neither) = (0, 0, 0, 0);
+    // A kill that cut a flush before all its markers were in the changelogs leaves records
+    // of an unfinished flush: the next start must find them and rewrite their keys.
+    let (mut repair_expected, mut repair_agrees) = (None::<bool>, 0);
+    for round in 0..rounds {
+        let from: Vec<Vec<i64>> = changelogs
+            .iter()
+            .map(|t| common::end_offsets_or_zero(t, PARTITIONS))
+            .collect();
+        let probe: PathBuf = dir.path().join(format!("probe-{round}.log"));
+        let stderr = dir.path().join(format!("child-{round}.stderr"));
         let started = Instant::now();
-        while started.elapsed() < kill_after {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "child exited by itself in round {round}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut child = spawn_child(&topic, &group, &state_dir, &probe, &stderr);
+        // More input while the child starts, so every round has a backlog.
+        common::produce(&topic, &workload.batch(RECORDS_PER_ROUND)).await;
+        let ends = common::end_offsets(&topic, PARTITIONS);
+        common::wait_until(
+            "child processing and flushed at least once",
+            Duration::from_secs(60),
+            || {
+                assert!(
+                    child.alive(),
+                    "child exited by itself in round {round}:\n{}",
+                    tail(&stderr)
+                );
+                let log = common::read_probe(&probe);
+                !log.processing.is_empty() && !log.flushed.is_empty()
+            },
+        )
+        .await;
+        let ready = started.elapsed();
+        // The scenario: a random moment after the child got going.
+        let delay = rng.below(MAX_DELAY_MS);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        assert!(
+            child.alive(),
+            "child exited by itself in round {round}:\n{}",
+            tail(&stderr)
+        );
+        let kill_ms = common::now_ms();
+        child.kill(); // SIGKILL
+        let log = common::read_probe(&probe);
+        let mut flushes = BTreeMap::new();
+        for (t, f) in changelogs.iter().zip(&from) {
+            common::changelog_flush_records(t, PARTITIONS, f, &mut flushes);
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        rounds += 1;
-        // More input between crashes, so later rounds have work mid-stream.
-        let more = common::records(2, 40, 500);
-        common::produce(&topic, &more).await;
-        produced.extend(more);
+        let held = log.held_at(kill_ms);
+        let verdict = common::classify_kill(&log, kill_ms, &ends, &flushes, &held);
+        match (
+            !verdict.processing.is_empty(),
+            !verdict.cut_flushes.is_empty(),
+        ) {
+            (true, true) => both += 1,
+            (true, false) => during_processing += 1,
+            (false, true) => during_flush += 1,
+            (false, false) => neither += 1,
+        }
+        let lag: Vec<String> = (0..PARTITIONS)
+            .map(|p| {
+                let last = log
+                    .processing
+                    .iter()
+                    .filter(|(t, q, _)| *q == p && *t <= kill_ms)
+                    .map(|(_, _, o)| *o)
+                    .max();
+                match last {
+                    Some(o) => format!("p{p} at ~{o} of {}", ends[p as usize]),
+                    None => format!("p{p} idle, end {}", ends[p as usize]),
+                }
+            })
+            .collect();
+        let mut warnings = log.warnings.clone();
+        warnings.dedup();
+        let repaired = !log.repaired.is_empty();
+        if let Some(expected) = repair_expected {
+            repair_agrees += u32::from(expected == repaired);
+            println!(
+                "round {round}: restart rewrote an unfinished flush's keys: {repaired} \
+                 (expected from the previous kill: {expected})"
+            );
+        }
+        repair_expected = Some(
+            verdict
+                .cut_flushes
+                .iter()
+                .any(|(_, r)| r.markers < changelogs.len()),
+        );
+        println!(
+            "round {round}: processing+flushed after {:.1} s, SIGKILL {delay} ms later; \
+             processing at kill: {:?} ({}); flushes completed: {}; cut flushes: {}; \
+             library warnings: {warnings:?}",
+            ready.as_secs_f64(),
+            verdict.processing,
+            lag.join(", "),
+            verdict.flushes,
+            verdict.cut_flushes_text(changelogs.len()),
+        );
     }
     println!(
-        "kill rounds: {rounds}, committed before final run: {:?}",
-        common::committed(&group, &topic, 2)
+        "crash: {rounds} kills: during processing only {during_processing}, during a flush \
+         only {during_flush}, during processing and a flush {both}, neither {neither}; \
+         restarts whose repair matched the previous kill's cut flush: {repair_agrees} of \
+         {}; committed before the final run: {:?}",
+        rounds.saturating_sub(1),
+        common::committed(&group, &topic, PARTITIONS)
+    );
+    assert!(
+        during_processing + both >= 1,
+        "no kill landed while records were being processed (seed {seed})"
     );
 
-    // One record per key last, so the final in-process run observes every key's count.
-    let probes: Vec<_> = (0..40)
-        .map(|k| (k % 2, format!("key-{k}"), "probe".to_string()))
-        .collect();
-    common::produce(&topic, &probes).await;
-    produced.extend(probes);
-    let counter = Counter::default();
+    // One record per key last, so the final in-process run observes every key's state.
+    common::produce(&topic, &workload.one_per_key()).await;
+    let handler = CountSum::default();
+    let final_started = Instant::now();
     let running = Running::start(StatefulConsumer::new(
-        child_config(&topic, &group, &dir_str, &counter),
+        child_config(&topic, &group, &state_dir),
         Utf8,
         Utf8,
-        counter.clone(),
+        handler.clone(),
     ));
     common::wait_until(
         "everything processed and committed",
         Duration::from_secs(120),
-        || common::committed(&group, &topic, 2) == common::end_offsets(&topic, 2),
+        || common::committed(&group, &topic, PARTITIONS) == common::end_offsets(&topic, PARTITIONS),
     )
     .await;
     running.stop().await.unwrap();
-    let expected = common::expected_counts(&produced);
-    let last = counter.last.lock().unwrap();
-    for (key, n) in &expected {
-        assert_eq!(
-            last.get(key),
-            Some(n),
-            "count of {key} after {rounds} SIGKILL rounds"
-        );
-    }
+    println!("final run: {:.1} s", final_started.elapsed().as_secs_f64());
+    assert_eq!(
+        common::committed(&group, &topic, PARTITIONS),
+        common::end_offsets(&topic, PARTITIONS)
+    );
+    let wrong = common::state_mismatches(&workload.expected(), &handler.last.lock().unwrap());
+    assert!(
+        wrong.is_empty(),
+        "after {rounds} SIGKILL rounds (seed {seed}), {} of {KEYS} keys are wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    println!(
+        "crash: {} records, every key's count and sum exact, committed == end; {:.1} s",
+        workload.produced.len(),
+        test_started.elapsed().as_secs_f64()
+    );
 }

@@ -2,7 +2,7 @@
 //! reading committed offsets, and waiting on conditions with deadlines.
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -552,3 +552,7 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<ReadRecord> {
     }
     out
 }
+
+mod kill;
+#[allow(unused_imports)]
+pub use kill::*;

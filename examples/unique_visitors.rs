@@ -1,0 +1,340 @@
+//! Distinct visitors per product page per minute: the job this library exists for.
+//!
+//! Input: page views `{page, user, ts}` (JSON, keyed by page) on `--topic`. One-minute
+//! tumbling windows on the view's own `ts` (event time), with 10 s of grace for views that
+//! arrive out of order; later views are late: counted, not applied. Per page and minute the
+//! job keeps the set of users seen (one key per `(page, user)`, so a record costs O(1) state
+//! writes however many visitors a page has) and the number of views. When a minute closes,
+//! `{page, window_start, unique_visitors, views}` goes to `--output` and to the log, and the
+//! window's state is deleted (tombstones in the changelog: a restore never brings it back).
+//!
+//! ```text
+//! cargo run --example unique_visitors -- --brokers 127.0.0.1:9092 --produce 20000 --exit-when-idle
+//! ```
+//!
+//! `--produce N` first fills the topic with N views over ten simulated minutes: 1000 pages, a
+//! long tail of users, some views out of order and some late. Run it again with the same
+//! instance id: it resumes with 0 changelog records restored. Delete the state directory and
+//! run it again: it restores from the changelog and goes on with the same results.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use kafka_stateful::codec::{Bincode, Json, Utf8};
+use kafka_stateful::window::{ClosedWindow, WindowDef};
+use kafka_stateful::{
+    ConsumerConfig, Handler, HandlerError, Output, PartitionContext, Record, StatefulConsumer,
+    StatsSnapshot,
+};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+/// A page view.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct View {
+    page: String,
+    user: String,
+    /// Event time, milliseconds since the epoch.
+    ts: i64,
+}
+
+/// A closed minute of a page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PageMinute {
+    page: String,
+    window_start: i64,
+    unique_visitors: u64,
+    views: u64,
+}
+
+/// Per page and minute: the users seen, and `(unique, views)`.
+struct UniqueVisitors {
+    members: WindowDef<(String, String), ()>,
+    counts: WindowDef<String, (u64, u64)>,
+    output: Output<String, PageMinute>,
+    closed: Arc<AtomicU64>,
+    samples: Arc<Mutex<Vec<PageMinute>>>,
+}
+
+impl UniqueVisitors {
+    fn new(output_topic: &str) -> Self {
+        let (minute, grace) = (Duration::from_secs(60), Duration::from_secs(10));
+        Self {
+            members: WindowDef::tumbling("members", minute, grace, Bincode::new(), Bincode::new()),
+            counts: WindowDef::tumbling("counts", minute, grace, Utf8, Bincode::new()),
+            output: Output::new(output_topic, Utf8, Json::new()),
+            closed: Arc::default(),
+            samples: Arc::default(),
+        }
+    }
+}
+
+impl Handler<String, View> for UniqueVisitors {
+    /// The view's own time, not the Kafka timestamp.
+    fn event_time(&self, record: &Record<String, View>) -> Option<i64> {
+        record.value.as_ref().map(|v| v.ts)
+    }
+
+    async fn handle(
+        &self,
+        record: Record<String, View>,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), HandlerError> {
+        let Some(view) = record.value else {
+            return Ok(());
+        };
+        // Empty for a late view (its minute closed): it is counted late, nothing applied.
+        let windows = ctx.window(&self.members)?.windows();
+        for window in windows {
+            let member = (view.page.clone(), view.user.clone());
+            let first_visit = {
+                let mut members = ctx.window(&self.members)?;
+                let first = members.get(window, &member)?.is_none();
+                if first {
+                    members.put(window, &member, &())?;
+                }
+                first
+            };
+            let mut counts = ctx.window(&self.counts)?;
+            let (unique, views) = counts.get(window, &view.page)?.unwrap_or((0, 0));
+            counts.put(
+                window,
+                &view.page,
+                &(unique + u64::from(first_visit), views + 1),
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn on_window_closed(
+        &self,
+        closed: ClosedWindow,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), HandlerError> {
+        if closed.store != self.counts.name() {
+            return Ok(()); // the members of the minute: deleted, nothing to report
+        }
+        for (page, (unique_visitors, views)) in closed.entries(&self.counts)? {
+            let result = PageMinute {
+                page: page.clone(),
+                window_start: closed.window.start,
+                unique_visitors,
+                views,
+            };
+            if self.closed.fetch_add(1, Ordering::Relaxed).is_multiple_of(500) {
+                tracing::info!(?result, "minute closed");
+            }
+            // The five busiest page-minutes, for the summary.
+            let mut samples = self.samples.lock().map_err(|_| "poisoned")?;
+            samples.push(result.clone());
+            samples.sort_by(|a, b| b.views.cmp(&a.views).then(a.page.cmp(&b.page)));
+            samples.truncate(5);
+            ctx.send(&self.output, Some(&page), Some(&result))?;
+        }
+        Ok(())
+    }
+}
+
+struct Args {
+    brokers: String,
+    topic: String,
+    output: String,
+    group: String,
+    state_dir: String,
+    produce: usize,
+    exit_when_idle: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        brokers: "127.0.0.1:9092".into(),
+        topic: "page-views-ts".into(),
+        output: "page-minutes".into(),
+        group: "unique-visitors".into(),
+        state_dir: "./unique-visitors-state".into(),
+        produce: 0,
+        exit_when_idle: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--brokers" => args.brokers = value()?,
+            "--topic" => args.topic = value()?,
+            "--output" => args.output = value()?,
+            "--group" => args.group = value()?,
+            "--state-dir" => args.state_dir = value()?,
+            "--produce" => args.produce = value()?.parse()?,
+            "--exit-when-idle" => args.exit_when_idle = true,
+            other => anyhow::bail!(
+                "unknown flag {other}; flags: --brokers --topic --output --group --state-dir --produce N --exit-when-idle"
+            ),
+        }
+    }
+    Ok(args)
+}
+
+/// Ten simulated minutes of views: 1000 pages (a few popular), a long tail of users, 5% out
+/// of order within the grace period, 1% late.
+async fn fill(args: &Args) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .create()?;
+    for topic in [&args.topic, &args.output] {
+        // An existing topic is fine; other errors surface when producing.
+        let _ = admin
+            .create_topics(
+                &[NewTopic::new(topic, 4, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await?;
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("linger.ms", "10")
+        .create()?;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let span = 10 * 60_000i64;
+    let mut pending = Vec::new();
+    for i in 0..args.produce as u64 {
+        let r = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let popular = (r >> 8) % 1000;
+        let page = format!("/product/{}", popular * popular / 1000);
+        let user = format!("user-{}", (r >> 24) % 100_000 * ((r >> 40) % 3 + 1) / 3);
+        let mut ts = start + span * i as i64 / args.produce.max(1) as i64;
+        match r % 100 {
+            0 => ts -= 90_000,    // late: its minute closed already
+            1..=5 => ts -= 8_000, // out of order, within the grace period
+            _ => {}
+        }
+        let value = serde_json::to_vec(&View {
+            page: page.clone(),
+            user,
+            ts,
+        })?;
+        let record = FutureRecord::to(&args.topic).key(&page).payload(&value);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+    }
+    for delivery in futures::future::join_all(pending).await {
+        delivery?.map_err(|(e, _)| e)?;
+    }
+    println!("produced {} views to {}", args.produce, args.topic);
+    Ok(())
+}
+
+/// Every partition is processed and committed up to its end.
+fn caught_up(s: &StatsSnapshot) -> bool {
+    !s.partitions.is_empty()
+        && s.partitions
+            .values()
+            .all(|p| p.ready && p.queued == 0 && p.high_watermark >= 0 && p.committed_lag == 0)
+}
+
+/// A progress line: on a terminal rewritten in place, otherwise one line per report.
+fn progress(s: &StatsSnapshot, started: Instant) {
+    use std::io::{IsTerminal, Write};
+    let lag: i64 = s.partitions.values().map(|p| p.committed_lag.max(0)).sum();
+    let restoring: u64 = s
+        .partitions
+        .values()
+        .filter(|p| !p.ready)
+        .map(|p| p.restore_total.saturating_sub(p.restore_done))
+        .sum();
+    let handled: u64 = s.partitions.values().map(|p| p.handled).sum();
+    let line = format!(
+        "[{:>5.1}s] partitions {} | handled {handled} | lag {lag} | restoring {restoring} left | late {}",
+        started.elapsed().as_secs_f64(),
+        s.partitions.len(),
+        s.partitions.values().map(|p| p.late).sum::<u64>(),
+    );
+    let mut out = std::io::stderr();
+    if out.is_terminal() {
+        let _ = write!(out, "\r{line}   ");
+    } else {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,unique_visitors=info".into()),
+        )
+        .init();
+    let started = Instant::now();
+    let args = parse_args()?;
+    if args.produce > 0 {
+        fill(&args).await?;
+    }
+    let handler = UniqueVisitors::new(&args.output);
+    let (closed, samples) = (handler.closed.clone(), handler.samples.clone());
+    let config = ConsumerConfig::builder(&args.brokers, &args.group, [&args.topic])
+        .instance_id("unique-visitors-0")
+        .state_dir(&args.state_dir)
+        .window(&handler.members)
+        .window(&handler.counts)
+        .commit_interval(Duration::from_secs(1))
+        .build()?;
+    let consumer = StatefulConsumer::new(config, Utf8, Json::<View>::new(), handler);
+    let stats = consumer.stats();
+    let last = Arc::new(Mutex::new(StatsSnapshot::default()));
+    let exit_when_idle = args.exit_when_idle;
+    let shutdown = {
+        let last = last.clone();
+        async move {
+            let mut ticks = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+                let s = stats.snapshot();
+                ticks += 1;
+                let done = exit_when_idle && caught_up(&s);
+                if ticks.is_multiple_of(4) || done {
+                    progress(&s, started);
+                }
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = s;
+                if done {
+                    break;
+                }
+            }
+        }
+    };
+    consumer.run(shutdown).await?;
+    let last = last.lock().unwrap_or_else(|p| p.into_inner());
+    let restored: u64 = last.partitions.values().map(|p| p.restored_records).sum();
+    let late: u64 = last.partitions.values().map(|p| p.late).sum();
+    let handled: u64 = last.partitions.values().map(|p| p.handled).sum();
+    println!();
+    println!("summary");
+    println!("  views handled this run:       {handled}");
+    println!("  late views (not applied):     {late}");
+    println!(
+        "  page-minutes closed and sent: {}",
+        closed.load(Ordering::Relaxed)
+    );
+    println!("  changelog records restored at start: {restored}");
+    println!(
+        "  elapsed:                      {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!("  busiest page-minutes (sent to {}):", args.output);
+    for row in samples.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        println!(
+            "    {:<16} minute {} : {} unique visitors, {} views",
+            row.page, row.window_start, row.unique_visitors, row.views
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! Fault injection over a group of processes: three children (this test binary re-run with
+//! `KS_CHAOS_CHILD` set, see `chaos_child`) consume a 4-partition topic in one group, each
+//! with its own static instance id and state directory, counting records per key into a
+//! `counts` store and summing their values into a `sums` store.
+//!
+//! Each round produces more input, picks a random child, waits until it is processing, and
+//! SIGKILLs it at a random moment. Rounds alternate between
+//! - *quick*: the child is restarted at once; as a static member it gets its partitions back
+//!   within the session timeout (6 s) and restarts on its own local state;
+//! - *moved*: the child stays dead until the others took over its partitions (after the
+//!   session timeout; they restore from the changelogs on top of whatever stale local state
+//!   they had), then it is restarted and the group rebalances again.
+//!
+//! Every kill is classified from the child's probe file and the changelogs, as in
+//! `crash.rs`. At the end all children are killed, one more record per key is produced, and
+//! a fresh consumer (new instance id, empty state directory: it restores everything from the
+//! changelogs) handles it: every key's count and sum must equal those computed from the
+//! produced records, and the committed offsets must equal the end offsets.
+//!
+//! `KS_CHAOS_ROUNDS` (default 8) and `KS_CHAOS_SEED` (printed) change the rounds and seed;
+//! `KS_KEEP_DIR=1` keeps the probe files, child logs and state directories.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{require_broker, CountSum, KillOnDrop, Running};
+use kafka_stateful::changelog::changelog_topic;
+use kafka_stateful::codec::Utf8;
+use kafka_stateful::{ConsumerConfig, StatefulConsumer};
+
+const PARTITIONS: i32 = 4;
+const KEYS: usize = 60;
+const CHILDREN: usize = 3;
+const DEFAULT_ROUNDS: u64 = 8;
+const INITIAL_RECORDS: usize = 8000;
+const RECORDS_PER_ROUND: usize = 6000;
+/// Kill delays are uniform in `0..MAX_DELAY_MS` after the victim was seen processing.
+const MAX_DELAY_MS: u64 = 1000;
+const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
+fn config(topic: &str, group: &str, instance: &str, dir: &str) -> ConsumerConfig {
+    let handler = CountSum::default();
+    ConsumerConfig::builder(common::bootstrap(), group, [topic])
+        .instance_id(instance)
+        .session_timeout(SESSION_TIMEOUT)
+        // Bounds a rebalance that waits for a member that died during it.
+        .max_poll_interval(Duration::from_secs(20))
+        .revoke_timeout(Duration::from_secs(5))
+        .flush_timeout(Duration::from_secs(5))
+        .commit_interval(Duration::from_millis(200))
+        .flush_max_records(50)
+        .flush_interval(Duration::from_millis(100))
+        .state_dir(dir)
+        .store(&handler.counts)
+        .store(&handler.sums)
+        .build()
+        .unwrap()
+}
+
+/// The child's body; a no-op unless run as a child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_child() {
+    let Ok(spec) = std::env::var("KS_CHAOS_CHILD") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let [topic, group, instance, dir, probe] = parts[..] else {
+        panic!("bad KS_CHAOS_CHILD {spec:?}");
+    };
+    let probe = common::Probe::create(Path::new(probe));
+    common::init_probe_tracing(probe.clone());
+    let handler = CountSum {
+        delay: Some(Duration::from_millis(1)),
+        delay_every: 3,
+        probe: Some(probe.clone()),
+        ..CountSum::default()
+    };
+    let consumer = StatefulConsumer::new(config(topic, group, instance, dir), Utf8, Utf8, handler);
+    common::probe_stats(consumer.stats(), probe);
+    consumer.run(std::future::pending()).await.unwrap();
+}
+
+/// One child slot: its instance id and state dir stay, its process is replaced on restart.
+struct Slot {
+    instance: String,
+    state_dir: String,
+    process: KillOnDrop,
+    /// Restarts so far; names this process's probe and stderr files.
+    incarnation: u32,
+    probe: PathBuf,
+    stderr: PathBuf,
+    started: Instant,
+}
+
+struct Group {
+    topic: String,
+    group: String,
+    dir: PathBuf,
+    slots: Vec<Slot>,
+}
+
+impl Group {
+    fn spawn(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.incarnation += 1;
+        slot.probe = self.dir.join(format!("probe-{i}-{}.log", slot.incarnation));
+        slot.stderr = self
+            .dir
+            .join(format!("child-{i}-{}.stderr", slot.incarnation));
+        let child = Command::new(common::self_exe())
+            .args(["--exact", "chaos_child", "--nocapture", "--test-threads=1"])
+            .env(
+                "KS_CHAOS_CHILD",
+                format!(
+                    "{}|{}|{}|{}|{}",
+                    self.topic,
+                    self.group,
+                    slot.instance,
+                    slot.state_dir,
+                    slot.probe.display()
+                ),
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&slot.stderr).unwrap())
+            .spawn()
+            .unwrap();
+        slot.process = KillOnDrop(Some(child));
+        slot.started = Instant::now();
+    }
+
+    /// Panics (with the child's stderr) when a child that should run exited by itself.
+    fn check_alive(&mut self, except: Option<usize>) {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if Some(i) != except && !slot.process.alive() {
+                let text = std::fs::read_to_string(&slot.stderr).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                panic!(
+                    "{} exited by itself:\n{}",
+                    slot.instance,
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
+    require_broker!();
+    if std::env::var("KS_CHAOS_CHILD").is_ok() {
+        return;
+    }
+    common::init_tracing();
+    let test_started = Instant::now();
+    let rounds: u64 = std::env::var("KS_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_ROUNDS);
+    let (mut rng, seed) = common::Rng::from_env_or_clock("KS_CHAOS_SEED");
+    println!(
+        "chaos: seed {seed} (KS_CHAOS_SEED={seed} reproduces victims, delays and input), \
+         {rounds} rounds, {CHILDREN} processes, {PARTITIONS} partitions"
+    );
+    let dir = common::test_dir();
+    let (topic, group_id) = (common::unique("chaos"), common::unique("g"));
+    let changelogs = [
+        changelog_topic(&group_id, "counts"),
+        changelog_topic(&group_id, "sums"),
+    ];
+    common::create_topic(&topic, PARTITIONS).await;
+    let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
+    common::produce(&topic, &workload.batch(INITIAL_RECORDS)).await;
+
+    let mut group = Group {
+        topic: topic.clone(),
+        group: group_id.clone(),
+        dir: dir.path().to_path_buf(),
+        slots: (0..CHILDREN)
+            .map(|i| Slot {
+                instance: format!("chaos-{i}"),
+                state_dir: dir
+                    .path()
+                    .join(format!("state-{i}"))
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+                process: KillOnDrop(None),
+                incarnation: 0,
+                probe: PathBuf::new(),
+                stderr: PathBuf::new(),
+                started: Instant::now(),
+            })
+            .collect(),
+    };
+    for i in 0..CHILDREN {
+        group.spawn(i);
+    }
+    let (mut processing_kills, mut flush_kills, mut idle_kills) = (0, 0, 0);
+    for round in 0..rounds {
+        let moved = round % 2 == 1;
+        let victim = rng.below(CHILDREN as u64) as usize;
+        let probe = group.slots[victim].probe.clone();
+        // The victim must own partitions when the round's input arrives, or the others may
+        // process all of it first (a restarted member needs a few seconds to rejoin).
+        let owned = common::wait_for(Duration::from_secs(30), || {
+            group.check_alive(None);
+            !common::read_probe(&probe)
+                .held_at(common::now_ms())
+                .is_empty()
+        })
+        .await;
+        let from: Vec<Vec<i64>> = changelogs
+            .iter()
+            .map(|t| common::end_offsets_or_zero(t, PARTITIONS))
+            .collect();
+        let produced_ms = common::now_ms();
+        common::produce(&topic, &workload.batch(RECORDS_PER_ROUND)).await;
+        let ends = common::end_offsets(&topic, PARTITIONS);
+        // A victim that is not seen processing (it lost its partitions meanwhile) is killed
+        // all the same after the deadline; the verdict then says it was idle.
+        let seen_processing = common::wait_for(Duration::from_secs(20), || {
+            group.check_alive(None);
+            common::read_probe(&probe).processed_since(produced_ms)
+        })
+        .await;
+        let delay = rng.below(MAX_DELAY_MS);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        group.check_alive(None);
+        let slot = &mut group.slots[victim];
+        let (instance, incarnation, up) = (
+            slot.instance.clone(),
+            slot.incarnation,
+            slot.started.elapsed(),
+        );
+        let kill_ms = common::now_ms();
+        slot.process.kill(); // SIGKILL
+        let log = common::read_probe(&slot.probe);
+        let held = log.held_at(kill_ms);
+        let mut flushes = BTreeMap::new();
+        for (t, f) in changelogs.iter().zip(&from) {
+            common::changelog_flush_records(t, PARTITIONS, f, &mut flushes);
+        }
+        let verdict = common::classify_kill(&log, kill_ms, &ends, &flushes, &held);
+        if !verdict.processing.is_empty() {
+            processing_kills += 1;
+        }
+        if !verdict.cut_flushes.is_empty() {
+            flush_kills += 1;
+        }
+        if verdict.processing.is_empty() && verdict.cut_flushes.is_empty() {
+            idle_kills += 1;
+        }
+        println!(
+            "round {round} ({}): SIGKILL {instance} #{incarnation} (up {:.1} s) {delay} ms \
+             after {}; held {held:?}; processing at kill {:?}; cut flushes {}",
+            if moved { "moved" } else { "quick" },
+            up.as_secs_f64(),
+            match (owned, seen_processing) {
+                (_, true) => "it was seen processing",
+                (true, false) => "20 s without seeing it process",
+                (false, false) => "30 s without it owning a partition",
+            },
+            verdict.processing,
+            verdict.cut_flushes_text(changelogs.len()),
+        );
+        if !seen_processing {
+            for p in &held {
+                if let Some((t, text)) = log.stats.get(p) {
+                    println!(
+                        "  {instance} p{p} {} ms before the kill: {text}",
+                        kill_ms.saturating_sub(*t)
+                    );
+                }
+            }
+        }
+        if moved && !held.is_empty() {
+            // Wait until the survivors own every partition the victim held.
+            let waited = Instant::now();
+            let survivors: Vec<PathBuf> = (0..CHILDREN)
+                .filter(|i| *i != victim)
+                .map(|i| group.slots[i].probe.clone())
+                .collect();
+            common::wait_until(
+                "survivors took over the victim's partitions",
+                Duration::from_secs(60),
+                || {
+                    group.check_alive(Some(victim));
+                    let now = common::now_ms();
+                    held.iter().all(|p| {
+                        survivors
+                            .iter()
+                            .any(|s| common::read_probe(s).held_at(now).contains(p))
+                    })
+                },
+            )
+            .await;
+            println!(
+                "  survivors own {held:?} {:.1} s after the kill; restarting {instance}",
+                waited.elapsed().as_secs_f64()
+            );
+        }
+        group.spawn(victim);
+    }
+    for slot in &group.slots {
+        let log = common::read_probe(&slot.probe);
+        if !log.warnings.is_empty() {
+            println!(
+                "  {} #{} warned: {:?}",
+                slot.instance, slot.incarnation, log.warnings
+            );
+        }
+    }
+    println!(
+        "chaos: {rounds} kills: during processing {processing_kills}, during a flush \
+         {flush_kills}, idle {idle_kills}; {:.1} s",
+        test_started.elapsed().as_secs_f64()
+    );
+
+    // The end: every child killed, then one record per key for a fresh consumer that
+    // restores every partition from the changelogs.
+    group.check_alive(None);
+    for slot in &mut group.slots {
+        slot.process.kill();
+    }
+    common::produce(&topic, &workload.one_per_key()).await;
+    let final_started = Instant::now();
+    let handler = CountSum::default();
+    let final_dir = dir.path().join("state-final");
+    let running = Running::start(StatefulConsumer::new(
+        config(
+            &topic,
+            &group_id,
+            "chaos-final",
+            final_dir.to_str().unwrap(),
+        ),
+        Utf8,
+        Utf8,
+        handler.clone(),
+    ));
+    common::wait_until(
+        "everything processed and committed",
+        Duration::from_secs(120),
+        || {
+            common::committed(&group_id, &topic, PARTITIONS)
+                == common::end_offsets(&topic, PARTITIONS)
+        },
+    )
+    .await;
+    running.stop().await.unwrap();
+    println!(
+        "final consumer (fresh state dir): {:.1} s",
+        final_started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        common::committed(&group_id, &topic, PARTITIONS),
+        common::end_offsets(&topic, PARTITIONS)
+    );
+    let wrong = common::state_mismatches(&workload.expected(), &handler.last.lock().unwrap());
+    assert!(
+        wrong.is_empty(),
+        "after {rounds} chaos rounds (seed {seed}), {} of {KEYS} keys are wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    println!(
+        "chaos: {} records, every key's count and sum exact, committed == end; {:.1} s",
+        workload.produced.len(),
+        test_started.elapsed().as_secs_f64()
+    );
+}
