@@ -126,7 +126,11 @@ impl Handler<String, View> for UniqueVisitors {
                 unique_visitors,
                 views,
             };
-            if self.closed.fetch_add(1, Ordering::Relaxed).is_multiple_of(500) {
+            if self
+                .closed
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(500)
+            {
                 tracing::info!(?result, "minute closed");
             }
             // The five busiest page-minutes, for the summary.

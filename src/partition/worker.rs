@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::batch::{RawRecord, RecordBatch};
 use super::policy::{dead_letter, panic_message, Failure};
@@ -24,7 +25,7 @@ use crate::error::Error;
 use crate::handler::{Handler, PartitionContext, Record};
 use crate::observe::StatsInner;
 use crate::offset::{OffsetTracker, PartitionProgress};
-use crate::state::{FlushJob, PartitionState, StateEnv};
+use crate::state::{PartitionState, StateEnv};
 use crate::timer::{Owner, TimeKind, Timer};
 
 /// What all workers of a consumer share.
@@ -115,9 +116,8 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     skip_below: i64,
     since_flush: usize,
     last_flush: Instant,
-    /// The flush in flight, with the source offset it makes durable. (In a mutex only so
-    /// the worker is `Sync`, as awaiting with `&self` requires; it is never contended.)
-    in_flight: Option<(std::sync::Mutex<FlushJob>, i64)>,
+    /// The flush in flight, with the source offset it makes durable.
+    in_flight: Option<(InFlight, i64)>,
     /// When the flush in flight started.
     flush_started: Instant,
     /// Records seen, for sampling the handler-duration histogram.
@@ -341,7 +341,7 @@ where
                 self.in_flight = Some((job, next));
                 return Ok(());
             }
-            let done = into_job(job).await?;
+            let done = settle(job).await?;
             self.complete_flush(done, next, ctx)?;
         }
         self.since_flush = 0;
@@ -355,7 +355,10 @@ where
         {
             Some(job) => {
                 self.flush_started = Instant::now();
-                self.in_flight = Some((std::sync::Mutex::new(job), position.next));
+                // Its own task: it makes progress (acknowledgements, the RocksDB write) while
+                // this worker is busy with a batch, not only between batches.
+                let task = AbortOnDropHandle::new(tokio::spawn(job));
+                self.in_flight = Some((task, position.next));
             }
             None => self.progress.set_durable(position.next),
         }
@@ -490,7 +493,7 @@ where
             return Ok(());
         }
         if let Some((job, next)) = self.in_flight.take() {
-            let done = into_job(job).await?;
+            let done = settle(job).await?;
             self.complete_flush(done, next, ctx)?;
         }
         self.since_flush = 0;
@@ -834,19 +837,30 @@ async fn cancel_after_stop(stop: &StopSignal, timeout: Duration) {
     }
 }
 
+/// A flush running as its own task; aborted if the worker goes away first.
+type InFlight = AbortOnDropHandle<Result<crate::state::FlushDone, crate::StateError>>;
+
 /// Resolves when the flush in flight finished; never while there is none.
 async fn finished(
-    in_flight: &mut Option<(std::sync::Mutex<FlushJob>, i64)>,
+    in_flight: &mut Option<(InFlight, i64)>,
 ) -> Result<crate::state::FlushDone, crate::StateError> {
     match in_flight {
-        Some((job, _)) => {
-            let job = job.get_mut().unwrap_or_else(|p| p.into_inner());
-            job.as_mut().await
-        }
+        Some((task, _)) => flatten(task.await),
         None => std::future::pending().await,
     }
 }
 
-fn into_job(job: std::sync::Mutex<FlushJob>) -> FlushJob {
-    job.into_inner().unwrap_or_else(|p| p.into_inner())
+async fn settle(task: InFlight) -> Result<crate::state::FlushDone, crate::StateError> {
+    flatten(task.await)
+}
+
+fn flatten(
+    joined: Result<Result<crate::state::FlushDone, crate::StateError>, tokio::task::JoinError>,
+) -> Result<crate::state::FlushDone, crate::StateError> {
+    joined.unwrap_or_else(|e| {
+        Err(crate::StateError::CorruptMetadata {
+            path: std::path::PathBuf::new(),
+            reason: format!("flush task ended abnormally: {e}"),
+        })
+    })
 }

@@ -60,7 +60,7 @@ pub(crate) use db::PartitionDb;
 pub use log::MemoryLog;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use partition::partition_dir;
-pub(crate) use partition::{FlushDone, FlushJob, PartitionState, StateEnv};
+pub(crate) use partition::{FlushDone, PartitionState, StateEnv};
 pub use store::{Store, StoreDef};
 
 use std::path::PathBuf;
