@@ -1,0 +1,288 @@
+//! Windows, late records and window close against a real broker: the output topic holds
+//! exactly the rows an independent computation gives, closed windows are tombstoned in the
+//! changelog, and a restore on an empty disk brings none back.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use common::{require_broker, Running};
+use kafka_stateful::changelog::changelog_topic;
+use kafka_stateful::codec::{Bincode, Json, Utf8};
+use kafka_stateful::window::{ClosedWindow, WindowDef};
+use kafka_stateful::{
+    ConsumerConfig, Handler, HandlerError, Output, PartitionContext, Record, StatefulConsumer,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+const MINUTE: i64 = 60_000;
+const GRACE: i64 = 10_000;
+
+/// Per page and minute: distinct users and views, from `value = "<user>@<ts>"`.
+#[derive(Clone)]
+struct Visitors {
+    members: WindowDef<(String, String), ()>,
+    counts: WindowDef<String, (u64, u64)>,
+    output: Output<String, (String, i64, u64, u64)>,
+}
+
+fn parse(value: &str) -> Option<(String, i64)> {
+    let (user, ts) = value.split_once('@')?;
+    Some((user.to_string(), ts.parse().ok()?))
+}
+
+impl Handler<String, String> for Visitors {
+    fn event_time(&self, r: &Record<String, String>) -> Option<i64> {
+        parse(r.value.as_deref()?).map(|(_, ts)| ts)
+    }
+
+    async fn handle(
+        &self,
+        r: Record<String, String>,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), HandlerError> {
+        let page = r.key.ok_or("no page")?;
+        let (user, _) = parse(r.value.as_deref().ok_or("no value")?).ok_or("bad value")?;
+        let windows = ctx.window(&self.members)?.windows();
+        for w in windows {
+            let member = (page.clone(), user.clone());
+            let first = {
+                let mut members = ctx.window(&self.members)?;
+                let first = members.get(w, &member)?.is_none();
+                if first {
+                    members.put(w, &member, &())?;
+                }
+                first
+            };
+            let mut counts = ctx.window(&self.counts)?;
+            let (u, v) = counts.get(w, &page)?.unwrap_or((0, 0));
+            counts.put(w, &page, &(u + u64::from(first), v + 1))?;
+        }
+        Ok(())
+    }
+
+    async fn on_window_closed(
+        &self,
+        closed: ClosedWindow,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), HandlerError> {
+        if closed.store == "counts" {
+            for (page, (u, v)) in closed.entries(&self.counts)? {
+                let row = (page.clone(), closed.window.start, u, v);
+                ctx.send(&self.output, Some(&page), Some(&row))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+type Row = (String, i64, u64, u64);
+
+/// Rows and late counts computed without the library: per partition in offset order,
+/// stream time is the highest event time so far; an event whose window closed
+/// (`stream time >= end + grace`) is late; a window is reported once stream time passes
+/// its end plus grace.
+fn expected(events: &[(i32, String, String, i64)]) -> (BTreeSet<Row>, u64) {
+    let mut rows = BTreeSet::new();
+    let mut late = 0;
+    for partition in 0..2 {
+        let mut stream = -1i64;
+        let mut windows: BTreeMap<(i64, String), (BTreeSet<String>, u64)> = BTreeMap::new();
+        for (_, page, user, ts) in events.iter().filter(|e| e.0 == partition) {
+            stream = stream.max(*ts);
+            let start = ts.div_euclid(MINUTE) * MINUTE;
+            if stream >= start + MINUTE + GRACE {
+                late += 1;
+                continue;
+            }
+            let entry = windows.entry((start, page.clone())).or_default();
+            entry.0.insert(user.clone());
+            entry.1 += 1;
+        }
+        for ((start, page), (users, views)) in windows {
+            if stream >= start + MINUTE + GRACE {
+                rows.insert((page, start, users.len() as u64, views));
+            }
+        }
+    }
+    (rows, late)
+}
+
+fn read_rows(topic: &str) -> Vec<Row> {
+    common::read_all(topic, 1)
+        .into_iter()
+        .map(|(_, v, _)| serde_json::from_slice(&v.unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn windows_emit_exactly_the_expected_rows_late_records_are_counted_and_closed_windows_stay_closed(
+) {
+    require_broker!();
+    common::init_tracing();
+    let (topic, out, group) = (
+        common::unique("visits"),
+        common::unique("minutes"),
+        common::unique("g"),
+    );
+    common::create_topic(&topic, 2).await;
+    common::create_topic(&out, 1).await;
+    // Eight minutes of views over 20 pages and 30 users; every 11th view 8 s out of order
+    // (within grace), every 37th 95 s late.
+    let base = 1_700_000_000_000i64 / MINUTE * MINUTE;
+    let mut events = Vec::new();
+    for i in 0..2000i64 {
+        let page = format!("p{}", i * 7 % 20);
+        let partition = (i * 7 % 20 % 2) as i32;
+        let user = format!("u{}", i * 13 % 30);
+        let mut ts = base + i * 8 * MINUTE / 2000;
+        if i % 11 == 0 {
+            ts -= 8_000;
+        }
+        if i % 37 == 0 {
+            ts -= 95_000;
+        }
+        events.push((partition, page, user, ts));
+    }
+    let produced: Vec<(i32, String, String)> = events
+        .iter()
+        .map(|(p, page, user, ts)| (*p, page.clone(), format!("{user}@{ts}")))
+        .collect();
+    common::produce(&topic, &produced).await;
+    let (rows, late) = expected(&events);
+    assert!(
+        late > 10 && rows.len() > 100,
+        "a meaningful input: {late} late, {} rows",
+        rows.len()
+    );
+
+    let handler = Visitors {
+        members: WindowDef::tumbling(
+            "members",
+            Duration::from_millis(MINUTE as u64),
+            Duration::from_millis(GRACE as u64),
+            Bincode::new(),
+            Bincode::new(),
+        ),
+        counts: WindowDef::tumbling(
+            "counts",
+            Duration::from_millis(MINUTE as u64),
+            Duration::from_millis(GRACE as u64),
+            Utf8,
+            Bincode::new(),
+        ),
+        output: Output::new(&out, Utf8, Json::new()),
+    };
+    let build = |dir: &std::path::Path| {
+        ConsumerConfig::builder(common::bootstrap(), &group, [&topic])
+            .instance_id("w-0")
+            .commit_interval(Duration::from_millis(200))
+            .flush_interval(Duration::from_millis(200))
+            .state_dir(dir)
+            .window(&handler.members)
+            .window(&handler.counts)
+            .build()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let running = Running::start(StatefulConsumer::new(
+        build(dir.path()),
+        Utf8,
+        Utf8,
+        handler.clone(),
+    ));
+    common::wait_until("every row of a closed window sent", WAIT, || {
+        read_rows(&out).len() >= rows.len()
+    })
+    .await;
+    common::wait_until("everything committed", WAIT, || {
+        common::committed(&group, &topic, 2) == common::end_offsets(&topic, 2)
+    })
+    .await;
+    let counted_late: u64 = running
+        .stats
+        .snapshot()
+        .partitions
+        .values()
+        .map(|p| p.late)
+        .sum();
+    running.stop().await.unwrap();
+    let sent = read_rows(&out);
+    assert_eq!(
+        sent.len(),
+        rows.len(),
+        "no row twice in a run without crashes"
+    );
+    assert_eq!(sent.into_iter().collect::<BTreeSet<_>>(), rows);
+    assert_eq!(counted_late, late, "late records counted");
+
+    // In the changelog, every member of a closed window ends on a tombstone.
+    let members_log = changelog_topic(&group, "members");
+    let mut latest: HashMap<Vec<u8>, bool> = HashMap::new();
+    for (key, value, _) in common::read_all(&members_log, 2) {
+        let key = key.unwrap();
+        if key.starts_with(b"\0kafka-stateful") {
+            continue;
+        }
+        latest.insert(key, value.is_some());
+    }
+    let closed_starts: BTreeSet<i64> = rows.iter().map(|r| r.1).collect();
+    let live_closed = latest
+        .iter()
+        .filter(|(key, live)| {
+            let start = (u64::from_be_bytes(key[..8].try_into().unwrap()) ^ (1 << 63)) as i64;
+            **live && closed_starts.contains(&start)
+        })
+        .count();
+    assert_eq!(
+        live_closed, 0,
+        "members of closed windows are tombstoned in the changelog"
+    );
+
+    // A new owner on an empty disk restores, and no closed window comes back or closes again.
+    let empty = tempfile::tempdir().unwrap();
+    let running = Running::start(StatefulConsumer::new(
+        build(empty.path()),
+        Utf8,
+        Utf8,
+        handler.clone(),
+    ));
+    common::wait_until("restored", WAIT, || {
+        let s = running.stats.snapshot();
+        s.partitions.len() == 2 && s.partitions.values().all(|p| p.ready)
+    })
+    .await;
+    let restored: u64 = running
+        .stats
+        .snapshot()
+        .partitions
+        .values()
+        .map(|p| p.restored_records)
+        .sum();
+    // One more view far ahead closes every window still open; only those may be new.
+    common::produce(
+        &topic,
+        &[(0, "p0".into(), format!("u0@{}", base + 100 * MINUTE))],
+    )
+    .await;
+    common::wait_until("the last view handled", WAIT, || {
+        running
+            .stats
+            .snapshot()
+            .partitions
+            .values()
+            .map(|p| p.handled)
+            .sum::<u64>()
+            == 1
+    })
+    .await;
+    running.stop().await.unwrap();
+    assert!(restored > 0, "state came back from the changelog");
+    let again: Vec<Row> = read_rows(&out);
+    let new_rows: Vec<&Row> = again.iter().skip(rows.len()).collect();
+    assert!(
+        new_rows.iter().all(|r| !closed_starts.contains(&r.1)),
+        "a closed window was reported again after the restore: {new_rows:?}"
+    );
+}
