@@ -11,7 +11,9 @@
 //!
 //! - `a`: `BENCH_RECORDS` (default 1 000 000) records of 100 B over 1 000 keys;
 //! - `b`: `BENCH_WIDE_RECORDS` (default 500 000) records of 100 B over 200 000 keys;
-//! - `c`: `BENCH_LARGE_RECORDS` (default 20 000) records of 10 KB over 1 000 keys.
+//! - `c`: `BENCH_LARGE_RECORDS` (default 20 000) records of 10 KB over 1 000 keys;
+//! - `v`: `BENCH_VIEW_RECORDS` (default 500 000) page views (JSON, ~70 B) for the
+//!   unique-visitors example's job: 1 000 pages, 100 000 users, one-minute windows.
 //!
 //! With `BENCH_QUIX=<python>` (a Python with `benches/requirements-quix.txt` installed), the
 //! same count-per-key job runs in Quix Streams on topics `a` and `b` for comparison.
@@ -29,6 +31,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+
+#[path = "throughput/visitors.rs"]
+mod visitors;
 
 /// CPU time (user + system) of this process, from /proc/self/stat (clock ticks of 10 ms).
 fn cpu_time() -> Duration {
@@ -206,12 +211,29 @@ async fn stateful(job: &Job<'_>, n: u64) -> Run {
     let assigned_at = AssignedAt::default();
     let consumer = StatefulConsumer::new(builder.build().unwrap(), Utf8, RawBytes, handler.clone())
         .with_rebalance_listener(assigned_at.clone());
-    let seen = handler.seen.clone();
     let stats = consumer.stats();
+    measure(job.name, &handler.seen, n, &stats, &assigned_at, |stop| {
+        tokio::spawn(consumer.run(async move {
+            let _ = stop.await;
+        }))
+    })
+    .await
+}
+
+/// Runs a consumer (started by `start`, stopped through the channel it is given) until `seen`
+/// reaches `n`; measures from its first record handled.
+async fn measure(
+    name: &str,
+    seen: &AtomicU64,
+    n: u64,
+    stats: &kafka_stateful::Stats,
+    assigned_at: &AssignedAt,
+    start: impl FnOnce(
+        tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<kafka_stateful::Result<()>>,
+) -> Run {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(consumer.run(async move {
-        let _ = rx.await;
-    }));
+    let run = start(rx);
     while seen.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -225,14 +247,14 @@ async fn stateful(job: &Job<'_>, n: u64) -> Run {
         let _ = std::fs::write(&marker, std::process::id().to_string());
     }
     reset_peak_rss();
-    let (start, cpu0, first) = (Instant::now(), cpu_time(), seen.load(Ordering::Relaxed));
+    let (started, cpu0, first) = (Instant::now(), cpu_time(), seen.load(Ordering::Relaxed));
     while seen.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut figure = Figure {
-        name: job.name.to_string(),
+        name: name.to_string(),
         records: n - first,
-        wall: start.elapsed(),
+        wall: started.elapsed(),
         cpu: cpu_time() - cpu0,
         pauses: 0,
         peak_rss_mb: peak_rss_mb(),
@@ -358,15 +380,33 @@ async fn main() {
         format!("bench-b-{id}"),
         format!("bench-c-{id}"),
     );
-    fill(&bootstrap, &a, n_a, 1_000, 100).await;
-    let wide_keys = env_u64("BENCH_WIDE_KEYS", 200_000);
-    fill(&bootstrap, &b, n_b, wide_keys, 100).await;
-    fill(&bootstrap, &c, n_c, 1_000, 10_000).await;
     let raw_on = |topic: &str, n: u64, name: &str| {
         let (b, t, name) = (bootstrap.clone(), topic.to_string(), name.to_string());
         tokio::task::spawn_blocking(move || raw_consumer(&b, &t, n, &name))
     };
     let dir = tempfile::tempdir().unwrap();
+
+    let name = "kafka_stateful_unique_visitors";
+    if selected(name) {
+        let n_v = env_u64("BENCH_VIEW_RECORDS", 500_000);
+        let v = format!("bench-v-{id}");
+        visitors::fill_views(&bootstrap, &v, n_v).await;
+        let raw_v = raw_on(&v, n_v, "raw_rdkafka_page_views").await.unwrap();
+        raw_v.print(&raw_v);
+        let group = format!("{name}-{id}");
+        visitors::unique_visitors(name, &bootstrap, &v, &group, dir.path(), n_v)
+            .await
+            .figure
+            .print(&raw_v);
+        if std::env::var("BENCH_ONLY").is_ok() {
+            return;
+        }
+    }
+
+    fill(&bootstrap, &a, n_a, 1_000, 100).await;
+    let wide_keys = env_u64("BENCH_WIDE_KEYS", 200_000);
+    fill(&bootstrap, &b, n_b, wide_keys, 100).await;
+    fill(&bootstrap, &c, n_c, 1_000, 10_000).await;
 
     let raw_a = raw_on(&a, n_a, "raw_rdkafka_1k_keys_100b").await.unwrap();
     raw_a.print(&raw_a);

@@ -49,6 +49,16 @@ pub trait Codec: Send + Sync + 'static {
     /// When the item cannot be represented in this format.
     fn encode(&self, item: &Self::Item) -> Result<Vec<u8>, CodecError>;
 
+    /// Appends the encoding of `item` to `out`. Stores build keys as a prefix plus an
+    /// encoded key; overriding this saves the intermediate vector.
+    ///
+    /// # Errors
+    /// As [`encode`](Self::encode); `out` may then hold a partial encoding.
+    fn encode_into(&self, item: &Self::Item, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        out.extend_from_slice(&self.encode(item)?);
+        Ok(())
+    }
+
     /// Decodes `bytes`.
     ///
     /// # Errors
@@ -93,6 +103,10 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Codec for Json<T> {
 
     fn encode(&self, item: &T) -> Result<Vec<u8>, CodecError> {
         serde_json::to_vec(item).map_err(|e| CodecError::new("json", e))
+    }
+
+    fn encode_into(&self, item: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        serde_json::to_writer(out, item).map_err(|e| CodecError::new("json", e))
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
@@ -144,6 +158,12 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Codec for Bincode<T> {
             .map_err(|e| CodecError::new("bincode2", e))
     }
 
+    fn encode_into(&self, item: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        bincode::serde::encode_into_std_write(item, out, bincode::config::standard())
+            .map(drop)
+            .map_err(|e| CodecError::new("bincode2", e))
+    }
+
     fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
         let (item, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
             .map_err(|e| CodecError::new("bincode2", e))?;
@@ -172,6 +192,11 @@ impl Codec for RawBytes {
         Ok(item.clone())
     }
 
+    fn encode_into(&self, item: &Vec<u8>, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        out.extend_from_slice(item);
+        Ok(())
+    }
+
     fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
         Ok(bytes.to_vec())
     }
@@ -190,6 +215,11 @@ impl Codec for Utf8 {
 
     fn encode(&self, item: &String) -> Result<Vec<u8>, CodecError> {
         Ok(item.as_bytes().to_vec())
+    }
+
+    fn encode_into(&self, item: &String, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        out.extend_from_slice(item.as_bytes());
+        Ok(())
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<String, CodecError> {
@@ -217,6 +247,24 @@ mod tests {
         assert_eq!(json.decode(&json.encode(&v).unwrap()).unwrap(), v);
         let bin = Bincode::<Visit>::new();
         assert_eq!(bin.decode(&bin.encode(&v).unwrap()).unwrap(), v);
+    }
+
+    #[test]
+    fn encode_into_appends_exactly_what_encode_returns() {
+        let v = Visit {
+            user: "ada".into(),
+            pages: 300,
+        };
+        fn check<C: Codec>(codec: &C, item: &C::Item) {
+            let mut out = b"prefix".to_vec();
+            codec.encode_into(item, &mut out).unwrap();
+            assert_eq!(&out[..6], b"prefix");
+            assert_eq!(out[6..], codec.encode(item).unwrap()[..], "{}", codec.name());
+        }
+        check(&Json::<Visit>::new(), &v);
+        check(&Bincode::<Visit>::new(), &v);
+        check(&Utf8, &"ada".to_string());
+        check(&RawBytes, &vec![1, 2, 3]);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use crate::codec::{Codec, CodecError};
 use crate::handler::{Handler, HandlerError, PartitionContext};
-use crate::state::{PartitionState, StateError};
+use crate::state::{KeyValues, PartitionState, StateError};
 use crate::timer::{Owner, TimeKind};
 
 /// A time window `[start, end)`, in milliseconds since the epoch.
@@ -176,8 +176,9 @@ impl<K: Send + 'static, V: Send + 'static> WindowDef<K, V> {
     }
 
     fn encode_key(&self, window: Window, key: &K) -> Result<Vec<u8>, CodecError> {
-        let mut out = start_prefix(window.start).to_vec();
-        out.extend(self.key.encode(key)?);
+        let mut out = Vec::with_capacity(32);
+        out.extend_from_slice(&start_prefix(window.start));
+        self.key.encode_into(key, &mut out)?;
         Ok(out)
     }
 }
@@ -263,9 +264,9 @@ impl<'a, K: Send + 'static, V: Send + 'static> WindowStore<'a, K, V> {
     pub fn get(&self, window: Window, key: &K) -> Result<Option<V>, StateError> {
         let key = self.def.encode_key(window, key).map_err(self.codec_err())?;
         self.state
-            .read(self.index, &key)?
-            .map(|b| self.def.value.decode(&b).map_err(self.codec_err()))
+            .read_with(self.index, &key, |b| self.def.value.decode(b))?
             .transpose()
+            .map_err(self.codec_err())
     }
 
     /// Sets the aggregate of `key` in `window`, and makes sure the window closes.
@@ -285,13 +286,19 @@ impl<'a, K: Send + 'static, V: Send + 'static> WindowStore<'a, K, V> {
         let key = self.def.encode_key(window, key).map_err(self.codec_err())?;
         let value = self.def.value.encode(value).map_err(self.codec_err())?;
         self.state.write(self.index, key, Some(value));
+        if self.state.close_known(self.index, window.start) {
+            return Ok(());
+        }
         let close = (
             TimeKind::Stream,
             window.end.saturating_add(self.def.grace),
             Owner::Window,
             close_key(&self.def.name, window.start),
         );
-        if !self.state.timer_pending(&close) {
+        if self.state.timer_committed(&close) {
+            // Only a committed timer is remembered: a staged one vanishes if the record fails.
+            self.state.remember_close(self.index, window.start);
+        } else if !self.state.timer_staged(&close) {
             self.state.stage_timer(true, close)?;
         }
         Ok(())
@@ -356,7 +363,9 @@ pub struct ClosedWindow {
     pub store: String,
     /// The window.
     pub window: Window,
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The store's entries: full keys (window start, then the encoded key) and values,
+    /// shared with the close that deletes them afterwards.
+    entries: Arc<KeyValues>,
 }
 
 impl ClosedWindow {
@@ -370,7 +379,7 @@ impl ClosedWindow {
     ) -> Result<Vec<(K, V)>, CodecError> {
         self.entries
             .iter()
-            .map(|(k, v)| Ok((def.key.decode(k)?, def.value.decode(v)?)))
+            .map(|(k, v)| Ok((def.key.decode(&k[8..])?, def.value.decode(v)?)))
             .collect()
     }
 
@@ -402,11 +411,7 @@ pub(crate) async fn close<K, V, H: Handler<K, V>>(
         return Ok(());
     };
     let prefix = start_prefix(start);
-    let raw = state.prefix(index, &prefix)?;
-    let entries: Vec<(Vec<u8>, Vec<u8>)> = raw
-        .iter()
-        .map(|(k, v)| (k[8..].to_vec(), v.clone()))
-        .collect();
+    let entries = Arc::new(state.prefix(index, &prefix)?);
     let window = Window {
         start,
         end: window_end(state, index, start).unwrap_or(at),
@@ -414,11 +419,13 @@ pub(crate) async fn close<K, V, H: Handler<K, V>>(
     let closed = ClosedWindow {
         store,
         window,
-        entries,
+        entries: entries.clone(),
     };
     handler.on_window_closed(closed, ctx).await?;
     if let Some(state) = ctx.state_mut() {
-        for (k, _) in raw {
+        // Usually the only owner left (unless the callback kept the `ClosedWindow`).
+        let entries = Arc::try_unwrap(entries).unwrap_or_else(|shared| (*shared).clone());
+        for (k, _) in entries {
             state.write(index, k, None);
         }
     }

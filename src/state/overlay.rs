@@ -8,7 +8,7 @@
 //! when the record succeeds. The maps are hash maps: point reads and writes cost the same
 //! at 1 000 or 1 000 000 dirty keys; a prefix scan looks at every dirty key of its store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::KeyValues;
@@ -74,16 +74,19 @@ impl Overlay {
 
     /// The current record's handler succeeded: its writes join the overlay.
     pub(crate) fn commit_staged(&mut self) {
+        use std::collections::hash_map::Entry;
         for (store, key, value) in self.staged.drain(..) {
             let added = size(&key, &value);
-            match self.pending[store].get_mut(&key) {
-                Some(existing) => {
-                    self.bytes = self.bytes + added - size(&key, existing);
-                    *existing = value;
+            // One hash per write: the entry API, not `get_mut` then `insert`.
+            match self.pending[store].entry(key) {
+                Entry::Occupied(mut existing) => {
+                    let old = size(existing.key(), existing.get());
+                    self.bytes = self.bytes + added - old;
+                    existing.insert(value);
                 }
-                None => {
+                Entry::Vacant(slot) => {
                     self.bytes += added;
-                    self.pending[store].insert(key, value);
+                    slot.insert(value);
                 }
             }
         }
@@ -107,7 +110,18 @@ impl Overlay {
     /// Takes everything waiting for a flush, per store.
     pub(crate) fn take(&mut self) -> Vec<Entries> {
         self.bytes = 0;
-        self.pending.iter_mut().map(std::mem::take).collect()
+        // The next interval will likely write as many keys: start at that capacity instead of
+        // growing (and rehashing) from empty again.
+        self.pending
+            .iter_mut()
+            .map(|entries| {
+                let capacity = entries.len();
+                std::mem::replace(
+                    entries,
+                    Entries::with_capacity_and_hasher(capacity, Default::default()),
+                )
+            })
+            .collect()
     }
 
     /// Hands everything waiting to a flush that runs while processing goes on: reads see
@@ -124,31 +138,56 @@ impl Overlay {
         self.flushing = None;
     }
 
-    /// Merges the overlay over `base` (database entries under `prefix`), dropping deletes.
+    /// Merges the overlay over `base` (database entries under `prefix`, in key order),
+    /// dropping deletes. Costs one pass over the store's dirty keys plus a sort of those
+    /// under `prefix` and a linear merge: no tree is built.
     pub(crate) fn merge_prefix(&self, store: usize, prefix: &[u8], base: KeyValues) -> KeyValues {
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-            base.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        // Overlay entries under the prefix, newest layer last: flushing, pending, staged.
+        let mut written: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
         let layers = self
             .flushing
             .iter()
             .map(|f| &f[store])
             .chain(std::iter::once(&self.pending[store]));
         for layer in layers {
-            for (k, v) in layer.iter().filter(|(k, _)| k.starts_with(prefix)) {
-                merged.insert(k.clone(), v.clone());
+            written.extend(
+                layer
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.as_slice(), v.as_deref())),
+            );
+        }
+        written.extend(
+            self.staged
+                .iter()
+                .filter(|(s, k, _)| *s == store && k.starts_with(prefix))
+                .map(|(_, k, v)| (k.as_slice(), v.as_deref())),
+        );
+        if written.is_empty() {
+            return base;
+        }
+        // A stable sort keeps the layers in order among equal keys: the last one wins.
+        written.sort_by(|a, b| a.0.cmp(b.0));
+        let mut newest: Vec<(&[u8], Option<&[u8]>)> = Vec::with_capacity(written.len());
+        for entry in written {
+            match newest.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => newest.push(entry),
             }
         }
-        for (_, k, v) in self
-            .staged
-            .iter()
-            .filter(|(s, k, _)| *s == store && k.starts_with(prefix))
-        {
-            merged.insert(k.clone(), v.clone());
+        let mut merged = Vec::with_capacity(base.len() + newest.len());
+        let mut base = base.into_iter().peekable();
+        for (key, value) in newest {
+            while let Some(older) = base.next_if(|(k, _)| k.as_slice() < key) {
+                merged.push(older);
+            }
+            base.next_if(|(k, _)| k.as_slice() == key);
+            if let Some(value) = value {
+                merged.push((key.to_vec(), value.to_vec()));
+            }
         }
+        merged.extend(base);
         merged
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect()
     }
 }
 
@@ -249,6 +288,33 @@ mod tests {
                 (b"a/3".to_vec(), b"new".to_vec()),
                 (b"a/4".to_vec(), b"staged".to_vec())
             ]
+        );
+    }
+
+    #[test]
+    fn prefix_merge_takes_the_newest_layer_and_keeps_database_order() {
+        let mut o = Overlay::new(1);
+        o.write(0, b"p/b".to_vec(), Some(b"flushing".to_vec()));
+        o.write(0, b"p/d".to_vec(), None);
+        o.commit_staged();
+        let _flushing = o.start_flush();
+        o.write(0, b"p/b".to_vec(), None);
+        o.write(0, b"p/e".to_vec(), Some(b"pending".to_vec()));
+        o.commit_staged();
+        o.write(0, b"p/e".to_vec(), Some(b"staged".to_vec()));
+        o.write(0, b"q/a".to_vec(), Some(b"other prefix".to_vec()));
+        let base = ["p/a", "p/b", "p/c", "p/d", "p/f"]
+            .map(|k| (k.as_bytes().to_vec(), b"db".to_vec()))
+            .to_vec();
+        let merged: Vec<(String, String)> = o
+            .merge_prefix(0, b"p/", base)
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+            .collect();
+        let expected = [("p/a", "db"), ("p/c", "db"), ("p/e", "staged"), ("p/f", "db")];
+        assert_eq!(
+            merged,
+            expected.map(|(k, v)| (k.to_string(), v.to_string())).to_vec()
         );
     }
 }

@@ -46,6 +46,9 @@ pub(crate) struct PartitionState {
     /// Pending timers (when declared), and the changes the current record staged.
     timers: Option<(usize, Timers)>,
     staged_timers: Vec<(bool, crate::timer::Entry)>,
+    /// Window closes (store, window start) known to have a pending timer: a window store's
+    /// `put` asks this before building the timer key. Cleared whenever a timer is removed.
+    closes_known: Vec<(usize, i64)>,
 }
 
 /// `<state_dir>/<group>/<topic>-<partition>`.
@@ -151,6 +154,7 @@ impl PartitionState {
                         source: restored.source,
                         timers,
                         staged_timers: Vec::new(),
+                        closes_known: Vec::new(),
                     };
                     return Ok(Some((state, restored)));
                 }
@@ -176,6 +180,7 @@ impl PartitionState {
                     timers.insert(entry);
                 } else {
                     timers.remove(&entry);
+                    self.closes_known.clear();
                 }
             }
         }
@@ -216,10 +221,16 @@ impl PartitionState {
     }
 
     /// Reads a key of a store through the overlay (staged, pending, in flight, RocksDB).
-    pub(crate) fn read(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+    /// Applies `f` to the value of `key` where it lies (overlay or RocksDB), without a copy.
+    pub(crate) fn read_with<T>(
+        &self,
+        store: usize,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>, StateError> {
         match self.overlay.get(store, key) {
-            super::overlay::Lookup::Written(value) => Ok(value.map(<[u8]>::to_vec)),
-            super::overlay::Lookup::Unknown => self.db.get(store, key),
+            super::overlay::Lookup::Written(value) => Ok(value.map(f)),
+            super::overlay::Lookup::Unknown => self.db.get_with(store, key, f),
         }
     }
 
@@ -243,12 +254,29 @@ impl PartitionState {
         self.config.stores.get(store).map(|s| s.format.as_str())
     }
 
-    /// Whether a timer is pending (or staged by the current record).
-    pub(crate) fn timer_pending(&self, entry: &crate::timer::Entry) -> bool {
+    /// Whether the current record staged `entry`.
+    pub(crate) fn timer_staged(&self, entry: &crate::timer::Entry) -> bool {
         self.staged_timers
             .iter()
             .any(|(insert, e)| *insert && e == entry)
-            || self.timers.as_ref().is_some_and(|(_, t)| t.contains(entry))
+    }
+
+    /// Whether `entry` is pending from an earlier record (not only staged by this one).
+    pub(crate) fn timer_committed(&self, entry: &crate::timer::Entry) -> bool {
+        self.timers.as_ref().is_some_and(|(_, t)| t.contains(entry))
+    }
+
+    /// Whether the close timer of window `start` of `store` is known to be pending.
+    pub(crate) fn close_known(&self, store: usize, start: i64) -> bool {
+        self.closes_known.contains(&(store, start))
+    }
+
+    /// Remembers that the close timer of window `start` of `store` is pending (committed).
+    pub(crate) fn remember_close(&mut self, store: usize, start: i64) {
+        if self.closes_known.len() >= 64 {
+            self.closes_known.clear();
+        }
+        self.closes_known.push((store, start));
     }
 
     /// Whether timers are declared.

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::overlay::Lookup;
 use super::{PartitionState, StateError, StoreSpec};
 use crate::codec::Codec;
 
@@ -131,13 +130,10 @@ impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
     /// Codec or RocksDB errors.
     pub fn get(&self, key: &K) -> Result<Option<V>, StateError> {
         let key = self.def.key.encode(key).map_err(self.codec_err())?;
-        let bytes = match self.state.overlay.get(self.index, &key) {
-            Lookup::Written(value) => value.map(<[u8]>::to_vec),
-            Lookup::Unknown => self.state.db.get(self.index, &key)?,
-        };
-        bytes
-            .map(|b| self.def.value.decode(&b).map_err(self.codec_err()))
+        self.state
+            .read_with(self.index, &key, |b| self.def.value.decode(b))?
             .transpose()
+            .map_err(self.codec_err())
     }
 
     /// Sets `key` to `value`.

@@ -17,132 +17,21 @@
 //! instance id: it resumes with 0 changelog records restored. Delete the state directory and
 //! run it again: it restores from the changelog and goes on with the same results.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use kafka_stateful::codec::{Bincode, Json, Utf8};
-use kafka_stateful::window::{ClosedWindow, WindowDef};
-use kafka_stateful::{
-    ConsumerConfig, Handler, HandlerError, Output, PartitionContext, Record, StatefulConsumer,
-    StatsSnapshot,
-};
+use kafka_stateful::codec::{Json, Utf8};
+use kafka_stateful::{ConsumerConfig, StatefulConsumer, StatsSnapshot};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use serde::{Deserialize, Serialize};
 
-/// A page view.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct View {
-    page: String,
-    user: String,
-    /// Event time, milliseconds since the epoch.
-    ts: i64,
-}
+mod job;
 
-/// A closed minute of a page.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct PageMinute {
-    page: String,
-    window_start: i64,
-    unique_visitors: u64,
-    views: u64,
-}
-
-/// Per page and minute: the users seen, and `(unique, views)`.
-struct UniqueVisitors {
-    members: WindowDef<(String, String), ()>,
-    counts: WindowDef<String, (u64, u64)>,
-    output: Output<String, PageMinute>,
-    closed: Arc<AtomicU64>,
-    samples: Arc<Mutex<Vec<PageMinute>>>,
-}
-
-impl UniqueVisitors {
-    fn new(output_topic: &str) -> Self {
-        let (minute, grace) = (Duration::from_secs(60), Duration::from_secs(10));
-        Self {
-            members: WindowDef::tumbling("members", minute, grace, Bincode::new(), Bincode::new()),
-            counts: WindowDef::tumbling("counts", minute, grace, Utf8, Bincode::new()),
-            output: Output::new(output_topic, Utf8, Json::new()),
-            closed: Arc::default(),
-            samples: Arc::default(),
-        }
-    }
-}
-
-impl Handler<String, View> for UniqueVisitors {
-    /// The view's own time, not the Kafka timestamp.
-    fn event_time(&self, record: &Record<String, View>) -> Option<i64> {
-        record.value.as_ref().map(|v| v.ts)
-    }
-
-    async fn handle(
-        &self,
-        record: Record<String, View>,
-        ctx: &mut PartitionContext,
-    ) -> Result<(), HandlerError> {
-        let Some(view) = record.value else {
-            return Ok(());
-        };
-        // Empty for a late view (its minute closed): it is counted late, nothing applied.
-        let windows = ctx.window(&self.members)?.windows();
-        for window in windows {
-            let member = (view.page.clone(), view.user.clone());
-            let first_visit = {
-                let mut members = ctx.window(&self.members)?;
-                let first = members.get(window, &member)?.is_none();
-                if first {
-                    members.put(window, &member, &())?;
-                }
-                first
-            };
-            let mut counts = ctx.window(&self.counts)?;
-            let (unique, views) = counts.get(window, &view.page)?.unwrap_or((0, 0));
-            counts.put(
-                window,
-                &view.page,
-                &(unique + u64::from(first_visit), views + 1),
-            )?;
-        }
-        Ok(())
-    }
-
-    async fn on_window_closed(
-        &self,
-        closed: ClosedWindow,
-        ctx: &mut PartitionContext,
-    ) -> Result<(), HandlerError> {
-        if closed.store != self.counts.name() {
-            return Ok(()); // the members of the minute: deleted, nothing to report
-        }
-        for (page, (unique_visitors, views)) in closed.entries(&self.counts)? {
-            let result = PageMinute {
-                page: page.clone(),
-                window_start: closed.window.start,
-                unique_visitors,
-                views,
-            };
-            if self
-                .closed
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(500)
-            {
-                tracing::info!(?result, "minute closed");
-            }
-            // The five busiest page-minutes, for the summary.
-            let mut samples = self.samples.lock().map_err(|_| "poisoned")?;
-            samples.push(result.clone());
-            samples.sort_by(|a, b| b.views.cmp(&a.views).then(a.page.cmp(&b.page)));
-            samples.truncate(5);
-            ctx.send(&self.output, Some(&page), Some(&result))?;
-        }
-        Ok(())
-    }
-}
+use job::{generated_view, UniqueVisitors, View};
 
 struct Args {
     brokers: String,
@@ -205,25 +94,11 @@ async fn fill(args: &Args) -> anyhow::Result<()> {
     let start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
-    let span = 10 * 60_000i64;
     let mut pending = Vec::new();
     for i in 0..args.produce as u64 {
-        let r = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let popular = (r >> 8) % 1000;
-        let page = format!("/product/{}", popular * popular / 1000);
-        let user = format!("user-{}", (r >> 24) % 100_000 * ((r >> 40) % 3 + 1) / 3);
-        let mut ts = start + span * i as i64 / args.produce.max(1) as i64;
-        match r % 100 {
-            0 => ts -= 90_000,    // late: its minute closed already
-            1..=5 => ts -= 8_000, // out of order, within the grace period
-            _ => {}
-        }
-        let value = serde_json::to_vec(&View {
-            page: page.clone(),
-            user,
-            ts,
-        })?;
-        let record = FutureRecord::to(&args.topic).key(&page).payload(&value);
+        let view = generated_view(i, args.produce as u64, start);
+        let value = serde_json::to_vec(&view)?;
+        let record = FutureRecord::to(&args.topic).key(&view.page).payload(&value);
         pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
     }
     for delivery in futures::future::join_all(pending).await {

@@ -1,0 +1,80 @@
+//! The unique-visitors example's job (`examples/unique_visitors/job.rs`, compiled in here
+//! unchanged): JSON views over 1 000 pages and 100 000 users, two one-minute window stores on
+//! event time, closed minutes sent to an output topic.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kafka_stateful::codec::{Json, Utf8};
+use kafka_stateful::{ConsumerConfig, StatefulConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+#[allow(dead_code)] // the example's summary fields
+#[path = "../../examples/unique_visitors/job.rs"]
+mod job;
+
+use super::{create_topic, measure, AssignedAt, Run};
+
+/// Fills `topic` with `n` generated views, keyed by page, as the example's `--produce` does.
+pub async fn fill_views(bootstrap: &str, topic: &str, n: u64) {
+    create_topic(bootstrap, topic).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let view = job::generated_view(i, n, start);
+        let value = serde_json::to_vec(&view).unwrap();
+        let record = FutureRecord::to(topic).key(&view.page).payload(&value);
+        pending.push(producer.send_result(record).unwrap());
+        if pending.len() >= 100_000 {
+            for p in futures::future::join_all(pending.drain(..)).await {
+                p.unwrap().unwrap();
+            }
+        }
+    }
+    for p in futures::future::join_all(pending).await {
+        p.unwrap().unwrap();
+    }
+}
+
+/// Runs the job over the `n` views of `topic`.
+pub async fn unique_visitors(
+    name: &str,
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    state_dir: &Path,
+    n: u64,
+) -> Run {
+    let output = format!("{topic}-minutes");
+    create_topic(bootstrap, &output).await;
+    let handler = job::UniqueVisitors::new(&output);
+    let config = ConsumerConfig::builder(bootstrap, group, [topic])
+        .instance_id("bench-visitors-0")
+        .state_dir(state_dir)
+        .window(&handler.members)
+        .window(&handler.counts)
+        .commit_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handled = handler.handled.clone();
+    let assigned_at = AssignedAt::default();
+    let consumer = StatefulConsumer::new(config, Utf8, Json::<job::View>::new(), handler)
+        .with_rebalance_listener(assigned_at.clone());
+    let stats = consumer.stats();
+    measure(name, &handled, n, &stats, &assigned_at, |stop| {
+        tokio::spawn(consumer.run(async move {
+            let _ = stop.await;
+        }))
+    })
+    .await
+}
