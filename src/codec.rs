@@ -259,7 +259,12 @@ mod tests {
             let mut out = b"prefix".to_vec();
             codec.encode_into(item, &mut out).unwrap();
             assert_eq!(&out[..6], b"prefix");
-            assert_eq!(out[6..], codec.encode(item).unwrap()[..], "{}", codec.name());
+            assert_eq!(
+                out[6..],
+                codec.encode(item).unwrap()[..],
+                "{}",
+                codec.name()
+            );
         }
         check(&Json::<Visit>::new(), &v);
         check(&Bincode::<Visit>::new(), &v);

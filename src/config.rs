@@ -193,6 +193,8 @@ pub struct ConsumerConfig {
 pub struct ConsumerConfigBuilder {
     config: ConsumerConfig,
     membership: Membership,
+    /// Whether `flush_interval` was set; otherwise it follows `commit_interval`.
+    flush_interval_set: bool,
 }
 
 /// Keys the library sets itself: overriding them would break a guarantee.
@@ -259,6 +261,7 @@ impl ConsumerConfig {
     ) -> ConsumerConfigBuilder {
         ConsumerConfigBuilder {
             membership: Membership::StaticFromEnv("HOSTNAME".into()),
+            flush_interval_set: false,
             config: ConsumerConfig {
                 bootstrap_servers: bootstrap_servers.into(),
                 group_id: group_id.into(),
@@ -412,7 +415,9 @@ impl ConsumerConfigBuilder {
     }
 
     /// How often durable offsets are committed (default 5 s). Commits also happen on revoke
-    /// and on shutdown.
+    /// and on shutdown. Only flushed records can be committed, so unless
+    /// [`flush_interval`](Self::flush_interval) is set, state is flushed at this interval too
+    /// (as Kafka Streams flushes on `commit.interval.ms`).
     pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.config.commit_interval = interval;
         self
@@ -531,8 +536,15 @@ impl ConsumerConfigBuilder {
         mut self,
         store: &crate::StoreDef<K, V>,
     ) -> Self {
-        self.config.stores.push(store.spec());
-        self
+        let spec = store.spec();
+        let expires = spec.expiry.is_some();
+        self.config.stores.push(spec);
+        // Expired entries are deleted by a sweep timer.
+        if expires {
+            self.timers()
+        } else {
+            self
+        }
     }
 
     /// Declares a window store ([`crate::window`]); enables timers (window closes are
@@ -557,6 +569,7 @@ impl ConsumerConfigBuilder {
             self.config.stores.push(crate::state::StoreSpec {
                 name: crate::timer::TIMER_STORE.to_string(),
                 format: "timers;version=1".to_string(),
+                expiry: None,
             });
         }
         self
@@ -574,9 +587,12 @@ impl ConsumerConfigBuilder {
         self
     }
 
-    /// Flush state at least this often while records arrive (default 5 s).
+    /// Flush state at least this often while records arrive (default: the
+    /// [`commit_interval`](Self::commit_interval), 5 s unless set). A longer interval combines
+    /// more updates of a key into one changelog record; a commit waits for the flush.
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.config.flush_interval = interval;
+        self.flush_interval_set = true;
         self
     }
 
@@ -612,6 +628,9 @@ impl ConsumerConfigBuilder {
     /// of properties the library owns.
     pub fn build(self) -> Result<ConsumerConfig, ConfigError> {
         let mut config = self.config;
+        if !self.flush_interval_set {
+            config.flush_interval = config.commit_interval;
+        }
         if config.bootstrap_servers.trim().is_empty() {
             return Err(ConfigError::Empty("bootstrap servers"));
         }
@@ -870,6 +889,20 @@ mod tests {
             Some("cooperative-sticky")
         );
         assert_eq!(rd.get("session.timeout.ms"), Some("45000"));
+    }
+
+    #[test]
+    fn flushes_follow_the_commit_interval_unless_set() {
+        let second = Duration::from_secs(1);
+        let c = builder().commit_interval(second).build().unwrap();
+        assert_eq!(c.flush_interval, second, "a commit waits for the flush");
+        let c = builder()
+            .flush_interval(Duration::from_secs(10))
+            .commit_interval(second)
+            .build()
+            .unwrap();
+        assert_eq!(c.flush_interval, Duration::from_secs(10));
+        assert_eq!(builder().build().unwrap().flush_interval, 5 * second);
     }
 
     #[test]

@@ -183,6 +183,8 @@ pub struct PartitionContext {
     event_time: Option<i64>,
     /// Set when the current record turned out late for a window.
     late: bool,
+    /// Added to the system clock (the test driver moves the wall clock).
+    wall_offset: i64,
 }
 
 impl fmt::Debug for PartitionContext {
@@ -205,6 +207,7 @@ impl PartitionContext {
             stream_time: -1,
             event_time: None,
             late: false,
+            wall_offset: 0,
         }
     }
 
@@ -279,6 +282,15 @@ impl PartitionContext {
         self.stream_time = stream_time;
     }
 
+    pub(crate) fn set_wall_offset(&mut self, offset: i64) {
+        self.wall_offset = offset;
+    }
+
+    /// The wall clock (milliseconds since the epoch) of wall-clock timers and TTLs.
+    pub(crate) fn wall_now(&self) -> i64 {
+        crate::state::ttl::wall_now() + self.wall_offset
+    }
+
     pub(crate) fn set_event_time(&mut self, event_time: Option<i64>) {
         self.event_time = event_time;
     }
@@ -344,7 +356,13 @@ impl PartitionContext {
         store: &'a StoreDef<K, V>,
     ) -> Result<Store<'a, K, V>, StateError> {
         match &mut self.state {
-            Some(state) => Store::open(store, state),
+            Some(state) => {
+                let clock = crate::state::ttl::Clock {
+                    stream_time: self.stream_time,
+                    wall_offset: self.wall_offset,
+                };
+                Store::open(store, state, clock)
+            }
             None => Err(StateError::UnknownStore(store.name().to_string())),
         }
     }

@@ -52,6 +52,8 @@ impl TimeKind {
 pub(crate) enum Owner {
     Handler = 0,
     Window = 1,
+    /// The sweep of a store with a TTL ([`crate::state::ttl`]).
+    Expiry = 2,
 }
 
 /// A timer that fired.
@@ -86,6 +88,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Entry> {
     let owner = match bytes.get(9)? {
         0 => Owner::Handler,
         1 => Owner::Window,
+        2 => Owner::Expiry,
         _ => return None,
     };
     Some((kind, at as i64, owner, bytes[10..].to_vec()))
@@ -121,6 +124,11 @@ impl Timers {
 
     pub(crate) fn contains(&self, entry: &Entry) -> bool {
         self.pending.contains(entry)
+    }
+
+    /// Whether any pending timer matches `f`.
+    pub(crate) fn any(&self, f: impl FnMut(&Entry) -> bool) -> bool {
+        self.pending.iter().any(f)
     }
 }
 

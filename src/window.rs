@@ -154,6 +154,7 @@ impl<K: Send + 'static, V: Send + 'static> WindowDef<K, V> {
                 self.advance,
                 self.grace
             ),
+            expiry: None,
         }
     }
 

@@ -72,8 +72,9 @@ impl Handler<String, View> for UniqueVisitors {
         };
         // Empty for a late view (its minute closed): it is counted late, nothing applied.
         let windows = ctx.window(&self.members)?.windows();
+        let member = (view.page, view.user);
+        let page = &member.0;
         for window in windows {
-            let member = (view.page.clone(), view.user.clone());
             let first_visit = {
                 let mut members = ctx.window(&self.members)?;
                 let first = members.get(window, &member)?.is_none();
@@ -83,12 +84,8 @@ impl Handler<String, View> for UniqueVisitors {
                 first
             };
             let mut counts = ctx.window(&self.counts)?;
-            let (unique, views) = counts.get(window, &view.page)?.unwrap_or((0, 0));
-            counts.put(
-                window,
-                &view.page,
-                &(unique + u64::from(first_visit), views + 1),
-            )?;
+            let (unique, views) = counts.get(window, page)?.unwrap_or((0, 0));
+            counts.put(window, page, &(unique + u64::from(first_visit), views + 1))?;
         }
         Ok(())
     }

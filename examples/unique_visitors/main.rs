@@ -91,14 +91,19 @@ async fn fill(args: &Args) -> anyhow::Result<()> {
         .set("bootstrap.servers", &args.brokers)
         .set("linger.ms", "10")
         .create()?;
-    let start = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
+    // A second `--produce` continues the topic's event time: starting at "now" again would
+    // make most of its views late for the windows the first run's views left open.
+    let start = latest_view_time(args)?.map_or(now, |latest| now.max(latest + 1));
     let mut pending = Vec::new();
     for i in 0..args.produce as u64 {
         let view = generated_view(i, args.produce as u64, start);
         let value = serde_json::to_vec(&view)?;
-        let record = FutureRecord::to(&args.topic).key(&view.page).payload(&value);
+        let record = FutureRecord::to(&args.topic)
+            .key(&view.page)
+            .payload(&value);
         pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
     }
     for delivery in futures::future::join_all(pending).await {
@@ -106,6 +111,61 @@ async fn fill(args: &Args) -> anyhow::Result<()> {
     }
     println!("produced {} views to {}", args.produce, args.topic);
     Ok(())
+}
+
+/// The latest event time among the last views of the topic's partitions, if it has any.
+fn latest_view_time(args: &Args) -> anyhow::Result<Option<i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", "unique-visitors-generator")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(&args.topic), timeout)?;
+    let mut last = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(&args.topic, partition.id(), timeout)?;
+        if high > low {
+            last.add_partition_offset(&args.topic, partition.id(), Offset::Offset(high - 1))?;
+        }
+    }
+    let (mut wanted, mut latest) = (last.count(), None);
+    consumer.assign(&last)?;
+    let deadline = Instant::now() + timeout;
+    while wanted > 0 && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        wanted -= 1;
+        if let Some(view) = message?
+            .payload()
+            .and_then(|v| serde_json::from_slice::<View>(v).ok())
+        {
+            latest = latest.max(Some(view.ts));
+        }
+    }
+    Ok(latest)
+}
+
+/// Bytes of the files under `dir`.
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => dir_size(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    })
+}
+
+/// `HH:MM` (UTC) of a window start in milliseconds since the epoch.
+fn minute_of(millis: i64) -> String {
+    let minutes = millis.div_euclid(60_000).rem_euclid(24 * 60);
+    format!("{:02}:{:02} UTC", minutes / 60, minutes % 60)
 }
 
 /// Every partition is processed and committed up to its end.
@@ -168,8 +228,10 @@ async fn main() -> anyhow::Result<()> {
     let stats = consumer.stats();
     let last = Arc::new(Mutex::new(StatsSnapshot::default()));
     let exit_when_idle = args.exit_when_idle;
+    // From the first assignment until every partition is restored and processing.
+    let restore_time = Arc::new(Mutex::new(None::<(Instant, Option<Duration>)>));
     let shutdown = {
-        let last = last.clone();
+        let (last, restore_time) = (last.clone(), restore_time.clone());
         async move {
             let mut ticks = 0u64;
             loop {
@@ -179,6 +241,13 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let s = stats.snapshot();
                 ticks += 1;
+                if !s.partitions.is_empty() {
+                    let mut r = restore_time.lock().unwrap_or_else(|p| p.into_inner());
+                    let (assigned, took) = r.get_or_insert((Instant::now(), None));
+                    if took.is_none() && s.partitions.values().all(|p| p.ready) {
+                        *took = Some(assigned.elapsed());
+                    }
+                }
                 let done = exit_when_idle && caught_up(&s);
                 if ticks.is_multiple_of(4) || done {
                     progress(&s, started);
@@ -203,7 +272,19 @@ async fn main() -> anyhow::Result<()> {
         "  page-minutes closed and sent: {}",
         closed.load(Ordering::Relaxed)
     );
-    println!("  changelog records restored at start: {restored}");
+    let restore_took = restore_time
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .and_then(|(_, took)| took);
+    println!(
+        "  changelog records restored at start: {restored} (ready {} after the assignment)",
+        restore_took.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+    );
+    println!(
+        "  state on disk:                {:.1} MB in {}",
+        dir_size(std::path::Path::new(&args.state_dir)) as f64 / 1e6,
+        args.state_dir
+    );
     println!(
         "  elapsed:                      {:.1} s",
         started.elapsed().as_secs_f64()
@@ -211,9 +292,106 @@ async fn main() -> anyhow::Result<()> {
     println!("  busiest page-minutes (sent to {}):", args.output);
     for row in samples.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         println!(
-            "    {:<16} minute {} : {} unique visitors, {} views",
-            row.page, row.window_start, row.unique_visitors, row.views
+            "    {:<16} {} : {} unique visitors, {} views",
+            row.page,
+            minute_of(row.window_start),
+            row.unique_visitors,
+            row.views
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_stateful::codec::{Json, Utf8};
+    use kafka_stateful::testing::{TestDriver, TestRecord};
+    use kafka_stateful::ConsumerConfig;
+
+    use super::job::{PageMinute, UniqueVisitors, View};
+
+    type Driver = TestDriver<Utf8, Json<View>, UniqueVisitors>;
+
+    const MINUTE: i64 = 60_000;
+
+    async fn driver() -> Driver {
+        let handler = UniqueVisitors::new("page-minutes");
+        let config = ConsumerConfig::builder("unused:9092", "unique-visitors", ["page-views"])
+            .instance_id("test")
+            .state_dir("unused")
+            .window(&handler.members)
+            .window(&handler.counts)
+            .build()
+            .unwrap();
+        TestDriver::new(config, Utf8, Json::new(), handler)
+            .await
+            .unwrap()
+    }
+
+    /// A view of `page` by `user` at `ms` (its event time, not the Kafka timestamp).
+    async fn view(d: &mut Driver, page: &str, user: &str, ms: i64) {
+        let view = View {
+            page: page.into(),
+            user: user.into(),
+            ts: ms,
+        };
+        d.send(TestRecord::new(page.to_string(), view).timestamp(0))
+            .await
+            .unwrap();
+    }
+
+    fn results(d: &Driver) -> Vec<PageMinute> {
+        d.sent_to("page-minutes")
+            .iter()
+            .map(|r| serde_json::from_slice(r.value.as_ref().unwrap()).unwrap())
+            .collect()
+    }
+
+    fn row(page: &str, minute: i64, unique_visitors: u64, views: u64) -> PageMinute {
+        PageMinute {
+            page: page.into(),
+            window_start: minute * MINUTE,
+            unique_visitors,
+            views,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_minute_reports_distinct_visitors_and_views() {
+        let mut d = driver().await;
+        view(&mut d, "/a", "ada", 1_000).await;
+        view(&mut d, "/a", "bob", 30_000).await;
+        view(&mut d, "/a", "ada", 59_000).await;
+        view(&mut d, "/b", "ada", 59_500).await;
+        assert!(results(&d).is_empty(), "minute 0 is still open");
+        // Stream time passes the end of minute 0 plus its 10 s of grace.
+        view(&mut d, "/a", "cy", 70_000).await;
+        assert_eq!(results(&d), vec![row("/a", 0, 2, 3), row("/b", 0, 1, 1)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn out_of_order_views_count_within_the_grace_and_late_ones_do_not() {
+        let mut d = driver().await;
+        view(&mut d, "/a", "ada", 50_000).await;
+        view(&mut d, "/a", "bob", 65_000).await; // minute 1; minute 0 still in its grace
+        view(&mut d, "/a", "cy", 59_000).await; // out of order: counts for minute 0
+        view(&mut d, "/a", "ada", 71_000).await; // closes minute 0
+        view(&mut d, "/a", "dan", 2_000).await; // late: minute 0 closed
+        assert_eq!(d.late(), 1);
+        view(&mut d, "/a", "eve", 2 * MINUTE + 11_000).await; // closes minute 1
+        assert_eq!(results(&d), vec![row("/a", 0, 2, 2), row("/a", 1, 2, 2)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_and_a_lost_disk_change_no_result() {
+        let mut d = driver().await;
+        view(&mut d, "/a", "ada", 1_000).await;
+        view(&mut d, "/a", "bob", 2_000).await;
+        d.flush().await.unwrap();
+        view(&mut d, "/a", "ada", 3_000).await;
+        d.crash().await.unwrap(); // the unflushed view is delivered again
+        d.lose_disk().await.unwrap(); // the state comes back from the changelog
+        view(&mut d, "/a", "cy", 80_000).await;
+        assert_eq!(results(&d), vec![row("/a", 0, 2, 3)]);
+    }
 }

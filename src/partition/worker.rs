@@ -254,7 +254,9 @@ where
                     }
                 }
                 Event::WallTick => {
-                    let now = wall_clock_ms() + self.shared.clock_offset_ms.load(Ordering::Relaxed);
+                    let offset = self.shared.clock_offset_ms.load(Ordering::Relaxed);
+                    ctx.set_wall_offset(offset);
+                    let now = wall_clock_ms() + offset;
                     self.fire_timers(TimeKind::Wall, now, &mut ctx).await?;
                     self.progress.wall_ticks.fetch_add(1, Ordering::Relaxed);
                 }
@@ -484,6 +486,7 @@ where
             .store(restored.rate().to_bits(), Ordering::Relaxed);
         let mut ctx = PartitionContext::new(self.topic.clone(), self.partition, Some(state));
         ctx.set_stream_time(stream_time);
+        ctx.set_wall_offset(self.shared.clock_offset_ms.load(Ordering::Relaxed));
         Ok(Some(ctx))
     }
 
@@ -663,6 +666,21 @@ where
                 Owner::Window => crate::window::close(&self.shared.handler, &key, at, ctx)
                     .await
                     .map_err(|e| e.to_string()),
+                Owner::Expiry => {
+                    let now = match kind {
+                        TimeKind::Stream => ctx.stream_time(),
+                        _ => ctx.wall_now(),
+                    };
+                    match ctx.state_mut().map(|s| s.sweep_expired(&key, now)) {
+                        Some(Ok(expired)) => {
+                            tracing::debug!(topic = %self.topic, partition = self.partition,
+                                store = %String::from_utf8_lossy(&key), expired, "expired entries deleted");
+                            Ok(())
+                        }
+                        Some(Err(e)) => Err(e.to_string()),
+                        None => Ok(()),
+                    }
+                }
             };
             let outcome = match outcome {
                 Ok(()) => self.send_outbox(ctx).await.map_err(|e| e.to_string()),

@@ -295,6 +295,22 @@ impl PartitionDb {
         Ok(value.map(|v| f(&v)))
     }
 
+    /// Calls `f` with every entry of a store, in key order, without collecting them.
+    pub(crate) fn for_each(
+        &self,
+        store: usize,
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), StateError> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(&self.stores[store])?, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(self.db_err())?;
+            f(&k, &v);
+        }
+        Ok(())
+    }
+
     /// Entries whose key starts with `prefix`, in key order.
     pub(crate) fn prefix(&self, store: usize, prefix: &[u8]) -> Result<KeyValues, StateError> {
         let iter = self.db.iterator_cf(
@@ -454,6 +470,7 @@ mod tests {
         StoreSpec {
             name: name.into(),
             format: format.into(),
+            expiry: None,
         }
     }
 

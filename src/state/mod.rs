@@ -54,6 +54,7 @@ pub(crate) mod restore;
 #[cfg(test)]
 mod sim;
 mod store;
+pub mod ttl;
 
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use db::PartitionDb;
@@ -77,6 +78,8 @@ pub(crate) struct StoreSpec {
     pub(crate) name: String,
     /// Codec names and the store's version, e.g. `key=utf8;value=bincode2;version=1`.
     pub(crate) format: String,
+    /// The TTL of a key-value store's entries, if it has one.
+    pub(crate) expiry: Option<ttl::Expiry>,
 }
 
 /// A state store failed.

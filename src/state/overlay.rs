@@ -138,6 +138,23 @@ impl Overlay {
         self.flushing = None;
     }
 
+    /// Calls `f` with the newest unflushed entry of every key of `store` written before the
+    /// current record (pending over flushing; `None` is a delete).
+    pub(crate) fn for_each_written(&self, store: usize, mut f: impl FnMut(&[u8], Option<&[u8]>)) {
+        let pending = &self.pending[store];
+        for (k, v) in pending {
+            f(k, v.as_deref());
+        }
+        if let Some(flushing) = &self.flushing {
+            for (k, v) in flushing[store]
+                .iter()
+                .filter(|(k, _)| !pending.contains_key(*k))
+            {
+                f(k, v.as_deref());
+            }
+        }
+    }
+
     /// Merges the overlay over `base` (database entries under `prefix`, in key order),
     /// dropping deletes. Costs one pass over the store's dirty keys plus a sort of those
     /// under `prefix` and a linear merge: no tree is built.
@@ -311,10 +328,17 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
             .collect();
-        let expected = [("p/a", "db"), ("p/c", "db"), ("p/e", "staged"), ("p/f", "db")];
+        let expected = [
+            ("p/a", "db"),
+            ("p/c", "db"),
+            ("p/e", "staged"),
+            ("p/f", "db"),
+        ];
         assert_eq!(
             merged,
-            expected.map(|(k, v)| (k.to_string(), v.to_string())).to_vec()
+            expected
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .to_vec()
         );
     }
 }

@@ -49,6 +49,8 @@ pub(crate) struct PartitionState {
     /// Window closes (store, window start) known to have a pending timer: a window store's
     /// `put` asks this before building the timer key. Cleared whenever a timer is removed.
     closes_known: Vec<(usize, i64)>,
+    /// Per store, whether its TTL sweep timer is pending (committed).
+    sweeping: Vec<bool>,
 }
 
 /// `<state_dir>/<group>/<topic>-<partition>`.
@@ -142,6 +144,7 @@ impl PartitionState {
                     );
                     env.log.verify_source(topic, partition, restored.source)?;
                     let timers = load_timers(&db, config)?;
+                    let sweeping = sweeping(config, timers.as_ref());
                     let state = Self {
                         db: Arc::new(db),
                         overlay: Overlay::new(config.stores.len()),
@@ -155,6 +158,7 @@ impl PartitionState {
                         timers,
                         staged_timers: Vec::new(),
                         closes_known: Vec::new(),
+                        sweeping,
                     };
                     return Ok(Some((state, restored)));
                 }
@@ -176,6 +180,12 @@ impl PartitionState {
         self.overlay.commit_staged();
         if let Some((_, timers)) = &mut self.timers {
             for (insert, entry) in self.staged_timers.drain(..) {
+                if entry.2 == crate::timer::Owner::Expiry {
+                    let name = std::str::from_utf8(&entry.3).unwrap_or_default();
+                    if let Some(index) = self.config.stores.iter().position(|s| s.name == name) {
+                        self.sweeping[index] = insert;
+                    }
+                }
                 if insert {
                     timers.insert(entry);
                 } else {
@@ -279,6 +289,67 @@ impl PartitionState {
         self.closes_known.push((store, start));
     }
 
+    /// Makes sure the TTL sweep of `store` is scheduled (with the current record).
+    pub(crate) fn ensure_sweep(
+        &mut self,
+        store: usize,
+        expiry: super::ttl::Expiry,
+        now: i64,
+    ) -> Result<(), StateError> {
+        if self.sweeping[store] {
+            return Ok(());
+        }
+        let name = &self.config.stores[store].name;
+        let staged = self.staged_timers.iter().any(|(insert, e)| {
+            *insert && e.2 == crate::timer::Owner::Expiry && e.3 == name.as_bytes()
+        });
+        if staged {
+            return Ok(());
+        }
+        let timer = expiry.sweep_timer(name, now.saturating_add(expiry.sweep_interval()));
+        self.stage_timer(true, timer)
+    }
+
+    /// The sweep timer of the store named `name` fired at `now` (on its clock): stages the
+    /// deletion of its expired entries and the next sweep. Returns how many expired.
+    pub(crate) fn sweep_expired(&mut self, name: &[u8], now: i64) -> Result<usize, StateError> {
+        let Some((store, expiry)) = self
+            .config
+            .stores
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name.as_bytes() == name)
+            .and_then(|(i, s)| Some((i, s.expiry?)))
+        else {
+            return Ok(0); // no longer declared with a TTL: the sweep ends
+        };
+        let expired_at = |stored: &[u8]| {
+            super::ttl::unstamp(stored).is_some_and(|(written, _)| expiry.expired(written, now))
+        };
+        let mut expired = Vec::new();
+        let overlay = &self.overlay;
+        self.db.for_each(store, |key, value| {
+            if overlay.get(store, key) == super::overlay::Lookup::Unknown && expired_at(value) {
+                expired.push(key.to_vec());
+            }
+        })?;
+        overlay.for_each_written(store, |key, value| {
+            if value.is_some_and(expired_at) {
+                expired.push(key.to_vec());
+            }
+        });
+        let count = expired.len();
+        for key in expired {
+            self.overlay.write(store, key, None);
+        }
+        let next = expiry.sweep_timer(
+            &self.config.stores[store].name,
+            now.saturating_add(expiry.sweep_interval()),
+        );
+        self.stage_timer(true, next)?;
+        Ok(count)
+    }
+
     /// Whether timers are declared.
     pub(crate) fn has_timers(&self) -> bool {
         self.timers.is_some()
@@ -363,6 +434,19 @@ impl PartitionState {
         self.overlay.commit_staged();
         Ok(())
     }
+}
+
+/// Per store, whether `timers` holds its TTL sweep.
+fn sweeping(config: &ConsumerConfig, timers: Option<&(usize, Timers)>) -> Vec<bool> {
+    config
+        .stores
+        .iter()
+        .map(|s| {
+            timers.is_some_and(|(_, t)| {
+                t.any(|e| e.2 == crate::timer::Owner::Expiry && e.3 == s.name.as_bytes())
+            })
+        })
+        .collect()
 }
 
 /// Reads the pending timers from the timer store, if timers are declared.

@@ -85,6 +85,7 @@ fn specs() -> Vec<StoreSpec> {
         .map(|n| StoreSpec {
             name: n.to_string(),
             format: "sim".into(),
+            expiry: None,
         })
         .collect()
 }

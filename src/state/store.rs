@@ -3,8 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::ttl::{self, Expiry};
 use super::{PartitionState, StateError, StoreSpec};
 use crate::codec::Codec;
+use crate::timer::TimeKind;
 
 /// A named store with typed keys and values. Declare it on the builder with
 /// [`ConsumerConfigBuilder::store`](crate::ConsumerConfigBuilder::store) and open it in the
@@ -20,6 +22,7 @@ pub struct StoreDef<K: Send + 'static, V: Send + 'static> {
     key: Arc<dyn Codec<Item = K>>,
     value: Arc<dyn Codec<Item = V>>,
     version: u32,
+    expiry: Option<Expiry>,
 }
 
 impl<K: Send + 'static, V: Send + 'static> Clone for StoreDef<K, V> {
@@ -29,6 +32,7 @@ impl<K: Send + 'static, V: Send + 'static> Clone for StoreDef<K, V> {
             key: self.key.clone(),
             value: self.value.clone(),
             version: self.version,
+            expiry: self.expiry,
         }
     }
 }
@@ -51,6 +55,7 @@ impl<K: Send + 'static, V: Send + 'static> StoreDef<K, V> {
             key: Arc::new(key),
             value: Arc::new(value),
             version: 1,
+            expiry: None,
         }
     }
 
@@ -58,6 +63,18 @@ impl<K: Send + 'static, V: Send + 'static> StoreDef<K, V> {
     /// store written with another version is a clear error instead of misread bytes.
     pub fn with_version(mut self, version: u32) -> Self {
         self.version = version;
+        self
+    }
+
+    /// Entries not written for `ttl` on `clock` (the partition's stream time, or the wall
+    /// clock) are gone: reads no longer see them, and a periodic sweep deletes them with
+    /// changelog tombstones. Costs 8 bytes per entry and a scan of the store per sweep (every
+    /// quarter of the TTL, at least every second); see [`crate::state::ttl`]. Enables timers.
+    ///
+    /// A store cannot switch between with and without a TTL (its format records it); the
+    /// TTL itself may change between runs.
+    pub fn with_ttl(mut self, ttl: std::time::Duration, clock: TimeKind) -> Self {
+        self.expiry = Some(Expiry::new(ttl, clock));
         self
     }
 
@@ -73,6 +90,14 @@ impl<K: Send + 'static, V: Send + 'static> StoreDef<K, V> {
         key: &[u8],
         value: &[u8],
     ) -> Result<(K, V), crate::codec::CodecError> {
+        let value = match self.expiry {
+            Some(_) => {
+                ttl::unstamp(value)
+                    .ok_or_else(|| crate::codec::CodecError::new("ttl", "no write time"))?
+                    .1
+            }
+            None => value,
+        };
         Ok((self.key.decode(key)?, self.value.decode(value)?))
     }
 
@@ -84,7 +109,8 @@ impl<K: Send + 'static, V: Send + 'static> StoreDef<K, V> {
                 self.key.name(),
                 self.value.name(),
                 self.version
-            ),
+            ) + self.expiry.as_ref().map_or("", Expiry::format),
+            expiry: self.expiry,
         }
     }
 }
@@ -96,6 +122,8 @@ pub struct Store<'a, K: Send + 'static, V: Send + 'static> {
     def: &'a StoreDef<K, V>,
     index: usize,
     state: &'a mut PartitionState,
+    /// The clocks of TTLs.
+    clock: ttl::Clock,
 }
 
 impl<K: Send + 'static, V: Send + 'static> fmt::Debug for Store<'_, K, V> {
@@ -110,11 +138,31 @@ impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
     pub(crate) fn open(
         def: &'a StoreDef<K, V>,
         state: &'a mut PartitionState,
+        clock: ttl::Clock,
     ) -> Result<Self, StateError> {
         let index = state
             .store_index(&def.name)
             .ok_or_else(|| StateError::UnknownStore(def.name.to_string()))?;
-        Ok(Self { def, index, state })
+        Ok(Self {
+            def,
+            index,
+            state,
+            clock,
+        })
+    }
+
+    /// The current time on `expiry`'s clock.
+    fn now(&self, expiry: &Expiry) -> i64 {
+        self.clock.now(expiry.clock)
+    }
+
+    /// The value bytes of a stored entry, `None` if it has expired.
+    fn live<'v>(&self, stored: &'v [u8]) -> Option<&'v [u8]> {
+        let Some(expiry) = &self.def.expiry else {
+            return Some(stored);
+        };
+        let (written, value) = ttl::unstamp(stored)?;
+        (!expiry.expired(written, self.now(expiry))).then_some(value)
     }
 
     fn codec_err(&self) -> impl Fn(crate::codec::CodecError) -> StateError + '_ {
@@ -131,7 +179,10 @@ impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
     pub fn get(&self, key: &K) -> Result<Option<V>, StateError> {
         let key = self.def.key.encode(key).map_err(self.codec_err())?;
         self.state
-            .read_with(self.index, &key, |b| self.def.value.decode(b))?
+            .read_with(self.index, &key, |b| {
+                self.live(b).map(|live| self.def.value.decode(live))
+            })?
+            .flatten()
             .transpose()
             .map_err(self.codec_err())
     }
@@ -142,7 +193,12 @@ impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
     /// Codec errors.
     pub fn put(&mut self, key: &K, value: &V) -> Result<(), StateError> {
         let key = self.def.key.encode(key).map_err(self.codec_err())?;
-        let value = self.def.value.encode(value).map_err(self.codec_err())?;
+        let mut value = self.def.value.encode(value).map_err(self.codec_err())?;
+        if let Some(expiry) = self.def.expiry {
+            value = ttl::stamp(self.now(&expiry), value);
+            self.state
+                .ensure_sweep(self.index, expiry, self.now(&expiry))?;
+        }
         self.state.overlay.write(self.index, key, Some(value));
         Ok(())
     }
@@ -169,11 +225,11 @@ impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
             .overlay
             .merge_prefix(self.index, prefix, base)
             .into_iter()
-            .map(|(k, v)| {
-                Ok((
-                    self.def.key.decode(&k).map_err(self.codec_err())?,
-                    self.def.value.decode(&v).map_err(self.codec_err())?,
-                ))
+            .filter_map(|(k, v)| {
+                let live = self.live(&v)?;
+                let key = self.def.key.decode(&k);
+                let value = self.def.value.decode(live);
+                Some(key.and_then(|k| Ok((k, value?))).map_err(self.codec_err()))
             })
             .collect()
     }
