@@ -110,7 +110,7 @@ where
     ///
     /// # Errors
     /// [`Error::Fenced`] when another process joined with the same instance id;
-    /// [`Error::Handler`]/[`Error::Decode`] under [`ErrorPolicy::Fail`]; changelog, state
+    /// [`Error::Handler`]/[`Error::Decode`] under [`ErrorPolicy::Fail`](crate::ErrorPolicy::Fail); changelog, state
     /// and client errors.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let config = self.config.clone();

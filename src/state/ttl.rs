@@ -8,8 +8,8 @@
 //! tombstones, so a restore does not bring them back — and schedules the next sweep.
 //!
 //! Cost: 8 bytes per entry; a sweep reads the whole store (O(entries), holding only the
-//! expired keys in memory) and runs at most every [`sweep_interval`] (a quarter of the TTL,
-//! at least a second), so an expired entry stays on disk up to that much longer.
+//! expired keys in memory) and runs every quarter of the TTL (at least a second apart), so
+//! an expired entry stays on disk up to that much longer.
 
 use std::time::Duration;
 

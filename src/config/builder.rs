@@ -1,0 +1,492 @@
+//! [`ConsumerConfigBuilder`]: defaults, setters and validation.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::clients::check_override;
+use super::*;
+
+/// Builder for [`ConsumerConfig`]; see each setter for defaults.
+#[derive(Clone)]
+pub struct ConsumerConfigBuilder {
+    config: ConsumerConfig,
+    membership: Membership,
+    /// Whether `flush_interval` was set; otherwise it follows `commit_interval`.
+    flush_interval_set: bool,
+}
+
+impl ConsumerConfig {
+    /// Starts a configuration for `group_id` consuming `topics` from `bootstrap_servers`.
+    ///
+    /// Defaults: static membership with the instance id from `$HOSTNAME`,
+    /// `cooperative-sticky`, session timeout 45 s, max poll interval 5 min, commit every 5 s,
+    /// partition queues of 100 000 records or 16 MiB (256 MiB in all), revoke timeout 30 s,
+    /// fail on bad records.
+    pub fn builder<T: Into<String>>(
+        bootstrap_servers: impl Into<String>,
+        group_id: impl Into<String>,
+        topics: impl IntoIterator<Item = T>,
+    ) -> ConsumerConfigBuilder {
+        ConsumerConfigBuilder {
+            membership: Membership::StaticFromEnv("HOSTNAME".into()),
+            flush_interval_set: false,
+            config: ConsumerConfig {
+                bootstrap_servers: bootstrap_servers.into(),
+                group_id: group_id.into(),
+                topics: topics.into_iter().map(Into::into).collect(),
+                instance_id: None,
+                // Long enough for a pod to be rescheduled and restarted (typically 10-30 s)
+                // without the coordinator declaring the static member dead and moving its
+                // partitions; short enough that a crashed member's partitions do move.
+                session_timeout: Duration::from_secs(45),
+                max_poll_interval: Duration::from_secs(300),
+                commit_interval: Duration::from_secs(5),
+                queue_capacity: 100_000,
+                queue_bytes: 16 << 20,
+                total_queue_bytes: 256 << 20,
+                overlay_bytes: 64 << 20,
+                assignment: AssignmentStrategy::default(),
+                revoke_timeout: Duration::from_secs(30),
+                flush_timeout: Duration::from_secs(30),
+                missing_topics: MissingTopics::default(),
+                stats_interval: Duration::from_secs(1),
+                close: CloseBehavior::default(),
+                error_policy: ErrorPolicy::default(),
+                late_policy: LatePolicy::default(),
+                retry: RetryPolicy::default(),
+                state_dir: None,
+                stores: Vec::new(),
+                flush_max_records: 1_000_000,
+                flush_interval: Duration::from_secs(5),
+                changelog_replication: -1,
+                consumer_overrides: Vec::new(),
+                client_overrides: Vec::new(),
+            },
+        }
+    }
+}
+
+impl ConsumerConfigBuilder {
+    /// Membership (default: static, instance id from `$HOSTNAME`).
+    pub fn membership(mut self, membership: Membership) -> Self {
+        self.membership = membership;
+        self
+    }
+
+    /// Static membership with an explicit `group.instance.id`.
+    pub fn instance_id(self, id: impl Into<String>) -> Self {
+        self.membership(Membership::Static(id.into()))
+    }
+
+    /// Dynamic membership, chosen explicitly: restarts cause rebalances and state moves.
+    pub fn dynamic_membership(self) -> Self {
+        self.membership(Membership::Dynamic)
+    }
+
+    /// `session.timeout.ms` (default 45 s): how long a silent static member keeps its
+    /// partitions. Must exceed a restart.
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.config.session_timeout = timeout;
+        self
+    }
+
+    /// `max.poll.interval.ms` (default 5 min). The poll loop never runs handlers, so slow
+    /// handlers do not count against it.
+    pub fn max_poll_interval(mut self, interval: Duration) -> Self {
+        self.config.max_poll_interval = interval;
+        self
+    }
+
+    /// How often durable offsets are committed (default 5 s). Commits also happen on revoke
+    /// and on shutdown. Only flushed records can be committed, so unless
+    /// [`flush_interval`](Self::flush_interval) is set, state is flushed at this interval too
+    /// (as Kafka Streams flushes on `commit.interval.ms`).
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.config.commit_interval = interval;
+        self
+    }
+
+    /// Records buffered per partition before the partition is paused (default 100 000).
+    ///
+    /// Fetched records wait in a per-partition queue for the partition's worker. A partition
+    /// is paused when its queue holds more than this many records or more than
+    /// [`queue_bytes`](Self::queue_bytes), or when all queues together hold more than
+    /// [`total_queue_bytes`](Self::total_queue_bytes); it resumes once its queue drained to
+    /// half. Nothing fetched is dropped. Pausing is not free in librdkafka: it discards the
+    /// partition's prefetched records, which are fetched again on resume, so the limits are
+    /// sized to absorb librdkafka's bursts when the handler keeps up (`cargo bench --bench
+    /// throughput` reports pauses).
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.config.queue_capacity = capacity;
+        self
+    }
+
+    /// Bytes buffered per partition before the partition is paused (default 16 MiB): keys,
+    /// values and headers of the queued records plus 64 bytes each.
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.queue_bytes = bytes;
+        self
+    }
+
+    /// Bytes buffered across all partitions of this consumer before the fullest partitions
+    /// are paused (default 256 MiB). With librdkafka's own prefetch
+    /// (`queued.max.messages.kbytes`, 64 MiB by default) this bounds the memory fetched
+    /// records take.
+    pub fn total_queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.total_queue_bytes = bytes;
+        self
+    }
+
+    /// Bytes of unflushed state writes per partition before a flush is started early
+    /// (default 64 MiB): keys and values in the write overlay.
+    pub fn overlay_bytes(mut self, bytes: usize) -> Self {
+        self.config.overlay_bytes = bytes;
+        self
+    }
+
+    /// Assignment protocol (default cooperative-sticky).
+    pub fn assignment(mut self, strategy: AssignmentStrategy) -> Self {
+        self.config.assignment = strategy;
+        self
+    }
+
+    /// How long a revoke or shutdown waits for an in-flight handler before cancelling it
+    /// (default 30 s). A cancelled record is neither flushed nor committed.
+    pub fn revoke_timeout(mut self, timeout: Duration) -> Self {
+        self.config.revoke_timeout = timeout;
+        self
+    }
+
+    /// How long a stopping worker may take for its final flush after its in-flight record
+    /// finished or was cancelled (default 30 s); past it the worker is aborted and its
+    /// unflushed records stay uncommitted.
+    ///
+    /// `revoke_timeout + flush_timeout` bounds a revoke, and must stay below
+    /// `max_poll_interval`: the group coordinator waits at most that long (the rebalance
+    /// timeout) for a member to complete a rebalance.
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.config.flush_timeout = timeout;
+        self
+    }
+
+    /// What to do when a subscribed topic does not exist (default [`MissingTopics::Fail`]).
+    pub fn missing_topics(mut self, policy: MissingTopics) -> Self {
+        self.config.missing_topics = policy;
+        self
+    }
+
+    /// How often librdkafka reports statistics, from which `Stats` takes each partition's
+    /// high watermark and lag (default 1 s).
+    pub fn stats_interval(mut self, interval: Duration) -> Self {
+        self.config.stats_interval = interval;
+        self
+    }
+
+    /// What closing tells the group (default: a static member keeps its membership).
+    pub fn close_behavior(mut self, close: CloseBehavior) -> Self {
+        self.config.close = close;
+        self
+    }
+
+    /// Policy for undecodable records and failing handlers (default [`ErrorPolicy::Fail`]).
+    pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
+        self.config.error_policy = policy;
+        self
+    }
+
+    /// What to do with records late for every window they fall in (default
+    /// [`LatePolicy::Drop`]).
+    pub fn late_records(mut self, policy: LatePolicy) -> Self {
+        self.config.late_policy = policy;
+        self
+    }
+
+    /// Handler retries before the error policy applies (default: none).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.config.retry = retry;
+        self
+    }
+
+    /// Root directory of local state; required when stores are declared.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Declares a store; handlers reach it with
+    /// [`PartitionContext::store`](crate::PartitionContext::store).
+    pub fn store<K: Send + 'static, V: Send + 'static>(
+        mut self,
+        store: &crate::StoreDef<K, V>,
+    ) -> Self {
+        let spec = store.spec();
+        let expires = spec.expiry.is_some();
+        self.config.stores.push(spec);
+        // Expired entries are deleted by a sweep timer.
+        if expires {
+            self.timers()
+        } else {
+            self
+        }
+    }
+
+    /// Declares a window store ([`crate::window`]); enables timers (window closes are
+    /// timers).
+    pub fn window<K: Send + 'static, V: Send + 'static>(
+        mut self,
+        window: &crate::window::WindowDef<K, V>,
+    ) -> Self {
+        self.config.stores.push(window.spec());
+        self.timers()
+    }
+
+    /// Enables timers ([`crate::timer`]): an internal store `ks.timers` with its changelog
+    /// (`<group>-ks.timers-changelog`). Needs a state directory; windows call it for you.
+    pub fn timers(mut self) -> Self {
+        if !self
+            .config
+            .stores
+            .iter()
+            .any(|s| s.name == crate::timer::TIMER_STORE)
+        {
+            self.config.stores.push(crate::state::StoreSpec {
+                name: crate::timer::TIMER_STORE.to_string(),
+                format: "timers;version=1".to_string(),
+                expiry: None,
+            });
+        }
+        self
+    }
+
+    /// Flush state after this many processed records (default 1 000 000).
+    ///
+    /// Flushes are mostly driven by time ([`flush_interval`](Self::flush_interval)) and by
+    /// the write overlay's byte budget ([`overlay_bytes`](Self::overlay_bytes)): the longer a
+    /// flush interval, the more updates to one key are combined into one changelog record
+    /// (`cargo bench --bench throughput`: counting 500 000 records over 200 000 keys writes
+    /// a changelog record for most records with 10 000-record flushes).
+    pub fn flush_max_records(mut self, records: usize) -> Self {
+        self.config.flush_max_records = records;
+        self
+    }
+
+    /// Flush state at least this often while records arrive (default: the
+    /// [`commit_interval`](Self::commit_interval), 5 s unless set). A longer interval combines
+    /// more updates of a key into one changelog record; a commit waits for the flush.
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.config.flush_interval = interval;
+        self.flush_interval_set = true;
+        self
+    }
+
+    /// Replication factor of created changelog topics (default -1: the broker's default).
+    pub fn changelog_replication(mut self, factor: i32) -> Self {
+        self.config.changelog_replication = factor;
+        self
+    }
+
+    /// A raw librdkafka property for the group consumer (fetch sizes, …). Properties that
+    /// would break a guarantee are rejected by [`build`](Self::build).
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config
+            .consumer_overrides
+            .push((key.into(), value.into()));
+        self
+    }
+
+    /// A raw librdkafka property for every client (security settings, …).
+    pub fn set_all_clients(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config
+            .client_overrides
+            .push((key.into(), value.into()));
+        self
+    }
+
+    /// Validates and resolves the configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for empty required values, an unset instance-id variable, invalid
+    /// durations or capacities, duplicate stores, stores without a state dir or with more
+    /// than one source topic, names that make an illegal changelog topic name, and overrides
+    /// of properties the library owns.
+    pub fn build(self) -> Result<ConsumerConfig, ConfigError> {
+        let mut config = self.config;
+        if !self.flush_interval_set {
+            config.flush_interval = config.commit_interval;
+        }
+        if config.bootstrap_servers.trim().is_empty() {
+            return Err(ConfigError::Empty("bootstrap servers"));
+        }
+        if config.group_id.trim().is_empty() {
+            return Err(ConfigError::Empty("group id"));
+        }
+        if config.topics.is_empty() || config.topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(ConfigError::Empty("topics"));
+        }
+        config.instance_id = match self.membership {
+            Membership::Static(id) if id.trim().is_empty() => {
+                return Err(ConfigError::Empty("group.instance.id"))
+            }
+            Membership::Static(id) => Some(id),
+            Membership::StaticFromEnv(var) => match std::env::var(&var) {
+                Ok(id) if !id.trim().is_empty() => Some(id),
+                _ => return Err(ConfigError::MissingInstanceIdEnv { var }),
+            },
+            Membership::Dynamic => None,
+        };
+        validate_ranges(&config)?;
+        crate::consumer::Subscription::new(&config.topics)?;
+        for (key, value) in config
+            .consumer_overrides
+            .iter()
+            .chain(&config.client_overrides)
+        {
+            check_override(key, value)?;
+        }
+        let mut names: Vec<&str> = config.stores.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::DuplicateStore(w[0].to_string()));
+        }
+        if !config.stores.is_empty() {
+            validate_stores(&config)?;
+        }
+        Ok(config)
+    }
+}
+
+/// Stores need a state dir, exactly one source topic (changelog partition `p` backs source
+/// partition `p`, so two source topics would share changelog partitions), and names that make
+/// a legal changelog topic name `<group>-<store>-changelog`.
+fn validate_stores(c: &ConsumerConfig) -> Result<(), ConfigError> {
+    if c.state_dir.is_none() {
+        return Err(ConfigError::Empty(
+            "state_dir (required when stores are declared)",
+        ));
+    }
+    if c.topics.len() != 1 {
+        return Err(ConfigError::Invalid {
+            name: "topics",
+            value: c.topics.join(","),
+            reason: "a consumer with stores reads exactly one source topic",
+        });
+    }
+    let legal = |s: &str| {
+        s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+    };
+    if !legal(&c.group_id) {
+        return Err(ConfigError::Invalid {
+            name: "group id",
+            value: c.group_id.clone(),
+            reason: "with stores, the group id is part of changelog topic names: use only ASCII letters, digits, '.', '_' and '-'",
+        });
+    }
+    for store in &c.stores {
+        if store.name.starts_with("ks.") && store.name != crate::timer::TIMER_STORE {
+            return Err(ConfigError::Invalid {
+                name: "store name",
+                value: store.name.clone(),
+                reason: "names starting with \"ks.\" are reserved for the library's own stores",
+            });
+        }
+        if store.name.is_empty() || !legal(&store.name) {
+            return Err(ConfigError::Invalid {
+                name: "store name",
+                value: store.name.clone(),
+                reason: "part of the changelog topic name: use only ASCII letters, digits, '.', '_' and '-'",
+            });
+        }
+        let topic = crate::changelog::changelog_topic(&c.group_id, &store.name);
+        if topic.len() > 249 {
+            return Err(ConfigError::Invalid {
+                name: "store name",
+                value: store.name.clone(),
+                reason: "the changelog topic name <group>-<store>-changelog exceeds Kafka's 249 characters",
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
+    let invalid = |name, value: String, reason| {
+        Err(ConfigError::Invalid {
+            name,
+            value,
+            reason,
+        })
+    };
+    for (name, value) in [
+        ("queue_capacity", c.queue_capacity),
+        ("queue_bytes", c.queue_bytes),
+        ("total_queue_bytes", c.total_queue_bytes),
+        ("overlay_bytes", c.overlay_bytes),
+    ] {
+        if value == 0 {
+            return invalid(name, "0".into(), "must be at least 1");
+        }
+    }
+    if c.flush_max_records == 0 {
+        return invalid("flush_max_records", "0".into(), "must be at least 1");
+    }
+    if c.session_timeout < Duration::from_secs(1) {
+        return invalid(
+            "session_timeout",
+            format!("{:?}", c.session_timeout),
+            "must be at least 1 s",
+        );
+    }
+    if c.max_poll_interval < c.session_timeout {
+        return invalid(
+            "max_poll_interval",
+            format!("{:?}", c.max_poll_interval),
+            "must be at least the session timeout",
+        );
+    }
+    for (name, d) in [
+        ("commit_interval", c.commit_interval),
+        ("flush_interval", c.flush_interval),
+        ("revoke_timeout", c.revoke_timeout),
+        ("flush_timeout", c.flush_timeout),
+        ("stats_interval", c.stats_interval),
+    ] {
+        if d.is_zero() {
+            return invalid(name, "0s".into(), "must be positive");
+        }
+    }
+    if c.revoke_timeout + c.flush_timeout >= c.max_poll_interval {
+        return invalid(
+            "revoke_timeout + flush_timeout",
+            format!("{:?}", c.revoke_timeout + c.flush_timeout),
+            "must be below max_poll_interval: the coordinator waits at most that long for a member to finish a rebalance, and would remove it from the group",
+        );
+    }
+    if c.missing_topics == MissingTopics::Wait && !c.stores.is_empty() {
+        return invalid(
+            "missing_topics",
+            "Wait".into(),
+            "a consumer with stores sizes its changelogs from the source topic, which must exist at start",
+        );
+    }
+    if let ErrorPolicy::DeadLetter(topic) = &c.error_policy {
+        if topic.trim().is_empty() || c.topics.contains(topic) {
+            return invalid(
+                "dead letter topic",
+                topic.clone(),
+                "must be non-empty and not a source topic",
+            );
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Debug for ConsumerConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerConfigBuilder")
+            .field("membership", &self.membership)
+            .field("config", &self.config)
+            .finish()
+    }
+}

@@ -1,0 +1,208 @@
+//! The rdkafka properties of each client, derived from a [`ConsumerConfig`] (the only place
+//! they are), and the overrides users may not set.
+
+use std::fmt;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+use super::*;
+
+/// Keys the library sets itself: overriding them would break a guarantee.
+const OWNED_KEYS: &[(&str, &str)] = &[
+    (
+        "enable.auto.commit",
+        "offsets are committed only after a record's effects are durable",
+    ),
+    (
+        "enable.auto.offset.store",
+        "the library stores offsets only after processing",
+    ),
+    (
+        "auto.commit.interval.ms",
+        "use ConsumerConfigBuilder::commit_interval",
+    ),
+    ("group.id", "use ConsumerConfig::builder"),
+    ("group.instance.id", "use ConsumerConfigBuilder::membership"),
+    ("bootstrap.servers", "use ConsumerConfig::builder"),
+    (
+        "partition.assignment.strategy",
+        "use ConsumerConfigBuilder::assignment",
+    ),
+    (
+        "session.timeout.ms",
+        "use ConsumerConfigBuilder::session_timeout",
+    ),
+    (
+        "max.poll.interval.ms",
+        "use ConsumerConfigBuilder::max_poll_interval",
+    ),
+    (
+        "enable.partition.eof",
+        "the poll loop relies on it being off",
+    ),
+    (
+        "group.protocol",
+        "the classic group protocol is required for static membership here",
+    ),
+    (
+        "transactional.id",
+        "changelog writes are not transactional; see the crate docs",
+    ),
+];
+
+fn is_secret(key: &str) -> bool {
+    key.contains("password")
+        || key.contains("secret")
+        || key.contains("jaas")
+        || key.contains("key.pem")
+}
+
+impl ConsumerConfig {
+    /// The consumer group.
+    pub fn group_id(&self) -> &str {
+        &self.group_id
+    }
+
+    /// The resolved `group.instance.id`, `None` for dynamic membership.
+    pub fn instance_id(&self) -> Option<&str> {
+        self.instance_id.as_deref()
+    }
+
+    fn base_client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in &self.client_overrides {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The group consumer's rdkafka configuration.
+    pub(crate) fn group_consumer(&self) -> ClientConfig {
+        let mut c = self.base_client();
+        c.set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "partition.assignment.strategy",
+                self.assignment.rdkafka_name(),
+            )
+            .set("session.timeout.ms", millis(self.session_timeout))
+            .set("max.poll.interval.ms", millis(self.max_poll_interval))
+            // librdkafka's default (1000 ms) stalls a partition's fetching for a whole second
+            // whenever its prefetch queue was over threshold, although the poll loop empties
+            // that queue within milliseconds: measured 150k records/s with it and 950k
+            // records/s with 10 ms (benches/throughput.rs). The thresholds still bound memory.
+            // Overridable with `set`.
+            .set("fetch.queue.backoff.ms", "10")
+            // High watermarks for lag in `Stats` come from librdkafka's statistics.
+            .set("statistics.interval.ms", millis(self.stats_interval));
+        if let Some(id) = &self.instance_id {
+            c.set("group.instance.id", id);
+        }
+        for (k, v) in &self.consumer_overrides {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The producer for changelog and dead-letter records: acks from all replicas, and
+    /// idempotence so retries neither duplicate nor reorder records.
+    pub(crate) fn producer(&self) -> ClientConfig {
+        let mut c = self.base_client();
+        c.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            // A flush enqueues all its records at once; librdkafka's default local queue
+            // (100 000 messages) would make large flushes wait on it.
+            .set("queue.buffering.max.messages", "1000000");
+        c
+    }
+
+    /// A consumer without a group, for reading changelogs and watermarks.
+    pub(crate) fn restore_consumer(&self) -> ClientConfig {
+        let mut c = self.base_client();
+        // librdkafka needs a group.id for assign(); the group is never joined (no
+        // subscribe) and nothing is committed to it.
+        c.set("group.id", format!("{}.restore", self.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest");
+        c
+    }
+
+    /// Admin client for changelog topics.
+    pub(crate) fn admin(&self) -> ClientConfig {
+        self.base_client()
+    }
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+pub(super) fn check_override(key: &str, value: &str) -> Result<(), ConfigError> {
+    if let Some((_, reason)) = OWNED_KEYS.iter().find(|(k, _)| *k == key) {
+        // Setting a library-owned key to the value the library uses anyway is harmless.
+        let harmless = matches!(
+            (key, value),
+            ("enable.auto.commit", "false") | ("enable.auto.offset.store", "false")
+        );
+        if !harmless {
+            return Err(ConfigError::ForbiddenOverride {
+                key: key.to_string(),
+                value: if is_secret(key) {
+                    "***".into()
+                } else {
+                    value.to_string()
+                },
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn redacted(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
+        .collect()
+}
+
+impl fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("instance_id", &self.instance_id)
+            .field("session_timeout", &self.session_timeout)
+            .field("max_poll_interval", &self.max_poll_interval)
+            .field("commit_interval", &self.commit_interval)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("queue_bytes", &self.queue_bytes)
+            .field("total_queue_bytes", &self.total_queue_bytes)
+            .field("overlay_bytes", &self.overlay_bytes)
+            .field("assignment", &self.assignment)
+            .field("revoke_timeout", &self.revoke_timeout)
+            .field("flush_timeout", &self.flush_timeout)
+            .field("missing_topics", &self.missing_topics)
+            .field("stats_interval", &self.stats_interval)
+            .field("close", &self.close)
+            .field("error_policy", &self.error_policy)
+            .field("late_policy", &self.late_policy)
+            .field("retry", &self.retry)
+            .field("state_dir", &self.state_dir)
+            .field("stores", &self.stores)
+            .field("flush_max_records", &self.flush_max_records)
+            .field("flush_interval", &self.flush_interval)
+            .field("consumer_overrides", &redacted(&self.consumer_overrides))
+            .field("client_overrides", &redacted(&self.client_overrides))
+            .finish()
+    }
+}

@@ -1,0 +1,173 @@
+use super::*;
+
+fn builder() -> ConsumerConfigBuilder {
+    ConsumerConfig::builder("127.0.0.1:9092", "g", ["t"]).instance_id("i-0")
+}
+
+#[test]
+fn defaults_give_static_membership_and_manual_commits() {
+    let c = builder().build().unwrap();
+    let rd = c.group_consumer();
+    assert_eq!(rd.get("group.instance.id"), Some("i-0"));
+    assert_eq!(rd.get("enable.auto.commit"), Some("false"));
+    assert_eq!(rd.get("enable.auto.offset.store"), Some("false"));
+    assert_eq!(
+        rd.get("partition.assignment.strategy"),
+        Some("cooperative-sticky")
+    );
+    assert_eq!(rd.get("session.timeout.ms"), Some("45000"));
+}
+
+#[test]
+fn flushes_follow_the_commit_interval_unless_set() {
+    let second = Duration::from_secs(1);
+    let c = builder().commit_interval(second).build().unwrap();
+    assert_eq!(c.flush_interval, second, "a commit waits for the flush");
+    let c = builder()
+        .flush_interval(Duration::from_secs(10))
+        .commit_interval(second)
+        .build()
+        .unwrap();
+    assert_eq!(c.flush_interval, Duration::from_secs(10));
+    assert_eq!(builder().build().unwrap().flush_interval, 5 * second);
+}
+
+#[test]
+fn auto_commit_override_is_rejected() {
+    let err = builder()
+        .set("enable.auto.commit", "true")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, ConfigError::ForbiddenOverride { ref key, .. } if key == "enable.auto.commit")
+    );
+    assert!(builder().set("enable.auto.commit", "false").build().is_ok());
+    let err = builder()
+        .set_all_clients("group.instance.id", "x")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::ForbiddenOverride { .. }));
+    assert!(builder().set("fetch.max.bytes", "1048576").build().is_ok());
+}
+
+#[test]
+fn instance_id_from_env_is_required_unless_dynamic() {
+    let var = "KAFKA_STATEFUL_TEST_UNSET_VAR";
+    let err = builder()
+        .membership(Membership::StaticFromEnv(var.into()))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, ConfigError::MissingInstanceIdEnv { .. }),
+        "{err}"
+    );
+    let c = builder().dynamic_membership().build().unwrap();
+    assert_eq!(c.instance_id(), None);
+    assert_eq!(c.group_consumer().get("group.instance.id"), None);
+    let c = builder()
+        .membership(Membership::StaticFromEnv("PATH".into()))
+        .build()
+        .unwrap();
+    assert!(c.instance_id().is_some());
+}
+
+#[test]
+fn invalid_values_are_rejected() {
+    assert!(ConsumerConfig::builder("", "g", ["t"])
+        .instance_id("i")
+        .build()
+        .is_err());
+    assert!(ConsumerConfig::builder("b", "g", Vec::<String>::new())
+        .instance_id("i")
+        .build()
+        .is_err());
+    assert!(builder().queue_capacity(0).build().is_err());
+    assert!(builder().instance_id(" ").build().is_err());
+    assert!(builder()
+        .session_timeout(Duration::from_secs(60))
+        .max_poll_interval(Duration::from_secs(30))
+        .build()
+        .is_err());
+    assert!(builder()
+        .error_policy(ErrorPolicy::DeadLetter("t".into()))
+        .build()
+        .is_err());
+}
+
+#[test]
+fn a_revoke_must_fit_in_max_poll_interval() {
+    // Default: 30 s + 30 s < 5 min.
+    assert!(builder().build().is_ok());
+    let err = builder()
+        .session_timeout(Duration::from_secs(10))
+        .max_poll_interval(Duration::from_secs(20))
+        .revoke_timeout(Duration::from_secs(5))
+        .flush_timeout(Duration::from_secs(15))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::Invalid {
+                name: "revoke_timeout + flush_timeout",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("max_poll_interval"), "{err}");
+    assert!(builder()
+        .session_timeout(Duration::from_secs(10))
+        .max_poll_interval(Duration::from_secs(21))
+        .revoke_timeout(Duration::from_secs(5))
+        .flush_timeout(Duration::from_secs(15))
+        .build()
+        .is_ok());
+}
+
+#[test]
+fn debug_redacts_secrets() {
+    let c = builder()
+        .set_all_clients("sasl.password", "hunter2")
+        .build()
+        .unwrap();
+    let printed = format!("{c:?}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(printed.contains("sasl.password"));
+}
+
+#[test]
+fn stores_need_a_state_dir_one_source_topic_and_legal_names() {
+    use crate::codec::{Bincode, Utf8};
+    let counts = crate::StoreDef::new("counts", Utf8, Bincode::<u64>::new());
+    let stateful = |b: ConsumerConfigBuilder| b.state_dir("/tmp/ks").store(&counts);
+    assert!(stateful(builder()).build().is_ok());
+    assert!(matches!(
+        builder().store(&counts).build(),
+        Err(ConfigError::Empty(_))
+    ));
+    let two_topics = ConsumerConfig::builder("b:9092", "g", ["t1", "t2"]).instance_id("i");
+    assert!(matches!(
+        stateful(two_topics).build(),
+        Err(ConfigError::Invalid { name: "topics", .. })
+    ));
+    let bad_group = ConsumerConfig::builder("b:9092", "my group", ["t"]).instance_id("i");
+    assert!(matches!(
+        stateful(bad_group).build(),
+        Err(ConfigError::Invalid {
+            name: "group id",
+            ..
+        })
+    ));
+    let bad_store = crate::StoreDef::new("a/b", Utf8, Bincode::<u64>::new());
+    assert!(matches!(
+        builder().state_dir("/tmp/ks").store(&bad_store).build(),
+        Err(ConfigError::Invalid {
+            name: "store name",
+            ..
+        })
+    ));
+    // Without stores, group ids are free-form: nothing derives topic names from them.
+    let plain = ConsumerConfig::builder("b:9092", "my group", ["t1", "t2"]).instance_id("i");
+    assert!(plain.build().is_ok());
+}

@@ -1,0 +1,180 @@
+//! Opening the partition's state, and flushing it: when a flush is due, starting one as
+//! its own task while processing goes on, and completing it (publishing durable offsets).
+
+use super::*;
+
+impl<KC, VC, H> Worker<KC, VC, H>
+where
+    KC: Codec,
+    VC: Codec,
+    H: Handler<KC::Item, VC::Item>,
+{
+    pub(super) fn flush_due(&self, ctx: &PartitionContext) -> bool {
+        let config = &self.shared.config;
+        self.since_flush >= config.flush_max_records
+            || ctx
+                .state()
+                .is_some_and(|s| s.overlay_bytes() >= config.overlay_bytes)
+            || self.last_flush.elapsed() >= config.flush_interval
+    }
+
+    /// Starts a flush that runs while processing goes on. With one already in flight it
+    /// waits for that one only when the overlay is over its byte budget (back-pressure);
+    /// otherwise the new writes wait for the next turn.
+    pub(super) async fn start_flush(&mut self, ctx: &mut PartitionContext) -> Result<(), Error> {
+        if let Some((job, next)) = self.in_flight.take() {
+            let over_budget = ctx
+                .state()
+                .is_some_and(|s| s.overlay_bytes() >= self.shared.config.overlay_bytes);
+            if !over_budget {
+                self.in_flight = Some((job, next));
+                return Ok(());
+            }
+            let done = settle(job).await?;
+            self.complete_flush(done, next, ctx)?;
+        }
+        self.since_flush = 0;
+        self.last_flush = Instant::now();
+        let Some(position) = self.tracker.committable() else {
+            return Ok(());
+        };
+        match ctx
+            .state_mut()
+            .and_then(|state| state.start_flush(position))
+        {
+            Some(job) => {
+                self.flush_started = Instant::now();
+                // Its own task: it makes progress (acknowledgements, the RocksDB write) while
+                // this worker is busy with a batch, not only between batches.
+                let task = AbortOnDropHandle::new(tokio::spawn(job));
+                self.in_flight = Some((task, position.next));
+            }
+            None => self.progress.set_durable(position.next),
+        }
+        Ok(())
+    }
+
+    pub(super) fn complete_flush(
+        &mut self,
+        done: crate::state::FlushDone,
+        next: i64,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), Error> {
+        let elapsed = self.flush_started.elapsed();
+        self.progress
+            .last_flush_us
+            .store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.progress
+            .last_flush_records
+            .store(done.records() as u64, Ordering::Relaxed);
+        crate::observe::metrics::flush_finished(
+            &self.topic,
+            self.partition,
+            elapsed,
+            done.records(),
+        );
+        if let Some(state) = ctx.state_mut() {
+            state.finish_flush(done)?;
+        }
+        self.progress.set_durable(next);
+        Ok(())
+    }
+
+    /// Opens and restores the partition's state on a blocking thread. `None` when the
+    /// partition was revoked before the restore finished.
+    pub(super) async fn open_state(&mut self) -> Result<Option<PartitionContext>, Error> {
+        let Some(env) = self.shared.state_env.clone() else {
+            return Ok(Some(PartitionContext::new(
+                self.topic.clone(),
+                self.partition,
+                None,
+            )));
+        };
+        let (topic, partition, stop) = (self.topic.clone(), self.partition, self.stop.clone());
+        let progress = self.progress.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let on_progress = |done: u64, total: u64| {
+                let _ = progress.restore_started.set(Instant::now());
+                progress.restore_total.store(total, Ordering::Relaxed);
+                progress.restore_done.store(done, Ordering::Relaxed);
+            };
+            PartitionState::open(&env, &topic, partition, &|| stop.is_stopped(), &on_progress)
+        })
+        .await
+        .map_err(|e| Error::WorkerPanicked {
+            topic: self.topic.to_string(),
+            partition,
+            message: if e.is_panic() {
+                panic_message(e.into_panic().as_ref())
+            } else {
+                "restore cancelled".into()
+            },
+        })??;
+        let Some((state, restored)) = opened else {
+            return Ok(None);
+        };
+        self.skip_below = state.restored_source_next();
+        let stream_time = restored.source.stream_time;
+        // Writes without a new record (timers, hooks) are flushed at the restored position.
+        self.tracker = OffsetTracker::starting_at(restored.source);
+        self.progress
+            .restored_records
+            .store(restored.records, Ordering::Relaxed);
+        self.progress
+            .restore_rate_bits
+            .store(restored.rate().to_bits(), Ordering::Relaxed);
+        let mut ctx = PartitionContext::new(self.topic.clone(), self.partition, Some(state));
+        ctx.set_stream_time(stream_time);
+        ctx.set_wall_offset(self.shared.clock_offset_ms.load(Ordering::Relaxed));
+        Ok(Some(ctx))
+    }
+
+    /// Completes the flush in flight, flushes what is left and publishes the durable offset.
+    pub(super) async fn flush(&mut self, ctx: &mut PartitionContext) -> Result<(), Error> {
+        if self.stop.is_lost() {
+            return Ok(());
+        }
+        if let Some((job, next)) = self.in_flight.take() {
+            let done = settle(job).await?;
+            self.complete_flush(done, next, ctx)?;
+        }
+        self.since_flush = 0;
+        self.last_flush = Instant::now();
+        let Some(position) = self.tracker.committable() else {
+            return Ok(());
+        };
+        if let Some(state) = ctx.state_mut() {
+            state.flush(position).await?;
+        }
+        self.progress.set_durable(position.next);
+        Ok(())
+    }
+}
+
+/// A flush running as its own task; aborted if the worker goes away first.
+pub(super) type InFlight = AbortOnDropHandle<Result<crate::state::FlushDone, crate::StateError>>;
+
+/// Resolves when the flush in flight finished; never while there is none.
+pub(super) async fn finished(
+    in_flight: &mut Option<(InFlight, i64)>,
+) -> Result<crate::state::FlushDone, crate::StateError> {
+    match in_flight {
+        Some((task, _)) => flatten(task.await),
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) async fn settle(task: InFlight) -> Result<crate::state::FlushDone, crate::StateError> {
+    flatten(task.await)
+}
+
+pub(super) fn flatten(
+    joined: Result<Result<crate::state::FlushDone, crate::StateError>, tokio::task::JoinError>,
+) -> Result<crate::state::FlushDone, crate::StateError> {
+    joined.unwrap_or_else(|e| {
+        Err(crate::StateError::CorruptMetadata {
+            path: std::path::PathBuf::new(),
+            reason: format!("flush task ended abnormally: {e}"),
+        })
+    })
+}

@@ -1,0 +1,352 @@
+//! One task per assigned partition: restore state, then decode and handle records in offset
+//! order, flush state, publish durable offsets.
+//!
+//! The per-record path is kept short: records arrive in batches; a handler that completes
+//! without waiting (most state updates) is polled once, with no timer or cancellation
+//! future set up; counters visible to other threads are published once per batch.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::batch::{RawRecord, RecordBatch};
+use super::policy::{dead_letter, panic_message, Failure};
+use super::router::QueueGauge;
+use crate::changelog::RecordSink;
+use crate::codec::{Codec, CodecError};
+use crate::config::{ConsumerConfig, ErrorPolicy};
+use crate::error::Error;
+use crate::handler::{Handler, PartitionContext, Record};
+use crate::observe::StatsInner;
+use crate::offset::{OffsetTracker, PartitionProgress};
+use crate::state::{PartitionState, StateEnv};
+use crate::timer::{Owner, TimeKind, Timer};
+
+mod flush;
+mod records;
+mod timers;
+
+use flush::{finished, InFlight};
+
+/// What all workers of a consumer share.
+pub(crate) struct Shared<KC, VC, H> {
+    pub(crate) config: Arc<ConsumerConfig>,
+    pub(crate) key_codec: KC,
+    pub(crate) value_codec: VC,
+    pub(crate) handler: H,
+    pub(crate) state_env: Option<StateEnv>,
+    /// Where dead letters go.
+    pub(crate) producer: Option<Arc<dyn RecordSink>>,
+    pub(crate) stats: Arc<StatsInner>,
+    /// A worker that cannot go on reports here; the poll loop stops the consumer.
+    pub(crate) failures: mpsc::UnboundedSender<Error>,
+    /// Added to the system clock for wall-clock timers (the test driver moves time).
+    pub(crate) clock_offset_ms: std::sync::atomic::AtomicI64,
+}
+
+/// Tells a worker to stop: a flag checked between records (an atomic load) and a token for
+/// waiting (`CancellationToken::is_cancelled` takes a lock).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StopSignal {
+    flag: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl StopSignal {
+    pub(crate) fn stop(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Stops a partition that was lost: nothing more is flushed or kept, the in-flight
+    /// handler is cancelled at once.
+    pub(crate) fn lose(&self) {
+        self.lost.store(true, Ordering::Release);
+        self.stop();
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    async fn stopped(&self) {
+        self.token.cancelled().await;
+    }
+}
+
+/// The lifecycle hooks of [`Handler`].
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    Assigned,
+    Revoked,
+    Lost,
+}
+
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Assigned => "on_assigned",
+            Hook::Revoked => "on_revoked",
+            Hook::Lost => "on_lost",
+        }
+    }
+}
+
+/// How the processing of one record ended.
+enum Outcome {
+    Done,
+    /// The worker is stopping: this record (and what follows) stays uncommitted.
+    Cancelled,
+}
+
+pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
+    shared: Arc<Shared<KC, VC, H>>,
+    topic: Arc<str>,
+    partition: i32,
+    progress: Arc<PartitionProgress>,
+    gauge: Arc<QueueGauge>,
+    stop: StopSignal,
+    tracker: OffsetTracker,
+    /// Source offsets below this are already in the restored state.
+    skip_below: i64,
+    since_flush: usize,
+    last_flush: Instant,
+    /// The flush in flight, with the source offset it makes durable.
+    in_flight: Option<(InFlight, i64)>,
+    /// When the flush in flight started.
+    flush_started: Instant,
+    /// Records seen, for sampling the handler-duration histogram.
+    sampled: u64,
+    handler_duration: metrics::Histogram,
+}
+
+/// What woke the worker.
+enum Event {
+    Flushed(Result<crate::state::FlushDone, crate::StateError>),
+    Batch(Option<RecordBatch>),
+    Tick,
+    /// Time to look for due wall-clock timers.
+    WallTick,
+}
+
+/// How often wall-clock timers are looked for.
+const WALL_TIMER_TICK: Duration = Duration::from_millis(100);
+
+impl<KC, VC, H> Worker<KC, VC, H>
+where
+    KC: Codec,
+    VC: Codec,
+    H: Handler<KC::Item, VC::Item>,
+{
+    pub(crate) fn new(
+        shared: Arc<Shared<KC, VC, H>>,
+        (topic, partition): (String, i32),
+        progress: Arc<PartitionProgress>,
+        gauge: Arc<QueueGauge>,
+        stop: StopSignal,
+    ) -> Self {
+        let topic_label = topic.clone();
+        Self {
+            shared,
+            topic: topic.into(),
+            partition,
+            progress,
+            gauge,
+            stop,
+            tracker: OffsetTracker::default(),
+            skip_below: -1,
+            since_flush: 0,
+            last_flush: Instant::now(),
+            in_flight: None,
+            flush_started: Instant::now(),
+            sampled: 0,
+            handler_duration: crate::observe::metrics::handler_histogram(&topic_label, partition),
+        }
+    }
+
+    /// Runs until stopped or until its queue closes; reports a fatal error to the poll loop.
+    /// A panic outside the handler and codecs (those are errors of their record) is reported
+    /// too: a worker never ends silently while its partition looks idle.
+    pub(crate) async fn run(mut self, rx: mpsc::UnboundedReceiver<RecordBatch>) {
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        let result = match std::panic::AssertUnwindSafe(self.run_inner(rx))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(payload) => Err(Error::WorkerPanicked {
+                topic: topic.to_string(),
+                partition,
+                message: panic_message(payload.as_ref()),
+            }),
+        };
+        match result {
+            Ok(()) => {}
+            Err(Error::State(err @ crate::StateError::Fenced { .. })) => {
+                // Another owner took over the partition: this process is a zombie for it.
+                // Nothing more is written or committed for it; librdkafka revokes it (as
+                // lost) once the coordinator's verdict reaches this member.
+                tracing::warn!(%topic, partition, error = %err, "partition fenced: stopped writing and committing it");
+                self.progress.fenced.store(true, Ordering::Release);
+            }
+            Err(err) => {
+                tracing::error!(%topic, partition, error = %err, "partition worker failed");
+                let _ = self.shared.failures.send(err);
+            }
+        }
+    }
+
+    async fn run_inner(
+        &mut self,
+        mut rx: mpsc::UnboundedReceiver<RecordBatch>,
+    ) -> Result<(), Error> {
+        let Some(mut ctx) = self.open_state().await? else {
+            return Ok(()); // revoked while restoring
+        };
+        self.run_hook(Hook::Assigned, &mut ctx).await?;
+        self.progress.ready.store(true, Ordering::Release);
+        let flush_interval = self.shared.config.flush_interval;
+        let mut ticker = tokio::time::interval(flush_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let has_timers = ctx.state().is_some_and(|s| s.has_timers());
+        let mut wall_ticker = tokio::time::interval(WALL_TIMER_TICK);
+        wall_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Timers that came due while the partition was away fire before its records.
+        self.fire_timers(TimeKind::Stream, ctx.stream_time(), &mut ctx)
+            .await?;
+        loop {
+            // Stopping also closes the queue (the router drops its end), which wakes an idle
+            // worker; the flag makes a stop win over records still queued.
+            if self.stop.is_stopped() {
+                break;
+            }
+            let event = tokio::select! {
+                biased;
+                done = finished(&mut self.in_flight) => Event::Flushed(done),
+                batch = rx.recv() => Event::Batch(batch),
+                _ = ticker.tick() => Event::Tick,
+                _ = wall_ticker.tick(), if has_timers => Event::WallTick,
+            };
+            match event {
+                Event::Batch(None) => break,
+                Event::Flushed(done) => {
+                    let next = self.in_flight.take().map_or(-1, |(_, next)| next);
+                    self.complete_flush(done?, next, &mut ctx)?;
+                }
+                Event::Batch(Some(batch)) => {
+                    let outcome = self.process_batch(&batch, &mut ctx).await;
+                    self.gauge.taken(batch.records.len(), batch.bytes);
+                    if matches!(outcome?, Outcome::Cancelled) {
+                        break;
+                    }
+                    if self.flush_due(&ctx) {
+                        self.start_flush(&mut ctx).await?;
+                    }
+                }
+                Event::Tick => {
+                    if self.last_flush.elapsed() >= flush_interval {
+                        self.start_flush(&mut ctx).await?;
+                    }
+                }
+                Event::WallTick => {
+                    let offset = self.shared.clock_offset_ms.load(Ordering::Relaxed);
+                    ctx.set_wall_offset(offset);
+                    let now = wall_clock_ms() + offset;
+                    self.fire_timers(TimeKind::Wall, now, &mut ctx).await?;
+                    self.progress.wall_ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if self.stop.is_lost() {
+            // Another member may own the partition already: keep nothing.
+            self.in_flight = None;
+            self.run_hook(Hook::Lost, &mut ctx).await?;
+            return Ok(());
+        }
+        self.run_hook(Hook::Revoked, &mut ctx).await?;
+        self.flush(&mut ctx).await
+    }
+
+    /// Runs a lifecycle hook within the revoke timeout; its store writes are kept when it
+    /// succeeds (and the partition was not lost).
+    async fn run_hook(&mut self, hook: Hook, ctx: &mut PartitionContext) -> Result<(), Error> {
+        let handler = &self.shared.handler;
+        let timeout = self.shared.config.revoke_timeout;
+        let result = {
+            let call = async {
+                match hook {
+                    Hook::Assigned => handler.on_assigned(ctx).await,
+                    Hook::Revoked => handler.on_revoked(ctx).await,
+                    Hook::Lost => handler.on_lost(ctx).await,
+                }
+            };
+            let call = std::panic::AssertUnwindSafe(call).catch_unwind();
+            tokio::time::timeout(timeout, call).await
+        };
+        let error = match result {
+            Ok(Ok(Ok(()))) if !matches!(hook, Hook::Lost) => match self.send_outbox(ctx).await {
+                Ok(()) => {
+                    if let Some(state) = ctx.state_mut() {
+                        state.commit_staged();
+                    }
+                    return Ok(());
+                }
+                Err(error) => Some(format!("its output was not acknowledged: {error}")),
+            },
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => Some(e.to_string()),
+            Ok(Err(payload)) => Some(format!("panicked: {}", panic_message(payload.as_ref()))),
+            Err(_) => Some(format!(
+                "did not finish within the revoke timeout ({timeout:?})"
+            )),
+        };
+        discard_staged(ctx);
+        let Some(message) = error else {
+            return Ok(());
+        };
+        let name = hook.name();
+        if matches!(hook, Hook::Lost) {
+            tracing::warn!(topic = %self.topic, partition = self.partition, hook = name, %message, "lifecycle hook failed");
+            return Ok(());
+        }
+        Err(Error::Hook {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            hook: name,
+            message,
+        })
+    }
+}
+
+fn discard_staged(ctx: &mut PartitionContext) {
+    if let Some(state) = ctx.state_mut() {
+        state.discard_staged();
+    }
+    ctx.take_outbox();
+}
+
+/// Milliseconds since the epoch, for wall-clock timers.
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Resolves `timeout` after `stop` is signalled (at once for a lost partition); never before.
+async fn cancel_after_stop(stop: &StopSignal, timeout: Duration) {
+    stop.stopped().await;
+    if !stop.is_lost() {
+        tokio::time::sleep(timeout).await;
+    }
+}

@@ -1,0 +1,290 @@
+//! Records: decoding, calling the handler, late records and the error policy.
+
+use super::*;
+
+impl<KC, VC, H> Worker<KC, VC, H>
+where
+    KC: Codec,
+    VC: Codec,
+    H: Handler<KC::Item, VC::Item>,
+{
+    pub(super) async fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &mut PartitionContext,
+    ) -> Result<Outcome, Error> {
+        let mut handled = 0u64;
+        let mut outcome = Outcome::Done;
+        for record in &batch.records {
+            if self.stop.is_stopped() {
+                outcome = Outcome::Cancelled;
+                break;
+            }
+            match self.process(batch, record, ctx).await? {
+                (Outcome::Done, counted) => {
+                    handled += u64::from(counted);
+                    if counted {
+                        self.fire_timers(TimeKind::Stream, ctx.stream_time(), ctx)
+                            .await?;
+                    }
+                }
+                (Outcome::Cancelled, _) => {
+                    outcome = Outcome::Cancelled;
+                    break;
+                }
+            }
+        }
+        self.shared
+            .stats
+            .processed
+            .fetch_add(handled, Ordering::Relaxed);
+        self.progress.handled.fetch_add(handled, Ordering::Relaxed);
+        if let Some(state) = ctx.state() {
+            self.progress
+                .timers
+                .store(state.pending_timers() as u64, Ordering::Relaxed);
+        }
+        if let Some(position) = self.tracker.committable() {
+            self.progress
+                .processed_next
+                .store(position.next, Ordering::Relaxed);
+            // Nothing unflushed: the records' effects (none in state) are already durable.
+            if ctx.state().is_none_or(|s| s.dirty_keys() == 0) {
+                self.progress.set_durable(position.next);
+            }
+        }
+        Ok(outcome)
+    }
+
+    pub(super) fn finish(&mut self, record: &RawRecord, stream_time: i64) {
+        self.tracker
+            .finish(record.offset, record.timestamp.unwrap_or(-1), stream_time);
+        self.since_flush += 1;
+    }
+
+    /// Processes one record; the flag says whether it counts as handled.
+    pub(super) async fn process(
+        &mut self,
+        batch: &RecordBatch,
+        raw: &RawRecord,
+        ctx: &mut PartitionContext,
+    ) -> Result<(Outcome, bool), Error> {
+        let offset = raw.offset;
+        if offset < self.skip_below {
+            // Its effect is already in the restored state: applying it again would double it.
+            self.progress.skipped.fetch_add(1, Ordering::Relaxed);
+            self.finish(raw, ctx.stream_time());
+            return Ok((Outcome::Done, false));
+        }
+        let stream_time_before = ctx.stream_time();
+        let retry = self.shared.config.retry;
+        let mut backoff = retry.initial_backoff;
+        let mut attempt = 0;
+        let failure = loop {
+            let decoded =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decode(batch, raw)));
+            let record = match decoded {
+                Ok(Ok(record)) => record,
+                Ok(Err(e)) => break Failure::Decode(e),
+                Err(payload) => {
+                    break Failure::Panic(format!(
+                        "codec panicked: {}",
+                        panic_message(payload.as_ref())
+                    ))
+                }
+            };
+            let event_time = self.shared.handler.event_time(&record);
+            ctx.set_event_time(event_time);
+            ctx.set_stream_time(stream_time_before.max(event_time.unwrap_or(-1)));
+            self.sampled += 1;
+            let timed = self
+                .sampled
+                .is_multiple_of(crate::observe::metrics::HANDLER_SAMPLE)
+                .then(Instant::now);
+            let called = self.call_handler(record, ctx).await;
+            if let Some(started) = timed {
+                self.handler_duration
+                    .record(started.elapsed().as_secs_f64());
+            }
+            let Some(result) = called else {
+                tracing::warn!(topic = %self.topic, partition = self.partition, offset,
+                    "revoke timeout: cancelled the in-flight handler; the record stays uncommitted");
+                discard_staged(ctx);
+                return Ok((Outcome::Cancelled, false));
+            };
+            let error = match result {
+                Ok(Ok(())) => {
+                    // Its output first: the record counts only once that is acknowledged.
+                    if let Err(error) = self.send_outbox(ctx).await {
+                        discard_staged(ctx);
+                        break Failure::Output(error);
+                    }
+                    if let Some(state) = ctx.state_mut() {
+                        state.commit_staged();
+                    }
+                    if ctx.take_late() {
+                        self.late(batch, raw).await?;
+                    }
+                    self.finish(raw, ctx.stream_time());
+                    return Ok((Outcome::Done, true));
+                }
+                Ok(Err(e)) => e,
+                Err(payload) => {
+                    discard_staged(ctx);
+                    break Failure::Panic(format!(
+                        "handler panicked: {}",
+                        panic_message(payload.as_ref())
+                    ));
+                }
+            };
+            discard_staged(ctx);
+            if attempt >= retry.max_retries || crate::handler::is_fatal(&error) {
+                break Failure::Handler(error);
+            }
+            attempt += 1;
+            tracing::warn!(topic = %self.topic, partition = self.partition, offset, attempt, %error, "handler failed; retrying");
+            // A revoke or shutdown interrupts the retries: the record is then neither
+            // skipped, dead-lettered nor failed, but left uncommitted for the next owner.
+            tokio::select! {
+                biased;
+                () = self.stop.stopped() => {
+                    tracing::info!(topic = %self.topic, partition = self.partition, offset,
+                        "stopping during retries: the record stays uncommitted");
+                    return Ok((Outcome::Cancelled, false));
+                }
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(retry.max_backoff);
+        };
+        // A record that was not applied does not move stream time.
+        ctx.set_stream_time(stream_time_before);
+        self.apply_policy(batch, raw, failure, ctx).await?;
+        Ok((Outcome::Done, false))
+    }
+
+    /// A record was late for every window it falls in: count it, and dead-letter it if
+    /// configured.
+    pub(super) async fn late(&self, batch: &RecordBatch, raw: &RawRecord) -> Result<(), Error> {
+        self.progress.late.fetch_add(1, Ordering::Relaxed);
+        let crate::LatePolicy::DeadLetter(dlq) = &self.shared.config.late_policy else {
+            return Ok(());
+        };
+        let Some(producer) = &self.shared.producer else {
+            unreachable!("every consumer has a producer");
+        };
+        let failure = Failure::Late;
+        let record = dead_letter(dlq, &self.topic, self.partition, batch, raw, &failure);
+        producer
+            .send_records(vec![record])
+            .await
+            .map_err(|e| Error::Output {
+                topic: self.topic.to_string(),
+                partition: self.partition,
+                offset: raw.offset,
+                source: Box::new(e),
+            })?;
+        Ok(())
+    }
+
+    /// Runs the handler, catching a panic. A handler that completes on its first poll (no
+    /// waiting) costs no timer; one that waits races the revoke timeout once the worker is
+    /// told to stop. `None`: cancelled by the revoke timeout.
+    pub(super) async fn call_handler(
+        &self,
+        record: Record<KC::Item, VC::Item>,
+        ctx: &mut PartitionContext,
+    ) -> Option<std::thread::Result<Result<(), crate::HandlerError>>> {
+        let handled =
+            std::panic::AssertUnwindSafe(self.shared.handler.handle(record, ctx)).catch_unwind();
+        let mut handled = std::pin::pin!(handled);
+        if let Poll::Ready(result) = futures::poll!(handled.as_mut()) {
+            return Some(result);
+        }
+        tokio::select! {
+            biased;
+            r = handled => Some(r),
+            () = cancel_after_stop(&self.stop, self.shared.config.revoke_timeout) => None,
+        }
+    }
+
+    pub(super) fn decode(
+        &self,
+        batch: &RecordBatch,
+        raw: &RawRecord,
+    ) -> Result<Record<KC::Item, VC::Item>, CodecError> {
+        let key = batch
+            .key(raw)
+            .map(|b| self.shared.key_codec.decode(b))
+            .transpose()?;
+        let value = batch
+            .value(raw)
+            .map(|b| self.shared.value_codec.decode(b))
+            .transpose()?;
+        let headers = batch
+            .headers(raw)
+            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+            .collect();
+        Ok(Record {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: raw.offset,
+            timestamp: raw.timestamp,
+            key,
+            value,
+            headers,
+        })
+    }
+
+    pub(super) async fn apply_policy(
+        &mut self,
+        batch: &RecordBatch,
+        raw: &RawRecord,
+        failure: Failure,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), Error> {
+        let (topic, partition, offset) = (self.topic.to_string(), self.partition, raw.offset);
+        match &self.shared.config.error_policy {
+            ErrorPolicy::Fail => {
+                // The tracker ends before this record, so this flush makes everything before
+                // it durable and leaves it and what follows uncommitted.
+                self.flush(ctx).await?;
+                Err(failure.into_error(topic, partition, offset))
+            }
+            ErrorPolicy::Skip => {
+                tracing::warn!(%topic, partition, offset, kind = failure.kind(), error = %failure.message(), "skipping record");
+                self.progress.skipped.fetch_add(1, Ordering::Relaxed);
+                self.finish(raw, ctx.stream_time());
+                Ok(())
+            }
+            ErrorPolicy::DeadLetter(dlq) => {
+                let Some(producer) = &self.shared.producer else {
+                    unreachable!("a producer is created whenever a dead-letter topic is configured")
+                };
+                let record = dead_letter(dlq, &topic, partition, batch, raw, &failure);
+                producer
+                    .send_records(vec![record])
+                    .await
+                    .map_err(|e| Error::DeadLetter {
+                        topic: topic.clone(),
+                        partition,
+                        offset,
+                        dead_letter_topic: dlq.clone(),
+                        source: match e {
+                            crate::changelog::ChangelogError::Produce { source, .. } => {
+                                Box::new(source)
+                            }
+                            _ => Box::new(rdkafka::error::KafkaError::Canceled),
+                        },
+                    })?;
+                tracing::warn!(%topic, partition, offset, dead_letter_topic = %dlq, error = %failure.message(), "record dead-lettered");
+                self.shared
+                    .stats
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                self.progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.finish(raw, ctx.stream_time());
+                Ok(())
+            }
+        }
+    }
+}

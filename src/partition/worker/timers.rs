@@ -1,0 +1,100 @@
+//! Firing due timers (the handler's, window closes, TTL sweeps) and sending the output
+//! records of a record or timer.
+
+use super::*;
+
+impl<KC, VC, H> Worker<KC, VC, H>
+where
+    KC: Codec,
+    VC: Codec,
+    H: Handler<KC::Item, VC::Item>,
+{
+    /// Fires every timer of `kind` due at `now`, earliest first (see [`crate::timer`]).
+    pub(super) async fn fire_timers(
+        &mut self,
+        kind: TimeKind,
+        now: i64,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), Error> {
+        while let Some(entry) = ctx.state().and_then(|s| s.next_timer(kind, now)) {
+            ctx.stage_timer(false, entry.clone())?;
+            let (_, at, owner, key) = entry.clone();
+            let outcome = match owner {
+                Owner::Handler => {
+                    let timer = Timer { kind, at, key };
+                    let call = self.shared.handler.on_timer(timer, ctx);
+                    match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(payload) => {
+                            Err(format!("panicked: {}", panic_message(payload.as_ref())))
+                        }
+                    }
+                }
+                Owner::Window => crate::window::close(&self.shared.handler, &key, at, ctx)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Owner::Expiry => {
+                    let now = match kind {
+                        TimeKind::Stream => ctx.stream_time(),
+                        _ => ctx.wall_now(),
+                    };
+                    match ctx.state_mut().map(|s| s.sweep_expired(&key, now)) {
+                        Some(Ok(expired)) => {
+                            tracing::debug!(topic = %self.topic, partition = self.partition,
+                                store = %String::from_utf8_lossy(&key), expired, "expired entries deleted");
+                            Ok(())
+                        }
+                        Some(Err(e)) => Err(e.to_string()),
+                        None => Ok(()),
+                    }
+                }
+            };
+            let outcome = match outcome {
+                Ok(()) => self.send_outbox(ctx).await.map_err(|e| e.to_string()),
+                failed => failed,
+            };
+            match outcome {
+                Ok(()) => {
+                    if let Some(state) = ctx.state_mut() {
+                        state.commit_staged();
+                    }
+                }
+                Err(message) => {
+                    discard_staged(ctx);
+                    if matches!(self.shared.config.error_policy, ErrorPolicy::Fail) {
+                        return Err(Error::Timer {
+                            topic: self.topic.to_string(),
+                            partition: self.partition,
+                            at,
+                            message,
+                        });
+                    }
+                    tracing::warn!(topic = %self.topic, partition = self.partition, at, %message,
+                        "timer failed; dropping it");
+                    ctx.stage_timer(false, entry)?;
+                    if let Some(state) = ctx.state_mut() {
+                        state.commit_staged();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Produces the output records the current record staged and waits for their
+    /// acknowledgements.
+    pub(super) async fn send_outbox(
+        &self,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), crate::changelog::ChangelogError> {
+        let outbox = ctx.take_outbox();
+        if outbox.is_empty() {
+            return Ok(());
+        }
+        let Some(producer) = &self.shared.producer else {
+            unreachable!("every consumer has a producer");
+        };
+        producer.send_records(outbox).await.map(|_| ())
+    }
+}

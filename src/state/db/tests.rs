@@ -1,0 +1,120 @@
+use super::*;
+
+const NO_WAIT: Duration = Duration::ZERO;
+
+fn spec(name: &str, format: &str) -> StoreSpec {
+    StoreSpec {
+        name: name.into(),
+        format: format.into(),
+        expiry: None,
+    }
+}
+
+#[test]
+fn batch_writes_data_and_checkpoint_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = PartitionDb::open(dir.path(), &[spec("counts", "f")], NO_WAIT).unwrap();
+    assert_eq!(db.checkpoint(0).unwrap(), StoreCheckpoint::EMPTY);
+    let ck = StoreCheckpoint {
+        changelog_next: 7,
+        epoch: 3,
+        seq: 2,
+        source_next: 40,
+        source_timestamp: 1_700_000_000_000,
+        stream_time: 1_700_000_000_000,
+    };
+    db.write(StateBatch {
+        entries: vec![
+            (0, b"a".to_vec(), Some(b"1".to_vec())),
+            (0, b"b".to_vec(), None),
+        ],
+        checkpoints: vec![(0, ck)],
+    })
+    .unwrap();
+    drop(db);
+    let db = PartitionDb::open(dir.path(), &[spec("counts", "f")], NO_WAIT).unwrap();
+    assert_eq!(db.get(0, b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(db.checkpoint(0).unwrap(), ck);
+}
+
+#[test]
+fn second_open_is_a_lock_error_and_format_change_is_a_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = PartitionDb::open(dir.path(), &[spec("s", "v1")], NO_WAIT).unwrap();
+    let err = PartitionDb::open(dir.path(), &[spec("s", "v1")], NO_WAIT).unwrap_err();
+    assert!(matches!(err, StateError::Locked { .. }), "{err}");
+    drop(db);
+    let err = PartitionDb::open(dir.path(), &[spec("s", "v2")], NO_WAIT).unwrap_err();
+    assert!(matches!(err, StateError::FormatMismatch { .. }), "{err}");
+}
+
+#[test]
+fn a_database_still_open_in_this_process_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
+    // An aborted worker closes its database a moment later.
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(held);
+    });
+    let db = PartitionDb::open(dir.path(), &[spec("s", "f")], Duration::from_secs(10));
+    closer.join().unwrap();
+    assert!(db.is_ok(), "{:?}", db.err());
+}
+
+#[test]
+fn a_lock_of_another_process_is_not_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    // Opened outside PartitionDb: as another process would.
+    let _other = DB::open_default(dir.path()).unwrap();
+    let started = Instant::now();
+    let err =
+        PartitionDb::open(dir.path(), &[spec("s", "f")], Duration::from_secs(10)).unwrap_err();
+    assert!(matches!(err, StateError::Locked { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_damaged_database_is_rebuilt_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
+    db.write(StateBatch {
+        entries: vec![(0, b"a".to_vec(), Some(b"1".to_vec()))],
+        checkpoints: vec![],
+    })
+    .unwrap();
+    drop(db);
+    // Corrupt every file RocksDB needs to open: the manifest and CURRENT.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("MANIFEST") || name == "CURRENT" {
+            std::fs::write(&path, b"garbage, not a rocksdb file").unwrap();
+        }
+    }
+    let db = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
+    assert_eq!(db.get(0, b"a").unwrap(), None, "rebuilt empty");
+    assert_eq!(db.checkpoint(0).unwrap(), StoreCheckpoint::EMPTY);
+}
+
+#[test]
+fn prefix_scan_stops_at_prefix_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
+    let entries = ["a/1", "a/2", "b/1"]
+        .iter()
+        .map(|k| (0, k.as_bytes().to_vec(), Some(vec![1])))
+        .collect();
+    db.write(StateBatch {
+        entries,
+        checkpoints: vec![],
+    })
+    .unwrap();
+    let keys: Vec<_> = db
+        .prefix(0, b"a/")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, vec![b"a/1".to_vec(), b"a/2".to_vec()]);
+}

@@ -1,0 +1,352 @@
+//! Windowed stores: aggregates per time window and key, on event time.
+//!
+//! A [`WindowDef`] declares tumbling (`size`) or hopping (`size`, `advance`) windows with a
+//! `grace` period, and codecs for keys and values. The handler opens it with
+//! [`PartitionContext::window`](crate::PartitionContext::window), asks which windows the
+//! current record falls in ([`WindowStore::windows`]) and reads and updates each window's
+//! aggregate per key. Windows follow the partition's stream time (the highest event time
+//! processed, see [`Handler::event_time`](crate::Handler::event_time)):
+//!
+//! - a window `[start, end)` is *open* until stream time reaches `end + grace`;
+//! - a record whose windows are all closed is *late*: [`WindowStore::windows`] returns none,
+//!   writes to closed windows are refused, the record is counted (`Stats`, metric
+//!   `kafka_stateful_records_late_total`) and goes to the
+//!   [`LatePolicy`](crate::LatePolicy) (dropped, or dead-lettered with
+//!   `ks.error.kind=late`);
+//! - when stream time passes `end + grace`, the window *closes*: a stream-time timer fires,
+//!   [`Handler::on_window_closed`](crate::Handler::on_window_closed) gets the window's
+//!   final entries (and may send them as output records), then every entry of the window
+//!   is deleted — in RocksDB and with tombstones in the changelog, so no restore brings a
+//!   closed window back.
+//!
+//! To emit on every update instead, send the new aggregate from the handler with
+//! [`PartitionContext::send`](crate::PartitionContext::send).
+//!
+//! Layout and cost: an entry's store key is the window start (8 bytes, ordered) followed by
+//! the encoded key, so a window's entries are one prefix scan and a key's windows are point
+//! reads. Keeping a set (say, the distinct visitors of a page) as one key per member
+//! (`(page, user)` → `()`) next to a per-page count costs O(1) writes per record however
+//! large the set grows, where one growing value would be rewritten whole on every record.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::{Codec, CodecError};
+use crate::state::{PartitionState, StateError};
+use crate::timer::{Owner, TimeKind};
+
+mod close;
+#[cfg(test)]
+mod driven;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use close::close;
+use close::close_key;
+pub use close::ClosedWindow;
+
+/// A time window `[start, end)`, in milliseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Window {
+    /// Inclusive start.
+    pub start: i64,
+    /// Exclusive end.
+    pub end: i64,
+}
+
+/// A windowed store declaration. Cheap to clone.
+pub struct WindowDef<K: Send + 'static, V: Send + 'static> {
+    name: Arc<str>,
+    key: Arc<dyn Codec<Item = K>>,
+    value: Arc<dyn Codec<Item = V>>,
+    size: i64,
+    advance: i64,
+    grace: i64,
+}
+
+impl<K: Send + 'static, V: Send + 'static> Clone for WindowDef<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            key: self.key.clone(),
+            value: self.value.clone(),
+            size: self.size,
+            advance: self.advance,
+            grace: self.grace,
+        }
+    }
+}
+
+impl<K: Send + 'static, V: Send + 'static> fmt::Debug for WindowDef<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WindowDef")
+            .field("name", &self.name)
+            .field("size_ms", &self.size)
+            .field("advance_ms", &self.advance)
+            .field("grace_ms", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl<K: Send + 'static, V: Send + 'static> WindowDef<K, V> {
+    /// Tumbling windows of `size`, closed `grace` after their end. `name` names the store
+    /// (and its changelog) like [`StoreDef::new`](crate::StoreDef::new).
+    pub fn tumbling(
+        name: &str,
+        size: Duration,
+        grace: Duration,
+        key: impl Codec<Item = K>,
+        value: impl Codec<Item = V>,
+    ) -> Self {
+        Self::hopping(name, size, size, grace, key, value)
+    }
+
+    /// Hopping windows of `size` starting every `advance`, closed `grace` after their end.
+    /// A record falls in `size / advance` windows.
+    pub fn hopping(
+        name: &str,
+        size: Duration,
+        advance: Duration,
+        grace: Duration,
+        key: impl Codec<Item = K>,
+        value: impl Codec<Item = V>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            key: Arc::new(key),
+            value: Arc::new(value),
+            size: millis(size).max(1),
+            advance: millis(advance).clamp(1, millis(size).max(1)),
+            grace: millis(grace),
+        }
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The windows that contain `time`, earliest first.
+    pub fn windows_of(&self, time: i64) -> Vec<Window> {
+        let last_start = time.div_euclid(self.advance) * self.advance;
+        let mut windows = Vec::new();
+        let mut start = last_start;
+        while start > time - self.size {
+            windows.push(Window {
+                start,
+                end: start + self.size,
+            });
+            start -= self.advance;
+        }
+        windows.reverse();
+        windows
+    }
+
+    /// Whether `window` is closed at `stream_time`.
+    pub fn is_closed(&self, window: Window, stream_time: i64) -> bool {
+        stream_time >= window.end.saturating_add(self.grace)
+    }
+
+    pub(crate) fn spec(&self) -> crate::state::StoreSpec {
+        crate::state::StoreSpec {
+            name: self.name.to_string(),
+            format: format!(
+                "window;key={};value={};size={};advance={};grace={}",
+                self.key.name(),
+                self.value.name(),
+                self.size,
+                self.advance,
+                self.grace
+            ),
+            expiry: None,
+        }
+    }
+
+    /// Decodes a raw store entry (the test driver reads window stores back).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn decode_entry(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(Window, K, V), CodecError> {
+        let start = start_of(key).ok_or_else(|| CodecError::new("window", "short key"))?;
+        Ok((
+            Window {
+                start,
+                end: start + self.size,
+            },
+            self.key.decode(&key[8..])?,
+            self.value.decode(value)?,
+        ))
+    }
+
+    fn encode_key(&self, window: Window, key: &K) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(32);
+        out.extend_from_slice(&start_prefix(window.start));
+        self.key.encode_into(key, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// The ordered 8-byte prefix of a window start.
+fn start_prefix(start: i64) -> [u8; 8] {
+    ((start as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn start_of(prefix: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(prefix.get(..8)?.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+/// A window store of the current partition, opened with
+/// [`PartitionContext::window`](crate::PartitionContext::window).
+pub struct WindowStore<'a, K: Send + 'static, V: Send + 'static> {
+    def: &'a WindowDef<K, V>,
+    index: usize,
+    state: &'a mut PartitionState,
+    stream_time: i64,
+    event_time: Option<i64>,
+    late: &'a mut bool,
+}
+
+impl<K: Send + 'static, V: Send + 'static> fmt::Debug for WindowStore<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WindowStore")
+            .field("name", &self.def.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, K: Send + 'static, V: Send + 'static> WindowStore<'a, K, V> {
+    pub(crate) fn open(
+        def: &'a WindowDef<K, V>,
+        state: &'a mut PartitionState,
+        stream_time: i64,
+        event_time: Option<i64>,
+        late: &'a mut bool,
+    ) -> Result<Self, StateError> {
+        let index = state
+            .store_index(&def.name)
+            .ok_or_else(|| StateError::UnknownStore(def.name.to_string()))?;
+        Ok(Self {
+            def,
+            index,
+            state,
+            stream_time,
+            event_time,
+            late,
+        })
+    }
+
+    fn codec_err(&self) -> impl Fn(CodecError) -> StateError + '_ {
+        |source| StateError::Codec {
+            store: self.def.name.to_string(),
+            source,
+        }
+    }
+
+    /// The still-open windows the current record falls in (by its event time). Empty for
+    /// a record without an event time, and for a late record (which is then counted late).
+    pub fn windows(&mut self) -> Vec<Window> {
+        let Some(time) = self.event_time else {
+            return Vec::new();
+        };
+        let open: Vec<Window> = self
+            .def
+            .windows_of(time)
+            .into_iter()
+            .filter(|w| !self.def.is_closed(*w, self.stream_time))
+            .collect();
+        if open.is_empty() {
+            *self.late = true;
+        }
+        open
+    }
+
+    /// The aggregate of `key` in `window`.
+    ///
+    /// # Errors
+    /// Codec or RocksDB errors.
+    pub fn get(&self, window: Window, key: &K) -> Result<Option<V>, StateError> {
+        let key = self.def.encode_key(window, key).map_err(self.codec_err())?;
+        self.state
+            .read_with(self.index, &key, |b| self.def.value.decode(b))?
+            .transpose()
+            .map_err(self.codec_err())
+    }
+
+    /// Sets the aggregate of `key` in `window`, and makes sure the window closes.
+    ///
+    /// # Errors
+    /// [`StateError::WindowClosed`] when the window is closed (the record is counted late);
+    /// codec errors.
+    pub fn put(&mut self, window: Window, key: &K, value: &V) -> Result<(), StateError> {
+        if self.def.is_closed(window, self.stream_time) {
+            *self.late = true;
+            return Err(StateError::WindowClosed {
+                store: self.def.name.to_string(),
+                start: window.start,
+                end: window.end,
+            });
+        }
+        let key = self.def.encode_key(window, key).map_err(self.codec_err())?;
+        let value = self.def.value.encode(value).map_err(self.codec_err())?;
+        self.state.write(self.index, key, Some(value));
+        if self.state.close_known(self.index, window.start) {
+            return Ok(());
+        }
+        let close = (
+            TimeKind::Stream,
+            window.end.saturating_add(self.def.grace),
+            Owner::Window,
+            close_key(&self.def.name, window.start),
+        );
+        if self.state.timer_committed(&close) {
+            // Only a committed timer is remembered: a staged one vanishes if the record fails.
+            self.state.remember_close(self.index, window.start);
+        } else if !self.state.timer_staged(&close) {
+            self.state.stage_timer(true, close)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `key` from `window`.
+    ///
+    /// # Errors
+    /// Codec errors.
+    pub fn delete(&mut self, window: Window, key: &K) -> Result<(), StateError> {
+        let key = self.def.encode_key(window, key).map_err(self.codec_err())?;
+        self.state.write(self.index, key, None);
+        Ok(())
+    }
+
+    /// The aggregates of `key` in the windows starting in `[from, to]`, earliest first.
+    ///
+    /// # Errors
+    /// Codec or RocksDB errors.
+    pub fn fetch(&self, key: &K, from: i64, to: i64) -> Result<Vec<(Window, V)>, StateError> {
+        let first = from.div_euclid(self.def.advance) * self.def.advance;
+        let first = if first < from {
+            first + self.def.advance
+        } else {
+            first
+        };
+        let mut out = Vec::new();
+        let mut start = first;
+        while start <= to {
+            let window = Window {
+                start,
+                end: start + self.def.size,
+            };
+            if let Some(v) = self.get(window, key)? {
+                out.push((window, v));
+            }
+            start += self.def.advance;
+        }
+        Ok(out)
+    }
+}
