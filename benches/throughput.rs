@@ -368,6 +368,13 @@ async fn main() {
         println!("throughput: run with `cargo bench --bench throughput` (needs a broker)");
         return;
     }
+    // Logs only when asked (`RUST_LOG`): the figures are the output.
+    if std::env::var("RUST_LOG").is_ok() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let id = std::process::id();
     let (n_a, n_b, n_c) = (

@@ -13,7 +13,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tokio::sync::Notify;
@@ -148,6 +148,24 @@ impl ChangelogWriter {
         Ok(Self {
             producer: Arc::new(config.create_with_context(AckContext)?),
         })
+    }
+
+    /// Connects the producer to the cluster now. librdkafka connects lazily, and an
+    /// idempotent producer that finds no connection when it asks for its producer id retries
+    /// only 500 ms later: the first restore's epoch markers waited for that (seen as cold
+    /// restores taking 0.8 s longer, one run in two). Errors are left to the first send.
+    pub(crate) async fn connect(&self) {
+        let producer = self.producer.clone();
+        let fetched = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, std::time::Duration::from_secs(10))
+                .map(drop)
+        })
+        .await;
+        if let Ok(Err(error)) = fetched {
+            tracing::debug!(%error, "producer could not connect yet");
+        }
     }
 
     /// Produces owned records; see [`send`](Self::send).

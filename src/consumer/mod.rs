@@ -130,6 +130,9 @@ where
         }
         // Changelogs, dead letters and output records: one producer for all.
         let producer = Some(ChangelogWriter::new(&config.producer())?);
+        if let Some(writer) = &producer {
+            writer.connect().await;
+        }
         let state_env = match (&producer, config.stores.is_empty()) {
             (Some(writer), false) => {
                 let c = config.clone();

@@ -111,6 +111,7 @@ pub(crate) fn restore(
         let at = checkpoint.changelog_next - 1;
         verify.push((at >= low.max(0)).then_some((at, checkpoint.epoch)));
     }
+    tracing::debug!(elapsed = ?started.elapsed(), "restore: watermarks read");
     let total: u64 = plans
         .iter()
         .map(|(from, to)| (to - from).max(0) as u64)
@@ -159,7 +160,9 @@ pub(crate) fn restore(
             )
         })
         .collect();
+    tracing::debug!(elapsed = ?started.elapsed(), records = restored, "restore: changelogs read");
     let marker_offsets = log.append(markers)?;
+    tracing::debug!(elapsed = ?started.elapsed(), "restore: epoch markers written");
 
     // What landed between the read and the marker, and the marker itself. Usually the
     // marker got the offset right after the read: nothing to read, it is fed directly.
@@ -198,6 +201,7 @@ pub(crate) fn restore(
             });
         }
     }
+    tracing::debug!(elapsed = ?started.elapsed(), "restore: tail after the markers read");
     let resolution = resolve(&mut replays);
     apply_resolution(db, &resolution)?;
     let mut log_next: Vec<i64> = marker_offsets.iter().map(|o| o + 1).collect();
@@ -207,6 +211,7 @@ pub(crate) fn restore(
         next_seq += 1;
     }
     db.sync()?;
+    tracing::debug!(elapsed = ?started.elapsed(), "restore: synced");
     Ok(Some(Restored {
         records: restored,
         elapsed: started.elapsed(),
