@@ -152,7 +152,9 @@ where
     pub(crate) fn begin_stop(&mut self, partitions: &[TopicPartition], mode: StopMode) -> Stopping {
         let mut workers = Vec::new();
         for tp in partitions {
-            self.router.close(tp);
+            // Signal first, then close the queue: closing wakes an idle worker, which must
+            // already see whether the partition was lost (it used to run `on_revoked` and
+            // flush a lost partition when it won the race, as tests/zombie.rs showed).
             if let Some(handle) = self.workers.remove(tp) {
                 match mode {
                     StopMode::Graceful => handle.stop.stop(),
@@ -162,6 +164,7 @@ where
                 }
                 workers.push((tp.clone(), handle));
             }
+            self.router.close(tp);
         }
         let config = &self.shared.config;
         Stopping {

@@ -1,0 +1,704 @@
+//! A zombie: a consumer process frozen (SIGSTOP) past its session timeout while it holds
+//! partitions and processes a stream, replaced meanwhile by another member, then resumed
+//! (SIGCONT). It may finish a flush or a commit it had started, or start new ones, on
+//! partitions that are no longer its own. That must neither lose a record nor apply one
+//! twice.
+//!
+//! 1. Child process A (this test binary re-run with `KS_ZOMBIE_CHILD` set, see
+//!    `zombie_child`; static member `zombie-a`, its own state directory) counts records per
+//!    key into a `counts` store and sums their values into a `sums` store, with small
+//!    frequent flushes and commits, while records arrive steadily (2000/s). It writes a probe
+//!    file (sampled offsets, the library's restores, flushes and warnings, ownership hooks,
+//!    per-partition stats) and logs the library's and librdkafka's INFO to stderr.
+//! 2. Once A flushed a few times and committed on both partitions and is processing (past
+//!    its initial backlog, in steady state), it is frozen with SIGSTOP; records keep
+//!    arriving.
+//! 3. Consumer B (this process, static member `zombie-b`, empty state directory) joins the
+//!    group; after A's session expired it owns both partitions, restores A's flushed state
+//!    from the changelogs (writing a newer epoch) and processes: A stays frozen until B
+//!    committed everything produced before the freeze.
+//! 4. A is resumed with SIGCONT while B processes the stream, and is awaited until the
+//!    worker of every partition it held stopped (a flush fenced by B's epoch, or a revoke
+//!    hook); then it is killed (no chance to rejoin and become a legitimate owner). The
+//!    changelog records A wrote after it was resumed (void: an older epoch after a newer
+//!    one) are counted and printed; the group's committed offsets must never move backwards
+//!    (a zombie's stale commit must be refused).
+//! 5. A final round of records (one per key last) is handled by B; B is stopped and a
+//!    consumer with B's instance id on an *empty* state directory (C: the changelogs are the
+//!    only truth) handles one more record per key. Every key's count and sum seen by B and by
+//!    C must equal those computed from the produced records (exactly once), and the committed
+//!    offsets must equal the end offsets.
+//! 6. Last, the zombie's lost partitions must have been wound down as lost: `on_lost`, not
+//!    `on_revoked` followed by a flush (the graceful path, which writes on behalf of a
+//!    partition another member owns).
+//!
+//! `KS_ZOMBIE_SEED` (printed) reproduces the input; `KS_KEEP_DIR=1` keeps the probe file,
+//! the child's stderr and the state directories.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{require_broker, CountSum, KillOnDrop, Running};
+use kafka_stateful::changelog::changelog_topic;
+use kafka_stateful::codec::Utf8;
+use kafka_stateful::{ConsumerConfig, StatefulConsumer};
+use rdkafka::producer::FutureRecord;
+
+const PARTITIONS: i32 = 2;
+const KEYS: usize = 40;
+/// Records before A starts.
+const INITIAL_RECORDS: usize = 2000;
+/// From A's start until the zombie is killed, records arrive steadily: this many every
+/// [`FEED_EVERY`] (2000/s), so A is processing and flushing when it is frozen and B when A
+/// is resumed.
+const FEED_CHUNK: usize = 100;
+const FEED_EVERY: Duration = Duration::from_millis(50);
+/// Records of the final round (before one record per key).
+const FINAL_RECORDS: usize = 2000;
+const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+/// Flushes per partition before A is frozen: past its initial backlog, in steady state.
+const STEADY_FLUSHES: usize = 5;
+
+fn config(topic: &str, group: &str, instance: &str, dir: &str) -> ConsumerConfig {
+    let handler = CountSum::default();
+    ConsumerConfig::builder(common::bootstrap(), group, [topic])
+        .instance_id(instance)
+        .session_timeout(SESSION_TIMEOUT)
+        // Bounds a rebalance that waits for a member that does not answer.
+        .max_poll_interval(Duration::from_secs(20))
+        .revoke_timeout(Duration::from_secs(5))
+        .flush_timeout(Duration::from_secs(5))
+        .commit_interval(Duration::from_millis(150))
+        // Small, frequent flushes: the freeze lands with a flush in flight or about to start.
+        .flush_max_records(37)
+        .flush_interval(Duration::from_millis(50))
+        .state_dir(dir)
+        .store(&handler.counts)
+        .store(&handler.sums)
+        .build()
+        .unwrap()
+}
+
+/// Child A's body; a no-op unless run as the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_child() {
+    let Ok(spec) = std::env::var("KS_ZOMBIE_CHILD") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let [topic, group, instance, dir, probe] = parts[..] else {
+        panic!("bad KS_ZOMBIE_CHILD {spec:?}");
+    };
+    let probe = common::Probe::create(Path::new(probe));
+    init_child_tracing(probe.clone());
+    let handler = CountSum {
+        probe: Some(probe.clone()),
+        ..CountSum::default()
+    };
+    let consumer = StatefulConsumer::new(config(topic, group, instance, dir), Utf8, Utf8, handler);
+    common::probe_stats(consumer.stats(), probe);
+    consumer.run(std::future::pending()).await.unwrap();
+}
+
+/// The probe as in the crash test, plus the library's and librdkafka's INFO and up on stderr
+/// (a file): how the zombie learned what happened to its partitions.
+fn init_child_tracing(probe: Arc<common::Probe>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let probe_filter = tracing_subscriber::filter::Targets::new()
+        .with_target("kafka_stateful", tracing::Level::DEBUG);
+    let log_filter = tracing_subscriber::filter::Targets::new()
+        .with_target("kafka_stateful", tracing::Level::INFO)
+        .with_target("librdkafka", tracing::Level::INFO);
+    tracing_subscriber::registry()
+        .with(common::ProbeLayer(probe).with_filter(probe_filter))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .with_filter(log_filter),
+        )
+        .init();
+}
+
+fn spawn_child(spec: &str, stderr: &Path) -> KillOnDrop {
+    let child = Command::new(common::self_exe())
+        .args(["--exact", "zombie_child", "--nocapture", "--test-threads=1"])
+        .env("KS_ZOMBIE_CHILD", spec)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .unwrap();
+    KillOnDrop(Some(child))
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to the child.
+fn signal(child: &mut KillOnDrop, signal: &str) {
+    let pid = child.child().id().to_string();
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .expect("run kill(1)");
+    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+}
+
+/// `State:` of a process from `/proc/<pid>/status` (`T (stopped)` once SIGSTOP took effect).
+fn proc_state(child: &mut KillOnDrop) -> String {
+    let pid = child.child().id();
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// What the zombie did about its partitions after it was resumed, from its probe (hooks,
+/// the library's warnings, stats) and its log on stderr (librdkafka's verdict).
+#[derive(Debug, Default)]
+struct Noticed {
+    /// Partitions whose flush found a newer epoch ("partition fenced").
+    fenced: BTreeSet<i32>,
+    /// Partitions whose `on_lost` hook ran.
+    lost: BTreeSet<i32>,
+    /// Partitions whose `on_revoked` hook ran before any new assignment of them: the worker
+    /// took the graceful path (hook, flush) for its old assignment.
+    revoked: BTreeSet<i32>,
+    /// Partitions a commit failed for, with the errors.
+    commit_failed: BTreeMap<i32, BTreeSet<String>>,
+    /// Partitions it restored again (a new, legitimate assignment after it rejoined).
+    reassigned: BTreeSet<i32>,
+    /// Every warning or error message of the library, deduplicated, in order.
+    warnings: Vec<String>,
+    /// Per partition, whether the first revoke of it in the log was of a lost assignment
+    /// (`lost=true`: session expired, another member may own it).
+    revoke_lost: BTreeMap<i32, bool>,
+    /// librdkafka's warnings and errors, deduplicated, in order.
+    librdkafka: Vec<String>,
+}
+
+impl Noticed {
+    /// The partition's worker stopped: its flush was fenced, or a revoke hook ran.
+    fn covers(&self, p: i32) -> bool {
+        self.fenced.contains(&p) || self.lost.contains(&p) || self.revoked.contains(&p)
+    }
+
+    /// Partitions whose lost assignment was handled as a graceful revoke (`on_revoked`, and a
+    /// flush unless the lost flag was seen by then) instead of `on_lost`.
+    fn revoked_while_lost(&self) -> Vec<i32> {
+        self.revoked
+            .iter()
+            .filter(|p| self.revoke_lost.get(p) == Some(&true) && !self.lost.contains(p))
+            .copied()
+            .collect()
+    }
+}
+
+fn field<'a>(fields: &'a str, name: &str) -> Option<&'a str> {
+    fields
+        .split('|')
+        .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+}
+
+/// Reads the probe lines written at or after `since_ms`, and the stderr log from byte
+/// `log_from` (its length when the process was resumed: nothing is written while stopped).
+fn noticed_since(probe: &Path, since_ms: u64, log: &Path, log_from: usize) -> Noticed {
+    let text = std::fs::read_to_string(probe).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    let mut out = Noticed::default();
+    let mut first_ownership: BTreeMap<i32, String> = BTreeMap::new();
+    for line in complete.lines() {
+        let mut words = line.splitn(3, ' ');
+        let (Some(ms), Some(kind), Some(rest)) = (words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        if ms.parse::<u64>().map_or(true, |ms| ms < since_ms) {
+            continue;
+        }
+        let partition = || field(rest, "partition").and_then(|p| p.parse::<i32>().ok());
+        match kind {
+            "lost" | "revoked" | "assigned" => {
+                if let Ok(p) = rest.trim().parse::<i32>() {
+                    first_ownership.entry(p).or_insert_with(|| kind.to_string());
+                    if kind == "lost" {
+                        out.lost.insert(p);
+                    }
+                }
+            }
+            "stats" => {
+                let fenced = rest.contains("fenced=true");
+                if let (true, Some(Ok(p))) = (fenced, rest.split(' ').next().map(str::parse)) {
+                    out.fenced.insert(p);
+                }
+            }
+            "event" => {
+                let (level, message) = {
+                    let mut it = rest.split('|');
+                    (it.next().unwrap_or(""), it.next().unwrap_or(""))
+                };
+                if message.starts_with("partition fenced") {
+                    if let Some(p) = partition() {
+                        out.fenced.insert(p);
+                    }
+                }
+                if message.starts_with("offset commit failed") {
+                    if let Some(p) = partition() {
+                        let error = field(rest, "error").unwrap_or("?").to_string();
+                        out.commit_failed.entry(p).or_default().insert(error);
+                    }
+                }
+                if message == "restore finished" {
+                    if let Some(p) = partition() {
+                        out.reassigned.insert(p);
+                    }
+                }
+                if (level == "WARN" || level == "ERROR")
+                    && !out.warnings.iter().any(|w| w == message)
+                {
+                    out.warnings.push(message.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    out.revoked = first_ownership
+        .into_iter()
+        .filter(|(_, kind)| kind == "revoked")
+        .map(|(p, _)| p)
+        .collect();
+    let log = std::fs::read(log).unwrap_or_default();
+    let log = String::from_utf8_lossy(log.get(log_from..).unwrap_or_default());
+    for line in log.lines() {
+        if let Some(rest) = line.split_once("partitions revoked; draining partitions=[") {
+            let (list, tail) = rest.1.split_once(']').unwrap_or((rest.1, ""));
+            let lost = tail.contains("lost=true");
+            for element in list.split("), (") {
+                let number = element
+                    .trim_end_matches(')')
+                    .rsplit(", ")
+                    .next()
+                    .unwrap_or("");
+                if let Ok(p) = number.trim().parse::<i32>() {
+                    out.revoke_lost.entry(p).or_insert(lost);
+                }
+            }
+        }
+        if line.contains(" librdkafka: ") && (line.contains(" WARN ") || line.contains(" ERROR ")) {
+            let message = line
+                .split_once(" librdkafka: ")
+                .map_or(line, |(_, m)| m)
+                .to_string();
+            if !out.librdkafka.contains(&message) {
+                out.librdkafka.push(message);
+            }
+        }
+    }
+    out
+}
+
+/// The probe's lines written at or after `since_ms`, without the sampled records.
+fn probe_since(probe: &Path, since_ms: u64) -> String {
+    std::fs::read_to_string(probe)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.split(' ').next().and_then(|ms| ms.parse::<u64>().ok()) >= Some(since_ms)
+                && !l.contains(" processing ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A steady stream of input on its own task: [`FEED_CHUNK`] records of `workload` every
+/// [`FEED_EVERY`] (each chunk acknowledged before the next), until stopped; hands the
+/// workload (which remembers every record produced) back.
+struct Feed {
+    stop: Arc<AtomicBool>,
+    join: tokio::task::JoinHandle<common::Workload>,
+}
+
+impl Feed {
+    fn start(topic: &str, mut workload: common::Workload) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (topic, stopping) = (topic.to_string(), stop.clone());
+        let join = tokio::spawn(async move {
+            let producer = common::producer_at(&common::bootstrap());
+            let mut tick = tokio::time::interval(FEED_EVERY);
+            while !stopping.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let sends: Vec<_> = workload
+                    .batch(FEED_CHUNK)
+                    .iter()
+                    .map(|(p, k, v)| {
+                        producer
+                            .send_result(FutureRecord::to(&topic).partition(*p).key(k).payload(v))
+                            .unwrap()
+                    })
+                    .collect();
+                for send in sends {
+                    send.await.unwrap().unwrap();
+                }
+            }
+            workload
+        });
+        Self { stop, join }
+    }
+
+    async fn stop(self) -> common::Workload {
+        self.stop.store(true, Ordering::Relaxed);
+        self.join.await.unwrap()
+    }
+}
+
+/// Polls the group's committed offsets and fails when one moves backwards.
+struct CommitWatch {
+    group: String,
+    topic: String,
+    highest: Vec<i64>,
+}
+
+impl CommitWatch {
+    fn check(&mut self, what: &str) -> Vec<i64> {
+        let now = common::committed(&self.group, &self.topic, PARTITIONS);
+        for (p, (highest, now)) in self.highest.iter_mut().zip(&now).enumerate() {
+            assert!(
+                now >= highest,
+                "{what}: the committed offset of partition {p} moved backwards from {highest} \
+                 to {now} (a stale commit was accepted)"
+            );
+            *highest = *now;
+        }
+        now
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
+    require_broker!();
+    if std::env::var("KS_ZOMBIE_CHILD").is_ok() {
+        return;
+    }
+    common::init_tracing();
+    let test_started = Instant::now();
+    let (_, seed) = common::Rng::from_env_or_clock("KS_ZOMBIE_SEED");
+    println!("zombie: seed {seed} (KS_ZOMBIE_SEED={seed} reproduces the input)");
+    let dir = common::test_dir();
+    let (topic, group) = (common::unique("zombie"), common::unique("g"));
+    let changelogs = [
+        changelog_topic(&group, "counts"),
+        changelog_topic(&group, "sums"),
+    ];
+    let state = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (state_a, state_b, state_c) = (state("state-a"), state("state-b"), state("state-c"));
+    common::create_topic(&topic, PARTITIONS).await;
+    let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
+    common::produce(&topic, &workload.batch(INITIAL_RECORDS)).await;
+
+    // 1. A consumes a steady stream, flushes and commits.
+    let probe: PathBuf = dir.path().join("probe-a.log");
+    let stderr = dir.path().join("child-a.stderr");
+    let mut a = spawn_child(
+        &format!("{topic}|{group}|zombie-a|{state_a}|{}", probe.display()),
+        &stderr,
+    );
+    let feed = Feed::start(&topic, workload);
+    let phase = Instant::now();
+    common::wait_until(
+        "A flushed a few times and committed on both partitions, and is processing",
+        Duration::from_secs(60),
+        || {
+            assert!(a.alive(), "A exited by itself:\n{}", tail(&stderr));
+            let log = common::read_probe(&probe);
+            let flushes = |p: i32| log.flushed.iter().filter(|f| f.1 == p).count();
+            (0..PARTITIONS).all(|p| flushes(p) >= STEADY_FLUSHES)
+                && log.processed_since(common::now_ms().saturating_sub(common::ACTIVE_WINDOW_MS))
+                && common::committed(&group, &topic, PARTITIONS)
+                    .iter()
+                    .all(|&c| c > 0)
+        },
+    )
+    .await;
+    println!(
+        "A flushed {STEADY_FLUSHES}+ times and committed on both partitions after {:.1} s",
+        phase.elapsed().as_secs_f64()
+    );
+
+    // 2. Freeze A while records keep arriving.
+    assert!(a.alive(), "A exited by itself:\n{}", tail(&stderr));
+    let freeze_ms = common::now_ms();
+    signal(&mut a, "STOP");
+    common::wait_until("A stopped (SIGSTOP)", Duration::from_secs(5), || {
+        proc_state(&mut a).starts_with('T')
+    })
+    .await;
+    let ends_at_freeze = common::end_offsets(&topic, PARTITIONS);
+    let committed_at_freeze = common::committed(&group, &topic, PARTITIONS);
+    let log_a = common::read_probe(&probe);
+    let held = log_a.held_at(freeze_ms);
+    let epochs_a: BTreeSet<(i32, u64)> = log_a.restored.iter().map(|(_, p, e)| (*p, *e)).collect();
+    let last_processed: BTreeMap<i32, (u64, i64)> = log_a
+        .processing
+        .iter()
+        .map(|(t, p, o)| (*p, (*t, *o)))
+        .collect();
+    let last_flushed: BTreeMap<i32, (u64, u64)> = log_a
+        .flushed
+        .iter()
+        .map(|(t, p, _, s)| (*p, (*t, *s)))
+        .collect();
+    println!(
+        "SIGSTOP A: held {held:?} (epochs {epochs_a:?}); last sampled record per partition \
+         {}; last flush {}; end offsets {ends_at_freeze:?}, committed {committed_at_freeze:?}",
+        last_processed
+            .iter()
+            .map(|(p, (t, o))| format!(
+                "p{p} offset {o} {} ms before",
+                freeze_ms.saturating_sub(*t)
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        last_flushed
+            .iter()
+            .map(|(p, (t, s))| format!("p{p} seq {s} {} ms before", freeze_ms.saturating_sub(*t)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    assert_eq!(
+        held,
+        (0..PARTITIONS).collect::<Vec<_>>(),
+        "A must hold every partition when it is frozen"
+    );
+
+    // 3. B joins; after A's session expired it owns both partitions, and it processes past
+    // everything produced before the freeze while A stays frozen.
+    let phase = Instant::now();
+    let handler_b = CountSum::default();
+    let b = Running::start(StatefulConsumer::new(
+        config(&topic, &group, "zombie-b", &state_b),
+        Utf8,
+        Utf8,
+        handler_b.clone(),
+    ));
+    common::wait_until(
+        "B owns both partitions and committed past everything produced before the freeze \
+         (A frozen)",
+        Duration::from_secs(60),
+        || {
+            assert!(!b.join.is_finished(), "B's run() ended");
+            let ready = b
+                .stats
+                .snapshot()
+                .partitions
+                .values()
+                .filter(|s| s.ready)
+                .count();
+            ready == PARTITIONS as usize
+                && common::committed(&group, &topic, PARTITIONS)
+                    .iter()
+                    .zip(&ends_at_freeze)
+                    .all(|(c, e)| c >= e)
+        },
+    )
+    .await;
+    let snapshot = b.stats.snapshot();
+    println!(
+        "B took over after {:.1} s (A frozen {:.1} s): restored {:?} changelog records, \
+         committed {:?}",
+        phase.elapsed().as_secs_f64(),
+        (common::now_ms() - freeze_ms) as f64 / 1000.0,
+        snapshot
+            .partitions
+            .iter()
+            .map(|((_, p), s)| (*p, s.restored_records))
+            .collect::<Vec<_>>(),
+        common::committed(&group, &topic, PARTITIONS)
+    );
+    let mut commits = CommitWatch {
+        group: group.clone(),
+        topic: topic.clone(),
+        highest: common::committed(&group, &topic, PARTITIONS),
+    };
+
+    // 4. Resume A while B processes the stream; wait until A noticed for every partition.
+    let changelog_at_wake: Vec<Vec<i64>> = changelogs
+        .iter()
+        .map(|t| common::end_offsets_or_zero(t, PARTITIONS))
+        .collect();
+    let wake_ms = common::now_ms();
+    let log_from = std::fs::metadata(&stderr).map_or(0, |m| m.len() as usize);
+    signal(&mut a, "CONT");
+    let phase = Instant::now();
+    let mut exited = None;
+    let stopped = common::wait_for(Duration::from_secs(30), || {
+        commits.check("while the zombie was awake");
+        if let Some(status) = a.child().try_wait().unwrap() {
+            exited = Some(status);
+            return true;
+        }
+        let noticed = noticed_since(&probe, wake_ms, &stderr, log_from);
+        held.iter().all(|p| noticed.covers(*p))
+    })
+    .await;
+    assert!(
+        stopped,
+        "timed out after 30 s waiting for the resumed zombie A to stop the worker of every \
+         partition it held ({held:?}) (fenced flush, on_lost or on_revoked), or to exit; it \
+         noticed: {:?}; its probe since SIGCONT:\n{}",
+        noticed_since(&probe, wake_ms, &stderr, log_from),
+        probe_since(&probe, wake_ms)
+    );
+    let noticed_after = phase.elapsed();
+    let noticed = noticed_since(&probe, wake_ms, &stderr, log_from);
+    // The zombie stopped touching the partitions it noticed; give it no chance to rejoin and
+    // become a legitimate owner again (the crash and chaos tests cover that).
+    a.kill();
+    let mut workload = feed.stop().await;
+    let mut written = BTreeMap::new();
+    for (t, from) in changelogs.iter().zip(&changelog_at_wake) {
+        common::changelog_flush_records(t, PARTITIONS, from, &mut written);
+    }
+    let zombie_writes: Vec<String> = written
+        .iter()
+        .filter(|((p, e, _), _)| epochs_a.contains(&(*p, *e)))
+        .map(|((p, e, s), r)| {
+            format!(
+                "p{p} epoch {e} seq {s}: {} data + {} markers",
+                r.data, r.markers
+            )
+        })
+        .collect();
+    println!(
+        "SIGCONT A: its workers stopped after {:.2} s{}: fenced flush on {:?}, on_lost on {:?}, \
+         on_revoked on {:?}; librdkafka revoked (lost?) {:?}; failed commits {:?}; restored \
+         again {:?}; changelog records A wrote after it was resumed (void: older epoch): \
+         {zombie_writes:?}; A's warnings: {:?}; librdkafka's: {:?}",
+        noticed_after.as_secs_f64(),
+        exited.map_or(String::new(), |s| format!(" (exited: {s})")),
+        noticed.fenced,
+        noticed.lost,
+        noticed.revoked,
+        noticed.revoke_lost,
+        noticed.commit_failed,
+        noticed.reassigned,
+        noticed.warnings,
+        noticed.librdkafka
+    );
+
+    // 5. A final round for B, one record per key last.
+    let phase = Instant::now();
+    common::produce(&topic, &workload.batch(FINAL_RECORDS)).await;
+    common::produce(&topic, &workload.one_per_key()).await;
+    common::wait_until(
+        "B processed and committed everything",
+        Duration::from_secs(60),
+        || {
+            assert!(!b.join.is_finished(), "B's run() ended");
+            commits.check("after the zombie was killed") == common::end_offsets(&topic, PARTITIONS)
+        },
+    )
+    .await;
+    let b_stats = b.stats.snapshot();
+    b.stop().await.unwrap();
+    println!(
+        "B caught up in {:.1} s; B's commit failures: {}",
+        phase.elapsed().as_secs_f64(),
+        b_stats.commit_failures
+    );
+    let expected = workload.expected();
+    let wrong = common::state_mismatches(&expected, &handler_b.last.lock().unwrap());
+    assert!(
+        wrong.is_empty(),
+        "B's state after the zombie (seed {seed}): {} of {KEYS} keys are wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+
+    // C: B's instance id (it gets B's assignment at once) on an empty state directory, so
+    // the state it sees is exactly what the changelogs hold.
+    let phase = Instant::now();
+    common::produce(&topic, &workload.one_per_key()).await;
+    let handler_c = CountSum::default();
+    let c = Running::start(StatefulConsumer::new(
+        config(&topic, &group, "zombie-b", &state_c),
+        Utf8,
+        Utf8,
+        handler_c.clone(),
+    ));
+    common::wait_until(
+        "C (empty state dir) processed and committed everything",
+        Duration::from_secs(60),
+        || {
+            assert!(!c.join.is_finished(), "C's run() ended");
+            commits.check("fresh consumer C") == common::end_offsets(&topic, PARTITIONS)
+        },
+    )
+    .await;
+    let c_restored: u64 = c
+        .stats
+        .snapshot()
+        .partitions
+        .values()
+        .map(|s| s.restored_records)
+        .sum();
+    c.stop().await.unwrap();
+    assert_eq!(
+        common::committed(&group, &topic, PARTITIONS),
+        common::end_offsets(&topic, PARTITIONS)
+    );
+    let expected = workload.expected();
+    let wrong = common::state_mismatches(&expected, &handler_c.last.lock().unwrap());
+    assert!(
+        wrong.is_empty(),
+        "state restored from the changelogs after the zombie (seed {seed}): {} of {KEYS} keys \
+         are wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    // 6. The zombie's lost partitions must be wound down as lost: `on_lost`, nothing flushed or
+    // kept. A graceful revoke (`on_revoked`, whose writes and output are kept, then a flush)
+    // on a partition another member owns is the zombie writing on its behalf.
+    let revoked_while_lost = noticed.revoked_while_lost();
+    let written_while_lost: Vec<&String> = zombie_writes
+        .iter()
+        .filter(|w| {
+            revoked_while_lost
+                .iter()
+                .any(|p| w.starts_with(&format!("p{p} ")))
+        })
+        .collect();
+    assert!(
+        revoked_while_lost.is_empty(),
+        "the zombie's assignment was revoked as lost (librdkafka: lost=true) but partition(s) \
+         {revoked_while_lost:?} ran on_revoked instead of on_lost: the graceful path (hook \
+         writes kept, output sent, then a final flush unless the lost flag was seen by then); \
+         changelog records it wrote for them after it was resumed: {written_while_lost:?} \
+         (state stayed exact: {}); the zombie's probe since SIGCONT:\n{}",
+        if written_while_lost.is_empty() {
+            "nothing was written"
+        } else {
+            "B's newer epoch fenced the flush"
+        },
+        probe_since(&probe, wake_ms)
+    );
+    println!(
+        "zombie: {} records; C restored {c_restored} changelog records, done in {:.1} s; every \
+         key's count and sum exact for B and for C, committed == end; {:.1} s",
+        workload.produced.len(),
+        phase.elapsed().as_secs_f64(),
+        test_started.elapsed().as_secs_f64()
+    );
+}
