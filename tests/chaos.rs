@@ -20,14 +20,16 @@
 //! `KS_CHAOS_ROUNDS` (default 8) and `KS_CHAOS_SEED` (printed) change the rounds and seed;
 //! `KS_KEEP_DIR=1` keeps the probe files, child logs and state directories.
 
+#[path = "common/child.rs"]
+mod child;
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{require_broker, CountSum, KillOnDrop, Running};
+use child::{Child, ChildTest};
+use common::{require_broker, CountSum, Running};
 use kafka_stateful::changelog::changelog_topic;
 use kafka_stateful::codec::Utf8;
 use kafka_stateful::{ConsumerConfig, StatefulConsumer};
@@ -41,22 +43,16 @@ const RECORDS_PER_ROUND: usize = 6000;
 /// Kill delays are uniform in `0..MAX_DELAY_MS` after the victim was seen processing.
 const MAX_DELAY_MS: u64 = 1000;
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+const CHILD: ChildTest = ChildTest {
+    name: "chaos_child",
+    var: "KS_CHAOS_CHILD",
+};
 
 fn config(topic: &str, group: &str, instance: &str, dir: &str) -> ConsumerConfig {
-    let handler = CountSum::default();
-    ConsumerConfig::builder(common::bootstrap(), group, [topic])
-        .instance_id(instance)
-        .session_timeout(SESSION_TIMEOUT)
-        // Bounds a rebalance that waits for a member that died during it.
-        .max_poll_interval(Duration::from_secs(20))
-        .revoke_timeout(Duration::from_secs(5))
-        .flush_timeout(Duration::from_secs(5))
+    child::group_member_config(topic, group, instance, dir, SESSION_TIMEOUT)
         .commit_interval(Duration::from_millis(200))
         .flush_max_records(50)
         .flush_interval(Duration::from_millis(100))
-        .state_dir(dir)
-        .store(&handler.counts)
-        .store(&handler.sums)
         .build()
         .unwrap()
 }
@@ -64,14 +60,9 @@ fn config(topic: &str, group: &str, instance: &str, dir: &str) -> ConsumerConfig
 /// The child's body; a no-op unless run as a child.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_child() {
-    let Ok(spec) = std::env::var("KS_CHAOS_CHILD") else {
+    let Some(([topic, group, instance, dir], probe)) = CHILD.args() else {
         return;
     };
-    let parts: Vec<&str> = spec.split('|').collect();
-    let [topic, group, instance, dir, probe] = parts[..] else {
-        panic!("bad KS_CHAOS_CHILD {spec:?}");
-    };
-    let probe = common::Probe::create(Path::new(probe));
     common::init_probe_tracing(probe.clone());
     let handler = CountSum {
         delay: Some(Duration::from_millis(1)),
@@ -79,7 +70,8 @@ async fn chaos_child() {
         probe: Some(probe.clone()),
         ..CountSum::default()
     };
-    let consumer = StatefulConsumer::new(config(topic, group, instance, dir), Utf8, Utf8, handler);
+    let consumer =
+        StatefulConsumer::new(config(&topic, &group, &instance, &dir), Utf8, Utf8, handler);
     common::probe_stats(consumer.stats(), probe);
     consumer.run(std::future::pending()).await.unwrap();
 }
@@ -88,12 +80,9 @@ async fn chaos_child() {
 struct Slot {
     instance: String,
     state_dir: String,
-    process: KillOnDrop,
-    /// Restarts so far; names this process's probe and stderr files.
+    /// Starts so far; names this process's probe and stderr files (`<slot>-<incarnation>`).
     incarnation: u32,
-    probe: PathBuf,
-    stderr: PathBuf,
-    started: Instant,
+    child: Child,
 }
 
 struct Group {
@@ -104,45 +93,42 @@ struct Group {
 }
 
 impl Group {
-    fn spawn(&mut self, i: usize) {
+    /// Starts a child in a new slot `i`: instance id `chaos-<i>`, state dir `state-<i>`.
+    fn add(&mut self) {
+        let i = self.slots.len();
+        let instance = format!("chaos-{i}");
+        let state_dir = self.dir.join(format!("state-{i}"));
+        let state_dir = state_dir.to_str().unwrap().to_string();
+        let child = self.start(i, 1, &instance, &state_dir);
+        self.slots.push(Slot {
+            instance,
+            state_dir,
+            incarnation: 1,
+            child,
+        });
+    }
+
+    /// Starts child `i` again on its slot's instance id and state dir (the previous process,
+    /// killed already, is reaped).
+    fn restart(&mut self, i: usize) {
+        let slot = &self.slots[i];
+        let child = self.start(i, slot.incarnation + 1, &slot.instance, &slot.state_dir);
         let slot = &mut self.slots[i];
         slot.incarnation += 1;
-        slot.probe = self.dir.join(format!("probe-{i}-{}.log", slot.incarnation));
-        slot.stderr = self
-            .dir
-            .join(format!("child-{i}-{}.stderr", slot.incarnation));
-        let child = Command::new(common::self_exe())
-            .args(["--exact", "chaos_child", "--nocapture", "--test-threads=1"])
-            .env(
-                "KS_CHAOS_CHILD",
-                format!(
-                    "{}|{}|{}|{}|{}",
-                    self.topic,
-                    self.group,
-                    slot.instance,
-                    slot.state_dir,
-                    slot.probe.display()
-                ),
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&slot.stderr).unwrap())
-            .spawn()
-            .unwrap();
-        slot.process = KillOnDrop(Some(child));
-        slot.started = Instant::now();
+        slot.child = child;
+    }
+
+    fn start(&self, i: usize, incarnation: u32, instance: &str, state_dir: &str) -> Child {
+        let name = format!("{i}-{incarnation}");
+        let args = [self.topic.as_str(), &self.group, instance, state_dir];
+        CHILD.spawn(&self.dir, &name, &args)
     }
 
     /// Panics (with the child's stderr) when a child that should run exited by itself.
     fn check_alive(&mut self, except: Option<usize>) {
         for (i, slot) in self.slots.iter_mut().enumerate() {
-            if Some(i) != except && !slot.process.alive() {
-                let text = std::fs::read_to_string(&slot.stderr).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                panic!(
-                    "{} exited by itself:\n{}",
-                    slot.instance,
-                    lines[lines.len().saturating_sub(30)..].join("\n")
-                );
+            if Some(i) != except {
+                slot.child.assert_alive(&slot.instance);
             }
         }
     }
@@ -151,7 +137,7 @@ impl Group {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
     require_broker!();
-    if std::env::var("KS_CHAOS_CHILD").is_ok() {
+    if CHILD.in_child() {
         return;
     }
     common::init_tracing();
@@ -179,31 +165,16 @@ async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
         topic: topic.clone(),
         group: group_id.clone(),
         dir: dir.path().to_path_buf(),
-        slots: (0..CHILDREN)
-            .map(|i| Slot {
-                instance: format!("chaos-{i}"),
-                state_dir: dir
-                    .path()
-                    .join(format!("state-{i}"))
-                    .to_str()
-                    .unwrap()
-                    .to_string(),
-                process: KillOnDrop(None),
-                incarnation: 0,
-                probe: PathBuf::new(),
-                stderr: PathBuf::new(),
-                started: Instant::now(),
-            })
-            .collect(),
+        slots: Vec::new(),
     };
-    for i in 0..CHILDREN {
-        group.spawn(i);
+    for _ in 0..CHILDREN {
+        group.add();
     }
     let (mut processing_kills, mut flush_kills, mut idle_kills) = (0, 0, 0);
     for round in 0..rounds {
         let moved = round % 2 == 1;
         let victim = rng.below(CHILDREN as u64) as usize;
-        let probe = group.slots[victim].probe.clone();
+        let probe = group.slots[victim].child.probe.clone();
         // The victim must own partitions when the round's input arrives, or the others may
         // process all of it first (a restarted member needs a few seconds to rejoin).
         let owned = common::wait_for(Duration::from_secs(30), || {
@@ -234,11 +205,11 @@ async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
         let (instance, incarnation, up) = (
             slot.instance.clone(),
             slot.incarnation,
-            slot.started.elapsed(),
+            slot.child.started.elapsed(),
         );
         let kill_ms = common::now_ms();
-        slot.process.kill(); // SIGKILL
-        let log = common::read_probe(&slot.probe);
+        slot.child.kill(); // SIGKILL
+        let log = common::read_probe(&slot.child.probe);
         let held = log.held_at(kill_ms);
         let mut flushes = BTreeMap::new();
         for (t, f) in changelogs.iter().zip(&from) {
@@ -282,7 +253,7 @@ async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
             let waited = Instant::now();
             let survivors: Vec<PathBuf> = (0..CHILDREN)
                 .filter(|i| *i != victim)
-                .map(|i| group.slots[i].probe.clone())
+                .map(|i| group.slots[i].child.probe.clone())
                 .collect();
             common::wait_until(
                 "survivors took over the victim's partitions",
@@ -303,10 +274,10 @@ async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
                 waited.elapsed().as_secs_f64()
             );
         }
-        group.spawn(victim);
+        group.restart(victim);
     }
     for slot in &group.slots {
-        let log = common::read_probe(&slot.probe);
+        let log = common::read_probe(&slot.child.probe);
         if !log.warnings.is_empty() {
             println!(
                 "  {} #{} warned: {:?}",
@@ -324,7 +295,7 @@ async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
     // restores every partition from the changelogs.
     group.check_alive(None);
     for slot in &mut group.slots {
-        slot.process.kill();
+        slot.child.kill();
     }
     common::produce(&topic, &workload.one_per_key()).await;
     let final_started = Instant::now();

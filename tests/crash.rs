@@ -18,14 +18,15 @@
 //! offsets must equal the end offsets. `KS_CRASH_ROUNDS` and `KS_CRASH_SEED` override the
 //! round count and the seed (printed); `KS_KEEP_DIR=1` keeps the probe files and child logs.
 
+#[path = "common/child.rs"]
+mod child;
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{require_broker, CountSum, KillOnDrop, Running};
+use child::ChildTest;
+use common::{require_broker, CountSum, Running};
 use kafka_stateful::changelog::changelog_topic;
 use kafka_stateful::codec::Utf8;
 use kafka_stateful::{ConsumerConfig, StatefulConsumer};
@@ -38,19 +39,18 @@ const RECORDS_PER_ROUND: usize = 3000;
 /// Kill delays are uniform in `0..MAX_DELAY_MS` after the child was seen processing and
 /// having flushed.
 const MAX_DELAY_MS: u64 = 1000;
+const CHILD: ChildTest = ChildTest {
+    name: "crash_child",
+    var: "KS_CRASH_CHILD",
+};
 
 fn child_config(topic: &str, group: &str, dir: &str) -> ConsumerConfig {
-    let handler = CountSum::default();
-    ConsumerConfig::builder(common::bootstrap(), group, [topic])
-        .instance_id("crash-0")
+    child::count_sum_config(topic, group, "crash-0", dir)
         .session_timeout(Duration::from_secs(10))
         .commit_interval(Duration::from_millis(150))
         // Small, frequent flushes so kills land before, during and after flushes and commits.
         .flush_max_records(37)
         .flush_interval(Duration::from_millis(50))
-        .state_dir(dir)
-        .store(&handler.counts)
-        .store(&handler.sums)
         .build()
         .unwrap()
 }
@@ -58,14 +58,9 @@ fn child_config(topic: &str, group: &str, dir: &str) -> ConsumerConfig {
 /// The child's body; a no-op unless run as the child.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child() {
-    let Ok(spec) = std::env::var("KS_CRASH_CHILD") else {
+    let Some(([topic, group, dir], probe)) = CHILD.args() else {
         return;
     };
-    let parts: Vec<&str> = spec.split('|').collect();
-    let [topic, group, dir, probe] = parts[..] else {
-        panic!("bad KS_CRASH_CHILD {spec:?}");
-    };
-    let probe = common::Probe::create(Path::new(probe));
     common::init_probe_tracing(probe.clone());
     let handler = CountSum {
         // About 0.4 ms per record: a batch (up to 1024 records) takes a few hundred ms.
@@ -74,34 +69,14 @@ async fn crash_child() {
         probe: Some(probe),
         ..CountSum::default()
     };
-    let consumer = StatefulConsumer::new(child_config(topic, group, dir), Utf8, Utf8, handler);
+    let consumer = StatefulConsumer::new(child_config(&topic, &group, &dir), Utf8, Utf8, handler);
     consumer.run(std::future::pending()).await.unwrap();
-}
-
-fn spawn_child(topic: &str, group: &str, dir: &str, probe: &Path, stderr: &Path) -> KillOnDrop {
-    let child = Command::new(common::self_exe())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env(
-            "KS_CRASH_CHILD",
-            format!("{topic}|{group}|{dir}|{}", probe.display()),
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(stderr).unwrap())
-        .spawn()
-        .unwrap();
-    KillOnDrop(Some(child))
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
     require_broker!();
-    if std::env::var("KS_CRASH_CHILD").is_ok() {
+    if CHILD.in_child() {
         return;
     }
     common::init_tracing();
@@ -137,10 +112,12 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
             .iter()
             .map(|t| common::end_offsets_or_zero(t, PARTITIONS))
             .collect();
-        let probe: PathBuf = dir.path().join(format!("probe-{round}.log"));
-        let stderr = dir.path().join(format!("child-{round}.stderr"));
-        let started = Instant::now();
-        let mut child = spawn_child(&topic, &group, &state_dir, &probe, &stderr);
+        let mut child = CHILD.spawn(
+            dir.path(),
+            &round.to_string(),
+            &[&topic, &group, &state_dir],
+        );
+        let who = format!("the child of round {round}");
         // More input while the child starts, so every round has a backlog.
         common::produce(&topic, &workload.batch(RECORDS_PER_ROUND)).await;
         let ends = common::end_offsets(&topic, PARTITIONS);
@@ -148,28 +125,20 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
             "child processing and flushed at least once",
             Duration::from_secs(60),
             || {
-                assert!(
-                    child.alive(),
-                    "child exited by itself in round {round}:\n{}",
-                    tail(&stderr)
-                );
-                let log = common::read_probe(&probe);
+                child.assert_alive(&who);
+                let log = common::read_probe(&child.probe);
                 !log.processing.is_empty() && !log.flushed.is_empty()
             },
         )
         .await;
-        let ready = started.elapsed();
+        let ready = child.started.elapsed();
         // The scenario: a random moment after the child got going.
         let delay = rng.below(MAX_DELAY_MS);
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        assert!(
-            child.alive(),
-            "child exited by itself in round {round}:\n{}",
-            tail(&stderr)
-        );
+        child.assert_alive(&who);
         let kill_ms = common::now_ms();
         child.kill(); // SIGKILL
-        let log = common::read_probe(&probe);
+        let log = common::read_probe(&child.probe);
         let mut flushes = BTreeMap::new();
         for (t, f) in changelogs.iter().zip(&from) {
             common::changelog_flush_records(t, PARTITIONS, f, &mut flushes);

@@ -35,20 +35,21 @@
 //! `KS_ZOMBIE_SEED` (printed) reproduces the input; `KS_KEEP_DIR=1` keeps the probe file,
 //! the child's stderr and the state directories.
 
+#[path = "common/child.rs"]
+mod child;
 mod common;
+#[path = "common/zombie.rs"]
+mod zombie;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{require_broker, CountSum, KillOnDrop, Running};
+use child::ChildTest;
+use common::{require_broker, CountSum, Running};
 use kafka_stateful::changelog::changelog_topic;
 use kafka_stateful::codec::Utf8;
 use kafka_stateful::{ConsumerConfig, StatefulConsumer};
-use rdkafka::producer::FutureRecord;
+use zombie::{noticed_since, probe_since, CommitWatch, Feed};
 
 const PARTITIONS: i32 = 2;
 const KEYS: usize = 40;
@@ -64,23 +65,17 @@ const FINAL_RECORDS: usize = 2000;
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// Flushes per partition before A is frozen: past its initial backlog, in steady state.
 const STEADY_FLUSHES: usize = 5;
+const CHILD: ChildTest = ChildTest {
+    name: "zombie_child",
+    var: "KS_ZOMBIE_CHILD",
+};
 
 fn config(topic: &str, group: &str, instance: &str, dir: &str) -> ConsumerConfig {
-    let handler = CountSum::default();
-    ConsumerConfig::builder(common::bootstrap(), group, [topic])
-        .instance_id(instance)
-        .session_timeout(SESSION_TIMEOUT)
-        // Bounds a rebalance that waits for a member that does not answer.
-        .max_poll_interval(Duration::from_secs(20))
-        .revoke_timeout(Duration::from_secs(5))
-        .flush_timeout(Duration::from_secs(5))
+    child::group_member_config(topic, group, instance, dir, SESSION_TIMEOUT)
         .commit_interval(Duration::from_millis(150))
         // Small, frequent flushes: the freeze lands with a flush in flight or about to start.
         .flush_max_records(37)
         .flush_interval(Duration::from_millis(50))
-        .state_dir(dir)
-        .store(&handler.counts)
-        .store(&handler.sums)
         .build()
         .unwrap()
 }
@@ -88,308 +83,24 @@ fn config(topic: &str, group: &str, instance: &str, dir: &str) -> ConsumerConfig
 /// Child A's body; a no-op unless run as the child.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zombie_child() {
-    let Ok(spec) = std::env::var("KS_ZOMBIE_CHILD") else {
+    let Some(([topic, group, instance, dir], probe)) = CHILD.args() else {
         return;
     };
-    let parts: Vec<&str> = spec.split('|').collect();
-    let [topic, group, instance, dir, probe] = parts[..] else {
-        panic!("bad KS_ZOMBIE_CHILD {spec:?}");
-    };
-    let probe = common::Probe::create(Path::new(probe));
-    init_child_tracing(probe.clone());
+    zombie::init_zombie_tracing(probe.clone());
     let handler = CountSum {
         probe: Some(probe.clone()),
         ..CountSum::default()
     };
-    let consumer = StatefulConsumer::new(config(topic, group, instance, dir), Utf8, Utf8, handler);
+    let consumer =
+        StatefulConsumer::new(config(&topic, &group, &instance, &dir), Utf8, Utf8, handler);
     common::probe_stats(consumer.stats(), probe);
     consumer.run(std::future::pending()).await.unwrap();
-}
-
-/// The probe as in the crash test, plus the library's and librdkafka's INFO and up on stderr
-/// (a file): how the zombie learned what happened to its partitions.
-fn init_child_tracing(probe: Arc<common::Probe>) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-    let probe_filter = tracing_subscriber::filter::Targets::new()
-        .with_target("kafka_stateful", tracing::Level::DEBUG);
-    let log_filter = tracing_subscriber::filter::Targets::new()
-        .with_target("kafka_stateful", tracing::Level::INFO)
-        .with_target("librdkafka", tracing::Level::INFO);
-    tracing_subscriber::registry()
-        .with(common::ProbeLayer(probe).with_filter(probe_filter))
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(std::io::stderr)
-                .with_filter(log_filter),
-        )
-        .init();
-}
-
-fn spawn_child(spec: &str, stderr: &Path) -> KillOnDrop {
-    let child = Command::new(common::self_exe())
-        .args(["--exact", "zombie_child", "--nocapture", "--test-threads=1"])
-        .env("KS_ZOMBIE_CHILD", spec)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(stderr).unwrap())
-        .spawn()
-        .unwrap();
-    KillOnDrop(Some(child))
-}
-
-/// Sends `signal` (`STOP`, `CONT`) to the child.
-fn signal(child: &mut KillOnDrop, signal: &str) {
-    let pid = child.child().id().to_string();
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .expect("run kill(1)");
-    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
-}
-
-/// `State:` of a process from `/proc/<pid>/status` (`T (stopped)` once SIGSTOP took effect).
-fn proc_state(child: &mut KillOnDrop) -> String {
-    let pid = child.child().id();
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("State:"))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// What the zombie did about its partitions after it was resumed, from its probe (hooks,
-/// the library's warnings, stats) and its log on stderr (librdkafka's verdict).
-#[derive(Debug, Default)]
-struct Noticed {
-    /// Partitions whose flush found a newer epoch ("partition fenced").
-    fenced: BTreeSet<i32>,
-    /// Partitions whose `on_lost` hook ran.
-    lost: BTreeSet<i32>,
-    /// Partitions whose `on_revoked` hook ran before any new assignment of them: the worker
-    /// took the graceful path (hook, flush) for its old assignment.
-    revoked: BTreeSet<i32>,
-    /// Partitions a commit failed for, with the errors.
-    commit_failed: BTreeMap<i32, BTreeSet<String>>,
-    /// Partitions it restored again (a new, legitimate assignment after it rejoined).
-    reassigned: BTreeSet<i32>,
-    /// Every warning or error message of the library, deduplicated, in order.
-    warnings: Vec<String>,
-    /// Per partition, whether the first revoke of it in the log was of a lost assignment
-    /// (`lost=true`: session expired, another member may own it).
-    revoke_lost: BTreeMap<i32, bool>,
-    /// librdkafka's warnings and errors, deduplicated, in order.
-    librdkafka: Vec<String>,
-}
-
-impl Noticed {
-    /// The partition's worker stopped: its flush was fenced, or a revoke hook ran.
-    fn covers(&self, p: i32) -> bool {
-        self.fenced.contains(&p) || self.lost.contains(&p) || self.revoked.contains(&p)
-    }
-
-    /// Partitions whose lost assignment was handled as a graceful revoke (`on_revoked`, and a
-    /// flush unless the lost flag was seen by then) instead of `on_lost`.
-    fn revoked_while_lost(&self) -> Vec<i32> {
-        self.revoked
-            .iter()
-            .filter(|p| self.revoke_lost.get(p) == Some(&true) && !self.lost.contains(p))
-            .copied()
-            .collect()
-    }
-}
-
-fn field<'a>(fields: &'a str, name: &str) -> Option<&'a str> {
-    fields
-        .split('|')
-        .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-}
-
-/// Reads the probe lines written at or after `since_ms`, and the stderr log from byte
-/// `log_from` (its length when the process was resumed: nothing is written while stopped).
-fn noticed_since(probe: &Path, since_ms: u64, log: &Path, log_from: usize) -> Noticed {
-    let text = std::fs::read_to_string(probe).unwrap_or_default();
-    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    let mut out = Noticed::default();
-    let mut first_ownership: BTreeMap<i32, String> = BTreeMap::new();
-    for line in complete.lines() {
-        let mut words = line.splitn(3, ' ');
-        let (Some(ms), Some(kind), Some(rest)) = (words.next(), words.next(), words.next()) else {
-            continue;
-        };
-        if ms.parse::<u64>().map_or(true, |ms| ms < since_ms) {
-            continue;
-        }
-        let partition = || field(rest, "partition").and_then(|p| p.parse::<i32>().ok());
-        match kind {
-            "lost" | "revoked" | "assigned" => {
-                if let Ok(p) = rest.trim().parse::<i32>() {
-                    first_ownership.entry(p).or_insert_with(|| kind.to_string());
-                    if kind == "lost" {
-                        out.lost.insert(p);
-                    }
-                }
-            }
-            "stats" => {
-                let fenced = rest.contains("fenced=true");
-                if let (true, Some(Ok(p))) = (fenced, rest.split(' ').next().map(str::parse)) {
-                    out.fenced.insert(p);
-                }
-            }
-            "event" => {
-                let (level, message) = {
-                    let mut it = rest.split('|');
-                    (it.next().unwrap_or(""), it.next().unwrap_or(""))
-                };
-                if message.starts_with("partition fenced") {
-                    if let Some(p) = partition() {
-                        out.fenced.insert(p);
-                    }
-                }
-                if message.starts_with("offset commit failed") {
-                    if let Some(p) = partition() {
-                        let error = field(rest, "error").unwrap_or("?").to_string();
-                        out.commit_failed.entry(p).or_default().insert(error);
-                    }
-                }
-                if message == "restore finished" {
-                    if let Some(p) = partition() {
-                        out.reassigned.insert(p);
-                    }
-                }
-                if (level == "WARN" || level == "ERROR")
-                    && !out.warnings.iter().any(|w| w == message)
-                {
-                    out.warnings.push(message.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    out.revoked = first_ownership
-        .into_iter()
-        .filter(|(_, kind)| kind == "revoked")
-        .map(|(p, _)| p)
-        .collect();
-    let log = std::fs::read(log).unwrap_or_default();
-    let log = String::from_utf8_lossy(log.get(log_from..).unwrap_or_default());
-    for line in log.lines() {
-        if let Some(rest) = line.split_once("partitions revoked; draining partitions=[") {
-            let (list, tail) = rest.1.split_once(']').unwrap_or((rest.1, ""));
-            let lost = tail.contains("lost=true");
-            for element in list.split("), (") {
-                let number = element
-                    .trim_end_matches(')')
-                    .rsplit(", ")
-                    .next()
-                    .unwrap_or("");
-                if let Ok(p) = number.trim().parse::<i32>() {
-                    out.revoke_lost.entry(p).or_insert(lost);
-                }
-            }
-        }
-        if line.contains(" librdkafka: ") && (line.contains(" WARN ") || line.contains(" ERROR ")) {
-            let message = line
-                .split_once(" librdkafka: ")
-                .map_or(line, |(_, m)| m)
-                .to_string();
-            if !out.librdkafka.contains(&message) {
-                out.librdkafka.push(message);
-            }
-        }
-    }
-    out
-}
-
-/// The probe's lines written at or after `since_ms`, without the sampled records.
-fn probe_since(probe: &Path, since_ms: u64) -> String {
-    std::fs::read_to_string(probe)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            l.split(' ').next().and_then(|ms| ms.parse::<u64>().ok()) >= Some(since_ms)
-                && !l.contains(" processing ")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// A steady stream of input on its own task: [`FEED_CHUNK`] records of `workload` every
-/// [`FEED_EVERY`] (each chunk acknowledged before the next), until stopped; hands the
-/// workload (which remembers every record produced) back.
-struct Feed {
-    stop: Arc<AtomicBool>,
-    join: tokio::task::JoinHandle<common::Workload>,
-}
-
-impl Feed {
-    fn start(topic: &str, mut workload: common::Workload) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (topic, stopping) = (topic.to_string(), stop.clone());
-        let join = tokio::spawn(async move {
-            let producer = common::producer_at(&common::bootstrap());
-            let mut tick = tokio::time::interval(FEED_EVERY);
-            while !stopping.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let sends: Vec<_> = workload
-                    .batch(FEED_CHUNK)
-                    .iter()
-                    .map(|(p, k, v)| {
-                        producer
-                            .send_result(FutureRecord::to(&topic).partition(*p).key(k).payload(v))
-                            .unwrap()
-                    })
-                    .collect();
-                for send in sends {
-                    send.await.unwrap().unwrap();
-                }
-            }
-            workload
-        });
-        Self { stop, join }
-    }
-
-    async fn stop(self) -> common::Workload {
-        self.stop.store(true, Ordering::Relaxed);
-        self.join.await.unwrap()
-    }
-}
-
-/// Polls the group's committed offsets and fails when one moves backwards.
-struct CommitWatch {
-    group: String,
-    topic: String,
-    highest: Vec<i64>,
-}
-
-impl CommitWatch {
-    fn check(&mut self, what: &str) -> Vec<i64> {
-        let now = common::committed(&self.group, &self.topic, PARTITIONS);
-        for (p, (highest, now)) in self.highest.iter_mut().zip(&now).enumerate() {
-            assert!(
-                now >= highest,
-                "{what}: the committed offset of partition {p} moved backwards from {highest} \
-                 to {now} (a stale commit was accepted)"
-            );
-            *highest = *now;
-        }
-        now
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
     require_broker!();
-    if std::env::var("KS_ZOMBIE_CHILD").is_ok() {
+    if CHILD.in_child() {
         return;
     }
     common::init_tracing();
@@ -409,19 +120,15 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
     common::produce(&topic, &workload.batch(INITIAL_RECORDS)).await;
 
     // 1. A consumes a steady stream, flushes and commits.
-    let probe: PathBuf = dir.path().join("probe-a.log");
-    let stderr = dir.path().join("child-a.stderr");
-    let mut a = spawn_child(
-        &format!("{topic}|{group}|zombie-a|{state_a}|{}", probe.display()),
-        &stderr,
-    );
-    let feed = Feed::start(&topic, workload);
+    let mut a = CHILD.spawn(dir.path(), "a", &[&topic, &group, "zombie-a", &state_a]);
+    let (probe, stderr) = (a.probe.clone(), a.stderr.clone());
+    let feed = Feed::start(&topic, workload, FEED_CHUNK, FEED_EVERY);
     let phase = Instant::now();
     common::wait_until(
         "A flushed a few times and committed on both partitions, and is processing",
         Duration::from_secs(60),
         || {
-            assert!(a.alive(), "A exited by itself:\n{}", tail(&stderr));
+            a.assert_alive("A");
             let log = common::read_probe(&probe);
             let flushes = |p: i32| log.flushed.iter().filter(|f| f.1 == p).count();
             (0..PARTITIONS).all(|p| flushes(p) >= STEADY_FLUSHES)
@@ -438,11 +145,11 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
     );
 
     // 2. Freeze A while records keep arriving.
-    assert!(a.alive(), "A exited by itself:\n{}", tail(&stderr));
+    a.assert_alive("A");
     let freeze_ms = common::now_ms();
-    signal(&mut a, "STOP");
+    a.signal("STOP");
     common::wait_until("A stopped (SIGSTOP)", Duration::from_secs(5), || {
-        proc_state(&mut a).starts_with('T')
+        a.stopped()
     })
     .await;
     let ends_at_freeze = common::end_offsets(&topic, PARTITIONS);
@@ -450,32 +157,10 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
     let log_a = common::read_probe(&probe);
     let held = log_a.held_at(freeze_ms);
     let epochs_a: BTreeSet<(i32, u64)> = log_a.restored.iter().map(|(_, p, e)| (*p, *e)).collect();
-    let last_processed: BTreeMap<i32, (u64, i64)> = log_a
-        .processing
-        .iter()
-        .map(|(t, p, o)| (*p, (*t, *o)))
-        .collect();
-    let last_flushed: BTreeMap<i32, (u64, u64)> = log_a
-        .flushed
-        .iter()
-        .map(|(t, p, _, s)| (*p, (*t, *s)))
-        .collect();
     println!(
-        "SIGSTOP A: held {held:?} (epochs {epochs_a:?}); last sampled record per partition \
-         {}; last flush {}; end offsets {ends_at_freeze:?}, committed {committed_at_freeze:?}",
-        last_processed
-            .iter()
-            .map(|(p, (t, o))| format!(
-                "p{p} offset {o} {} ms before",
-                freeze_ms.saturating_sub(*t)
-            ))
-            .collect::<Vec<_>>()
-            .join(", "),
-        last_flushed
-            .iter()
-            .map(|(p, (t, s))| format!("p{p} seq {s} {} ms before", freeze_ms.saturating_sub(*t)))
-            .collect::<Vec<_>>()
-            .join(", "),
+        "SIGSTOP A: held {held:?} (epochs {epochs_a:?}); {}; end offsets {ends_at_freeze:?}, \
+         committed {committed_at_freeze:?}",
+        zombie::last_activity(&log_a, freeze_ms)
     );
     assert_eq!(
         held,
@@ -527,11 +212,7 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
             .collect::<Vec<_>>(),
         common::committed(&group, &topic, PARTITIONS)
     );
-    let mut commits = CommitWatch {
-        group: group.clone(),
-        topic: topic.clone(),
-        highest: common::committed(&group, &topic, PARTITIONS),
-    };
+    let mut commits = CommitWatch::new(&group, &topic, PARTITIONS);
 
     // 4. Resume A while B processes the stream; wait until A noticed for every partition.
     let changelog_at_wake: Vec<Vec<i64>> = changelogs
@@ -540,12 +221,12 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
         .collect();
     let wake_ms = common::now_ms();
     let log_from = std::fs::metadata(&stderr).map_or(0, |m| m.len() as usize);
-    signal(&mut a, "CONT");
+    a.signal("CONT");
     let phase = Instant::now();
     let mut exited = None;
     let stopped = common::wait_for(Duration::from_secs(30), || {
         commits.check("while the zombie was awake");
-        if let Some(status) = a.child().try_wait().unwrap() {
+        if let Some(status) = a.process.child().try_wait().unwrap() {
             exited = Some(status);
             return true;
         }
