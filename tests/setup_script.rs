@@ -22,8 +22,8 @@ fn check_with(files: &[&str]) -> (bool, String) {
         .env("LIBCLANG_PATH", dir.path())
         .output()
         .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let printed =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), printed)
 }
 
@@ -38,6 +38,9 @@ fn versioned_and_plain_libclang_are_found_next_to_libclang_cpp() {
     for lib in ["libclang-14.so.1", "libclang.so", "libclang.so.14"] {
         let (found, printed) = check_with(&["libclang-cpp.so.14", lib]);
         assert!(found, "{lib} not found: {printed}");
-        assert!(printed.contains(lib), "{lib} is the one reported: {printed}");
+        assert!(
+            printed.contains(lib),
+            "{lib} is the one reported: {printed}"
+        );
     }
 }
