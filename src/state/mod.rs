@@ -44,6 +44,9 @@
 //! must still hold the last record the state reflects, with the same timestamp (else it was
 //! recreated: [`StateError::SourceReplaced`]).
 
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod bench;
 mod db;
 mod flush;
 pub(crate) mod log;
