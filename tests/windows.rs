@@ -3,111 +3,19 @@
 //! changelog, and a restore on an empty disk brings none back.
 
 mod common;
+#[path = "common/page_minutes.rs"]
+mod page_minutes;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use common::{require_broker, Running};
 use kafka_stateful::changelog::changelog_topic;
-use kafka_stateful::codec::{Bincode, Json, Utf8};
-use kafka_stateful::window::{ClosedWindow, WindowDef};
-use kafka_stateful::{
-    ConsumerConfig, Handler, HandlerError, Output, PartitionContext, Record, StatefulConsumer,
-};
+use kafka_stateful::codec::Utf8;
+use kafka_stateful::{ConsumerConfig, StatefulConsumer};
+use page_minutes::{expected, PageMinutes, Row, MINUTE};
 
 const WAIT: Duration = Duration::from_secs(90);
-const MINUTE: i64 = 60_000;
-const GRACE: i64 = 10_000;
-
-/// Per page and minute: distinct users and views, from `value = "<user>@<ts>"`.
-#[derive(Clone)]
-struct Visitors {
-    members: WindowDef<(String, String), ()>,
-    counts: WindowDef<String, (u64, u64)>,
-    output: Output<String, (String, i64, u64, u64)>,
-}
-
-fn parse(value: &str) -> Option<(String, i64)> {
-    let (user, ts) = value.split_once('@')?;
-    Some((user.to_string(), ts.parse().ok()?))
-}
-
-impl Handler<String, String> for Visitors {
-    fn event_time(&self, r: &Record<String, String>) -> Option<i64> {
-        parse(r.value.as_deref()?).map(|(_, ts)| ts)
-    }
-
-    async fn handle(
-        &self,
-        r: Record<String, String>,
-        ctx: &mut PartitionContext,
-    ) -> Result<(), HandlerError> {
-        let page = r.key.ok_or("no page")?;
-        let (user, _) = parse(r.value.as_deref().ok_or("no value")?).ok_or("bad value")?;
-        let windows = ctx.window(&self.members)?.windows();
-        for w in windows {
-            let member = (page.clone(), user.clone());
-            let first = {
-                let mut members = ctx.window(&self.members)?;
-                let first = members.get(w, &member)?.is_none();
-                if first {
-                    members.put(w, &member, &())?;
-                }
-                first
-            };
-            let mut counts = ctx.window(&self.counts)?;
-            let (u, v) = counts.get(w, &page)?.unwrap_or((0, 0));
-            counts.put(w, &page, &(u + u64::from(first), v + 1))?;
-        }
-        Ok(())
-    }
-
-    async fn on_window_closed(
-        &self,
-        closed: ClosedWindow,
-        ctx: &mut PartitionContext,
-    ) -> Result<(), HandlerError> {
-        if closed.store == "counts" {
-            for (page, (u, v)) in closed.entries(&self.counts)? {
-                let row = (page.clone(), closed.window.start, u, v);
-                ctx.send(&self.output, Some(&page), Some(&row))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-type Row = (String, i64, u64, u64);
-
-/// Rows and late counts computed without the library: per partition in offset order,
-/// stream time is the highest event time so far; an event whose window closed
-/// (`stream time >= end + grace`) is late; a window is reported once stream time passes
-/// its end plus grace.
-fn expected(events: &[(i32, String, String, i64)]) -> (BTreeSet<Row>, u64) {
-    let mut rows = BTreeSet::new();
-    let mut late = 0;
-    for partition in 0..2 {
-        let mut stream = -1i64;
-        let mut windows: BTreeMap<(i64, String), (BTreeSet<String>, u64)> = BTreeMap::new();
-        for (_, page, user, ts) in events.iter().filter(|e| e.0 == partition) {
-            stream = stream.max(*ts);
-            let start = ts.div_euclid(MINUTE) * MINUTE;
-            if stream >= start + MINUTE + GRACE {
-                late += 1;
-                continue;
-            }
-            let entry = windows.entry((start, page.clone())).or_default();
-            entry.0.insert(user.clone());
-            entry.1 += 1;
-        }
-        for ((start, page), (users, views)) in windows {
-            if stream >= start + MINUTE + GRACE {
-                rows.insert((page, start, users.len() as u64, views));
-            }
-        }
-    }
-    (rows, late)
-}
 
 fn read_rows(topic: &str) -> Vec<Row> {
     common::read_all(topic, 1)
@@ -150,30 +58,14 @@ async fn windows_emit_exactly_the_expected_rows_late_records_are_counted_and_clo
         .map(|(p, page, user, ts)| (*p, page.clone(), format!("{user}@{ts}")))
         .collect();
     common::produce(&topic, &produced).await;
-    let (rows, late) = expected(&events);
+    let (rows, late) = expected(events.iter().cloned());
     assert!(
         late > 10 && rows.len() > 100,
         "a meaningful input: {late} late, {} rows",
         rows.len()
     );
 
-    let handler = Visitors {
-        members: WindowDef::tumbling(
-            "members",
-            Duration::from_millis(MINUTE as u64),
-            Duration::from_millis(GRACE as u64),
-            Bincode::new(),
-            Bincode::new(),
-        ),
-        counts: WindowDef::tumbling(
-            "counts",
-            Duration::from_millis(MINUTE as u64),
-            Duration::from_millis(GRACE as u64),
-            Utf8,
-            Bincode::new(),
-        ),
-        output: Output::new(&out, Utf8, Json::new()),
-    };
+    let handler = PageMinutes::new(&out);
     let build = |dir: &std::path::Path| {
         ConsumerConfig::builder(common::bootstrap(), &group, [&topic])
             .instance_id("w-0")
@@ -215,7 +107,7 @@ async fn windows_emit_exactly_the_expected_rows_late_records_are_counted_and_clo
         "no row twice in a run without crashes"
     );
     assert_eq!(sent.into_iter().collect::<BTreeSet<_>>(), rows);
-    assert_eq!(counted_late, late, "late records counted");
+    assert_eq!(counted_late, late as u64, "late records counted");
 
     // In the changelog, every member of a closed window ends on a tombstone.
     let members_log = changelog_topic(&group, "members");

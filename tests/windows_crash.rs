@@ -23,8 +23,10 @@
 //! probe files and child logs.
 
 mod common;
+#[path = "common/page_minutes.rs"]
+mod page_minutes;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,11 +34,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{require_broker, KillOnDrop, Probe, Rng, Running};
-use kafka_stateful::codec::{Bincode, Json, Utf8};
-use kafka_stateful::window::{ClosedWindow, WindowDef};
-use kafka_stateful::{
-    ConsumerConfig, Handler, HandlerError, Output, PartitionContext, Record, StatefulConsumer,
-};
+use kafka_stateful::codec::Utf8;
+use kafka_stateful::{ConsumerConfig, StatefulConsumer};
+use page_minutes::{expected, parse, PageMinutes, Row, MINUTE};
 use rdkafka::producer::FutureRecord;
 use tokio::task::JoinHandle;
 
@@ -44,8 +44,6 @@ const PARTITIONS: i32 = 2;
 /// Page `page-<k>` lives in partition `k % PARTITIONS`.
 const PAGES: u64 = 12;
 const USERS: u64 = 8;
-const MINUTE: i64 = 60_000;
-const GRACE: i64 = 10_000;
 /// Event time advances this much per produced record.
 const STEP_MS: i64 = 1_000;
 const BASE: i64 = 1_700_000_000_000 / MINUTE * MINUTE;
@@ -57,92 +55,6 @@ const FEED_EVERY: Duration = Duration::from_millis(50);
 const MAX_DELAY_MS: u64 = 800;
 /// A close this recent before the kill means the kill landed while windows were closing.
 const CLOSING_WINDOW_MS: u64 = 100;
-
-/// `(page, window_start, unique_users, views)`, as sent on window close.
-type Row = (String, i64, u64, u64);
-
-#[derive(Clone)]
-struct PageMinutes {
-    members: WindowDef<(String, String), ()>,
-    counts: WindowDef<String, (u64, u64)>,
-    output: Output<String, Row>,
-    /// Sleeps 1 ms on every other record: the child stays behind the feed, always busy.
-    slow: bool,
-    probe: Option<Arc<Probe>>,
-}
-
-impl PageMinutes {
-    fn new(out: &str) -> Self {
-        let (minute, grace) = (
-            Duration::from_millis(MINUTE as u64),
-            Duration::from_millis(GRACE as u64),
-        );
-        Self {
-            members: WindowDef::tumbling("members", minute, grace, Bincode::new(), Bincode::new()),
-            counts: WindowDef::tumbling("counts", minute, grace, Utf8, Bincode::new()),
-            output: Output::new(out, Utf8, Json::new()),
-            slow: false,
-            probe: None,
-        }
-    }
-}
-
-fn parse(value: &str) -> Option<(String, i64)> {
-    let (user, ts) = value.split_once('@')?;
-    Some((user.to_string(), ts.parse().ok()?))
-}
-
-impl Handler<String, String> for PageMinutes {
-    fn event_time(&self, r: &Record<String, String>) -> Option<i64> {
-        parse(r.value.as_deref()?).map(|(_, ts)| ts)
-    }
-
-    async fn handle(
-        &self,
-        r: Record<String, String>,
-        ctx: &mut PartitionContext,
-    ) -> Result<(), HandlerError> {
-        let page = r.key.ok_or("no page")?;
-        let (user, _) = parse(r.value.as_deref().ok_or("no value")?).ok_or("bad value")?;
-        if self.slow && r.offset % 2 == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let windows = ctx.window(&self.members)?.windows();
-        for w in windows {
-            let member = (page.clone(), user.clone());
-            let first = {
-                let mut members = ctx.window(&self.members)?;
-                let first = members.get(w, &member)?.is_none();
-                if first {
-                    members.put(w, &member, &())?;
-                }
-                first
-            };
-            let mut counts = ctx.window(&self.counts)?;
-            let (u, v) = counts.get(w, &page)?.unwrap_or((0, 0));
-            counts.put(w, &page, &(u + u64::from(first), v + 1))?;
-        }
-        Ok(())
-    }
-
-    async fn on_window_closed(
-        &self,
-        closed: ClosedWindow,
-        ctx: &mut PartitionContext,
-    ) -> Result<(), HandlerError> {
-        if closed.store != "counts" {
-            return Ok(());
-        }
-        if let Some(probe) = &self.probe {
-            probe.line(&format!("closed {}", closed.window.start));
-        }
-        for (page, (u, v)) in closed.entries(&self.counts)? {
-            let row = (page.clone(), closed.window.start, u, v);
-            ctx.send(&self.output, Some(&page), Some(&row))?;
-        }
-        Ok(())
-    }
-}
 
 fn config(topic: &str, group: &str, dir: &str, h: &PageMinutes) -> ConsumerConfig {
     ConsumerConfig::builder(common::bootstrap(), group, [topic])
@@ -171,9 +83,12 @@ async fn windows_crash_child() {
     };
     let probe = Probe::create(Path::new(probe));
     common::init_probe_tracing(probe.clone());
+    let on_close = probe.clone();
     let handler = PageMinutes {
         slow: true,
-        probe: Some(probe),
+        on_close: Some(Arc::new(move |start| {
+            on_close.line(&format!("closed {start}"))
+        })),
         ..PageMinutes::new(out)
     };
     let config = config(topic, group, dir, &handler);
@@ -248,35 +163,17 @@ fn feed(topic: &str, mut views: Views, stop: Arc<AtomicBool>) -> JoinHandle<View
     })
 }
 
-/// The rows an independent computation gives from the input topic as stored (per
-/// partition in offset order): stream time is the highest event time so far; a view whose
-/// window closed (`stream time >= end + grace`) is late and not applied; a window's row is
-/// due once stream time passed its end plus grace. Also returns the late views.
+/// The rows an independent computation ([`expected`]) gives from the input topic as stored,
+/// the late views, and how many views the topic holds.
 fn expected_rows(topic: &str) -> (BTreeSet<Row>, usize, usize) {
     let input = common::read_all(topic, PARTITIONS);
-    let mut stream = [i64::MIN; PARTITIONS as usize];
-    let mut windows: BTreeMap<(i32, i64, String), (BTreeSet<String>, u64)> = BTreeMap::new();
-    let mut late = 0;
-    for (key, value, _) in &input {
+    let views = input.iter().map(|(key, value, _)| {
         let page = String::from_utf8(key.clone().unwrap()).unwrap();
         let k: i32 = page.strip_prefix("page-").unwrap().parse().unwrap();
-        let p = k % PARTITIONS;
         let (user, ts) = parse(std::str::from_utf8(value.as_ref().unwrap()).unwrap()).unwrap();
-        stream[p as usize] = stream[p as usize].max(ts);
-        let start = ts.div_euclid(MINUTE) * MINUTE;
-        if stream[p as usize] >= start + MINUTE + GRACE {
-            late += 1;
-            continue;
-        }
-        let w = windows.entry((p, start, page)).or_default();
-        w.0.insert(user);
-        w.1 += 1;
-    }
-    let rows = windows
-        .into_iter()
-        .filter(|((p, start, _), _)| stream[*p as usize] >= start + MINUTE + GRACE)
-        .map(|((_, start, page), (users, views))| (page, start, users.len() as u64, views))
-        .collect();
+        (k % PARTITIONS, page, user, ts)
+    });
+    let (rows, late) = expected(views);
     (rows, late, input.len())
 }
 
