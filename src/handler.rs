@@ -288,7 +288,7 @@ impl PartitionContext {
 
     /// The wall clock (milliseconds since the epoch) of wall-clock timers and TTLs.
     pub(crate) fn wall_now(&self) -> i64 {
-        crate::state::ttl::wall_now() + self.wall_offset
+        crate::timer::wall_now() + self.wall_offset
     }
 
     pub(crate) fn set_event_time(&mut self, event_time: Option<i64>) {

@@ -47,6 +47,14 @@ impl TimeKind {
     }
 }
 
+/// The system's wall clock in milliseconds since the epoch (wall-clock timers and TTLs; the
+/// test driver adds an offset).
+pub(crate) fn wall_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Whose timer it is: the handler's, or the library's (window close).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Owner {

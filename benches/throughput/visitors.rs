@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kafka_stateful::codec::{Json, Utf8};
 use kafka_stateful::{ConsumerConfig, StatefulConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
 #[allow(dead_code)] // the example's summary fields
@@ -29,21 +29,9 @@ pub async fn fill_views(bootstrap: &str, topic: &str, n: u64) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let mut pending = Vec::new();
-    for i in 0..n {
-        let view = job::generated_view(i, n, start);
-        let value = serde_json::to_vec(&view).unwrap();
-        let record = FutureRecord::to(topic).key(&view.page).payload(&value);
-        pending.push(producer.send_result(record).unwrap());
-        if pending.len() >= 100_000 {
-            for p in futures::future::join_all(pending.drain(..)).await {
-                p.unwrap().unwrap();
-            }
-        }
-    }
-    for p in futures::future::join_all(pending).await {
-        p.unwrap().unwrap();
-    }
+    job::produce_views(&producer, topic, n, start)
+        .await
+        .unwrap();
 }
 
 /// Runs the job over the `n` views of `topic`.

@@ -8,6 +8,8 @@ use std::time::Duration;
 use kafka_stateful::codec::{Bincode, Json, Utf8};
 use kafka_stateful::window::{ClosedWindow, WindowDef};
 use kafka_stateful::{Handler, HandlerError, Output, PartitionContext, Record};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
 /// A page view.
@@ -138,4 +140,29 @@ pub fn generated_view(i: u64, n: u64, start: i64) -> View {
         _ => {}
     }
     View { page, user, ts }
+}
+
+/// Produces views `0..n` of [`generated_view`] to `topic`, keyed by page, and waits for every
+/// acknowledgement (at most 50 000 in flight: within librdkafka's default local queue).
+pub async fn produce_views(
+    producer: &FutureProducer,
+    topic: &str,
+    n: u64,
+    start: i64,
+) -> Result<(), KafkaError> {
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let view = generated_view(i, n, start);
+        let value = serde_json::to_vec(&view).expect("a view encodes");
+        let record = FutureRecord::to(topic).key(&view.page).payload(&value);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        if pending.len() >= 50_000 || i + 1 == n {
+            for delivery in futures::future::join_all(pending.drain(..)).await {
+                delivery
+                    .map_err(|_| KafkaError::Canceled)?
+                    .map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    Ok(())
 }

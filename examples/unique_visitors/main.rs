@@ -26,12 +26,12 @@ use kafka_stateful::codec::{Json, Utf8};
 use kafka_stateful::{ConsumerConfig, StatefulConsumer, StatsSnapshot};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
 mod job;
 
-use job::{generated_view, UniqueVisitors, View};
+use job::{produce_views, UniqueVisitors, View};
 
 struct Args {
     brokers: String,
@@ -97,18 +97,7 @@ async fn fill(args: &Args) -> anyhow::Result<()> {
     // A second `--produce` continues the topic's event time: starting at "now" again would
     // make most of its views late for the windows the first run's views left open.
     let start = latest_view_time(args)?.map_or(now, |latest| now.max(latest + 1));
-    let mut pending = Vec::new();
-    for i in 0..args.produce as u64 {
-        let view = generated_view(i, args.produce as u64, start);
-        let value = serde_json::to_vec(&view)?;
-        let record = FutureRecord::to(&args.topic)
-            .key(&view.page)
-            .payload(&value);
-        pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
-    }
-    for delivery in futures::future::join_all(pending).await {
-        delivery?.map_err(|(e, _)| e)?;
-    }
+    produce_views(&producer, &args.topic, args.produce as u64, start).await?;
     println!("produced {} views to {}", args.produce, args.topic);
     Ok(())
 }

@@ -195,9 +195,9 @@ impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
         let key = self.def.key.encode(key).map_err(self.codec_err())?;
         let mut value = self.def.value.encode(value).map_err(self.codec_err())?;
         if let Some(expiry) = self.def.expiry {
-            value = ttl::stamp(self.now(&expiry), value);
-            self.state
-                .ensure_sweep(self.index, expiry, self.now(&expiry))?;
+            let now = self.now(&expiry);
+            value = ttl::stamp(now, value);
+            self.state.ensure_sweep(self.index, expiry, now)?;
         }
         self.state.overlay.write(self.index, key, Some(value));
         Ok(())

@@ -67,7 +67,7 @@ impl Clock {
     pub(crate) fn now(&self, kind: TimeKind) -> i64 {
         match kind {
             TimeKind::Stream => self.stream_time,
-            TimeKind::Wall => wall_now() + self.wall_offset,
+            TimeKind::Wall => crate::timer::wall_now() + self.wall_offset,
         }
     }
 }
@@ -75,13 +75,6 @@ impl Clock {
 /// A quarter of the TTL, at least a second.
 pub(crate) fn sweep_interval(ttl: i64) -> i64 {
     (ttl / 4).max(1000)
-}
-
-/// The wall clock in milliseconds since the epoch.
-pub(crate) fn wall_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `value` prefixed with its write time.

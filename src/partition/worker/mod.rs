@@ -262,7 +262,7 @@ where
                 Event::WallTick => {
                     let offset = self.shared.clock_offset_ms.load(Ordering::Relaxed);
                     ctx.set_wall_offset(offset);
-                    let now = wall_clock_ms() + offset;
+                    let now = crate::timer::wall_now() + offset;
                     self.fire_timers(TimeKind::Wall, now, &mut ctx).await?;
                     self.progress.wall_ticks.fetch_add(1, Ordering::Relaxed);
                 }
@@ -334,13 +334,6 @@ fn discard_staged(ctx: &mut PartitionContext) {
         state.discard_staged();
     }
     ctx.take_outbox();
-}
-
-/// Milliseconds since the epoch, for wall-clock timers.
-fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Resolves `timeout` after `stop` is signalled (at once for a lost partition); never before.
