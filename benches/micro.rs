@@ -33,6 +33,17 @@ fn overlay(c: &mut Criterion) {
         });
     }
     group.throughput(Throughput::Elements(KEYS));
+    // A whole flush interval: 200 000 distinct keys written, then handed to a flush (the
+    // overlay's maps are reused from one interval to the next).
+    let mut overlay = OverlayBench::default();
+    group.bench_function("interval_200000_keys", |b| {
+        b.iter(|| {
+            for i in 0..KEYS {
+                overlay.update(&key(i), b"v");
+            }
+            black_box(overlay.flush())
+        })
+    });
     group.bench_function("flush_handoff_200000_keys", |b| {
         b.iter_batched(
             || {
