@@ -148,6 +148,11 @@ pub enum Error {
     #[error(transparent)]
     Changelog(#[from] ChangelogError),
 
+    /// A table could not be read or kept, its topic is not co-partitioned with an input
+    /// topic, or one of its records is bad under `ErrorPolicy::Fail`.
+    #[error(transparent)]
+    Table(#[from] crate::table::TableError),
+
     /// A partition worker panicked outside the handler and codecs (a bug in this crate).
     /// Panics of the handler or a codec are errors of their record ([`Error::Handler`],
     /// [`Error::Decode`]) and follow the error policy.

@@ -8,6 +8,7 @@ use crate::changelog::OutRecord;
 use crate::codec::CodecError;
 use crate::output::Output;
 use crate::state::{PartitionState, StateError, Store, StoreDef};
+use crate::table::{Table, TableDef, TableError, TableReads};
 use crate::timer::{TimeKind, Timer};
 use crate::window::{ClosedWindow, WindowDef, WindowStore};
 
@@ -185,6 +186,8 @@ pub struct PartitionContext {
     late: bool,
     /// Added to the system clock (the test driver moves the wall clock).
     wall_offset: i64,
+    /// The tables handlers of this partition read.
+    tables: TableReads,
 }
 
 impl fmt::Debug for PartitionContext {
@@ -208,7 +211,24 @@ impl PartitionContext {
             event_time: None,
             late: false,
             wall_offset: 0,
+            tables: TableReads::default(),
         }
+    }
+
+    pub(crate) fn set_tables(&mut self, tables: TableReads) {
+        self.tables = tables;
+    }
+
+    /// Opens a declared table ([`crate::table`]): the partition's own partition of a
+    /// co-partitioned table, or a global table.
+    ///
+    /// # Errors
+    /// [`TableError::Unknown`] when `table` was not declared on the builder.
+    pub fn table<'a, K: Send + 'static, V: Send + 'static>(
+        &'a self,
+        table: &'a TableDef<K, V>,
+    ) -> Result<Table<'a, K, V>, TableError> {
+        Table::open(table, &self.tables)
     }
 
     /// Opens a declared window store of this partition for the current record.

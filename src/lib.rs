@@ -24,6 +24,7 @@
 )]
 #![deny(unsafe_code)] // audited exceptions: `consumer::poll_loop::has_member_id`, `consumer::commit::commit_queued`
 
+mod batch;
 pub mod changelog;
 pub mod codec;
 pub mod config;
@@ -35,6 +36,7 @@ mod offset;
 pub mod output;
 mod partition;
 pub mod state;
+pub mod table;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod timer;
@@ -53,3 +55,4 @@ pub use handler::{
 pub use observe::{RebalanceListener, RestoreListener, Stats, StatsSnapshot};
 pub use output::Output;
 pub use state::{StateError, Store, StoreDef};
+pub use table::{Table, TableDef, TableError};

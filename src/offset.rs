@@ -111,6 +111,12 @@ pub(crate) struct PartitionProgress {
     pub(crate) restore_total: AtomicU64,
     pub(crate) restore_done: AtomicU64,
     pub(crate) restore_started: std::sync::OnceLock<std::time::Instant>,
+    /// Table bootstrap progress: records to read in all, and read so far.
+    pub(crate) table_total: AtomicU64,
+    pub(crate) table_done: AtomicU64,
+    /// Table records read by the bootstrap at assignment, and its rate (f64 bits).
+    pub(crate) table_bootstrapped: AtomicU64,
+    pub(crate) table_rate_bits: AtomicU64,
 }
 
 impl Default for PartitionProgress {
@@ -143,6 +149,10 @@ impl Default for PartitionProgress {
             restore_total: AtomicU64::new(0),
             restore_done: AtomicU64::new(0),
             restore_started: std::sync::OnceLock::new(),
+            table_total: AtomicU64::new(0),
+            table_done: AtomicU64::new(0),
+            table_bootstrapped: AtomicU64::new(0),
+            table_rate_bits: AtomicU64::new(0),
         }
     }
 }

@@ -52,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::observe::{NoopListener, StatsInner};
 use crate::offset::PartitionProgress;
-use crate::partition::batch::RecordBatch;
+use crate::batch::RecordBatch;
 use crate::partition::worker::{Shared, StopSignal, Worker};
 use crate::state::{MemoryLog, StateEnv, StoreDef};
 
@@ -188,6 +188,7 @@ pub struct TestDriver<KC: Codec, VC: Codec, H> {
     /// What Kafka would hold as the committed offset: the last durable one.
     committed: i64,
     dir: tempfile::TempDir,
+    tables: Option<tables::DriverTables>,
 }
 
 impl<KC: Codec, VC: Codec, H> std::fmt::Debug for TestDriver<KC, VC, H> {
@@ -232,12 +233,20 @@ where
             log: Arc::new(log.clone()),
             listener: Arc::new(NoopListener),
         });
+        let (tables, table_env) = match config.tables.is_empty() {
+            true => (None, None),
+            false => {
+                let (tables, env) = tables::DriverTables::new(&config, capture.clone())?;
+                (Some(tables), Some(env))
+            }
+        };
         let shared = Arc::new(Shared {
             config,
             key_codec,
             value_codec,
             handler,
             state_env,
+            tables: table_env,
             producer: Some(capture.clone() as Arc<dyn RecordSink>),
             stats: Arc::new(StatsInner::default()),
             failures: failures_tx,
@@ -253,6 +262,7 @@ where
             next_offset: 0,
             committed: 0,
             dir,
+            tables,
         };
         driver.start().await?;
         Ok(driver)
@@ -325,6 +335,10 @@ where
             .collect();
         batch.push_raw(offset, key.as_deref(), value.as_deref(), &header_refs);
         batch.set_last_timestamp(timestamp);
+        if let Some(tables) = &mut self.tables {
+            // Handed over together with the record: the worker orders them by time.
+            tables.deliver();
+        }
         let Some(running) = &self.running else {
             return Ok(());
         };
@@ -598,5 +612,6 @@ impl<KC: Codec, VC: Codec, H> Drop for TestDriver<KC, VC, H> {
     }
 }
 
+mod tables;
 #[cfg(test)]
 mod tests;

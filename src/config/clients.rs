@@ -140,6 +140,15 @@ impl ConsumerConfig {
         c
     }
 
+    /// The reader of table topics while the consumer runs: outside any group, never
+    /// committing. Short fetch waits keep table updates close behind their topic.
+    pub(crate) fn table_consumer(&self) -> ClientConfig {
+        let mut c = self.restore_consumer();
+        c.set("group.id", format!("{}.tables", self.group_id))
+            .set("fetch.wait.max.ms", "100");
+        c
+    }
+
     /// Admin client for changelog topics.
     pub(crate) fn admin(&self) -> ClientConfig {
         self.base_client()
@@ -204,6 +213,8 @@ impl fmt::Debug for ConsumerConfig {
             .field("retry", &self.retry)
             .field("state_dir", &self.state_dir)
             .field("stores", &self.stores)
+            .field("tables", &self.tables)
+            .field("table_sync_wait", &self.table_sync_wait)
             .field("flush_max_records", &self.flush_max_records)
             .field("flush_interval", &self.flush_interval)
             .field("consumer_overrides", &redacted(&self.consumer_overrides))

@@ -185,6 +185,10 @@ pub struct ConsumerConfig {
     pub(crate) retry: RetryPolicy,
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) stores: Vec<StoreSpec>,
+    pub(crate) tables: Vec<crate::table::TableSpec>,
+    /// How long an input record waits for its co-partitioned tables to confirm they hold
+    /// every update up to its timestamp.
+    pub(crate) table_sync_wait: Duration,
     pub(crate) flush_max_records: usize,
     pub(crate) flush_interval: Duration,
     pub(crate) changelog_replication: i32,

@@ -27,6 +27,10 @@ use crate::observe::{NoopListener, RebalanceListener, RestoreListener, Stats};
 use crate::partition::supervisor::Supervisor;
 use crate::partition::worker::Shared;
 use crate::state::StateEnv;
+use crate::table::{
+    check_all as check_tables, DeadLetters, GlobalTables, KafkaTableSource, TableEnv, TableFeeds,
+    TableSource,
+};
 use context::LoopContext;
 use poll_loop::PollLoop;
 
@@ -129,12 +133,10 @@ where
             }
         }
         // Changelogs, dead letters and output records: one producer for all.
-        let producer = Some(ChangelogWriter::new(&config.producer())?);
-        if let Some(writer) = &producer {
-            writer.connect().await;
-        }
-        let state_env = match (&producer, config.stores.is_empty()) {
-            (Some(writer), false) => {
+        let writer = ChangelogWriter::new(&config.producer())?;
+        writer.connect().await;
+        let state_env = match config.stores.is_empty() {
+            false => {
                 let c = config.clone();
                 let partitions = tokio::task::spawn_blocking(move || source_partition_count(&c))
                     .await
@@ -159,16 +161,33 @@ where
                     listener: self.restore_listener.clone(),
                 })
             }
-            _ => None,
+            true => None,
         };
+        let producer: Arc<dyn crate::changelog::RecordSink> = Arc::new(writer);
         let (failures_tx, failures_rx) = mpsc::unbounded_channel();
+        let tables = match config.tables.is_empty() {
+            true => None,
+            false => Some(
+                open_tables(
+                    &config,
+                    producer.clone(),
+                    self.restore_listener.clone(),
+                    failures_tx.clone(),
+                )
+                .await?,
+            ),
+        };
+        if let Some(env) = &tables {
+            self.stats.inner.set_global_tables(env.global.clone());
+        }
         let shared = Arc::new(Shared {
             config: config.clone(),
             key_codec: self.key_codec,
             value_codec: self.value_codec,
             handler: self.handler,
             state_env,
-            producer: producer.map(|p| Arc::new(p) as Arc<dyn crate::changelog::RecordSink>),
+            tables,
+            producer: Some(producer),
             stats: self.stats.inner.clone(),
             failures: failures_tx,
             clock_offset_ms: Default::default(),
@@ -214,6 +233,48 @@ where
             })
         })
     }
+}
+
+/// Checks the co-partitioned tables' topics against the input topics, reads the global
+/// tables to their end offsets (before any partition is handled), and starts the reader
+/// that tails every table while the consumer runs.
+async fn open_tables(
+    config: &Arc<ConsumerConfig>,
+    producer: Arc<dyn crate::changelog::RecordSink>,
+    listener: Arc<dyn RestoreListener>,
+    failures: mpsc::UnboundedSender<Error>,
+) -> Result<TableEnv> {
+    let source: Arc<dyn TableSource> = Arc::new(KafkaTableSource {
+        config: config.clone(),
+        readers: ReaderPool::new(config.clone()),
+    });
+    let runtime = tokio::runtime::Handle::current();
+    let sink = producer.clone();
+    // Called from blocking threads only (bootstraps, the table reader).
+    let dead_letters: DeadLetters = Arc::new(move |records| {
+        runtime.block_on(sink.send_records(records)).map(|_| ())
+    });
+    let (c, s, d, l) = (config.clone(), source.clone(), dead_letters.clone(), listener.clone());
+    let global = tokio::task::spawn_blocking(move || -> Result<GlobalTables> {
+        check_tables(s.as_ref(), &c)?;
+        Ok(GlobalTables::open(&c, s.as_ref(), d, l.as_ref())?)
+    })
+    .await
+    .map_err(|_| Error::Fatal {
+        code: "Panic".into(),
+        reason: "table bootstrap panicked".into(),
+    })??;
+    let global = Arc::new(global);
+    let feeds = TableFeeds::start(config, global.clone(), failures)?;
+    Ok(TableEnv {
+        config: config.clone(),
+        source,
+        feeds: Arc::new(feeds),
+        global,
+        dead_letters,
+        sink: Some(producer),
+        listener,
+    })
 }
 
 /// The first of `topics` the cluster does not know. Blocking.

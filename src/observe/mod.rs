@@ -98,6 +98,29 @@ pub struct PartitionStats {
     /// Estimated time left of the restore at its current rate; `None` when not restoring
     /// (or no rate yet).
     pub restore_eta: Option<Duration>,
+    /// Co-partitioned table records read by the bootstrap at assignment (see
+    /// [`crate::table`]), and its rate in records per second.
+    pub table_bootstrapped: u64,
+    /// See [`table_bootstrapped`](Self::table_bootstrapped).
+    pub table_bootstrap_rate: f64,
+    /// Table records left to read before the partition's first record (while bootstrapping).
+    pub table_bootstrap_remaining: u64,
+}
+
+/// Figures of one global table ([`crate::table`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GlobalTableStats {
+    /// Its topic.
+    pub topic: String,
+    /// Partitions of the topic being read.
+    pub partitions: u64,
+    /// Records read by the bootstrap at start.
+    pub bootstrapped: u64,
+    /// Records applied since.
+    pub applied: u64,
+    /// Records that could not be decoded (skipped or dead-lettered).
+    pub skipped: u64,
 }
 
 /// A point-in-time view of the consumer.
@@ -118,6 +141,8 @@ pub struct StatsSnapshot {
     pub dead_lettered: u64,
     /// Offset commits that failed, across partitions.
     pub commit_failures: u64,
+    /// Global tables, by name.
+    pub global_tables: BTreeMap<String, GlobalTableStats>,
 }
 
 #[derive(Debug, Default)]
@@ -129,9 +154,40 @@ pub(crate) struct StatsInner {
     pub(crate) pauses: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
+    global_tables: Mutex<Option<Arc<crate::table::GlobalTables>>>,
 }
 
 impl StatsInner {
+    pub(crate) fn set_global_tables(&self, tables: Arc<crate::table::GlobalTables>) {
+        *self
+            .global_tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tables);
+    }
+
+    fn global_table_stats(&self) -> BTreeMap<String, GlobalTableStats> {
+        let tables = self
+            .global_tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        tables
+            .iter()
+            .flat_map(|g| g.tables.iter())
+            .map(|t| {
+                let stats = GlobalTableStats {
+                    topic: t.spec.topic.clone(),
+                    partitions: load(&t.partitions),
+                    bootstrapped: load(&t.bootstrapped),
+                    applied: load(&t.applied),
+                    skipped: load(&t.skipped),
+                };
+                (t.spec.name.clone(), stats)
+            })
+            .collect()
+    }
+
     fn partitions(
         &self,
     ) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), Arc<PartitionProgress>>> {
@@ -227,6 +283,10 @@ impl Stats {
                     restore_done: load(&p.restore_done),
                     restore_total: load(&p.restore_total),
                     restore_eta: restore_eta(p),
+                    table_bootstrapped: load(&p.table_bootstrapped),
+                    table_bootstrap_rate: f64::from_bits(load(&p.table_rate_bits)),
+                    table_bootstrap_remaining: load(&p.table_total)
+                        .saturating_sub(load(&p.table_done)),
                 };
                 (tp.clone(), stats)
             })
@@ -239,6 +299,7 @@ impl Stats {
             pauses: load(&inner.pauses),
             dead_lettered: load(&inner.dead_lettered),
             commit_failures: load(&inner.commit_failures),
+            global_tables: inner.global_table_stats(),
         }
     }
 }

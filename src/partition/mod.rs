@@ -2,7 +2,6 @@
 //! handler for one partition ([`worker`]), and the supervisor that starts and stops workers
 //! on rebalances ([`supervisor`]).
 
-pub(crate) mod batch;
 pub(crate) mod policy;
 pub(crate) mod router;
 pub(crate) mod supervisor;

@@ -3,7 +3,7 @@
 
 use std::any::Any;
 
-use super::batch::{RawRecord, RecordBatch};
+use crate::batch::{RawRecord, RecordBatch};
 use crate::changelog::OutRecord;
 use crate::codec::CodecError;
 use crate::error::Error;
@@ -98,34 +98,11 @@ pub(crate) fn dead_letter(
     raw: &RawRecord,
     failure: &Failure,
 ) -> OutRecord {
-    let mut headers: Vec<(String, Vec<u8>)> = batch
-        .headers(raw)
-        .map(|(k, v)| (k.to_string(), v.unwrap_or_default().to_vec()))
-        .collect();
-    headers.extend([
-        ("ks.error.topic".to_string(), topic.as_bytes().to_vec()),
-        (
-            "ks.error.partition".to_string(),
-            partition.to_string().into_bytes(),
-        ),
-        (
-            "ks.error.offset".to_string(),
-            raw.offset.to_string().into_bytes(),
-        ),
-        (
-            "ks.error.kind".to_string(),
-            failure.kind().as_bytes().to_vec(),
-        ),
-        (
-            "ks.error.message".to_string(),
-            failure.message().into_bytes(),
-        ),
-    ]);
-    OutRecord {
-        topic: dead_letter_topic.to_string(),
-        partition: -1, // RD_KAFKA_PARTITION_UA: the producer's partitioner decides
-        key: batch.key(raw).map(<[u8]>::to_vec),
-        value: batch.value(raw).map(<[u8]>::to_vec),
-        headers,
-    }
+    batch.dead_letter(
+        raw,
+        dead_letter_topic,
+        (topic, partition),
+        failure.kind(),
+        &failure.message(),
+    )
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use rdkafka::message::BorrowedMessage;
 use tokio::sync::mpsc;
 
-use super::batch::RecordBatch;
+use crate::batch::RecordBatch;
 use crate::offset::PartitionProgress;
 
 /// A topic and partition.

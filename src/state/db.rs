@@ -397,6 +397,37 @@ impl PartitionDb {
         self.db.write(wb).map_err(self.db_err())
     }
 
+    /// A partition metadata value written with [`write_with_meta`](Self::write_with_meta)
+    /// or [`write_entries`](Self::write_entries).
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.db
+            .get_cf(self.cf(META_CF)?, key)
+            .map_err(self.db_err())
+    }
+
+    /// Writes `entries` of one store (`None` deletes) and metadata in one atomic batch;
+    /// without the write-ahead log unless `logged` (see
+    /// [`write_unlogged`](Self::write_unlogged) for what a crash then loses).
+    pub(crate) fn write_entries<'a>(
+        &self,
+        store: usize,
+        entries: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        meta: &[(&str, Vec<u8>)],
+        logged: bool,
+    ) -> Result<(), StateError> {
+        let mut wb = self.batch(StateBatch::default(), meta)?;
+        let cf = self.cf(&self.stores[store])?;
+        for (key, value) in entries {
+            match value {
+                Some(v) => wb.put_cf(cf, key, v),
+                None => wb.delete_cf(cf, key),
+            }
+        }
+        let mut options = WriteOptions::default();
+        options.disable_wal(!logged);
+        self.db.write_opt(wb, &options).map_err(self.db_err())
+    }
+
     /// Applies `batch` atomically without the write-ahead log, for restores: a crash loses
     /// the latest of these batches whole (data and checkpoint together), and the restore
     /// resumes from an earlier checkpoint. Call [`sync`](Self::sync) when the restore ends.

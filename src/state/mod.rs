@@ -59,7 +59,6 @@ mod sim;
 mod store;
 pub mod ttl;
 
-#[cfg(any(test, feature = "testing"))]
 pub(crate) use db::PartitionDb;
 pub use log::MemoryLog;
 #[cfg(any(test, feature = "testing"))]

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::batch::{RawRecord, RecordBatch};
+use crate::batch::{RawRecord, RecordBatch};
 use super::policy::{dead_letter, panic_message, Failure};
 use super::router::QueueGauge;
 use crate::changelog::RecordSink;
@@ -30,6 +30,7 @@ use crate::timer::{Owner, TimeKind, Timer};
 
 mod flush;
 mod records;
+mod tables;
 mod timers;
 
 use flush::{finished, InFlight};
@@ -41,6 +42,8 @@ pub(crate) struct Shared<KC, VC, H> {
     pub(crate) value_codec: VC,
     pub(crate) handler: H,
     pub(crate) state_env: Option<StateEnv>,
+    /// Tables (co-partitioned and global), when declared.
+    pub(crate) tables: Option<crate::table::TableEnv>,
     /// Where dead letters go.
     pub(crate) producer: Option<Arc<dyn RecordSink>>,
     pub(crate) stats: Arc<StatsInner>,
@@ -129,12 +132,16 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     /// Records seen, for sampling the handler-duration histogram.
     sampled: u64,
     handler_duration: metrics::Histogram,
+    /// The partition's co-partitioned tables (and the global ones' reads).
+    tables: Option<crate::table::PartitionTables>,
 }
 
 /// What woke the worker.
 enum Event {
     Flushed(Result<crate::state::FlushDone, crate::StateError>),
     Batch(Option<RecordBatch>),
+    /// Table updates arrived.
+    Tables,
     Tick,
     /// Time to look for due wall-clock timers.
     WallTick,
@@ -172,6 +179,7 @@ where
             flush_started: Instant::now(),
             sampled: 0,
             handler_duration: crate::observe::metrics::handler_histogram(&topic_label, partition),
+            tables: None,
         }
     }
 
@@ -214,6 +222,9 @@ where
         let Some(mut ctx) = self.open_state().await? else {
             return Ok(()); // revoked while restoring
         };
+        if !self.open_tables(&mut ctx).await? {
+            return Ok(()); // revoked while bootstrapping tables
+        }
         self.run_hook(Hook::Assigned, &mut ctx).await?;
         self.progress.ready.store(true, Ordering::Release);
         let flush_interval = self.shared.config.flush_interval;
@@ -234,6 +245,9 @@ where
             let event = tokio::select! {
                 biased;
                 done = finished(&mut self.in_flight) => Event::Flushed(done),
+                // Table updates first: handed over before an input record, they are ordered
+                // with it by time (see `tables_arrived`).
+                () = tables::arrived(&mut self.tables) => Event::Tables,
                 batch = rx.recv() => Event::Batch(batch),
                 _ = ticker.tick() => Event::Tick,
                 _ = wall_ticker.tick(), if has_timers => Event::WallTick,
@@ -254,6 +268,7 @@ where
                         self.start_flush(&mut ctx).await?;
                     }
                 }
+                Event::Tables => self.tables_arrived(&rx).await?,
                 Event::Tick => {
                     if self.last_flush.elapsed() >= flush_interval {
                         self.start_flush(&mut ctx).await?;

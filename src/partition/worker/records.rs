@@ -70,6 +70,7 @@ where
         ctx: &mut PartitionContext,
     ) -> Result<(Outcome, bool), Error> {
         let offset = raw.offset;
+        self.align_tables(raw).await?;
         if offset < self.skip_below {
             // Its effect is already in the restored state: applying it again would double it.
             self.progress.skipped.fetch_add(1, Ordering::Relaxed);

@@ -7,6 +7,8 @@
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
+use crate::changelog::OutRecord;
+
 /// Bytes accounted per record on top of its key, value and headers (the record's own
 /// fields and its share of the batch), for the queue budgets.
 pub(crate) const RECORD_OVERHEAD: usize = 64;
@@ -122,6 +124,42 @@ impl RecordBatch {
             .iter()
             .flat_map(|hs| hs.iter())
             .map(|(k, v)| (k.as_str(), self.slice(*v)))
+    }
+
+    /// The raw record `r` with `ks.error.*` headers saying where it came from and why it
+    /// failed, for a dead-letter topic.
+    pub(crate) fn dead_letter(
+        &self,
+        r: &RawRecord,
+        dead_letter_topic: &str,
+        (topic, partition): (&str, i32),
+        kind: &str,
+        message: &str,
+    ) -> OutRecord {
+        let mut headers: Vec<(String, Vec<u8>)> = self
+            .headers(r)
+            .map(|(k, v)| (k.to_string(), v.unwrap_or_default().to_vec()))
+            .collect();
+        headers.extend([
+            ("ks.error.topic".to_string(), topic.as_bytes().to_vec()),
+            (
+                "ks.error.partition".to_string(),
+                partition.to_string().into_bytes(),
+            ),
+            (
+                "ks.error.offset".to_string(),
+                r.offset.to_string().into_bytes(),
+            ),
+            ("ks.error.kind".to_string(), kind.as_bytes().to_vec()),
+            ("ks.error.message".to_string(), message.as_bytes().to_vec()),
+        ]);
+        OutRecord {
+            topic: dead_letter_topic.to_string(),
+            partition: -1, // RD_KAFKA_PARTITION_UA: the producer's partitioner decides
+            key: self.key(r).map(<[u8]>::to_vec),
+            value: self.value(r).map(<[u8]>::to_vec),
+            headers,
+        }
     }
 
     /// Accounted size of one record, for the queue budgets.

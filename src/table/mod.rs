@@ -1,0 +1,355 @@
+//! Tables: reference data the handler reads, kept locally from a compacted topic.
+//!
+//! The other half of local state: where a [store](crate::StoreDef) holds what the handler
+//! *computes*, a table holds what it *looks up* — an order service's customers, a
+//! product catalogue. A [`TableDef`] names a topic keyed like the lookups (say, customer id);
+//! the library reads that topic into RocksDB and the handler reads it with
+//! [`PartitionContext::table`](crate::PartitionContext::table). The topic is the table's
+//! changelog: nothing else is written, and updating the table means producing to its topic
+//! (a record with a value sets a key, a record without one — a tombstone — deletes it).
+//!
+//! # Co-partitioned tables
+//!
+//! Declared with [`ConsumerConfigBuilder::table`](crate::ConsumerConfigBuilder::table). For
+//! each input partition `p` this consumer owns, it keeps partition `p` of the table topic,
+//! read by the library's own reader (the table topic is not subscribed by the group). So the
+//! table topic must have as many partitions as every input topic, and both must be produced
+//! with the same partitioner, so that a customer's orders and the customer land in the same
+//! partition number (`run()` checks the counts at start and on every assignment; the
+//! partitioner it cannot check: see the README).
+//!
+//! - **Bootstrap.** No record of input partition `p` is handled before table partition `p` was
+//!   read up to its end offset as it was at the assignment. A restart with the state
+//!   directory intact reads only what was added since the local checkpoint; a new owner
+//!   reads the whole partition, in batches written without RocksDB's write-ahead log (as
+//!   restores are), then synced.
+//! - **Time alignment while running.** Before an input record with timestamp `t` is handled,
+//!   the fetched table updates of its partition with a timestamp `≤ t` are applied, in offset
+//!   order: the lower timestamp goes first, as in Kafka Streams. When no input record waits,
+//!   fetched updates are applied at once. An update is never applied retroactively: an
+//!   order handled before its customer's update was fetched saw the older customer.
+//!   [`table_sync_wait`](crate::ConsumerConfigBuilder::table_sync_wait) (default 0: do not
+//!   wait) makes an input record wait up to that long until the table reader has confirmed
+//!   that it holds every update that was in the table topic when the record's time had come
+//!   — so an update produced before an order is applied before that order, even when the
+//!   order was fetched first.
+//! - **Crash safety.** Each applied batch of table records is written to RocksDB together
+//!   with the table's checkpoint (its next offset), so after a crash the table equals the
+//!   topic up to the checkpoint and only the rest is read.
+//! - **Bad records.** A table record whose key or value the table's codecs cannot decode goes
+//!   to the [`ErrorPolicy`](crate::ErrorPolicy), during the bootstrap as while running:
+//!   `Fail` stops `run()` with [`TableError::BadRecord`] naming topic, partition and offset;
+//!   `Skip` leaves it out (logged, counted as skipped); `DeadLetter` produces it to the
+//!   dead-letter topic with `ks.error.*` headers.
+//!
+//! # Global tables
+//!
+//! Declared with [`ConsumerConfigBuilder::global_table`](crate::ConsumerConfigBuilder::global_table):
+//! every member reads *every* partition of the topic into one local store, fully (to the
+//! end offsets at start) before any input partition is handled, then keeps reading it;
+//! every partition's handler can read it. For small reference data that is not keyed like
+//! the input (a currency table, feature flags). Updates are applied as they are read, not
+//! aligned with input time. Partitions added to the topic later are picked up.
+//!
+//! # Storage
+//!
+//! Co-partitioned tables of input partition `p` of topic `t` live in one RocksDB at
+//! `<state_dir>/<group>/<t>-<p>.tables/` (a column family per table), global tables at
+//! `<state_dir>/<group>/global.<table>/`. Values are kept as produced and decoded on read;
+//! lookups encode the key with the table's key codec, which must give the bytes the table
+//! topic's producer wrote (use the same codec on both sides).
+
+mod align;
+mod bootstrap;
+mod feed;
+mod global;
+mod source;
+mod store;
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::changelog::ChangelogError;
+use crate::codec::{Codec, CodecError};
+use crate::state::StateError;
+
+pub(crate) use align::{check_all, FeedRegistry, PartitionTables, TableEnv};
+pub(crate) use feed::{FeedSink, TableFeeds};
+pub(crate) use global::{DeadLetters, GlobalTables};
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use source::MemoryTableSource;
+pub(crate) use source::{KafkaTableSource, TableSource};
+pub(crate) use store::{TableReads, TableStore};
+
+/// A table declaration: a name (its local store), the topic it is read from, and codecs for
+/// keys and values. Declare it on the builder with
+/// [`table`](crate::ConsumerConfigBuilder::table) or
+/// [`global_table`](crate::ConsumerConfigBuilder::global_table) and read it with
+/// [`PartitionContext::table`](crate::PartitionContext::table). Cheap to clone.
+///
+/// ```
+/// use kafka_stateful::codec::{Json, Utf8};
+/// use kafka_stateful::table::TableDef;
+/// #[derive(serde::Deserialize, serde::Serialize)]
+/// struct Customer { name: String }
+/// let customers: TableDef<String, Customer> = TableDef::new("customers", "customers", Utf8, Json::new());
+/// assert_eq!(customers.topic(), "customers");
+/// ```
+pub struct TableDef<K: Send + 'static, V: Send + 'static> {
+    name: Arc<str>,
+    topic: Arc<str>,
+    key: Arc<dyn Codec<Item = K>>,
+    value: Arc<dyn Codec<Item = V>>,
+}
+
+impl<K: Send + 'static, V: Send + 'static> Clone for TableDef<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            topic: self.topic.clone(),
+            key: self.key.clone(),
+            value: self.value.clone(),
+        }
+    }
+}
+
+impl<K: Send + 'static, V: Send + 'static> fmt::Debug for TableDef<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableDef")
+            .field("name", &self.name)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Send + 'static, V: Send + 'static> TableDef<K, V> {
+    /// A table called `name` (letters, digits, `.`, `_`, `-`: it names a local directory or
+    /// column family) holding the latest value per key of `topic`.
+    pub fn new(
+        name: &str,
+        topic: &str,
+        key: impl Codec<Item = K>,
+        value: impl Codec<Item = V>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            topic: topic.into(),
+            key: Arc::new(key),
+            value: Arc::new(value),
+        }
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The topic the table is read from.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub(crate) fn spec(&self, global: bool) -> TableSpec {
+        let (key, value) = (self.key.clone(), self.value.clone());
+        TableSpec {
+            name: self.name.to_string(),
+            topic: self.topic.to_string(),
+            format: format!(
+                "table;topic={};key={};value={};version=1",
+                self.topic,
+                self.key.name(),
+                self.value.name()
+            ),
+            global,
+            check: Arc::new(move |k: Option<&[u8]>, v: Option<&[u8]>| {
+                k.map(|k| key.decode(k)).transpose()?;
+                v.map(|v| value.decode(v)).transpose()?;
+                Ok(())
+            }),
+        }
+    }
+
+    /// Encodes a key as the table topic holds it (the test driver pipes records).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn encode_key(&self, key: &K) -> Result<Vec<u8>, CodecError> {
+        self.key.encode(key)
+    }
+
+    /// Encodes a value as the table topic holds it.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn encode_value(&self, value: &V) -> Result<Vec<u8>, CodecError> {
+        self.value.encode(value)
+    }
+
+    /// Decodes a raw table entry (the test driver reads tables back).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn decode(&self, key: &[u8], value: &[u8]) -> Result<(K, V), CodecError> {
+        Ok((self.key.decode(key)?, self.value.decode(value)?))
+    }
+}
+
+/// Decodes a table record's key and value to find out whether they are valid, without
+/// knowing their types.
+type RecordCheck =
+    Arc<dyn Fn(Option<&[u8]>, Option<&[u8]>) -> Result<(), CodecError> + Send + Sync>;
+
+/// A table as declared in the configuration.
+#[derive(Clone)]
+pub(crate) struct TableSpec {
+    pub(crate) name: String,
+    pub(crate) topic: String,
+    /// Codec names, topic and version, recorded in the local store.
+    pub(crate) format: String,
+    pub(crate) global: bool,
+    pub(crate) check: RecordCheck,
+}
+
+impl fmt::Debug for TableSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableSpec")
+            .field("name", &self.name)
+            .field("topic", &self.topic)
+            .field("global", &self.global)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TableSpec {
+    pub(crate) fn store_spec(&self) -> crate::state::StoreSpec {
+        crate::state::StoreSpec {
+            name: self.name.clone(),
+            format: self.format.clone(),
+            expiry: None,
+        }
+    }
+}
+
+/// A table could not be read, checked or kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TableError {
+    /// A handler read a table that was not declared on the builder.
+    #[error("table {0:?} was not declared with ConsumerConfigBuilder::table or global_table")]
+    Unknown(String),
+    /// The table topic does not exist.
+    #[error("topic {topic} of table {table} does not exist")]
+    TopicMissing {
+        /// The table.
+        table: String,
+        /// Its topic.
+        topic: String,
+    },
+    /// A co-partitioned table's topic has another partition count than an input topic: the
+    /// table partition of an input partition would hold other keys than its records.
+    #[error(
+        "table {table}: topic {table_topic} has {table_partitions} partitions but input topic \
+         {input_topic} has {input_partitions}; a co-partitioned table needs the same partition \
+         count (and the same partitioner) as every input topic — repartition one of them, or \
+         declare the table with global_table"
+    )]
+    CoPartitioning {
+        /// The table.
+        table: String,
+        /// Its topic.
+        table_topic: String,
+        /// The table topic's partition count.
+        table_partitions: usize,
+        /// The input topic.
+        input_topic: String,
+        /// The input topic's partition count.
+        input_partitions: usize,
+    },
+    /// A table record's key or value could not be decoded and the error policy is `Fail`.
+    #[error("table record {topic}/{partition}@{offset} cannot be decoded: {source}")]
+    BadRecord {
+        /// The table topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The record's offset; the table stops before it.
+        offset: i64,
+        /// The codec's error.
+        source: CodecError,
+    },
+    /// A key could not be encoded, or a stored value decoded, on a read.
+    #[error("table {table}: {source}")]
+    Codec {
+        /// The table.
+        table: String,
+        /// The codec's error.
+        source: CodecError,
+    },
+    /// The table's local store failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Reading the table topic (or dead-lettering one of its records) failed.
+    #[error(transparent)]
+    Read(#[from] ChangelogError),
+}
+
+/// A typed view of a table for the current record; see the [module docs](self).
+pub struct Table<'a, K: Send + 'static, V: Send + 'static> {
+    def: &'a TableDef<K, V>,
+    reads: store::TableRef<'a>,
+}
+
+impl<K: Send + 'static, V: Send + 'static> fmt::Debug for Table<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table")
+            .field("name", &self.def.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, K: Send + 'static, V: Send + 'static> Table<'a, K, V> {
+    pub(crate) fn open(def: &'a TableDef<K, V>, reads: &'a TableReads) -> Result<Self, TableError> {
+        let reads = reads
+            .find(&def.name)
+            .ok_or_else(|| TableError::Unknown(def.name.to_string()))?;
+        Ok(Self { def, reads })
+    }
+
+    fn codec_err(&self) -> impl Fn(CodecError) -> TableError + '_ {
+        |source| TableError::Codec {
+            table: self.def.name.to_string(),
+            source,
+        }
+    }
+
+    /// The latest value of `key` in the table, if any.
+    ///
+    /// # Errors
+    /// Codec or RocksDB errors.
+    pub fn get(&self, key: &K) -> Result<Option<V>, TableError> {
+        let key = self.def.key.encode(key).map_err(self.codec_err())?;
+        self.reads
+            .get_with(&key, |v| self.def.value.decode(v))?
+            .transpose()
+            .map_err(self.codec_err())
+    }
+
+    /// Entries whose *encoded* key starts with `prefix`, in encoded-key order (meaningful
+    /// with [`Utf8`](crate::codec::Utf8) or [`RawBytes`](crate::codec::RawBytes) keys).
+    /// Collects into memory: keep prefixes selective.
+    ///
+    /// # Errors
+    /// Codec or RocksDB errors.
+    pub fn prefix(&self, prefix: &[u8]) -> Result<Vec<(K, V)>, TableError> {
+        self.reads
+            .prefix(prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                Ok((
+                    self.def.key.decode(&k).map_err(self.codec_err())?,
+                    self.def.value.decode(&v).map_err(self.codec_err())?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// The meta key of a table partition's checkpoint (its next offset).
+fn checkpoint_key(table: &str, partition: i32) -> String {
+    format!("table/{table}/{partition}")
+}
+
