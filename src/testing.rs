@@ -560,6 +560,13 @@ where
             .map_or(0, |r| r.progress.restored_records.load(Ordering::Relaxed))
     }
 
+    /// Co-partitioned table records the current worker's bootstrap read.
+    pub fn table_bootstrapped(&self) -> u64 {
+        self.running
+            .as_ref()
+            .map_or(0, |r| r.progress.table_bootstrapped.load(Ordering::Relaxed))
+    }
+
     /// Records skipped (bad input under `ErrorPolicy::Skip`, or already in restored state)
     /// by the current worker.
     pub fn skipped(&self) -> u64 {

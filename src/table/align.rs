@@ -64,6 +64,14 @@ struct Feed {
     buffered: VecDeque<(RecordBatch, usize)>,
 }
 
+impl Feed {
+    /// The timestamp of the next update to apply, if one is buffered and has one.
+    fn head_time(&self) -> Option<i64> {
+        let (batch, from) = self.buffered.front()?;
+        batch.records.get(*from)?.timestamp
+    }
+}
+
 /// The tables of one input partition.
 pub(crate) struct PartitionTables {
     store: Option<Arc<TableStore>>,
@@ -77,6 +85,9 @@ pub(crate) struct PartitionTables {
     sink: Option<Arc<dyn RecordSink>>,
     /// Bad table records skipped or dead-lettered while running.
     pub(crate) bad: u64,
+    /// The highest timestamp of the input records aligned so far (-1: none yet): updates up
+    /// to it apply while no input waits.
+    input_time: i64,
 }
 
 impl std::fmt::Debug for PartitionTables {
@@ -221,6 +232,7 @@ impl PartitionTables {
             policy: env.config.error_policy.clone(),
             sink: env.sink.clone(),
             bad: 0,
+            input_time: -1,
         }
     }
 
@@ -261,10 +273,12 @@ impl PartitionTables {
         }
     }
 
-    /// Applies every update handed over (no input record waits for them).
-    pub(crate) async fn apply_all(&mut self) -> Result<(), TableError> {
+    /// While no input record waits: applies the updates handed over that are not later
+    /// than the input so far. Later ones wait for an input record that reaches their time,
+    /// so that the lower timestamp goes first even when the update was fetched first.
+    pub(crate) async fn apply_idle(&mut self) -> Result<(), TableError> {
         self.receive();
-        self.apply_until(None).await
+        self.apply_until(Some(self.input_time)).await
     }
 
     /// Before an input record with timestamp `t`: applies the updates handed over with a
@@ -275,8 +289,11 @@ impl PartitionTables {
             return Ok(());
         }
         self.receive();
-        if let (Some(t), false) = (t, self.sync_wait.is_zero()) {
-            self.wait_confirmed(t).await;
+        if let Some(t) = t {
+            self.input_time = self.input_time.max(t);
+            if !self.sync_wait.is_zero() {
+                self.wait_confirmed(t).await;
+            }
         }
         self.apply_until(t).await
     }
@@ -287,6 +304,11 @@ impl PartitionTables {
         for i in 0..self.feeds.len() {
             let state = self.feeds[i].receiver.state.clone();
             while state.confirmed_ms.load(Ordering::Acquire) < t {
+                // An update later than `t` is buffered: what follows it in the topic applies
+                // after it anyway, so there is nothing to wait for.
+                if self.feeds[i].head_time().is_some_and(|ts| ts > t) {
+                    break;
+                }
                 let notified = state.confirmed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
@@ -298,6 +320,7 @@ impl PartitionTables {
                     tracing::debug!(partition = self.partition, t, "table_sync_wait passed before the table reader confirmed");
                     return;
                 }
+                self.receive();
             }
         }
         // Everything confirmed was sent before the confirmation.
@@ -305,7 +328,8 @@ impl PartitionTables {
     }
 
     /// Applies buffered updates in offset order while their timestamp is `≤ t` (all of them
-    /// for `None`), each table's run in one RocksDB batch with its checkpoint.
+    /// for `None`; an update without a timestamp always), each table's run in one RocksDB
+    /// batch with its checkpoint.
     async fn apply_until(&mut self, t: Option<i64>) -> Result<(), TableError> {
         let Some(store) = self.store.clone() else {
             return Ok(());
@@ -322,6 +346,7 @@ impl PartitionTables {
                         (Some(t), Some(ts)) => ts <= t,
                         _ => true,
                     })
+                    .take(4096) // bounded RocksDB batches
                     .count();
                 if due == 0 {
                     break;

@@ -348,6 +348,9 @@ impl<'a, K: Send + 'static, V: Send + 'static> Table<'a, K, V> {
     }
 }
 
+#[cfg(test)]
+mod driven;
+
 /// The meta key of a table partition's checkpoint (its next offset).
 fn checkpoint_key(table: &str, partition: i32) -> String {
     format!("table/{table}/{partition}")

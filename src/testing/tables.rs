@@ -34,20 +34,6 @@ impl DriverFeeds {
             }
         }
     }
-
-    /// Whether every update handed over was applied.
-    fn drained(&self) -> bool {
-        self.sinks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .all(|(_, _, sink)| {
-                sink.state
-                    .queued_bytes
-                    .load(std::sync::atomic::Ordering::Acquire)
-                    == 0
-            })
-    }
 }
 
 /// The driver's tables.
@@ -121,7 +107,7 @@ where
     /// Produces a record to `table`'s topic (partition 0, the driver's partition). A global
     /// table applies it at once; a co-partitioned one gets it with the next input record,
     /// ordered by timestamp as the consumer orders them (an update without a timestamp goes
-    /// first), or before the table is read.
+    /// first).
     ///
     /// # Errors
     /// The table's codecs' errors; for a global table, its error policy's.
@@ -175,7 +161,9 @@ where
         Ok(())
     }
 
-    /// Every entry of `table`, decoded, in encoded-key order; piped updates applied first.
+    /// Every entry of `table`, decoded, in encoded-key order, as a restart sees it: with every
+    /// piped update (the partition is stopped, started — which reads the table topic to its
+    /// end — and stopped again to read the store).
     ///
     /// # Errors
     /// RocksDB and codec errors.
@@ -195,10 +183,9 @@ where
         let entries = match global {
             Some(store) => store.entries(0)?,
             None => {
-                self.tables()?.deliver();
-                let feeds = self.tables()?.feeds.clone();
-                self.wait("piped table records to be applied", || feeds.drained())
-                    .await?;
+                self.tables()?.pending.clear(); // the restart reads them from the topic
+                self.stop_gracefully().await?;
+                self.start().await?;
                 self.stop_gracefully().await?;
                 let config = self.shared.config.clone();
                 let specs: Vec<_> = config.tables.iter().filter(|t| !t.global).cloned().collect();

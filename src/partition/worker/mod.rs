@@ -264,6 +264,8 @@ where
                     if matches!(outcome?, Outcome::Cancelled) {
                         break;
                     }
+                    // Caught up with the input: table updates held back for it apply now.
+                    self.tables_arrived(&rx).await?;
                     if self.flush_due(&ctx) {
                         self.start_flush(&mut ctx).await?;
                     }

@@ -62,8 +62,9 @@ where
         Ok(())
     }
 
-    /// Table updates arrived: applied at once unless input records wait (those apply them
-    /// in time order).
+    /// Table updates arrived, or the input was caught up with: while no input record waits,
+    /// the updates not later than the input so far apply (see
+    /// [`PartitionTables::apply_idle`]).
     pub(super) async fn tables_arrived(
         &mut self,
         input: &mpsc::UnboundedReceiver<RecordBatch>,
@@ -71,7 +72,7 @@ where
         if let Some(tables) = self.tables.as_mut() {
             if input.is_empty() {
                 let bad = tables.bad;
-                tables.apply_all().await?;
+                tables.apply_idle().await?;
                 self.count_bad_table_records(bad);
             }
         }
