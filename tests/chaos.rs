@@ -40,6 +40,9 @@ const CHILDREN: usize = 3;
 const DEFAULT_ROUNDS: u64 = 8;
 const INITIAL_RECORDS: usize = 8000;
 const RECORDS_PER_ROUND: usize = 6000;
+/// Weights per key in the table before the first child starts, and new weights per round.
+const WEIGHT_VERSIONS: usize = 50;
+const WEIGHT_UPDATES_PER_ROUND: usize = 100;
 /// Kill delays are uniform in `0..MAX_DELAY_MS` after the victim was seen processing.
 const MAX_DELAY_MS: u64 = 1000;
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
@@ -68,7 +71,7 @@ async fn chaos_child() {
         delay: Some(Duration::from_millis(1)),
         delay_every: 3,
         probe: Some(probe.clone()),
-        ..CountSum::default()
+        ..CountSum::new(&topic)
     };
     let consumer =
         StatefulConsumer::new(config(&topic, &group, &instance, &dir), Utf8, Utf8, handler);
@@ -157,8 +160,10 @@ async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
         changelog_topic(&group_id, "counts"),
         changelog_topic(&group_id, "sums"),
     ];
-    common::create_topic(&topic, PARTITIONS).await;
+    common::create_workload_topics(&topic, PARTITIONS).await;
     let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
+    let mut weights = common::Weights::new(PARTITIONS, KEYS, seed);
+    common::produce(&common::weights_topic(&topic), &weights.all(WEIGHT_VERSIONS)).await;
     common::produce(&topic, &workload.batch(INITIAL_RECORDS)).await;
 
     let mut group = Group {
@@ -190,6 +195,11 @@ async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
             .collect();
         let produced_ms = common::now_ms();
         common::produce(&topic, &workload.batch(RECORDS_PER_ROUND)).await;
+        common::produce(
+            &common::weights_topic(&topic),
+            &weights.updates(WEIGHT_UPDATES_PER_ROUND),
+        )
+        .await;
         let ends = common::end_offsets(&topic, PARTITIONS);
         // A victim that is not seen processing (it lost its partitions meanwhile) is killed
         // all the same after the deadline; the verdict then says it was idle.
@@ -299,7 +309,7 @@ async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
     }
     common::produce(&topic, &workload.one_per_key()).await;
     let final_started = Instant::now();
-    let handler = CountSum::default();
+    let handler = CountSum::new(&topic);
     let final_dir = dir.path().join("state-final");
     let running = Running::start(StatefulConsumer::new(
         config(
@@ -329,6 +339,12 @@ async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
     assert_eq!(
         common::committed(&group_id, &topic, PARTITIONS),
         common::end_offsets(&topic, PARTITIONS)
+    );
+    let stale = weights.mismatches(&handler.weights_seen.lock().unwrap());
+    assert!(
+        stale.is_empty(),
+        "after {rounds} chaos rounds (seed {seed}), the weights table differs from its topic:\n{}",
+        stale.join("\n")
     );
     let wrong = common::state_mismatches(&workload.expected(), &handler.last.lock().unwrap());
     assert!(

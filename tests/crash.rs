@@ -13,9 +13,15 @@
 //! - *during a flush*: the changelogs hold records of a flush of the child's epoch whose
 //!   "flushed state" was never logged (it had started, and did not end).
 //!
+//! The handler also reads each record's key in a co-partitioned `weights` table, which gets
+//! new weights every round: a missing weight fails the child. Every third round deletes the
+//! child's local tables first and kills it while it reads them again (*during a table
+//! bootstrap*: the kill came after a "table bootstrap started" and before its end).
+//!
 //! Finally a consumer in this process handles one more record per key: every key's count and
-//! sum must equal those computed from the produced records (exactly once), and the committed
-//! offsets must equal the end offsets. `KS_CRASH_ROUNDS` and `KS_CRASH_SEED` override the
+//! sum must equal those computed from the produced records (exactly once), every key's
+//! weight the latest produced (the table equals its topic) with only the table's tail read,
+//! and the committed offsets must equal the end offsets. `KS_CRASH_ROUNDS` and `KS_CRASH_SEED` override the
 //! round count and the seed (printed); `KS_KEEP_DIR=1` keeps the probe files and child logs.
 
 #[path = "common/child.rs"]
@@ -23,6 +29,7 @@ mod child;
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use child::ChildTest;
@@ -39,6 +46,10 @@ const RECORDS_PER_ROUND: usize = 3000;
 /// Kill delays are uniform in `0..MAX_DELAY_MS` after the child was seen processing and
 /// having flushed.
 const MAX_DELAY_MS: u64 = 1000;
+/// Weights per key in the table at start (a table bootstrap of `KEYS ×` this many records
+/// takes long enough to be killed in), and new weights per round.
+const WEIGHT_VERSIONS: usize = 2500;
+const WEIGHT_UPDATES_PER_ROUND: usize = 40;
 const CHILD: ChildTest = ChildTest {
     name: "crash_child",
     var: "KS_CRASH_CHILD",
@@ -67,7 +78,7 @@ async fn crash_child() {
         delay: Some(Duration::from_millis(1)),
         delay_every: 3,
         probe: Some(probe),
-        ..CountSum::default()
+        ..CountSum::new(&topic)
     };
     let consumer = StatefulConsumer::new(child_config(&topic, &group, &dir), Utf8, Utf8, handler);
     consumer.run(std::future::pending()).await.unwrap();
@@ -99,11 +110,14 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
         changelog_topic(&group, "counts"),
         changelog_topic(&group, "sums"),
     ];
-    common::create_topic(&topic, PARTITIONS).await;
+    common::create_workload_topics(&topic, PARTITIONS).await;
     let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
+    let mut weights = common::Weights::new(PARTITIONS, KEYS, seed);
+    common::produce(&common::weights_topic(&topic), &weights.all(WEIGHT_VERSIONS)).await;
     common::produce(&topic, &workload.batch(INITIAL_RECORDS)).await;
 
     let (mut during_processing, mut during_flush, mut both, mut neither) = (0, 0, 0, 0);
+    let (mut bootstrap_rounds, mut during_bootstrap) = (0, 0);
     // A kill that cut a flush before all its markers were in the changelogs leaves records
     // of an unfinished flush: the next start must find them and rewrite their keys.
     let (mut repair_expected, mut repair_agrees) = (None::<bool>, 0);
@@ -112,14 +126,34 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
             .iter()
             .map(|t| common::end_offsets_or_zero(t, PARTITIONS))
             .collect();
+        let bootstrap_round = round % 3 == 2;
+        if bootstrap_round {
+            // The child reads its tables again from the topic: kill it meanwhile.
+            for p in 0..PARTITIONS {
+                let tables = Path::new(&state_dir).join(&group).join(format!("{topic}-{p}.tables"));
+                let _ = std::fs::remove_dir_all(tables);
+            }
+        }
         let mut child = CHILD.spawn(
             dir.path(),
             &round.to_string(),
             &[&topic, &group, &state_dir],
         );
         let who = format!("the child of round {round}");
-        // More input while the child starts, so every round has a backlog.
+        // More input while the child starts, so every round has a backlog, and new weights.
         common::produce(&topic, &workload.batch(RECORDS_PER_ROUND)).await;
+        common::produce(
+            &common::weights_topic(&topic),
+            &weights.updates(WEIGHT_UPDATES_PER_ROUND),
+        )
+        .await;
+        if bootstrap_round {
+            bootstrap_rounds += 1;
+            let landed = kill_during_table_bootstrap(&mut child, &who, &mut rng).await;
+            during_bootstrap += u32::from(landed);
+            println!("round {round}: tables deleted; SIGKILL during their bootstrap: {landed}");
+            continue;
+        }
         let ends = common::end_offsets(&topic, PARTITIONS);
         common::wait_until(
             "child processing and flushed at least once",
@@ -207,10 +241,15 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
         during_processing + both >= 1,
         "no kill landed while records were being processed (seed {seed})"
     );
+    println!("crash: {during_bootstrap} of {bootstrap_rounds} table bootstrap rounds killed during the bootstrap");
+    assert!(
+        bootstrap_rounds == 0 || during_bootstrap >= 1,
+        "no kill landed during a table bootstrap (seed {seed})"
+    );
 
     // One record per key last, so the final in-process run observes every key's state.
     common::produce(&topic, &workload.one_per_key()).await;
-    let handler = CountSum::default();
+    let handler = CountSum::new(&topic);
     let final_started = Instant::now();
     let running = Running::start(StatefulConsumer::new(
         child_config(&topic, &group, &state_dir),
@@ -224,8 +263,30 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
         || common::committed(&group, &topic, PARTITIONS) == common::end_offsets(&topic, PARTITIONS),
     )
     .await;
+    let table_read: u64 = running
+        .stats
+        .snapshot()
+        .partitions
+        .values()
+        .map(|p| p.table_bootstrapped)
+        .sum();
     running.stop().await.unwrap();
-    println!("final run: {:.1} s", final_started.elapsed().as_secs_f64());
+    println!(
+        "final run: {:.1} s; table records read at start: {table_read} of {} produced",
+        final_started.elapsed().as_secs_f64(),
+        weights.produced
+    );
+    assert!(
+        table_read < weights.produced,
+        "a restart with intact tables must read only their tail ({table_read} of {})",
+        weights.produced
+    );
+    let stale = weights.mismatches(&handler.weights_seen.lock().unwrap());
+    assert!(
+        stale.is_empty(),
+        "after {rounds} SIGKILL rounds (seed {seed}), the weights table differs from its topic:\n{}",
+        stale.join("\n")
+    );
     assert_eq!(
         common::committed(&group, &topic, PARTITIONS),
         common::end_offsets(&topic, PARTITIONS)
@@ -242,4 +303,26 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
         workload.produced.len(),
         test_started.elapsed().as_secs_f64()
     );
+}
+
+/// Waits (polling the probe every 2 ms) until the child starts reading a table partition
+/// again, SIGKILLs it 0–30 ms later, and says whether the kill landed before every table
+/// bootstrap it started had ended.
+async fn kill_during_table_bootstrap(child: &mut child::Child, who: &str, rng: &mut common::Rng) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        child.assert_alive(who);
+        let text = std::fs::read_to_string(&child.probe).unwrap_or_default();
+        if text.contains("table bootstrap started") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{who} never started a table bootstrap");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(rng.below(30))).await;
+    child.kill();
+    let text = std::fs::read_to_string(&child.probe).unwrap_or_default();
+    let started = text.matches("table bootstrap started").count();
+    let ended = text.matches("tables bootstrapped").count();
+    ended < started
 }

@@ -55,6 +55,8 @@ const PARTITIONS: i32 = 2;
 const KEYS: usize = 40;
 /// Records before A starts.
 const INITIAL_RECORDS: usize = 2000;
+/// Weights per key in the table before A starts.
+const WEIGHT_VERSIONS: usize = 10;
 /// From A's start until the zombie is killed, records arrive steadily: this many every
 /// [`FEED_EVERY`] (2000/s), so A is processing and flushing when it is frozen and B when A
 /// is resumed.
@@ -89,7 +91,7 @@ async fn zombie_child() {
     zombie::init_zombie_tracing(probe.clone());
     let handler = CountSum {
         probe: Some(probe.clone()),
-        ..CountSum::default()
+        ..CountSum::new(&topic)
     };
     let consumer =
         StatefulConsumer::new(config(&topic, &group, &instance, &dir), Utf8, Utf8, handler);
@@ -115,8 +117,10 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
     ];
     let state = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let (state_a, state_b, state_c) = (state("state-a"), state("state-b"), state("state-c"));
-    common::create_topic(&topic, PARTITIONS).await;
+    common::create_workload_topics(&topic, PARTITIONS).await;
     let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
+    let mut weights = common::Weights::new(PARTITIONS, KEYS, seed);
+    common::produce(&common::weights_topic(&topic), &weights.all(WEIGHT_VERSIONS)).await;
     common::produce(&topic, &workload.batch(INITIAL_RECORDS)).await;
 
     // 1. A consumes a steady stream, flushes and commits.
@@ -171,7 +175,7 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
     // 3. B joins; after A's session expired it owns both partitions, and it processes past
     // everything produced before the freeze while A stays frozen.
     let phase = Instant::now();
-    let handler_b = CountSum::default();
+    let handler_b = CountSum::new(&topic);
     let b = Running::start(StatefulConsumer::new(
         config(&topic, &group, "zombie-b", &state_b),
         Utf8,
@@ -300,6 +304,8 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
         b_stats.commit_failures
     );
     let expected = workload.expected();
+    let stale = weights.mismatches(&handler_b.weights_seen.lock().unwrap());
+    assert!(stale.is_empty(), "weights table of B:\n{}", stale.join("\n"));
     let wrong = common::state_mismatches(&expected, &handler_b.last.lock().unwrap());
     assert!(
         wrong.is_empty(),
@@ -312,7 +318,7 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
     // the state it sees is exactly what the changelogs hold.
     let phase = Instant::now();
     common::produce(&topic, &workload.one_per_key()).await;
-    let handler_c = CountSum::default();
+    let handler_c = CountSum::new(&topic);
     let c = Running::start(StatefulConsumer::new(
         config(&topic, &group, "zombie-b", &state_c),
         Utf8,
@@ -341,6 +347,8 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
         common::end_offsets(&topic, PARTITIONS)
     );
     let expected = workload.expected();
+    let stale = weights.mismatches(&handler_c.weights_seen.lock().unwrap());
+    assert!(stale.is_empty(), "weights table of C:\n{}", stale.join("\n"));
     let wrong = common::state_mismatches(&expected, &handler_c.last.lock().unwrap());
     assert!(
         wrong.is_empty(),

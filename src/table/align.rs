@@ -170,6 +170,7 @@ impl PartitionTables {
                 } else {
                     started = true;
                     listener.on_restore_start(label, partition, total);
+                    tracing::info!(records = total, "table bootstrap started");
                 }
             };
             let mut run = Run {

@@ -53,7 +53,7 @@ pub(crate) struct Run<'a> {
 }
 
 /// Reads every part from its checkpoint to its current end offset into `store`, in batches
-/// written without the write-ahead log, then syncs. `Ok(None)`: stopped.
+/// each written atomically with its checkpoint. `Ok(None)`: stopped.
 ///
 /// # Errors
 /// [`StateError::CheckpointAhead`] (inside [`TableError::State`]) when a checkpoint lies past
@@ -120,13 +120,9 @@ pub(crate) fn bootstrap(
                 }
             },
         );
-        // Whatever was written is consistent with its checkpoint; make it durable before
-        // reporting a failure too, so a restart does not read it again.
-        let synced = store.sync();
         if !finished? {
             return Ok(None);
         }
-        synced?;
     }
     done.elapsed = started.elapsed();
     Ok(Some(done))

@@ -353,7 +353,9 @@ impl Reader {
 
     /// Starts reading partitions of global tables not read yet (new ones from offset 0).
     fn add_global(&mut self) -> Result<(), Error> {
-        for (index, topic, partition, from) in self.global.unread(&self.consumer, &self.partitions_of())? {
+        let consumer = &self.consumer;
+        let partitions_of = |topic: &str| super::global::partition_count(consumer, topic);
+        for (index, topic, partition, from) in self.global.unread(&partitions_of, &self.partitions_of())? {
             let target = Target::Global {
                 index,
                 filling: None,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+
 use super::bootstrap::{bootstrap, Bootstrapped, Part, Run, SendBlocking};
 use super::source::TableSource;
 use super::store::{sort_out, TableStore};
@@ -98,26 +99,18 @@ impl GlobalTables {
 
     /// Partitions of global tables that `known` does not hold yet, with the offset to read
     /// them from: all of them at first, then partitions added to the topics.
+    /// `partitions_of` gives a topic's partition count (`None`: unknown now).
     pub(crate) fn unread(
         &self,
-        consumer: &BaseConsumer,
+        partitions_of: &dyn Fn(&str) -> Option<usize>,
         known: &[(String, i32)],
     ) -> Result<Vec<(usize, String, i32, i64)>, Error> {
         let mut out = Vec::new();
         for (index, table) in self.tables.iter().enumerate() {
             let topic = &table.spec.topic;
-            let metadata = match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-                Ok(metadata) => metadata,
-                Err(error) => {
-                    tracing::warn!(%topic, %error, "global table: metadata unavailable");
-                    continue;
-                }
+            let Some(count) = partitions_of(topic) else {
+                continue;
             };
-            let count = metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic.as_str())
-                .map_or(0, |t| t.partitions().len());
             let before = table.partitions.swap(count as u64, Ordering::AcqRel);
             if count as u64 > before && before > 0 {
                 tracing::info!(table = %table.spec.name, %topic, from = before, to = count,
@@ -157,6 +150,21 @@ impl GlobalTables {
         match sorted.failed {
             Some(error) => Err(error.into()),
             None => Ok(()),
+        }
+    }
+}
+
+/// A topic's partition count as `consumer` sees it in the metadata; `None` when unknown.
+pub(crate) fn partition_count(consumer: &BaseConsumer, topic: &str) -> Option<usize> {
+    match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+        Ok(metadata) => metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len()),
+        Err(error) => {
+            tracing::warn!(%topic, %error, "global table: metadata unavailable");
+            None
         }
     }
 }
@@ -222,4 +230,36 @@ fn open_one(
         }
     }
     unreachable!("the second attempt returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Utf8;
+    use crate::table::{MemoryTableSource, TableDef};
+
+    #[test]
+    fn partitions_added_to_a_global_tables_topic_are_read_from_their_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let rates = TableDef::new("rates", "rates", Utf8, Utf8);
+        let config = ConsumerConfig::builder("unused:9092", "g", ["orders"])
+            .instance_id("i")
+            .state_dir(dir.path())
+            .global_table(&rates)
+            .build()
+            .unwrap();
+        let source = MemoryTableSource::new(2);
+        let none: DeadLetters = Arc::new(|_| Ok(()));
+        let tables = GlobalTables::open(&config, &source, none, &crate::observe::NoopListener).unwrap();
+        let first = tables.unread(&|_| Some(2), &[]).unwrap();
+        assert_eq!(first, vec![(0, "rates".into(), 0, 0), (0, "rates".into(), 1, 0)]);
+        let known = [("rates".to_string(), 0), ("rates".to_string(), 1)];
+        assert!(tables.unread(&|_| Some(2), &known).unwrap().is_empty());
+        assert!(tables.unread(&|_| None, &known).unwrap().is_empty(), "metadata unknown");
+        assert_eq!(
+            tables.unread(&|_| Some(3), &known).unwrap(),
+            vec![(0, "rates".into(), 2, 0)],
+            "a partition added to the topic"
+        );
+    }
 }

@@ -21,8 +21,9 @@
 //! - **Bootstrap.** No record of input partition `p` is handled before table partition `p` was
 //!   read up to its end offset as it was at the assignment. A restart with the state
 //!   directory intact reads only what was added since the local checkpoint; a new owner
-//!   reads the whole partition, in batches written without RocksDB's write-ahead log (as
-//!   restores are), then synced.
+//!   reads the whole partition, in batches of about 4 MiB, each written to RocksDB with the
+//!   table's checkpoint in one atomic batch (so a bootstrap cut short by a crash resumes
+//!   after its last batch).
 //! - **Time alignment while running.** Before an input record with timestamp `t` is handled,
 //!   the fetched table updates of its partition with a timestamp `≤ t` are applied, in offset
 //!   order: the lower timestamp goes first, as in Kafka Streams. When no input record waits,

@@ -74,11 +74,6 @@ impl TableStore {
         )
     }
 
-    /// Persists writes made without the write-ahead log.
-    pub(crate) fn sync(&self) -> Result<(), StateError> {
-        self.db.sync()
-    }
-
     /// Closes the database and deletes it (a table topic recreated under it).
     pub(crate) fn destroy(self) -> Result<(), StateError> {
         self.db.destroy()

@@ -126,7 +126,8 @@ impl Child {
     }
 }
 
-/// The [`CountSum`](super::common::CountSum) consumer (its `counts` and `sums` stores) of
+/// The [`CountSum`](super::common::CountSum) consumer (its `counts` and `sums` stores and
+/// its `weights` table) of
 /// the child-process tests, the same in a child and in the test process: static member
 /// `instance` of `group` with the state directory `dir`. Each test adds its flush and
 /// commit cadence.
@@ -141,6 +142,7 @@ pub fn count_sum_config(
         .state_dir(dir)
         .store(&common::counts_store())
         .store(&common::sums_store())
+        .table(&common::weights_table(topic))
 }
 
 /// [`count_sum_config`] for a group whose members die or freeze at any moment: a member

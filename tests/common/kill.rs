@@ -21,6 +21,10 @@ pub fn now_ms() -> u64 {
 pub struct Rng(u64);
 
 impl Rng {
+    pub fn from_seed(seed: u64) -> Self {
+        Self(seed)
+    }
+
     /// Seeded from `$var` when set, else from the clock; returns the seed too (print it).
     pub fn from_env_or_clock(var: &str) -> (Self, u64) {
         let seed = std::env::var(var)
@@ -159,24 +163,31 @@ impl Probe {
 pub const PROBE_EVERY: i64 = 50;
 
 /// Counts records per key (`counts`) and sums their numeric values (`sums`); mirrors the
-/// values it wrote per key in `last`, and writes probe lines when it has a probe.
+/// values it wrote per key in `last`, and writes probe lines when it has a probe. Reads
+/// each record's key in the `weights` table (see [`Weights`]) and remembers the weight
+/// in `weights_seen`; a record whose key has no weight fails.
 #[derive(Clone)]
 pub struct CountSum {
     pub counts: StoreDef<String, u64>,
     pub sums: StoreDef<String, u64>,
+    pub weights: kafka_stateful::table::TableDef<String, String>,
     pub last: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+    pub weights_seen: Arc<Mutex<HashMap<String, u64>>>,
     /// Sleeps `delay` on every record whose offset is a multiple of `delay_every`.
     pub delay: Option<Duration>,
     pub delay_every: i64,
     pub probe: Option<Arc<Probe>>,
 }
 
-impl Default for CountSum {
-    fn default() -> Self {
+impl CountSum {
+    /// The handler of the workload on `topic` (its weights table reads `<topic>-weights`).
+    pub fn new(topic: &str) -> Self {
         Self {
             counts: counts_store(),
             sums: sums_store(),
+            weights: weights_table(topic),
             last: Arc::default(),
+            weights_seen: Arc::default(),
             delay: None,
             delay_every: 1,
             probe: None,
@@ -192,6 +203,11 @@ impl Handler<String, String> for CountSum {
     ) -> Result<(), HandlerError> {
         let key = r.key.ok_or("record without key")?;
         let n: u64 = r.value.ok_or("record without value")?.parse()?;
+        let weight: u64 = ctx
+            .table(&self.weights)?
+            .get(&key)?
+            .ok_or_else(|| format!("no weight for {key}: the table is incomplete"))?
+            .parse()?;
         if let Some(d) = self.delay {
             if r.offset % self.delay_every.max(1) == 0 {
                 tokio::time::sleep(d).await;
@@ -209,6 +225,7 @@ impl Handler<String, String> for CountSum {
             sums.put(&key, &s)?;
             s
         };
+        self.weights_seen.lock().unwrap().insert(key.clone(), weight);
         self.last.lock().unwrap().insert(key, (count, sum));
         if let Some(probe) = &self.probe {
             if r.offset % PROBE_EVERY == 0 {
@@ -294,7 +311,8 @@ where
         event.record(&mut text);
         let keep = level <= tracing::Level::WARN
             || text.message.contains("flush")
-            || text.message.contains("restore");
+            || text.message.contains("restore")
+            || text.message.contains("bootstrap");
         if !keep {
             return;
         }

@@ -556,3 +556,6 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<ReadRecord> {
 mod kill;
 #[allow(unused_imports)]
 pub use kill::*;
+mod weights;
+#[allow(unused_imports)]
+pub use weights::*;
