@@ -111,7 +111,9 @@ pub(crate) fn bootstrap(
                 if !sorted.dead_letters.is_empty() {
                     send(sorted.dead_letters)?;
                 }
-                store.write(part.index, part.partition, &sorted.entries, sorted.next, false)?;
+                // With the write-ahead log: a bootstrap cut short by a crash resumes after its
+                // last batch instead of starting over.
+                store.write(part.index, part.partition, &sorted.entries, sorted.next, true)?;
                 done.records += batch.records.len() as u64;
                 progress(done.records, total);
                 match sorted.failed {

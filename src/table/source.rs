@@ -7,8 +7,10 @@ use crate::batch::RecordBatch;
 use crate::changelog::{partition_count, ChangelogError, ReaderPool};
 use crate::config::ConsumerConfig;
 
-/// Bootstrap reads are handed over in batches of about this many bytes.
-const READ_BATCH_BYTES: usize = 4 << 20;
+/// Bootstrap reads are handed over (and written, with their checkpoint) in batches of about
+/// this many bytes: large enough for RocksDB to write efficiently, small enough that a
+/// bootstrap cut short loses little.
+const READ_BATCH_BYTES: usize = 1 << 20;
 
 /// A table topic as the bootstrap reads it. Blocking: called on blocking threads.
 pub(crate) trait TableSource: Send + Sync + std::fmt::Debug + 'static {

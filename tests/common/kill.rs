@@ -257,6 +257,21 @@ impl Handler<String, String> for CountSum {
     }
 }
 
+/// A restore listener writing `restore-start <topic> <partition> <records>` and
+/// `restore-end <topic> <partition> <records>` lines to a probe (tables report their
+/// bootstraps here too, under the table topic).
+pub struct ProbeListener(pub Arc<Probe>);
+
+impl kafka_stateful::RestoreListener for ProbeListener {
+    fn on_restore_start(&self, topic: &str, partition: i32, records: u64) {
+        self.0.line(&format!("restore-start {topic} {partition} {records}"));
+    }
+
+    fn on_restore_end(&self, topic: &str, partition: i32, records: u64, _: Duration) {
+        self.0.line(&format!("restore-end {topic} {partition} {records}"));
+    }
+}
+
 /// A tracing layer writing the library's events to a probe: every warning and error, and
 /// the DEBUG/INFO events about flushes and restores, as `event <LEVEL>|<message>|k=v|…`.
 pub struct ProbeLayer(pub Arc<Probe>);
