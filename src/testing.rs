@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::batch::RecordBatch;
 use crate::changelog::{ChangelogError, OutRecord, RecordSink};
 use crate::codec::Codec;
 use crate::config::ConsumerConfig;
@@ -52,7 +53,6 @@ use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::observe::{NoopListener, StatsInner};
 use crate::offset::PartitionProgress;
-use crate::batch::RecordBatch;
 use crate::partition::worker::{Shared, StopSignal, Worker};
 use crate::state::{MemoryLog, StateEnv, StoreDef};
 

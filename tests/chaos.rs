@@ -163,7 +163,11 @@ async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
     common::create_workload_topics(&topic, PARTITIONS).await;
     let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
     let mut weights = common::Weights::new(PARTITIONS, KEYS, seed);
-    common::produce(&common::weights_topic(&topic), &weights.all(WEIGHT_VERSIONS)).await;
+    common::produce(
+        &common::weights_topic(&topic),
+        &weights.all(WEIGHT_VERSIONS),
+    )
+    .await;
     common::produce(&topic, &workload.batch(INITIAL_RECORDS)).await;
 
     let mut group = Group {

@@ -114,7 +114,11 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
     common::create_workload_topics(&topic, PARTITIONS).await;
     let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
     let mut weights = common::Weights::new(PARTITIONS, KEYS, seed);
-    common::produce(&common::weights_topic(&topic), &weights.all(WEIGHT_VERSIONS)).await;
+    common::produce(
+        &common::weights_topic(&topic),
+        &weights.all(WEIGHT_VERSIONS),
+    )
+    .await;
     common::produce(&topic, &workload.batch(INITIAL_RECORDS)).await;
 
     let (mut during_processing, mut during_flush, mut both, mut neither) = (0, 0, 0, 0);
@@ -132,7 +136,9 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
         if bootstrap_round {
             // The child reads its tables again from the topic: kill it meanwhile.
             for p in 0..PARTITIONS {
-                let tables = Path::new(&state_dir).join(&group).join(format!("{topic}-{p}.tables"));
+                let tables = Path::new(&state_dir)
+                    .join(&group)
+                    .join(format!("{topic}-{p}.tables"));
                 let _ = std::fs::remove_dir_all(tables);
             }
         }
@@ -318,7 +324,10 @@ async fn kill_during_table_bootstrap(
     weights: &str,
     rng: &mut common::Rng,
 ) -> bool {
-    let (start, end) = (format!("restore-start {weights} "), format!("restore-end {weights} "));
+    let (start, end) = (
+        format!("restore-start {weights} "),
+        format!("restore-end {weights} "),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         child.assert_alive(who);
@@ -326,7 +335,10 @@ async fn kill_during_table_bootstrap(
         if text.contains(&start) {
             break;
         }
-        assert!(Instant::now() < deadline, "{who} never started a table bootstrap");
+        assert!(
+            Instant::now() < deadline,
+            "{who} never started a table bootstrap"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     tokio::time::sleep(Duration::from_millis(rng.below(30))).await;

@@ -13,8 +13,8 @@ use common::{require_broker, Running};
 use kafka_stateful::codec::Utf8;
 use kafka_stateful::table::{TableDef, TableError};
 use kafka_stateful::{
-    ConsumerConfig, ConsumerConfigBuilder, Error, Handler, HandlerError, PartitionContext,
-    Record, StatefulConsumer,
+    ConsumerConfig, ConsumerConfigBuilder, Error, Handler, HandlerError, PartitionContext, Record,
+    StatefulConsumer,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
 use rdkafka::client::DefaultClientContext;
@@ -131,7 +131,10 @@ async fn the_table_is_read_before_the_first_order_and_a_warm_restart_reads_only_
     let table = TableDef::new("customers", &customers_topic, Utf8, Utf8);
     let handler = Enrich::new(&table);
     let running = Running::start(StatefulConsumer::new(
-        config(&group, &orders, dir.path(), "i-0").table(&table).build().unwrap(),
+        config(&group, &orders, dir.path(), "i-0")
+            .table(&table)
+            .build()
+            .unwrap(),
         Utf8,
         Utf8,
         handler.clone(),
@@ -160,7 +163,10 @@ async fn the_table_is_read_before_the_first_order_and_a_warm_restart_reads_only_
     produce_at(&orders, &later).await;
     let handler = Enrich::new(&table);
     let running = Running::start(StatefulConsumer::new(
-        config(&group, &orders, dir.path(), "i-0").table(&table).build().unwrap(),
+        config(&group, &orders, dir.path(), "i-0")
+            .table(&table)
+            .build()
+            .unwrap(),
         Utf8,
         Utf8,
         handler.clone(),
@@ -172,7 +178,10 @@ async fn the_table_is_read_before_the_first_order_and_a_warm_restart_reads_only_
         "a restart with intact state reads only the records added since"
     );
     for i in 0..10 {
-        assert_eq!(handler.seen(&format!("p{i}")), Some(Some(format!("renamed-{i}"))));
+        assert_eq!(
+            handler.seen(&format!("p{i}")),
+            Some(Some(format!("renamed-{i}")))
+        );
     }
     assert_eq!(handler.seen("p10"), Some(None), "the tombstone deleted c10");
     running.stop().await.unwrap();
@@ -215,7 +224,11 @@ async fn updates_are_aligned_with_orders_by_timestamp_and_never_applied_retroact
     produce_at(&customers_topic, &update("v2", t)).await;
     produce_at(&orders, &order("a", t + 1)).await;
     common::wait_until("order a", WAIT, || handler.seen("a").is_some()).await;
-    assert_eq!(handler.seen("a"), Some(Some("v2".into())), "(a) earlier update");
+    assert_eq!(
+        handler.seen("a"),
+        Some(Some("v2".into())),
+        "(a) earlier update"
+    );
 
     // (c) An update produced after an order with an earlier timestamp than that order: the
     // order keeps what it saw; the next order sees the update.
@@ -225,8 +238,16 @@ async fn updates_are_aligned_with_orders_by_timestamp_and_never_applied_retroact
     produce_at(&customers_topic, &update("v3", t - 1)).await;
     produce_at(&orders, &order("c-next", t + 1)).await;
     common::wait_until("order c-next", WAIT, || handler.seen("c-next").is_some()).await;
-    assert_eq!(handler.seen("c-first"), Some(Some("v2".into())), "(c) not retroactive");
-    assert_eq!(handler.seen("c-next"), Some(Some("v3".into())), "(c) applied next");
+    assert_eq!(
+        handler.seen("c-first"),
+        Some(Some("v2".into())),
+        "(c) not retroactive"
+    );
+    assert_eq!(
+        handler.seen("c-next"),
+        Some(Some("v3".into())),
+        "(c) applied next"
+    );
 
     // (b) An update later than the order, even produced (and fetched) first: the order does
     // not see it; an order at or after its time does.
@@ -234,7 +255,11 @@ async fn updates_are_aligned_with_orders_by_timestamp_and_never_applied_retroact
     produce_at(&customers_topic, &update("v4", t + 60_000)).await;
     produce_at(&orders, &order("b", t)).await;
     common::wait_until("order b", WAIT, || handler.seen("b").is_some()).await;
-    assert_eq!(handler.seen("b"), Some(Some("v3".into())), "(b) later update");
+    assert_eq!(
+        handler.seen("b"),
+        Some(Some("v3".into())),
+        "(b) later update"
+    );
     produce_at(&orders, &order("b-later", t + 60_000)).await;
     common::wait_until("order b-later", WAIT, || handler.seen("b-later").is_some()).await;
     assert_eq!(handler.seen("b-later"), Some(Some("v4".into())));
@@ -255,7 +280,10 @@ async fn a_table_topic_with_another_partition_count_fails_run_naming_both_topics
     common::create_topic(&customers_topic, 3).await;
     let table = TableDef::new("customers", &customers_topic, Utf8, Utf8);
     let consumer = StatefulConsumer::new(
-        config(&group, &orders, dir.path(), "i-0").table(&table).build().unwrap(),
+        config(&group, &orders, dir.path(), "i-0")
+            .table(&table)
+            .build()
+            .unwrap(),
         Utf8,
         Utf8,
         Enrich::new(&table),
@@ -266,8 +294,14 @@ async fn a_table_topic_with_another_partition_count_fails_run_naming_both_topics
     match result {
         Err(Error::Table(e @ TableError::CoPartitioning { .. })) => {
             let text = e.to_string();
-            assert!(text.contains(&orders) && text.contains(&customers_topic), "{text}");
-            assert!(text.contains("has 3 partitions") && text.contains("has 2"), "{text}");
+            assert!(
+                text.contains(&orders) && text.contains(&customers_topic),
+                "{text}"
+            );
+            assert!(
+                text.contains("has 3 partitions") && text.contains("has 2"),
+                "{text}"
+            );
         }
         other => panic!("expected a co-partitioning error, got {other:?}"),
     }
@@ -295,17 +329,26 @@ async fn a_global_table_on_two_members_sees_every_key_and_a_new_partition_of_its
     let members: Vec<(Enrich, Running)> = (0..2)
         .map(|m| {
             let handler = Enrich::new(&table);
-            let cfg = config(&group, &orders, &dir.path().join(format!("m{m}")), &format!("i-{m}"))
-                .global_table(&table)
-                .build()
-                .unwrap();
+            let cfg = config(
+                &group,
+                &orders,
+                &dir.path().join(format!("m{m}")),
+                &format!("i-{m}"),
+            )
+            .global_table(&table)
+            .build()
+            .unwrap();
             let running = Running::start(StatefulConsumer::new(cfg, Utf8, Utf8, handler.clone()));
             (handler, running)
         })
         .collect();
     common::wait_until("both members own partitions", WAIT, || {
         members.iter().all(|(_, r)| !r.assigned().is_empty())
-            && members.iter().map(|(_, r)| r.assigned().len()).sum::<usize>() == 4
+            && members
+                .iter()
+                .map(|(_, r)| r.assigned().len())
+                .sum::<usize>()
+                == 4
     })
     .await;
     // Every order key is a table key; orders land on every input partition, so both members
@@ -320,7 +363,11 @@ async fn a_global_table_on_two_members_sees_every_key_and_a_new_partition_of_its
         assert!(handler.handled() > 0, "member {m} handled nothing");
         for (order, seen) in handler.seen.lock().unwrap().iter() {
             let i: usize = order[1..].parse().unwrap();
-            assert_eq!(seen, &Some(format!("rate-{}", i % 50)), "member {m}, order {order}");
+            assert_eq!(
+                seen,
+                &Some(format!("rate-{}", i % 50)),
+                "member {m}, order {order}"
+            );
         }
     }
 
@@ -346,12 +393,23 @@ async fn a_global_table_on_two_members_sees_every_key_and_a_new_partition_of_its
     for r in added.unwrap() {
         r.unwrap();
     }
-    produce_at(&rates, &[(2, "fresh".to_string(), Some("rate-new".to_string()), now_ms())]).await;
+    produce_at(
+        &rates,
+        &[(
+            2,
+            "fresh".to_string(),
+            Some("rate-new".to_string()),
+            now_ms(),
+        )],
+    )
+    .await;
     common::wait_until("every member reads the new partition", WAIT, || {
         members.iter().all(|(_, r)| {
-            r.stats.snapshot().global_tables.get("rates").is_some_and(|g| {
-                g.partitions == 3 && g.applied >= 1
-            })
+            r.stats
+                .snapshot()
+                .global_tables
+                .get("rates")
+                .is_some_and(|g| g.partitions == 3 && g.applied >= 1)
         })
     })
     .await;

@@ -120,7 +120,11 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
     common::create_workload_topics(&topic, PARTITIONS).await;
     let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
     let mut weights = common::Weights::new(PARTITIONS, KEYS, seed);
-    common::produce(&common::weights_topic(&topic), &weights.all(WEIGHT_VERSIONS)).await;
+    common::produce(
+        &common::weights_topic(&topic),
+        &weights.all(WEIGHT_VERSIONS),
+    )
+    .await;
     common::produce(&topic, &workload.batch(INITIAL_RECORDS)).await;
 
     // 1. A consumes a steady stream, flushes and commits.
@@ -305,7 +309,11 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
     );
     let expected = workload.expected();
     let stale = weights.mismatches(&handler_b.weights_seen.lock().unwrap());
-    assert!(stale.is_empty(), "weights table of B:\n{}", stale.join("\n"));
+    assert!(
+        stale.is_empty(),
+        "weights table of B:\n{}",
+        stale.join("\n")
+    );
     let wrong = common::state_mismatches(&expected, &handler_b.last.lock().unwrap());
     assert!(
         wrong.is_empty(),
@@ -348,7 +356,11 @@ async fn a_frozen_then_resumed_zombie_neither_loses_nor_double_applies() {
     );
     let expected = workload.expected();
     let stale = weights.mismatches(&handler_c.weights_seen.lock().unwrap());
-    assert!(stale.is_empty(), "weights table of C:\n{}", stale.join("\n"));
+    assert!(
+        stale.is_empty(),
+        "weights table of C:\n{}",
+        stale.join("\n")
+    );
     let wrong = common::state_mismatches(&expected, &handler_c.last.lock().unwrap());
     assert!(
         wrong.is_empty(),

@@ -477,7 +477,8 @@ fn validate_tables(c: &ConsumerConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::Invalid {
                 name: "table topic",
                 value: table.topic.clone(),
-                reason: "two tables read the same topic: declare it once and read it from both places",
+                reason:
+                    "two tables read the same topic: declare it once and read it from both places",
             });
         }
         if c.topics.contains(&table.topic) {

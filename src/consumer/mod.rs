@@ -251,10 +251,14 @@ async fn open_tables(
     let runtime = tokio::runtime::Handle::current();
     let sink = producer.clone();
     // Called from blocking threads only (bootstraps, the table reader).
-    let dead_letters: DeadLetters = Arc::new(move |records| {
-        runtime.block_on(sink.send_records(records)).map(|_| ())
-    });
-    let (c, s, d, l) = (config.clone(), source.clone(), dead_letters.clone(), listener.clone());
+    let dead_letters: DeadLetters =
+        Arc::new(move |records| runtime.block_on(sink.send_records(records)).map(|_| ()));
+    let (c, s, d, l) = (
+        config.clone(),
+        source.clone(),
+        dead_letters.clone(),
+        listener.clone(),
+    );
     let global = tokio::task::spawn_blocking(move || -> Result<GlobalTables> {
         check_tables(s.as_ref(), &c)?;
         Ok(GlobalTables::open(&c, s.as_ref(), d, l.as_ref())?)

@@ -136,7 +136,12 @@ impl PartitionTables {
         on_progress: &dyn Fn(u64, u64),
     ) -> Result<Option<(Self, Bootstrapped)>, TableError> {
         let config = &env.config;
-        let specs: Vec<TableSpec> = config.tables.iter().filter(|t| !t.global).cloned().collect();
+        let specs: Vec<TableSpec> = config
+            .tables
+            .iter()
+            .filter(|t| !t.global)
+            .cloned()
+            .collect();
         let mut reads = TableReads {
             partition: None,
             global: env.global.reads(),
@@ -166,7 +171,12 @@ impl PartitionTables {
             let mut progress = |done: u64, total: u64| {
                 on_progress(done, total);
                 if started {
-                    listener.on_restore_progress(label, partition, done, total.saturating_sub(done));
+                    listener.on_restore_progress(
+                        label,
+                        partition,
+                        done,
+                        total.saturating_sub(done),
+                    );
                 } else {
                     started = true;
                     listener.on_restore_start(label, partition, total);
@@ -181,7 +191,9 @@ impl PartitionTables {
                 progress: &mut progress,
             };
             match bootstrap(&store, &parts, &mut run) {
-                Err(TableError::State(error @ StateError::CheckpointAhead { .. })) if attempt == 0 => {
+                Err(TableError::State(error @ StateError::CheckpointAhead { .. }))
+                    if attempt == 0 =>
+                {
                     tracing::warn!(%error, "local tables do not match their topics (recreated?): reading them again");
                     store.destroy()?;
                 }
@@ -189,7 +201,11 @@ impl PartitionTables {
                 Ok(None) => return Ok(None),
                 Ok(Some(done)) => {
                     listener.on_restore_end(label, partition, done.records, done.elapsed);
-                    tracing::info!(records = done.records, rate = done.rate(), "tables bootstrapped");
+                    tracing::info!(
+                        records = done.records,
+                        rate = done.rate(),
+                        "tables bootstrapped"
+                    );
                     let store = Arc::new(store);
                     reads.partition = Some(store.clone());
                     let mut tables = Self::running(Some(store), specs, partition, env, reads);
@@ -262,7 +278,10 @@ impl PartitionTables {
             return std::future::pending().await;
         }
         let (batch, index) = {
-            let recv = self.feeds.iter_mut().map(|f| Box::pin(f.receiver.rx.recv()));
+            let recv = self
+                .feeds
+                .iter_mut()
+                .map(|f| Box::pin(f.receiver.rx.recv()));
             let (batch, index, _) = futures::future::select_all(recv).await;
             (batch, index)
         };
@@ -317,8 +336,15 @@ impl PartitionTables {
                 if state.confirmed_ms.load(Ordering::Acquire) >= t {
                     break;
                 }
-                if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
-                    tracing::debug!(partition = self.partition, t, "table_sync_wait passed before the table reader confirmed");
+                if tokio::time::timeout_at(deadline.into(), notified)
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(
+                        partition = self.partition,
+                        t,
+                        "table_sync_wait passed before the table reader confirmed"
+                    );
                     return;
                 }
                 self.receive();
@@ -362,12 +388,24 @@ impl PartitionTables {
                     };
                     sink.send_records(sorted.dead_letters).await?;
                 }
-                store.write(feed.index, self.partition, &sorted.entries, sorted.next, true)?;
+                store.write(
+                    feed.index,
+                    self.partition,
+                    &sorted.entries,
+                    sorted.next,
+                    true,
+                )?;
                 if let Some(error) = sorted.failed {
                     return Err(error);
                 }
-                let bytes: usize = batch.records[from..to].iter().map(|r| batch.record_bytes(r)).sum();
-                feed.receiver.state.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                let bytes: usize = batch.records[from..to]
+                    .iter()
+                    .map(|r| batch.record_bytes(r))
+                    .sum();
+                feed.receiver
+                    .state
+                    .queued_bytes
+                    .fetch_sub(bytes, Ordering::AcqRel);
                 if to == batch.records.len() {
                     feed.buffered.pop_front();
                 } else if let Some(front) = feed.buffered.front_mut() {
@@ -412,8 +450,16 @@ fn check_copartitioned(
 }
 
 /// Checks co-partitioning of every input topic at start.
-pub(crate) fn check_all(source: &dyn TableSource, config: &ConsumerConfig) -> Result<(), TableError> {
-    let specs: Vec<TableSpec> = config.tables.iter().filter(|t| !t.global).cloned().collect();
+pub(crate) fn check_all(
+    source: &dyn TableSource,
+    config: &ConsumerConfig,
+) -> Result<(), TableError> {
+    let specs: Vec<TableSpec> = config
+        .tables
+        .iter()
+        .filter(|t| !t.global)
+        .cloned()
+        .collect();
     if specs.is_empty() {
         return Ok(());
     }

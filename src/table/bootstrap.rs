@@ -86,7 +86,10 @@ pub(crate) fn bootstrap(
         }
         plans.push((checkpoint.max(low), high));
     }
-    let total: u64 = plans.iter().map(|(from, to)| (to - from).max(0) as u64).sum();
+    let total: u64 = plans
+        .iter()
+        .map(|(from, to)| (to - from).max(0) as u64)
+        .sum();
     let mut done = Bootstrapped::default();
     (run.progress)(0, total);
     for (part, &(from, to)) in parts.iter().zip(&plans) {
@@ -106,14 +109,26 @@ pub(crate) fn bootstrap(
             (from, to),
             *stop,
             &mut |batch| {
-                let sorted = sort_out(part.spec, part.partition, batch, 0..batch.records.len(), policy);
+                let sorted = sort_out(
+                    part.spec,
+                    part.partition,
+                    batch,
+                    0..batch.records.len(),
+                    policy,
+                );
                 done.bad += sorted.skipped + sorted.dead_letters.len() as u64;
                 if !sorted.dead_letters.is_empty() {
                     send(sorted.dead_letters)?;
                 }
                 // With the write-ahead log: a bootstrap cut short by a crash resumes after its
                 // last batch instead of starting over.
-                store.write(part.index, part.partition, &sorted.entries, sorted.next, true)?;
+                store.write(
+                    part.index,
+                    part.partition,
+                    &sorted.entries,
+                    sorted.next,
+                    true,
+                )?;
                 done.records += batch.records.len() as u64;
                 progress(done.records, total);
                 match sorted.failed {

@@ -3,7 +3,9 @@
 
 use crate::codec::{Bincode, Utf8};
 use crate::testing::{TestDriver, TestRecord};
-use crate::{ConsumerConfig, ErrorPolicy, Handler, HandlerError, PartitionContext, Record, StoreDef};
+use crate::{
+    ConsumerConfig, ErrorPolicy, Handler, HandlerError, PartitionContext, Record, StoreDef,
+};
 
 use super::TableDef;
 
@@ -78,15 +80,20 @@ async fn updates_apply_in_timestamp_order_with_the_orders_and_tombstones_delete(
     let mut d = driver(false, ErrorPolicy::Fail).await;
     let (customers, _) = defs();
     // Earlier than the order: applied before it.
-    d.pipe_table(&customers, customer("c1", "Ada", 100)).unwrap();
+    d.pipe_table(&customers, customer("c1", "Ada", 100))
+        .unwrap();
     d.send(order("c1", "o1", 200)).await.unwrap();
     // Later than the next order: that order still sees Ada; the one after sees Grace.
-    d.pipe_table(&customers, customer("c1", "Grace", 300)).unwrap();
+    d.pipe_table(&customers, customer("c1", "Grace", 300))
+        .unwrap();
     d.send(order("c1", "o2", 250)).await.unwrap();
     d.send(order("c1", "o3", 350)).await.unwrap();
     // A tombstone deletes the customer.
-    d.pipe_table(&customers, TestRecord::tombstone("c1".to_string()).timestamp(400))
-        .unwrap();
+    d.pipe_table(
+        &customers,
+        TestRecord::tombstone("c1".to_string()).timestamp(400),
+    )
+    .unwrap();
     d.send(order("c1", "o4", 450)).await.unwrap();
     assert_eq!(
         seen(&mut d).await,
@@ -110,7 +117,11 @@ async fn a_restart_reads_only_the_tail_and_a_lost_disk_reads_the_whole_topic() {
     d.crash().await.unwrap();
     assert_eq!(d.table_bootstrapped(), 0, "intact state: nothing to read");
     d.lose_disk().await.unwrap();
-    assert_eq!(d.table_bootstrapped(), 10, "no local state: the whole topic");
+    assert_eq!(
+        d.table_bootstrapped(),
+        10,
+        "no local state: the whole topic"
+    );
     assert_eq!(d.read_table(&customers).await.unwrap(), expected);
     d.send(order("c3", "o1", 20)).await.unwrap();
     assert_eq!(seen(&mut d).await, pairs(&[("o1", "n3")]));
@@ -127,7 +138,10 @@ async fn bad_table_records_follow_the_error_policy() {
     d.pipe_table(&customers, customer("c2", "Bob", 2)).unwrap();
     d.send(order("c2", "o1", 5)).await.unwrap();
     assert_eq!(d.skipped(), 1);
-    assert_eq!(d.read_table(&customers).await.unwrap(), pairs(&[("c2", "Bob")]));
+    assert_eq!(
+        d.read_table(&customers).await.unwrap(),
+        pairs(&[("c2", "Bob")])
+    );
     assert_eq!(seen(&mut d).await, pairs(&[("o1", "Bob")]));
 
     let mut d = driver(false, ErrorPolicy::DeadLetter("dlq".into())).await;
@@ -155,7 +169,8 @@ async fn bad_table_records_follow_the_error_policy() {
 async fn a_global_table_is_read_at_once_and_kept_across_restarts() {
     let mut d = driver(true, ErrorPolicy::Fail).await;
     let (customers, _) = defs();
-    d.pipe_table(&customers, customer("c1", "Ada", 100)).unwrap();
+    d.pipe_table(&customers, customer("c1", "Ada", 100))
+        .unwrap();
     d.send(order("c1", "o1", 50)).await.unwrap();
     d.crash().await.unwrap();
     d.send(order("c1", "o2", 60)).await.unwrap();

@@ -325,7 +325,13 @@ impl Reader {
         Ok(())
     }
 
-    fn start(&mut self, topic: String, partition: i32, from: i64, target: Target) -> Result<(), Error> {
+    fn start(
+        &mut self,
+        topic: String,
+        partition: i32,
+        from: i64,
+        target: Target,
+    ) -> Result<(), Error> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, partition, Offset::Offset(from))?;
         self.consumer.incremental_assign(&tpl)?;
@@ -355,7 +361,9 @@ impl Reader {
     fn add_global(&mut self) -> Result<(), Error> {
         let consumer = &self.consumer;
         let partitions_of = |topic: &str| super::global::partition_count(consumer, topic);
-        for (index, topic, partition, from) in self.global.unread(&partitions_of, &self.partitions_of())? {
+        for (index, topic, partition, from) in
+            self.global.unread(&partitions_of, &self.partitions_of())?
+        {
             let target = Target::Global {
                 index,
                 filling: None,

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-
 use super::bootstrap::{bootstrap, Bootstrapped, Part, Run, SendBlocking};
 use super::source::TableSource;
 use super::store::{sort_out, TableStore};
@@ -19,8 +18,11 @@ use crate::observe::RestoreListener;
 use crate::state::StateError;
 
 /// Dead letters sent from a blocking thread; see [`SendBlocking`].
-pub(crate) type DeadLetters =
-    Arc<dyn Fn(Vec<crate::changelog::OutRecord>) -> Result<(), crate::changelog::ChangelogError> + Send + Sync>;
+pub(crate) type DeadLetters = Arc<
+    dyn Fn(Vec<crate::changelog::OutRecord>) -> Result<(), crate::changelog::ChangelogError>
+        + Send
+        + Sync,
+>;
 
 /// One global table.
 #[derive(Debug)]
@@ -70,7 +72,15 @@ impl GlobalTables {
                 });
             };
             let path = global_dir(config, &spec.name);
-            let (store, done) = open_one(&path, spec, partitions, config, source, &*dead_letters, listener)?;
+            let (store, done) = open_one(
+                &path,
+                spec,
+                partitions,
+                config,
+                source,
+                &*dead_letters,
+                listener,
+            )?;
             tracing::info!(table = %spec.name, topic = %spec.topic, partitions, records = done.records,
                 rate = done.rate(), "global table ready");
             tables.push(GlobalTable {
@@ -131,12 +141,24 @@ impl GlobalTables {
     /// # Errors
     /// A bad record under `ErrorPolicy::Fail` ([`TableError::BadRecord`]), dead-letter and
     /// RocksDB errors.
-    pub(crate) fn apply(&self, index: usize, partition: i32, batch: &RecordBatch) -> Result<(), Error> {
+    pub(crate) fn apply(
+        &self,
+        index: usize,
+        partition: i32,
+        batch: &RecordBatch,
+    ) -> Result<(), Error> {
         let table = &self.tables[index];
-        let sorted = sort_out(&table.spec, partition, batch, 0..batch.records.len(), &self.policy);
-        table
-            .skipped
-            .fetch_add(sorted.skipped + sorted.dead_letters.len() as u64, Ordering::Relaxed);
+        let sorted = sort_out(
+            &table.spec,
+            partition,
+            batch,
+            0..batch.records.len(),
+            &self.policy,
+        );
+        table.skipped.fetch_add(
+            sorted.skipped + sorted.dead_letters.len() as u64,
+            Ordering::Relaxed,
+        );
         if !sorted.dead_letters.is_empty() {
             (self.dead_letters)(sorted.dead_letters).map_err(TableError::from)?;
         }
@@ -250,12 +272,19 @@ mod tests {
             .unwrap();
         let source = MemoryTableSource::new(2);
         let none: DeadLetters = Arc::new(|_| Ok(()));
-        let tables = GlobalTables::open(&config, &source, none, &crate::observe::NoopListener).unwrap();
+        let tables =
+            GlobalTables::open(&config, &source, none, &crate::observe::NoopListener).unwrap();
         let first = tables.unread(&|_| Some(2), &[]).unwrap();
-        assert_eq!(first, vec![(0, "rates".into(), 0, 0), (0, "rates".into(), 1, 0)]);
+        assert_eq!(
+            first,
+            vec![(0, "rates".into(), 0, 0), (0, "rates".into(), 1, 0)]
+        );
         let known = [("rates".to_string(), 0), ("rates".to_string(), 1)];
         assert!(tables.unread(&|_| Some(2), &known).unwrap().is_empty());
-        assert!(tables.unread(&|_| None, &known).unwrap().is_empty(), "metadata unknown");
+        assert!(
+            tables.unread(&|_| None, &known).unwrap().is_empty(),
+            "metadata unknown"
+        );
         assert_eq!(
             tables.unread(&|_| Some(3), &known).unwrap(),
             vec![(0, "rates".into(), 2, 0)],

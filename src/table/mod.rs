@@ -26,9 +26,12 @@
 //!   after its last batch).
 //! - **Time alignment while running.** Before an input record with timestamp `t` is handled,
 //!   the fetched table updates of its partition with a timestamp `≤ t` are applied, in offset
-//!   order: the lower timestamp goes first, as in Kafka Streams. When no input record waits,
-//!   fetched updates are applied at once. An update is never applied retroactively: an
-//!   order handled before its customer's update was fetched saw the older customer.
+//!   order; a later update waits for an input record that reaches its time: the lower
+//!   timestamp goes first, as in Kafka Streams, even when the update was fetched first. While
+//!   no input record waits, the updates not later than the input so far are applied. An
+//!   update is never applied retroactively: an order handled before its customer's update
+//!   was fetched saw the older customer. (A restart or a new owner reads the table to its
+//!   end first, whatever the timestamps.)
 //!   [`table_sync_wait`](crate::ConsumerConfigBuilder::table_sync_wait) (default 0: do not
 //!   wait) makes an input record wait up to that long until the table reader has confirmed
 //!   that it holds every update that was in the table topic when the record's time had come
@@ -356,4 +359,3 @@ mod driven;
 fn checkpoint_key(table: &str, partition: i32) -> String {
     format!("table/{table}/{partition}")
 }
-

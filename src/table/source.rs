@@ -114,7 +114,12 @@ impl MemoryTableSource {
         let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
         let log = topics.entry((topic.to_string(), partition)).or_default();
         let mut batch = RecordBatch::default();
-        batch.push_raw(log.len() as i64, record.1.as_deref(), record.2.as_deref(), &[]);
+        batch.push_raw(
+            log.len() as i64,
+            record.1.as_deref(),
+            record.2.as_deref(),
+            &[],
+        );
         batch.set_last_timestamp(record.0);
         log.push(record);
         batch

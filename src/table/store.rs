@@ -24,7 +24,11 @@ pub(crate) struct TableStore {
 impl TableStore {
     /// Opens (creating if needed) the tables' database at `path`, waiting up to `wait` for
     /// this process to release it. A damaged database is rebuilt by reading the topics again.
-    pub(crate) fn open(path: &Path, specs: &[TableSpec], wait: Duration) -> Result<Self, StateError> {
+    pub(crate) fn open(
+        path: &Path,
+        specs: &[TableSpec],
+        wait: Duration,
+    ) -> Result<Self, StateError> {
         let stores: Vec<_> = specs.iter().map(TableSpec::store_spec).collect();
         Ok(Self {
             db: PartitionDb::open(path, &stores, wait)?,
@@ -41,13 +45,15 @@ impl TableStore {
         let key = checkpoint_key(&self.names[table], partition);
         match self.db.meta(&key)? {
             None => Ok(0),
-            Some(bytes) => bytes
-                .try_into()
-                .map(i64::from_be_bytes)
-                .map_err(|_| StateError::CorruptMetadata {
-                    path: self.db.path().to_path_buf(),
-                    reason: format!("checkpoint {key} is not 8 bytes"),
-                }),
+            Some(bytes) => {
+                bytes
+                    .try_into()
+                    .map(i64::from_be_bytes)
+                    .map_err(|_| StateError::CorruptMetadata {
+                        path: self.db.path().to_path_buf(),
+                        reason: format!("checkpoint {key} is not 8 bytes"),
+                    })
+            }
         }
     }
 
@@ -129,10 +135,10 @@ pub(crate) fn sort_out<'b>(
         let (key, value) = (batch.key(r), batch.value(r));
         let checked = match key {
             None => Err(CodecError::new("table", "record without a key")),
-            Some(_) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                (spec.check)(key, value)
-            }))
-            .unwrap_or_else(|_| Err(CodecError::new("table", "codec panicked"))),
+            Some(_) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (spec.check)(key, value)))
+                    .unwrap_or_else(|_| Err(CodecError::new("table", "codec panicked")))
+            }
         };
         match (checked, policy) {
             (Ok(()), _) => sorted.entries.push((key.unwrap_or_default(), value)),

@@ -117,13 +117,17 @@ where
         record: TestRecord<K, V>,
     ) -> Result<()> {
         let key = record.key.as_ref().map(|k| table.encode_key(k)).transpose();
-        let value = record.value.as_ref().map(|v| table.encode_value(v)).transpose();
-        let (key, value) = key
-            .and_then(|k| Ok((k, value?)))
-            .map_err(|source| crate::table::TableError::Codec {
+        let value = record
+            .value
+            .as_ref()
+            .map(|v| table.encode_value(v))
+            .transpose();
+        let (key, value) = key.and_then(|k| Ok((k, value?))).map_err(|source| {
+            crate::table::TableError::Codec {
                 table: table.name().to_string(),
                 source,
-            })?;
+            }
+        })?;
         self.pipe_table_raw(table.name(), key, value, record.timestamp)
     }
 
@@ -147,7 +151,9 @@ where
             .cloned()
             .ok_or_else(|| crate::table::TableError::Unknown(table.to_string()))?;
         let tables = self.tables()?;
-        let batch = tables.source.append(&spec.topic, 0, (timestamp, key, value));
+        let batch = tables
+            .source
+            .append(&spec.topic, 0, (timestamp, key, value));
         if spec.global {
             let index = tables
                 .global
@@ -188,7 +194,12 @@ where
                 self.start().await?;
                 self.stop_gracefully().await?;
                 let config = self.shared.config.clone();
-                let specs: Vec<_> = config.tables.iter().filter(|t| !t.global).cloned().collect();
+                let specs: Vec<_> = config
+                    .tables
+                    .iter()
+                    .filter(|t| !t.global)
+                    .cloned()
+                    .collect();
                 let index = specs
                     .iter()
                     .position(|t| t.name == table.name())

@@ -225,7 +225,10 @@ impl Handler<String, String> for CountSum {
             sums.put(&key, &s)?;
             s
         };
-        self.weights_seen.lock().unwrap().insert(key.clone(), weight);
+        self.weights_seen
+            .lock()
+            .unwrap()
+            .insert(key.clone(), weight);
         self.last.lock().unwrap().insert(key, (count, sum));
         if let Some(probe) = &self.probe {
             if r.offset % PROBE_EVERY == 0 {
@@ -264,11 +267,13 @@ pub struct ProbeListener(pub Arc<Probe>);
 
 impl kafka_stateful::RestoreListener for ProbeListener {
     fn on_restore_start(&self, topic: &str, partition: i32, records: u64) {
-        self.0.line(&format!("restore-start {topic} {partition} {records}"));
+        self.0
+            .line(&format!("restore-start {topic} {partition} {records}"));
     }
 
     fn on_restore_end(&self, topic: &str, partition: i32, records: u64, _: Duration) {
-        self.0.line(&format!("restore-end {topic} {partition} {records}"));
+        self.0
+            .line(&format!("restore-end {topic} {partition} {records}"));
     }
 }
 

@@ -52,7 +52,11 @@ impl Weights {
         self.next += 1;
         self.produced += 1;
         self.latest.insert(key.clone(), weight);
-        ((k % self.partitions as usize) as i32, key, weight.to_string())
+        (
+            (k % self.partitions as usize) as i32,
+            key,
+            weight.to_string(),
+        )
     }
 
     /// `versions` weights for every key, the last one being its latest: a table whose

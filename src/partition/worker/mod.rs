@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::batch::{RawRecord, RecordBatch};
 use super::policy::{dead_letter, panic_message, Failure};
 use super::router::QueueGauge;
+use crate::batch::{RawRecord, RecordBatch};
 use crate::changelog::RecordSink;
 use crate::codec::{Codec, CodecError};
 use crate::config::{ConsumerConfig, ErrorPolicy};

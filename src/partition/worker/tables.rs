@@ -25,7 +25,12 @@ where
                 progress.table_total.store(total, Ordering::Relaxed);
                 progress.table_done.store(done, Ordering::Relaxed);
             };
-            PartitionTables::open(&env, (&topic, partition), &|| stop.is_stopped(), &on_progress)
+            PartitionTables::open(
+                &env,
+                (&topic, partition),
+                &|| stop.is_stopped(),
+                &on_progress,
+            )
         })
         .await
         .map_err(|e| Error::WorkerPanicked {
