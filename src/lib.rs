@@ -29,6 +29,7 @@ pub mod changelog;
 pub mod codec;
 pub mod config;
 mod consumer;
+mod context;
 mod error;
 mod handler;
 pub mod observe;

@@ -4,10 +4,8 @@
 //! worker owns an [`OffsetTracker`] (which records may count as done) and publishes the
 //! durable position through [`PartitionProgress`]; the poll loop reads it and commits.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-
-use crate::partition::router::QueueGauge;
 
 use crate::state::replay::SourcePosition;
 
@@ -41,6 +39,21 @@ impl OffsetTracker {
     /// timestamp of the record before it. `None` until something finished.
     pub(crate) fn committable(&self) -> Option<SourcePosition> {
         self.last
+    }
+}
+
+/// What one partition's queue holds; the router adds, the worker subtracts.
+#[derive(Debug, Default)]
+pub(crate) struct QueueGauge {
+    pub(crate) bytes: AtomicUsize,
+    pub(crate) records: AtomicUsize,
+}
+
+impl QueueGauge {
+    /// The worker took records out (processed or dropped them).
+    pub(crate) fn taken(&self, records: usize, bytes: usize) {
+        self.records.fetch_sub(records, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
 

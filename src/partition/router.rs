@@ -11,32 +11,17 @@
 //! librdkafka's bursts when the handler keeps up.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rdkafka::message::BorrowedMessage;
 use tokio::sync::mpsc;
 
 use crate::batch::RecordBatch;
-use crate::offset::PartitionProgress;
+use crate::offset::{PartitionProgress, QueueGauge};
 
 /// A topic and partition.
 pub(crate) type TopicPartition = (String, i32);
-
-/// What one partition's queue holds; the router adds, the worker subtracts.
-#[derive(Debug, Default)]
-pub(crate) struct QueueGauge {
-    pub(crate) bytes: AtomicUsize,
-    pub(crate) records: AtomicUsize,
-}
-
-impl QueueGauge {
-    /// The worker took records out (processed or dropped them).
-    pub(crate) fn taken(&self, records: usize, bytes: usize) {
-        self.records.fetch_sub(records, Ordering::AcqRel);
-        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
-    }
-}
 
 /// Queue budgets.
 #[derive(Debug, Clone, Copy)]

@@ -1,11 +1,10 @@
 //! Closing a window: its close timer's key, the entries handed to
-//! [`Handler::on_window_closed`], and their deletion.
+//! [`Handler::on_window_closed`](crate::Handler::on_window_closed), and their deletion.
 
 use std::sync::Arc;
 
 use super::{start_of, start_prefix, Window, WindowDef};
 use crate::codec::CodecError;
-use crate::handler::{Handler, HandlerError, PartitionContext};
 use crate::state::{KeyValues, PartitionState};
 
 /// The key of a window's close timer: store name, then window start.
@@ -23,7 +22,8 @@ pub(super) fn parse_close_key(key: &[u8]) -> Option<(String, i64)> {
     Some((store, start_of(key.get(1 + len..)?)?))
 }
 
-/// A window that closed: its final entries, as [`Handler::on_window_closed`] gets them.
+/// A window that closed: its final entries, as
+/// [`Handler::on_window_closed`](crate::Handler::on_window_closed) gets them.
 #[derive(Debug, Clone)]
 pub struct ClosedWindow {
     /// The window store's name.
@@ -61,42 +61,46 @@ impl ClosedWindow {
     }
 }
 
-/// Closes a window whose close timer fired: the handler's callback, then every entry
-/// deleted (staged with the timer's firing).
-pub(crate) async fn close<K, V, H: Handler<K, V>>(
-    handler: &H,
+/// A window whose close timer fired: its final entries (handed to
+/// [`Handler::on_window_closed`](crate::Handler::on_window_closed)) and its store's index.
+/// `None` when its store is no longer declared.
+///
+/// # Errors
+/// A malformed timer key, RocksDB errors.
+pub(crate) fn closing(
+    state: &PartitionState,
     key: &[u8],
     at: i64,
-    ctx: &mut PartitionContext,
-) -> Result<(), HandlerError> {
-    let (store, start) = parse_close_key(key).ok_or("malformed window close timer")?;
-    let Some(state) = ctx.state_mut() else {
-        return Ok(());
-    };
+) -> Result<Option<(ClosedWindow, usize)>, crate::StateError> {
+    let (store, start) = parse_close_key(key).ok_or_else(|| crate::StateError::CorruptMetadata {
+        path: std::path::PathBuf::new(),
+        reason: "malformed window close timer".into(),
+    })?;
     let Some(index) = state.store_index(&store) else {
-        // The window store is no longer declared: nothing to close.
-        return Ok(());
+        return Ok(None);
     };
-    let prefix = start_prefix(start);
-    let entries = Arc::new(state.prefix(index, &prefix)?);
+    let entries = Arc::new(state.prefix(index, &start_prefix(start))?);
     let window = Window {
         start,
         end: window_end(state, index, start).unwrap_or(at),
     };
-    let closed = ClosedWindow {
-        store,
-        window,
-        entries: entries.clone(),
-    };
-    handler.on_window_closed(closed, ctx).await?;
-    if let Some(state) = ctx.state_mut() {
-        // Usually the only owner left (unless the callback kept the `ClosedWindow`).
-        let entries = Arc::try_unwrap(entries).unwrap_or_else(|shared| (*shared).clone());
-        for (k, _) in entries {
-            state.write(index, k, None);
-        }
+    Ok(Some((
+        ClosedWindow {
+            store,
+            window,
+            entries,
+        },
+        index,
+    )))
+}
+
+/// Stages the deletion of every entry of a closed window (with its timer's firing).
+pub(crate) fn delete_closed(state: &mut PartitionState, index: usize, closed: ClosedWindow) {
+    // Usually the only owner left (unless the callback kept a clone of the `ClosedWindow`).
+    let entries = Arc::try_unwrap(closed.entries).unwrap_or_else(|shared| (*shared).clone());
+    for (k, _) in entries {
+        state.write(index, k, None);
     }
-    Ok(())
 }
 
 /// A window's end, from its store's declared size.

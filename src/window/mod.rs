@@ -42,7 +42,7 @@ mod driven;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use close::close;
+pub(crate) use close::{closing, delete_closed};
 use close::close_key;
 pub use close::ClosedWindow;
 

@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::policy::{dead_letter, panic_message, Failure};
-use super::router::QueueGauge;
 use crate::batch::{RawRecord, RecordBatch};
 use crate::changelog::RecordSink;
 use crate::codec::{Codec, CodecError};
@@ -24,7 +23,7 @@ use crate::config::{ConsumerConfig, ErrorPolicy};
 use crate::error::Error;
 use crate::handler::{Handler, PartitionContext, Record};
 use crate::observe::StatsInner;
-use crate::offset::{OffsetTracker, PartitionProgress};
+use crate::offset::{OffsetTracker, PartitionProgress, QueueGauge};
 use crate::state::{PartitionState, StateEnv};
 use crate::timer::{Owner, TimeKind, Timer};
 

@@ -31,9 +31,7 @@ where
                         }
                     }
                 }
-                Owner::Window => crate::window::close(&self.shared.handler, &key, at, ctx)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Owner::Window => self.close_window(&key, at, ctx).await,
                 Owner::Expiry => {
                     let now = match kind {
                         TimeKind::Stream => ctx.stream_time(),
@@ -78,6 +76,33 @@ where
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Closes a window whose close timer fired: the handler's callback with its final
+    /// entries, then their deletion (staged with the firing).
+    async fn close_window(
+        &self,
+        key: &[u8],
+        at: i64,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), String> {
+        let closing = match ctx.state() {
+            Some(state) => crate::window::closing(state, key, at).map_err(|e| e.to_string())?,
+            None => None,
+        };
+        let Some((closed, index)) = closing else {
+            return Ok(()); // the window store is no longer declared
+        };
+        let call = self.shared.handler.on_window_closed(closed.clone(), ctx);
+        match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(payload) => return Err(format!("panicked: {}", panic_message(payload.as_ref()))),
+        }
+        if let Some(state) = ctx.state_mut() {
+            crate::window::delete_closed(state, index, closed);
         }
         Ok(())
     }
