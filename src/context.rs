@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::changelog::OutRecord;
 use crate::codec::CodecError;
 use crate::output::Output;
+use crate::state::slot::StateSlot;
 use crate::state::{PartitionState, StateError, Store, StoreDef};
 use crate::table::{Table, TableDef, TableError, TableReads};
 use crate::timer::TimeKind;
@@ -16,7 +17,7 @@ use crate::window::{WindowDef, WindowStore};
 pub struct PartitionContext {
     topic: Arc<str>,
     partition: i32,
-    state: Option<PartitionState>,
+    state: Option<StateSlot>,
     /// Output records of the record being handled, sent when its handler succeeds.
     outbox: Vec<OutRecord>,
     /// Highest event time of the partition's processed records (the current one included).
@@ -46,7 +47,7 @@ impl PartitionContext {
         Self {
             topic,
             partition,
-            state,
+            state: state.map(StateSlot::Owned),
             outbox: Vec::new(),
             stream_time: -1,
             event_time: None,
@@ -82,9 +83,10 @@ impl PartitionContext {
     ) -> Result<WindowStore<'a, K, V>, StateError> {
         let (stream_time, event_time) = (self.stream_time, self.event_time);
         match &mut self.state {
-            Some(state) => {
+            Some(StateSlot::Owned(state)) => {
                 WindowStore::open(window, state, stream_time, event_time, &mut self.late)
             }
+            Some(StateSlot::Shared { .. }) => Err(StateError::NotWithConcurrency("windows")),
             None => Err(StateError::UnknownStore(window.name().to_string())),
         }
     }
@@ -134,7 +136,8 @@ impl PartitionContext {
         entry: crate::timer::Entry,
     ) -> Result<(), StateError> {
         match &mut self.state {
-            Some(state) => state.stage_timer(insert, entry),
+            Some(StateSlot::Owned(state)) => state.stage_timer(insert, entry),
+            Some(StateSlot::Shared { .. }) => Err(StateError::NotWithConcurrency("timers")),
             None => Err(StateError::TimersNotDeclared),
         }
     }
@@ -203,6 +206,10 @@ impl PartitionContext {
         &self.topic
     }
 
+    pub(crate) fn topic_arc(&self) -> Arc<str> {
+        self.topic.clone()
+    }
+
     /// The source partition.
     pub fn partition(&self) -> i32 {
         self.partition
@@ -217,22 +224,66 @@ impl PartitionContext {
         store: &'a StoreDef<K, V>,
     ) -> Result<Store<'a, K, V>, StateError> {
         match &mut self.state {
-            Some(state) => {
+            Some(slot) => {
                 let clock = crate::state::ttl::Clock {
                     stream_time: self.stream_time,
                     wall_offset: self.wall_offset,
                 };
-                Store::open(store, state, clock)
+                Store::open(store, slot.target(), clock)
             }
             None => Err(StateError::UnknownStore(store.name().to_string())),
         }
     }
 
+    /// The partition's state when this context owns it (records one at a time).
     pub(crate) fn state_mut(&mut self) -> Option<&mut PartitionState> {
-        self.state.as_mut()
+        self.state.as_mut().and_then(StateSlot::owned_mut)
     }
 
+    /// See [`state_mut`](Self::state_mut).
     pub(crate) fn state(&self) -> Option<&PartitionState> {
-        self.state.as_ref()
+        self.state.as_ref().and_then(StateSlot::owned)
+    }
+
+    /// Runs `f` on the partition's state, owned or shared; `None` without stores.
+    pub(crate) fn with_state<R>(&mut self, f: impl FnOnce(&mut PartitionState) -> R) -> Option<R> {
+        self.state.as_mut().map(|slot| slot.with(f))
+    }
+
+    /// The current record (or hook, or timer) succeeded: its state writes are kept.
+    pub(crate) fn commit_staged(&mut self) {
+        if let Some(slot) = &mut self.state {
+            slot.commit_staged();
+        }
+    }
+
+    /// The current record failed: its state writes and output records are dropped.
+    pub(crate) fn discard_staged(&mut self) {
+        if let Some(slot) = &mut self.state {
+            slot.discard_staged();
+        }
+        self.outbox.clear();
+    }
+
+    /// Shares the partition's state with records in flight (key-level concurrency): this
+    /// context keeps its own staged writes from now on. `None` without stores.
+    pub(crate) fn share_state(&mut self) -> Option<Arc<std::sync::Mutex<PartitionState>>> {
+        StateSlot::share(&mut self.state)
+    }
+
+    /// A context for one record in flight next to others: the partition's shared state
+    /// with writes of its own, its tables, its clocks.
+    pub(crate) fn for_record(&self, shared: Option<&Arc<std::sync::Mutex<PartitionState>>>) -> Self {
+        Self {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            state: shared.map(|s| StateSlot::shared(s.clone())),
+            outbox: Vec::new(),
+            stream_time: self.stream_time,
+            event_time: None,
+            late: false,
+            wall_offset: self.wall_offset,
+            tables: self.tables.clone(),
+        }
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::state::replay::SourcePosition;
+use crate::state::replay::{DoneSet, SourcePosition};
 
 /// How far a partition's records are finished. A worker handles its records one at a time,
 /// in offset order, so the next offset to commit is one past the last finished record;
@@ -32,13 +32,14 @@ impl OffsetTracker {
             next: offset + 1,
             last_timestamp: timestamp,
             stream_time,
+            done: DoneSet::EMPTY,
         });
     }
 
     /// The offset to commit once everything finished so far is durable, with the
     /// timestamp of the record before it. `None` until something finished.
     pub(crate) fn committable(&self) -> Option<SourcePosition> {
-        self.last
+        self.last.clone()
     }
 }
 
@@ -250,6 +251,7 @@ mod tests {
                 next: 21,
                 last_timestamp: 1020,
                 stream_time: 2020,
+                done: DoneSet::EMPTY,
             })
         );
     }

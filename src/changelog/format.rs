@@ -8,12 +8,14 @@
 //! | record | key | value | more headers |
 //! |---|---|---|---|
 //! | data | the store key | the value, none for a delete | — |
-//! | flush marker | [`FLUSH_KEY`] | none | `ks.source-offset`, `ks.source-ts`, `ks.stream-time`, `ks.touched` |
-//! | epoch marker | [`EPOCH_KEY`] | none | `ks.source-offset`, `ks.source-ts`, `ks.stream-time` |
+//! | flush marker | [`FLUSH_KEY`] | none | `ks.source-offset`, `ks.source-ts`, `ks.stream-time`, `ks.touched`, `ks.source-done` |
+//! | epoch marker | [`EPOCH_KEY`] | none | `ks.source-offset`, `ks.source-ts`, `ks.stream-time`, `ks.source-done` |
 //!
 //! `ks.source-offset` is the next source offset the state reflects, `ks.source-ts` the
 //! timestamp of the source record before it (a fingerprint of the source topic),
-//! `ks.stream-time` the partition's stream time there.
+//! `ks.stream-time` the partition's stream time there, and `ks.source-done` (only when not
+//! empty; `a-b,c-d`: offset ranges `[a, b)`) the records after `ks.source-offset` that the
+//! state reflects too (key-level concurrency completes records out of order).
 //!
 //! Marker keys start with a NUL byte and name the crate, so a store key would have to be
 //! exactly these bytes to collide; compaction keeps the latest marker of each kind.
@@ -21,7 +23,7 @@
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use super::ChangelogError;
-use crate::state::replay::{Entry, SourcePosition, Stamp};
+use crate::state::replay::{DoneSet, Entry, SourcePosition, Stamp};
 
 /// The format version this crate writes and reads.
 pub(crate) const FORMAT_VERSION: u32 = 2;
@@ -32,6 +34,7 @@ pub(crate) const HEADER_SOURCE_OFFSET: &str = "ks.source-offset";
 pub(crate) const HEADER_SOURCE_TIMESTAMP: &str = "ks.source-ts";
 pub(crate) const HEADER_STREAM_TIME: &str = "ks.stream-time";
 pub(crate) const HEADER_TOUCHED: &str = "ks.touched";
+pub(crate) const HEADER_SOURCE_DONE: &str = "ks.source-done";
 
 /// The `ks` header value of `stamp`.
 pub(crate) fn stamp_header(stamp: Stamp) -> Vec<u8> {
@@ -47,18 +50,18 @@ pub(crate) fn encode(stamp: Stamp, entry: &Entry) -> Encoded {
     match entry {
         Entry::Data { key, value } => (key.clone(), value.clone(), headers),
         Entry::Flush { source, touched } => {
-            push_source(&mut headers, *source);
+            push_source(&mut headers, source);
             headers.push((HEADER_TOUCHED, touched.join(",").into_bytes()));
             (FLUSH_KEY.to_vec(), None, headers)
         }
         Entry::Epoch { source } => {
-            push_source(&mut headers, *source);
+            push_source(&mut headers, source);
             (EPOCH_KEY.to_vec(), None, headers)
         }
     }
 }
 
-fn push_source(headers: &mut Vec<(&'static str, Vec<u8>)>, source: SourcePosition) {
+fn push_source(headers: &mut Vec<(&'static str, Vec<u8>)>, source: &SourcePosition) {
     headers.push((HEADER_SOURCE_OFFSET, source.next.to_string().into_bytes()));
     headers.push((
         HEADER_SOURCE_TIMESTAMP,
@@ -68,6 +71,9 @@ fn push_source(headers: &mut Vec<(&'static str, Vec<u8>)>, source: SourcePositio
         HEADER_STREAM_TIME,
         source.stream_time.to_string().into_bytes(),
     ));
+    if !source.done.is_empty() {
+        headers.push((HEADER_SOURCE_DONE, source.done.to_text().into_bytes()));
+    }
 }
 
 fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
@@ -135,6 +141,11 @@ pub(crate) fn decode(msg: &BorrowedMessage<'_>) -> Result<(Stamp, Entry), Change
             stream_time: text(msg, HEADER_STREAM_TIME)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(-1),
+            done: match text(msg, HEADER_SOURCE_DONE) {
+                None => DoneSet::EMPTY,
+                Some(v) => DoneSet::parse(v)
+                    .ok_or_else(|| bad(format!("marker with a malformed ks.source-done {v:?}")))?,
+            },
         })
     };
     let entry = match msg.key() {
@@ -185,6 +196,7 @@ mod tests {
                     next: 40,
                     last_timestamp: 7,
                     stream_time: 9,
+                    done: DoneSet::from_ranges(vec![(42, 44), (50, 51)]),
                 },
                 touched: vec!["a".into(), "b".into()],
             },
@@ -193,6 +205,7 @@ mod tests {
         assert_eq!(value, None);
         assert!(headers.contains(&(HEADER_TOUCHED, b"a,b".to_vec())));
         assert!(headers.contains(&(HEADER_SOURCE_OFFSET, b"40".to_vec())));
+        assert!(headers.contains(&(HEADER_SOURCE_DONE, b"42-44,50-51".to_vec())));
         let (key, _, _) = encode(
             stamp,
             &Entry::Epoch {

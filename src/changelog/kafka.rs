@@ -121,7 +121,7 @@ impl StateLog for KafkaStateLog {
         &self,
         topic: &str,
         partition: i32,
-        source: SourcePosition,
+        source: &SourcePosition,
     ) -> Result<(), StateError> {
         if source.next <= 0 {
             return Ok(());

@@ -12,6 +12,7 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::replay::DoneSet;
 use super::{KeyValues, StateError, StoreSpec};
 
 const META_CF: &str = "kafka-stateful.meta";
@@ -21,7 +22,7 @@ fn store_cf(name: &str) -> String {
 }
 
 /// Where a store's state stands relative to its changelog and the source partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StoreCheckpoint {
     /// Next changelog offset to read: everything before it is in RocksDB. It always follows
     /// a marker (flush or epoch) of this store.
@@ -38,6 +39,9 @@ pub(crate) struct StoreCheckpoint {
     /// The partition's stream time at `source_next` (-1: none).
     #[serde(default = "unknown")]
     pub(crate) stream_time: i64,
+    /// Source records after `source_next` reflected too (see `SourcePosition::done`).
+    #[serde(default, skip_serializing_if = "DoneSet::is_empty")]
+    pub(crate) source_done: DoneSet,
 }
 
 fn unknown() -> i64 {
@@ -53,7 +57,26 @@ impl StoreCheckpoint {
         source_next: -1,
         source_timestamp: -1,
         stream_time: -1,
+        source_done: DoneSet::EMPTY,
     };
+
+    /// The checkpoint after the marker at `changelog_next - 1`, written by `(epoch, seq)`,
+    /// for a state that reflects the source up to `source`.
+    pub(crate) fn at(
+        changelog_next: i64,
+        (epoch, seq): (u64, u64),
+        source: &super::replay::SourcePosition,
+    ) -> Self {
+        Self {
+            changelog_next,
+            epoch,
+            seq,
+            source_next: source.next,
+            source_timestamp: source.last_timestamp,
+            stream_time: source.stream_time,
+            source_done: source.done.clone(),
+        }
+    }
 }
 
 /// Writes to apply atomically: store entries (`None` deletes) and checkpoints.

@@ -80,7 +80,7 @@ impl FlushPlan {
                 (
                     i,
                     Entry::Flush {
-                        source: self.source,
+                        source: self.source.clone(),
                         touched: touched.clone(),
                     },
                 )
@@ -138,14 +138,11 @@ impl FlushPlan {
                 log_next[i] = marker + 1;
                 (
                     i,
-                    StoreCheckpoint {
-                        changelog_next: marker + 1,
-                        epoch: self.stamp.epoch,
-                        seq: self.stamp.seq,
-                        source_next: self.source.next,
-                        source_timestamp: self.source.last_timestamp,
-                        stream_time: self.source.stream_time,
-                    },
+                    StoreCheckpoint::at(
+                        marker + 1,
+                        (self.stamp.epoch, self.stamp.seq),
+                        &self.source,
+                    ),
                 )
             })
             .collect()
@@ -200,6 +197,7 @@ mod tests {
         next: 100,
         last_timestamp: 7,
         stream_time: 7,
+        done: crate::state::replay::DoneSet::EMPTY,
     };
 
     #[test]

@@ -24,11 +24,11 @@ pub(crate) enum EntryRef<'a> {
         value: Option<&'a [u8]>,
     },
     Flush {
-        source: SourcePosition,
+        source: &'a SourcePosition,
         touched: &'a [String],
     },
     Epoch {
-        source: SourcePosition,
+        source: &'a SourcePosition,
     },
 }
 
@@ -40,10 +40,12 @@ impl EntryRef<'_> {
                 value: value.map(<[u8]>::to_vec),
             },
             EntryRef::Flush { source, touched } => Entry::Flush {
-                source,
+                source: source.clone(),
                 touched: touched.to_vec(),
             },
-            EntryRef::Epoch { source } => Entry::Epoch { source },
+            EntryRef::Epoch { source } => Entry::Epoch {
+                source: source.clone(),
+            },
         }
     }
 }
@@ -81,7 +83,7 @@ pub(crate) trait StateLog: Send + Sync + std::fmt::Debug + 'static {
         &self,
         topic: &str,
         partition: i32,
-        source: SourcePosition,
+        source: &SourcePosition,
     ) -> Result<(), StateError>;
 
     /// Waits for an append from a blocking thread.
@@ -132,10 +134,10 @@ pub(crate) fn entry_ref(entry: &Entry) -> EntryRef<'_> {
             value: value.as_deref(),
         },
         Entry::Flush { source, touched } => EntryRef::Flush {
-            source: *source,
+            source,
             touched,
         },
-        Entry::Epoch { source } => EntryRef::Epoch { source: *source },
+        Entry::Epoch { source } => EntryRef::Epoch { source },
     }
 }
 
@@ -235,7 +237,7 @@ impl StateLog for MemoryLog {
         Ok(true)
     }
 
-    fn verify_source(&self, _: &str, _: i32, _: SourcePosition) -> Result<(), StateError> {
+    fn verify_source(&self, _: &str, _: i32, _: &SourcePosition) -> Result<(), StateError> {
         Ok(())
     }
 

@@ -52,6 +52,7 @@ mod flush;
 pub(crate) mod log;
 mod overlay;
 mod partition;
+pub(crate) mod slot;
 pub(crate) mod replay;
 pub(crate) mod restore;
 #[cfg(test)]
@@ -234,6 +235,11 @@ pub enum StateError {
         /// The window's end.
         end: i64,
     },
+    /// A feature that needs records of a partition handled one at a time (windows, timers,
+    /// TTL stores) was used with key-level concurrency; `build()` refuses such a
+    /// configuration, so this is only seen when a handler opens one anyway.
+    #[error("{0} are not available with key_concurrency above 1")]
+    NotWithConcurrency(&'static str),
     /// A handler scheduled a timer, but the consumer was built without
     /// [`ConsumerConfigBuilder::timers`](crate::ConsumerConfigBuilder::timers).
     #[error("timers are not declared: call ConsumerConfigBuilder::timers (windows do it too)")]

@@ -74,8 +74,14 @@ impl Overlay {
 
     /// The current record's handler succeeded: its writes join the overlay.
     pub(crate) fn commit_staged(&mut self) {
+        let staged = std::mem::take(&mut self.staged);
+        self.commit(staged);
+    }
+
+    /// Writes of a record that succeeded join the overlay, in order.
+    pub(crate) fn commit(&mut self, writes: impl IntoIterator<Item = super::slot::Write>) {
         use std::collections::hash_map::Entry;
-        for (store, key, value) in self.staged.drain(..) {
+        for (store, key, value) in writes {
             let added = size(&key, &value);
             // One hash per write: the entry API, not `get_mut` then `insert`.
             match self.pending[store].entry(key) {
@@ -157,9 +163,16 @@ impl Overlay {
     }
 
     /// Merges the overlay over `base` (database entries under `prefix`, in key order),
-    /// dropping deletes. Costs one pass over the store's dirty keys plus a sort of those
-    /// under `prefix` and a linear merge: no tree is built.
-    pub(crate) fn merge_prefix(&self, store: usize, prefix: &[u8], base: KeyValues) -> KeyValues {
+    /// dropping deletes; `extra` are writes staged outside the overlay (a record in flight
+    /// under key-level concurrency), newest of all. Costs one pass over the store's dirty
+    /// keys plus a sort of those under `prefix` and a linear merge: no tree is built.
+    pub(crate) fn merge_prefix(
+        &self,
+        store: usize,
+        prefix: &[u8],
+        base: KeyValues,
+        extra: &[super::slot::Write],
+    ) -> KeyValues {
         // Overlay entries under the prefix, newest layer last: flushing, pending, staged.
         let mut written: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
         let layers = self
@@ -178,6 +191,7 @@ impl Overlay {
         written.extend(
             self.staged
                 .iter()
+                .chain(extra)
                 .filter(|(s, k, _)| *s == store && k.starts_with(prefix))
                 .map(|(_, k, v)| (k.as_slice(), v.as_deref())),
         );
@@ -269,7 +283,7 @@ mod tests {
             "newer pending wins"
         );
         assert_eq!(
-            o.merge_prefix(0, b"", vec![]),
+            o.merge_prefix(0, b"", vec![], &[]),
             vec![(b"k".to_vec(), b"2".to_vec())]
         );
         o.end_flush();
@@ -298,7 +312,7 @@ mod tests {
             (b"a/1".to_vec(), b"x".to_vec()),
             (b"a/2".to_vec(), b"y".to_vec()),
         ];
-        let merged = o.merge_prefix(0, b"a/", base);
+        let merged = o.merge_prefix(0, b"a/", base, &[]);
         assert_eq!(
             merged,
             vec![
@@ -325,7 +339,7 @@ mod tests {
             .map(|k| (k.as_bytes().to_vec(), b"db".to_vec()))
             .to_vec();
         let merged: Vec<(String, String)> = o
-            .merge_prefix(0, b"p/", base)
+            .merge_prefix(0, b"p/", base, &[])
             .into_iter()
             .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
             .collect();

@@ -146,7 +146,7 @@ impl PartitionState {
                         %topic, partition, records = restored.records, rate = restored.rate(),
                         source_next = restored.source.next, epoch = restored.epoch, "restore finished"
                     );
-                    env.log.verify_source(topic, partition, restored.source)?;
+                    env.log.verify_source(topic, partition, &restored.source)?;
                     let timers = load_timers(&db, config)?;
                     let sweeping = sweeping(config, timers.as_ref());
                     let state = Self {
@@ -158,7 +158,7 @@ impl PartitionState {
                         epoch: restored.epoch,
                         next_seq: restored.next_seq,
                         log_next: restored.log_next.clone(),
-                        source: restored.source,
+                        source: restored.source.clone(),
                         timers,
                         staged_timers: Vec::new(),
                         closes_known: Vec::new(),
@@ -172,11 +172,6 @@ impl PartitionState {
 
     pub(crate) fn store_index(&self, name: &str) -> Option<usize> {
         self.config.stores.iter().position(|s| s.name == name)
-    }
-
-    /// Source records before this offset are already reflected in the state.
-    pub(crate) fn restored_source_next(&self) -> i64 {
-        self.source.next
     }
 
     /// The current record (or timer, or hook) succeeded: its writes join the overlay.
@@ -198,6 +193,12 @@ impl PartitionState {
                 }
             }
         }
+    }
+
+    /// The writes of a record that succeeded while others ran (key-level concurrency) join
+    /// the overlay; no timers are staged that way.
+    pub(crate) fn commit_writes(&mut self, writes: impl IntoIterator<Item = super::slot::Write>) {
+        self.overlay.commit(writes);
     }
 
     /// The current record failed: forget its writes.
@@ -232,7 +233,7 @@ impl PartitionState {
         prefix: &[u8],
     ) -> Result<super::KeyValues, StateError> {
         let base = self.db.prefix(store, prefix)?;
-        Ok(self.overlay.merge_prefix(store, prefix, base))
+        Ok(self.overlay.merge_prefix(store, prefix, base, &[]))
     }
 
     /// The recorded format of a store (window stores record their sizes there).
@@ -248,20 +249,6 @@ impl PartitionState {
     /// Approximate bytes waiting for a flush.
     pub(crate) fn overlay_bytes(&self) -> usize {
         self.overlay.bytes()
-    }
-
-    /// Makes everything in the overlay durable and waits for it; see [`start_flush`].
-    ///
-    /// # Errors
-    /// As [`FlushJob`].
-    ///
-    /// [`start_flush`]: Self::start_flush
-    pub(crate) async fn flush(&mut self, source: SourcePosition) -> Result<(), StateError> {
-        if let Some(job) = self.start_flush(source) {
-            let done = job.await?;
-            self.finish_flush(done)?;
-        }
-        Ok(())
     }
 
     /// Starts making everything in the overlay durable: changelog data, acks, markers, acks,
@@ -405,8 +392,8 @@ impl FlushRun {
         Ok(FlushDone {
             log_next: self.log_next,
             repair,
-            source: self.plan.source,
             records: self.plan.records(),
+            source: self.plan.source,
         })
     }
 

@@ -62,14 +62,18 @@ pub(crate) enum Entry {
 
 /// How far the state reflects the source partition: every record before `next`, the last
 /// of which had timestamp `last_timestamp` (a fingerprint: a recreated source topic has
-/// other records at the same offsets).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// other records at the same offsets), and the records at or after `next` in `done`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SourcePosition {
     pub(crate) next: i64,
     /// `-1` when unknown.
     pub(crate) last_timestamp: i64,
     /// The partition's stream time (highest event time seen, milliseconds); `-1`: none.
     pub(crate) stream_time: i64,
+    /// Records at or after `next` that are applied too: with key-level concurrency, records
+    /// complete out of order, and a flush reflects those that completed above the lowest
+    /// one still running. Empty otherwise.
+    pub(crate) done: DoneSet,
 }
 
 impl SourcePosition {
@@ -77,15 +81,98 @@ impl SourcePosition {
         next: -1,
         last_timestamp: -1,
         stream_time: -1,
+        done: DoneSet::EMPTY,
     };
 
-    /// The later of two positions.
+    /// The later of two positions (a later flush reaches as far, with at least as many
+    /// records done after it).
     pub(crate) fn max(self, other: Self) -> Self {
-        if other.next > self.next {
+        if (other.next, other.done.len()) > (self.next, self.done.len()) {
             other
         } else {
             self
         }
+    }
+
+    /// Whether the record at `offset` is reflected in the state.
+    pub(crate) fn covers(&self, offset: i64) -> bool {
+        offset < self.next || self.done.contains(offset)
+    }
+}
+
+/// Source offsets whose records are applied, as sorted disjoint ranges `[start, end)`;
+/// shared (cheap to clone), and allocation-free when empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct DoneSet(Option<std::sync::Arc<[(i64, i64)]>>);
+
+impl DoneSet {
+    pub(crate) const EMPTY: Self = Self(None);
+
+    /// The set of these ranges (sorted, disjoint, non-empty ranges).
+    pub(crate) fn from_ranges(ranges: Vec<(i64, i64)>) -> Self {
+        if ranges.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(ranges.into()))
+        }
+    }
+
+    pub(crate) fn ranges(&self) -> &[(i64, i64)] {
+        self.0.as_deref().unwrap_or_default()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Offsets in the set.
+    pub(crate) fn len(&self) -> u64 {
+        self.ranges().iter().map(|(a, b)| (b - a) as u64).sum()
+    }
+
+    pub(crate) fn contains(&self, offset: i64) -> bool {
+        let ranges = self.ranges();
+        match ranges.binary_search_by(|(start, _)| start.cmp(&offset)) {
+            Ok(_) => true,
+            Err(0) => false,
+            Err(i) => offset < ranges[i - 1].1,
+        }
+    }
+
+    /// `a-b,c-d` (header and checkpoint text); empty for the empty set.
+    pub(crate) fn to_text(&self) -> String {
+        let parts: Vec<String> = self.ranges().iter().map(|(a, b)| format!("{a}-{b}")).collect();
+        parts.join(",")
+    }
+
+    /// Parses [`to_text`](Self::to_text); `None` for malformed text.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        if text.is_empty() {
+            return Some(Self::EMPTY);
+        }
+        let mut ranges = Vec::new();
+        for part in text.split(',') {
+            let (a, b) = part.split_once('-')?;
+            let (a, b): (i64, i64) = (a.parse().ok()?, b.parse().ok()?);
+            if b <= a || ranges.last().is_some_and(|&(_, end)| a < end) {
+                return None;
+            }
+            ranges.push((a, b));
+        }
+        Some(Self::from_ranges(ranges))
+    }
+}
+
+impl serde::Serialize for DoneSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_text())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DoneSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom("malformed done set"))
     }
 }
 
@@ -125,7 +212,7 @@ impl StoreReplay {
     pub(crate) fn new(name: impl Into<String>, checkpoint: StoreCheckpoint) -> Self {
         Self {
             name: name.into(),
-            checkpoint,
+            checkpoint: checkpoint.clone(),
             epoch: checkpoint.epoch,
             tail: Vec::new(),
             held: None,
@@ -138,6 +225,7 @@ impl StoreReplay {
                 next: checkpoint.source_next,
                 last_timestamp: checkpoint.source_timestamp,
                 stream_time: checkpoint.stream_time,
+                done: checkpoint.source_done.clone(),
             },
             void_keys: BTreeSet::new(),
             ready_bytes: 0,
@@ -216,19 +304,17 @@ impl StoreReplay {
         }
         // Flushes after `base` of older epochs are void, whatever markers they got.
         self.marked_seq = base;
-        self.source = self.source.max(source);
+        self.source = std::mem::replace(&mut self.source, SourcePosition::NONE).max(source);
         self.ready_checkpoint = Some(self.checkpoint_at(offset + 1, stamp.epoch, base));
     }
 
     fn checkpoint_at(&self, changelog_next: i64, epoch: u64, seq: u64) -> StoreCheckpoint {
-        StoreCheckpoint {
-            changelog_next,
-            epoch,
-            seq: seq.max(self.ready_checkpoint.map_or(self.checkpoint.seq, |c| c.seq)),
-            source_next: self.source.next,
-            source_timestamp: self.source.last_timestamp,
-            stream_time: self.source.stream_time,
-        }
+        let seq = seq.max(
+            self.ready_checkpoint
+                .as_ref()
+                .map_or(self.checkpoint.seq, |c| c.seq),
+        );
+        StoreCheckpoint::at(changelog_next, (epoch, seq), &self.source)
     }
 
     fn release(&mut self, held: Held) {
@@ -244,7 +330,7 @@ impl StoreReplay {
         } else {
             self.ready.extend(held.data);
         }
-        self.source = self.source.max(held.source);
+        self.source = std::mem::replace(&mut self.source, SourcePosition::NONE).max(held.source);
         self.ready_checkpoint =
             Some(self.checkpoint_at(held.changelog_next, held.stamp.epoch, held.stamp.seq));
     }
@@ -252,7 +338,7 @@ impl StoreReplay {
     /// Records that are safe to apply now, with the checkpoint to write with them.
     pub(crate) fn take_ready(&mut self) -> Option<(Vec<KeyValue>, StoreCheckpoint)> {
         let checkpoint = self.ready_checkpoint.take()?;
-        self.checkpoint = checkpoint;
+        self.checkpoint = checkpoint.clone();
         self.ready_bytes = 0;
         Some((std::mem::take(&mut self.ready), checkpoint))
     }
@@ -323,13 +409,14 @@ pub(crate) fn plan(stores: &[StoreReplay]) -> Plan {
     let mut source = SourcePosition::NONE;
     for store in stores {
         let mut marked = store.marked_seq;
-        let mut store_source = store.source;
+        let mut store_source = store.source.clone();
         if let Some(held) = &store.held {
             if store.held_complete(stores) {
-                store_source = store_source.max(held.source);
+                store_source = store_source.max(held.source.clone());
             } else {
                 marked = store
                     .ready_checkpoint
+                    .as_ref()
                     .map_or(store.checkpoint.seq, |c| c.seq);
             }
         }
@@ -359,6 +446,7 @@ pub(crate) fn resolve(stores: &mut [StoreReplay]) -> Resolution {
                 // Its marker does not count: the flush is rolled back.
                 store.marked_seq = store
                     .ready_checkpoint
+                    .as_ref()
                     .map_or(store.checkpoint.seq, |c| c.seq);
             }
         }
@@ -378,7 +466,7 @@ pub(crate) fn resolve(stores: &mut [StoreReplay]) -> Resolution {
         next_seq: stores.iter().map(|s| s.max_seq).max().unwrap_or(0) + 1,
         source: stores
             .iter()
-            .map(|s| s.source)
+            .map(|s| s.source.clone())
             .fold(SourcePosition::NONE, SourcePosition::max),
     }
 }

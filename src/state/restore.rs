@@ -104,7 +104,7 @@ pub(crate) fn restore(
                 changelog_end: high,
             });
         }
-        replays.push(StoreReplay::new(spec.name.clone(), checkpoint));
+        replays.push(StoreReplay::new(spec.name.clone(), checkpoint.clone()));
         plans.push((checkpoint.changelog_next.max(low), high));
         // The record before the checkpoint must be the marker it names: it is read with
         // the tail, in the same pass.
@@ -155,7 +155,7 @@ pub(crate) fn restore(
                 i,
                 marker,
                 Entry::Epoch {
-                    source: plan.source,
+                    source: plan.source.clone(),
                 },
             )
         })
@@ -173,7 +173,7 @@ pub(crate) fn restore(
                 marker_offset,
                 marker,
                 Entry::Epoch {
-                    source: plan.source,
+                    source: plan.source.clone(),
                 },
             );
             apply_ready(db, index, &mut replays[index])?;
@@ -301,7 +301,7 @@ fn apply_resolution(db: &PartitionDb, resolution: &Resolution) -> Result<(), Sta
             batch
                 .entries
                 .extend(data.iter().map(|(k, v)| (index, k.clone(), v.clone())));
-            batch.checkpoints.push((index, *checkpoint));
+            batch.checkpoints.push((index, checkpoint.clone()));
         }
     }
     db.write_unlogged(batch)
@@ -346,7 +346,7 @@ fn repair(
                 i,
                 stamp,
                 Entry::Flush {
-                    source: resolution.source,
+                    source: resolution.source.clone(),
                     touched: names.clone(),
                 },
             )
@@ -360,14 +360,7 @@ fn repair(
             log_next[index] = offset + 1;
             (
                 index,
-                StoreCheckpoint {
-                    changelog_next: offset + 1,
-                    epoch,
-                    seq,
-                    source_next: resolution.source.next,
-                    source_timestamp: resolution.source.last_timestamp,
-                    stream_time: resolution.source.stream_time,
-                },
+                StoreCheckpoint::at(offset + 1, (epoch, seq), &resolution.source),
             )
         })
         .collect();

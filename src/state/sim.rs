@@ -170,6 +170,7 @@ impl Owner {
             next: self.next as i64,
             last_timestamp: self.next as i64 - 1,
             stream_time: self.next as i64 - 1,
+            done: super::replay::DoneSet::EMPTY,
         };
         let entries = std::mem::replace(
             &mut self.overlay,

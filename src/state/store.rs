@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::ttl::{self, Expiry};
-use super::{PartitionState, StateError, StoreSpec};
+use super::slot::{lock, Target};
+use super::{StateError, StoreSpec};
 use crate::codec::Codec;
 use crate::timer::TimeKind;
 
@@ -121,7 +122,7 @@ impl<K: Send + 'static, V: Send + 'static> StoreDef<K, V> {
 pub struct Store<'a, K: Send + 'static, V: Send + 'static> {
     def: &'a StoreDef<K, V>,
     index: usize,
-    state: &'a mut PartitionState,
+    state: Target<'a>,
     /// The clocks of TTLs.
     clock: ttl::Clock,
 }
@@ -137,12 +138,14 @@ impl<K: Send + 'static, V: Send + 'static> fmt::Debug for Store<'_, K, V> {
 impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
     pub(crate) fn open(
         def: &'a StoreDef<K, V>,
-        state: &'a mut PartitionState,
+        state: Target<'a>,
         clock: ttl::Clock,
     ) -> Result<Self, StateError> {
-        let index = state
-            .store_index(&def.name)
-            .ok_or_else(|| StateError::UnknownStore(def.name.to_string()))?;
+        let index = match &state {
+            Target::Owned(state) => state.store_index(&def.name),
+            Target::Shared { state, .. } => lock(state).store_index(&def.name),
+        }
+        .ok_or_else(|| StateError::UnknownStore(def.name.to_string()))?;
         Ok(Self {
             def,
             index,
@@ -178,13 +181,29 @@ impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
     /// Codec or RocksDB errors.
     pub fn get(&self, key: &K) -> Result<Option<V>, StateError> {
         let key = self.def.key.encode(key).map_err(self.codec_err())?;
-        self.state
-            .read_with(self.index, &key, |b| {
-                self.live(b).map(|live| self.def.value.decode(live))
-            })?
-            .flatten()
-            .transpose()
-            .map_err(self.codec_err())
+        let decode = |b: &[u8]| self.live(b).map(|live| self.def.value.decode(live));
+        let found = match &self.state {
+            Target::Owned(state) => state.read_with(self.index, &key, decode)?,
+            Target::Shared { state, staged } => {
+                // This record's own writes first, then what the others committed.
+                match staged
+                    .iter()
+                    .rev()
+                    .find(|(s, k, _)| *s == self.index && *k == key)
+                {
+                    Some((_, _, value)) => value.as_deref().map(decode),
+                    None => lock(state).read_with(self.index, &key, decode)?,
+                }
+            }
+        };
+        found.flatten().transpose().map_err(self.codec_err())
+    }
+
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        match &mut self.state {
+            Target::Owned(state) => state.write(self.index, key, value),
+            Target::Shared { staged, .. } => staged.push((self.index, key, value)),
+        }
     }
 
     /// Sets `key` to `value`.
@@ -197,9 +216,13 @@ impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
         if let Some(expiry) = self.def.expiry {
             let now = self.now(&expiry);
             value = ttl::stamp(now, value);
-            self.state.ensure_sweep(self.index, expiry, now)?;
+            match &mut self.state {
+                Target::Owned(state) => state.ensure_sweep(self.index, expiry, now)?,
+                // `build()` refuses TTLs with key-level concurrency: their sweeps are timers.
+                Target::Shared { .. } => return Err(StateError::NotWithConcurrency("TTL stores")),
+            }
         }
-        self.state.overlay.write(self.index, key, Some(value));
+        self.write(key, Some(value));
         Ok(())
     }
 
@@ -209,7 +232,7 @@ impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
     /// Codec errors.
     pub fn delete(&mut self, key: &K) -> Result<(), StateError> {
         let key = self.def.key.encode(key).map_err(self.codec_err())?;
-        self.state.overlay.write(self.index, key, None);
+        self.write(key, None);
         Ok(())
     }
 
@@ -220,10 +243,15 @@ impl<'a, K: Send + 'static, V: Send + 'static> Store<'a, K, V> {
     /// # Errors
     /// Codec or RocksDB errors.
     pub fn prefix(&self, prefix: &[u8]) -> Result<Vec<(K, V)>, StateError> {
-        let base = self.state.db.prefix(self.index, prefix)?;
-        self.state
-            .overlay
-            .merge_prefix(self.index, prefix, base)
+        let merged = match &self.state {
+            Target::Owned(state) => state.prefix(self.index, prefix)?,
+            Target::Shared { state, staged } => {
+                let state = lock(state);
+                let base = state.db.prefix(self.index, prefix)?;
+                state.overlay.merge_prefix(self.index, prefix, base, staged)
+            }
+        };
+        merged
             .into_iter()
             .filter_map(|(k, v)| {
                 let live = self.live(&v)?;

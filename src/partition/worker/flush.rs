@@ -9,13 +9,13 @@ where
     VC: Codec,
     H: Handler<KC::Item, VC::Item>,
 {
-    pub(super) fn flush_due(&self, ctx: &PartitionContext) -> bool {
+    pub(super) fn flush_due(&self, ctx: &mut PartitionContext) -> bool {
         let config = &self.shared.config;
         self.since_flush >= config.flush_max_records
-            || ctx
-                .state()
-                .is_some_and(|s| s.overlay_bytes() >= config.overlay_bytes)
             || self.last_flush.elapsed() >= config.flush_interval
+            || ctx
+                .with_state(|s| s.overlay_bytes() >= config.overlay_bytes)
+                .unwrap_or(false)
     }
 
     /// Starts a flush that runs while processing goes on. With one already in flight it
@@ -23,9 +23,10 @@ where
     /// otherwise the new writes wait for the next turn.
     pub(super) async fn start_flush(&mut self, ctx: &mut PartitionContext) -> Result<(), Error> {
         if let Some((job, next)) = self.in_flight.take() {
+            let budget = self.shared.config.overlay_bytes;
             let over_budget = ctx
-                .state()
-                .is_some_and(|s| s.overlay_bytes() >= self.shared.config.overlay_bytes);
+                .with_state(|s| s.overlay_bytes() >= budget)
+                .unwrap_or(false);
             if !over_budget {
                 self.in_flight = Some((job, next));
                 return Ok(());
@@ -35,12 +36,12 @@ where
         }
         self.since_flush = 0;
         self.last_flush = Instant::now();
-        let Some(position) = self.tracker.committable() else {
+        let Some(position) = self.committable() else {
             return Ok(());
         };
         match ctx
-            .state_mut()
-            .and_then(|state| state.start_flush(position))
+            .with_state(|state| state.start_flush(position.clone()))
+            .flatten()
         {
             Some(job) => {
                 self.flush_started = Instant::now();
@@ -73,9 +74,8 @@ where
             elapsed,
             done.records(),
         );
-        if let Some(state) = ctx.state_mut() {
-            state.finish_flush(done)?;
-        }
+        ctx.with_state(|state| state.finish_flush(done))
+            .transpose()?;
         self.progress.set_durable(next);
         Ok(())
     }
@@ -113,10 +113,10 @@ where
         let Some((state, restored)) = opened else {
             return Ok(None);
         };
-        self.skip_below = state.restored_source_next();
+        self.applied = restored.source.clone();
         let stream_time = restored.source.stream_time;
         // Writes without a new record (timers, hooks) are flushed at the restored position.
-        self.tracker = OffsetTracker::starting_at(restored.source);
+        self.tracker = OffsetTracker::starting_at(restored.source.clone());
         self.progress
             .restored_records
             .store(restored.records, Ordering::Relaxed);
@@ -140,11 +140,18 @@ where
         }
         self.since_flush = 0;
         self.last_flush = Instant::now();
-        let Some(position) = self.tracker.committable() else {
+        let Some(position) = self.committable() else {
             return Ok(());
         };
-        if let Some(state) = ctx.state_mut() {
-            state.flush(position).await?;
+        // The state is locked only to start and to finish the flush (records in flight
+        // share it under key-level concurrency), never while waiting for it.
+        if let Some(job) = ctx
+            .with_state(|state| state.start_flush(position.clone()))
+            .flatten()
+        {
+            let done = job.await?;
+            ctx.with_state(|state| state.finish_flush(done))
+                .transpose()?;
         }
         self.progress.set_durable(position.next);
         Ok(())

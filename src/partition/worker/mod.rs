@@ -120,8 +120,8 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     gauge: Arc<QueueGauge>,
     stop: StopSignal,
     tracker: OffsetTracker,
-    /// Source offsets below this are already in the restored state.
-    skip_below: i64,
+    /// Source records the restored state reflects already (their effect would be doubled).
+    applied: crate::state::replay::SourcePosition,
     since_flush: usize,
     last_flush: Instant,
     /// The flush in flight, with the source offset it makes durable.
@@ -171,7 +171,7 @@ where
             gauge,
             stop,
             tracker: OffsetTracker::default(),
-            skip_below: -1,
+            applied: crate::state::replay::SourcePosition::NONE,
             since_flush: 0,
             last_flush: Instant::now(),
             in_flight: None,
@@ -265,7 +265,7 @@ where
                     }
                     // Caught up with the input: table updates held back for it apply now.
                     self.tables_arrived(&rx).await?;
-                    if self.flush_due(&ctx) {
+                    if self.flush_due(&mut ctx) {
                         self.start_flush(&mut ctx).await?;
                     }
                 }
@@ -294,6 +294,11 @@ where
         self.flush(&mut ctx).await
     }
 
+    /// How far the partition's finished records reach (what a flush makes durable).
+    fn committable(&self) -> Option<crate::state::replay::SourcePosition> {
+        self.tracker.committable()
+    }
+
     /// Runs a lifecycle hook within the revoke timeout; its store writes are kept when it
     /// succeeds (and the partition was not lost).
     async fn run_hook(&mut self, hook: Hook, ctx: &mut PartitionContext) -> Result<(), Error> {
@@ -311,11 +316,9 @@ where
             tokio::time::timeout(timeout, call).await
         };
         let error = match result {
-            Ok(Ok(Ok(()))) if !matches!(hook, Hook::Lost) => match self.send_outbox(ctx).await {
+            Ok(Ok(Ok(()))) if !matches!(hook, Hook::Lost) => match records::send_outbox(&self.shared, ctx).await {
                 Ok(()) => {
-                    if let Some(state) = ctx.state_mut() {
-                        state.commit_staged();
-                    }
+                    ctx.commit_staged();
                     return Ok(());
                 }
                 Err(error) => Some(format!("its output was not acknowledged: {error}")),
@@ -327,7 +330,7 @@ where
                 "did not finish within the revoke timeout ({timeout:?})"
             )),
         };
-        discard_staged(ctx);
+        ctx.discard_staged();
         let Some(message) = error else {
             return Ok(());
         };
@@ -343,13 +346,6 @@ where
             message,
         })
     }
-}
-
-fn discard_staged(ctx: &mut PartitionContext) {
-    if let Some(state) = ctx.state_mut() {
-        state.discard_staged();
-    }
-    ctx.take_outbox();
 }
 
 /// Resolves `timeout` after `stop` is signalled (at once for a lost partition); never before.

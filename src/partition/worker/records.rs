@@ -44,7 +44,7 @@ where
                 .timers
                 .store(state.pending_timers() as u64, Ordering::Relaxed);
         }
-        if let Some(position) = self.tracker.committable() {
+        if let Some(position) = self.committable() {
             self.progress
                 .processed_next
                 .store(position.next, Ordering::Relaxed);
@@ -69,98 +69,37 @@ where
         raw: &RawRecord,
         ctx: &mut PartitionContext,
     ) -> Result<(Outcome, bool), Error> {
-        let offset = raw.offset;
         self.align_tables(raw).await?;
-        if offset < self.skip_below {
+        if self.applied.covers(raw.offset) {
             // Its effect is already in the restored state: applying it again would double it.
             self.progress.skipped.fetch_add(1, Ordering::Relaxed);
             self.finish(raw, ctx.stream_time());
             return Ok((Outcome::Done, false));
         }
         let stream_time_before = ctx.stream_time();
-        let retry = self.shared.config.retry;
-        let mut backoff = retry.initial_backoff;
-        let mut attempt = 0;
-        let failure = loop {
-            let decoded =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decode(batch, raw)));
-            let record = match decoded {
-                Ok(Ok(record)) => record,
-                Ok(Err(e)) => break Failure::Decode(e),
-                Err(payload) => {
-                    break Failure::Panic(format!(
-                        "codec panicked: {}",
-                        panic_message(payload.as_ref())
-                    ))
+        self.sampled += 1;
+        let timed = self
+            .sampled
+            .is_multiple_of(crate::observe::metrics::HANDLER_SAMPLE)
+            .then_some(&self.handler_duration);
+        let attempted = attempt(&self.shared, &self.stop, (batch, raw), ctx, timed).await;
+        match attempted {
+            Attempted::Handled => {
+                ctx.commit_staged();
+                if ctx.take_late() {
+                    self.late(batch, raw).await?;
                 }
-            };
-            let event_time = self.shared.handler.event_time(&record);
-            ctx.set_event_time(event_time);
-            ctx.set_stream_time(stream_time_before.max(event_time.unwrap_or(-1)));
-            self.sampled += 1;
-            let timed = self
-                .sampled
-                .is_multiple_of(crate::observe::metrics::HANDLER_SAMPLE)
-                .then(Instant::now);
-            let called = self.call_handler(record, ctx).await;
-            if let Some(started) = timed {
-                self.handler_duration
-                    .record(started.elapsed().as_secs_f64());
+                self.finish(raw, ctx.stream_time());
+                Ok((Outcome::Done, true))
             }
-            let Some(result) = called else {
-                tracing::warn!(topic = %self.topic, partition = self.partition, offset,
-                    "revoke timeout: cancelled the in-flight handler; the record stays uncommitted");
-                discard_staged(ctx);
-                return Ok((Outcome::Cancelled, false));
-            };
-            let error = match result {
-                Ok(Ok(())) => {
-                    // Its output first: the record counts only once that is acknowledged.
-                    if let Err(error) = self.send_outbox(ctx).await {
-                        discard_staged(ctx);
-                        break Failure::Output(error);
-                    }
-                    if let Some(state) = ctx.state_mut() {
-                        state.commit_staged();
-                    }
-                    if ctx.take_late() {
-                        self.late(batch, raw).await?;
-                    }
-                    self.finish(raw, ctx.stream_time());
-                    return Ok((Outcome::Done, true));
-                }
-                Ok(Err(e)) => e,
-                Err(payload) => {
-                    discard_staged(ctx);
-                    break Failure::Panic(format!(
-                        "handler panicked: {}",
-                        panic_message(payload.as_ref())
-                    ));
-                }
-            };
-            discard_staged(ctx);
-            if attempt >= retry.max_retries || crate::handler::is_fatal(&error) {
-                break Failure::Handler(error);
+            Attempted::Cancelled => Ok((Outcome::Cancelled, false)),
+            Attempted::Failed(failure) => {
+                // A record that was not applied does not move stream time.
+                ctx.set_stream_time(stream_time_before);
+                self.apply_policy(batch, raw, failure, ctx).await?;
+                Ok((Outcome::Done, false))
             }
-            attempt += 1;
-            tracing::warn!(topic = %self.topic, partition = self.partition, offset, attempt, %error, "handler failed; retrying");
-            // A revoke or shutdown interrupts the retries: the record is then neither
-            // skipped, dead-lettered nor failed, but left uncommitted for the next owner.
-            tokio::select! {
-                biased;
-                () = self.stop.stopped() => {
-                    tracing::info!(topic = %self.topic, partition = self.partition, offset,
-                        "stopping during retries: the record stays uncommitted");
-                    return Ok((Outcome::Cancelled, false));
-                }
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(retry.max_backoff);
-        };
-        // A record that was not applied does not move stream time.
-        ctx.set_stream_time(stream_time_before);
-        self.apply_policy(batch, raw, failure, ctx).await?;
-        Ok((Outcome::Done, false))
+        }
     }
 
     /// A record was late for every window it falls in: count it, and dead-letter it if
@@ -187,55 +126,6 @@ where
         Ok(())
     }
 
-    /// Runs the handler, catching a panic. A handler that completes on its first poll (no
-    /// waiting) costs no timer; one that waits races the revoke timeout once the worker is
-    /// told to stop. `None`: cancelled by the revoke timeout.
-    pub(super) async fn call_handler(
-        &self,
-        record: Record<KC::Item, VC::Item>,
-        ctx: &mut PartitionContext,
-    ) -> Option<std::thread::Result<Result<(), crate::HandlerError>>> {
-        let handled =
-            std::panic::AssertUnwindSafe(self.shared.handler.handle(record, ctx)).catch_unwind();
-        let mut handled = std::pin::pin!(handled);
-        if let Poll::Ready(result) = futures::poll!(handled.as_mut()) {
-            return Some(result);
-        }
-        tokio::select! {
-            biased;
-            r = handled => Some(r),
-            () = cancel_after_stop(&self.stop, self.shared.config.revoke_timeout) => None,
-        }
-    }
-
-    pub(super) fn decode(
-        &self,
-        batch: &RecordBatch,
-        raw: &RawRecord,
-    ) -> Result<Record<KC::Item, VC::Item>, CodecError> {
-        let key = batch
-            .key(raw)
-            .map(|b| self.shared.key_codec.decode(b))
-            .transpose()?;
-        let value = batch
-            .value(raw)
-            .map(|b| self.shared.value_codec.decode(b))
-            .transpose()?;
-        let headers = batch
-            .headers(raw)
-            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
-            .collect();
-        Ok(Record {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset: raw.offset,
-            timestamp: raw.timestamp,
-            key,
-            value,
-            headers,
-        })
-    }
-
     pub(super) async fn apply_policy(
         &mut self,
         batch: &RecordBatch,
@@ -258,34 +148,215 @@ where
                 Ok(())
             }
             ErrorPolicy::DeadLetter(dlq) => {
-                let Some(producer) = &self.shared.producer else {
-                    unreachable!("a producer is created whenever a dead-letter topic is configured")
-                };
-                let record = dead_letter(dlq, &topic, partition, batch, raw, &failure);
-                producer
-                    .send_records(vec![record])
-                    .await
-                    .map_err(|e| Error::DeadLetter {
-                        topic: topic.clone(),
-                        partition,
-                        offset,
-                        dead_letter_topic: dlq.clone(),
-                        source: match e {
-                            crate::changelog::ChangelogError::Produce { source, .. } => {
-                                Box::new(source)
-                            }
-                            _ => Box::new(rdkafka::error::KafkaError::Canceled),
-                        },
-                    })?;
-                tracing::warn!(%topic, partition, offset, dead_letter_topic = %dlq, error = %failure.message(), "record dead-lettered");
-                self.shared
-                    .stats
-                    .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed);
+                send_dead_letter(&self.shared, dlq, (&self.topic, partition), (batch, raw), &failure)
+                    .await?;
                 self.progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.finish(raw, ctx.stream_time());
                 Ok(())
             }
         }
     }
+}
+
+/// How a record's attempts ended.
+pub(super) enum Attempted {
+    /// The handler succeeded and its output records were acknowledged; its state writes
+    /// are still staged in its context (the caller keeps them).
+    Handled,
+    /// The worker is stopping: the record stays uncommitted (its writes are dropped).
+    Cancelled,
+    /// It failed (decode, handler, panic, output) after the retries the policy allows; its
+    /// writes are dropped. The error policy decides what follows.
+    Failed(Failure),
+}
+
+/// Decodes a record, runs the handler (retrying as configured, never past a stop) and
+/// sends its output records; times the handler into `timed` when given. Used for records
+/// one at a time and for records in flight under key-level concurrency alike.
+pub(super) async fn attempt<KC, VC, H>(
+    shared: &Shared<KC, VC, H>,
+    stop: &StopSignal,
+    (batch, raw): (&RecordBatch, &RawRecord),
+    ctx: &mut PartitionContext,
+    timed: Option<&metrics::Histogram>,
+) -> Attempted
+where
+    KC: Codec,
+    VC: Codec,
+    H: Handler<KC::Item, VC::Item>,
+{
+    let (topic, partition, offset) = (ctx.topic().to_string(), ctx.partition(), raw.offset);
+    let stream_time_before = ctx.stream_time();
+    let retry = shared.config.retry;
+    let mut backoff = retry.initial_backoff;
+    let mut attempt = 0;
+    loop {
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decode(shared, ctx.topic_arc(), partition, batch, raw)
+        }));
+        let record = match decoded {
+            Ok(Ok(record)) => record,
+            Ok(Err(e)) => return Attempted::Failed(Failure::Decode(e)),
+            Err(payload) => {
+                let message = format!("codec panicked: {}", panic_message(payload.as_ref()));
+                return Attempted::Failed(Failure::Panic(message));
+            }
+        };
+        let event_time = shared.handler.event_time(&record);
+        ctx.set_event_time(event_time);
+        ctx.set_stream_time(stream_time_before.max(event_time.unwrap_or(-1)));
+        let started = timed.map(|_| Instant::now());
+        let called = call_handler(shared, stop, record, ctx).await;
+        if let (Some(histogram), Some(started)) = (timed, started) {
+            histogram.record(started.elapsed().as_secs_f64());
+        }
+        let Some(result) = called else {
+            tracing::warn!(%topic, partition, offset,
+                "revoke timeout: cancelled the in-flight handler; the record stays uncommitted");
+            ctx.discard_staged();
+            return Attempted::Cancelled;
+        };
+        let error = match result {
+            // Its output first: the record counts only once that is acknowledged.
+            Ok(Ok(())) => match send_outbox(shared, ctx).await {
+                Ok(()) => return Attempted::Handled,
+                Err(error) => {
+                    ctx.discard_staged();
+                    return Attempted::Failed(Failure::Output(error));
+                }
+            },
+            Ok(Err(e)) => e,
+            Err(payload) => {
+                ctx.discard_staged();
+                let message = format!("handler panicked: {}", panic_message(payload.as_ref()));
+                return Attempted::Failed(Failure::Panic(message));
+            }
+        };
+        ctx.discard_staged();
+        if attempt >= retry.max_retries || crate::handler::is_fatal(&error) {
+            return Attempted::Failed(Failure::Handler(error));
+        }
+        attempt += 1;
+        tracing::warn!(%topic, partition, offset, attempt, %error, "handler failed; retrying");
+        // A revoke or shutdown interrupts the retries: the record is then neither skipped,
+        // dead-lettered nor failed, but left uncommitted for the next owner.
+        tokio::select! {
+            biased;
+            () = stop.stopped() => {
+                tracing::info!(%topic, partition, offset,
+                    "stopping during retries: the record stays uncommitted");
+                return Attempted::Cancelled;
+            }
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(retry.max_backoff);
+    }
+}
+
+/// Runs the handler, catching a panic. A handler that completes on its first poll (no
+/// waiting) costs no timer; one that waits races the revoke timeout once the worker is told
+/// to stop. `None`: cancelled by the revoke timeout.
+async fn call_handler<KC, VC, H>(
+    shared: &Shared<KC, VC, H>,
+    stop: &StopSignal,
+    record: Record<KC::Item, VC::Item>,
+    ctx: &mut PartitionContext,
+) -> Option<std::thread::Result<Result<(), crate::HandlerError>>>
+where
+    KC: Codec,
+    VC: Codec,
+    H: Handler<KC::Item, VC::Item>,
+{
+    let handled = std::panic::AssertUnwindSafe(shared.handler.handle(record, ctx)).catch_unwind();
+    let mut handled = std::pin::pin!(handled);
+    if let Poll::Ready(result) = futures::poll!(handled.as_mut()) {
+        return Some(result);
+    }
+    tokio::select! {
+        biased;
+        r = handled => Some(r),
+        () = cancel_after_stop(stop, shared.config.revoke_timeout) => None,
+    }
+}
+
+/// Decodes a fetched record with the consumer's codecs.
+pub(super) fn decode<KC, VC, H>(
+    shared: &Shared<KC, VC, H>,
+    topic: Arc<str>,
+    partition: i32,
+    batch: &RecordBatch,
+    raw: &RawRecord,
+) -> Result<Record<KC::Item, VC::Item>, CodecError>
+where
+    KC: Codec,
+    VC: Codec,
+{
+    let key = batch
+        .key(raw)
+        .map(|b| shared.key_codec.decode(b))
+        .transpose()?;
+    let value = batch
+        .value(raw)
+        .map(|b| shared.value_codec.decode(b))
+        .transpose()?;
+    let headers = batch
+        .headers(raw)
+        .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+        .collect();
+    Ok(Record {
+        topic,
+        partition,
+        offset: raw.offset,
+        timestamp: raw.timestamp,
+        key,
+        value,
+        headers,
+    })
+}
+
+/// Produces a failed record to the dead-letter topic and waits for the acknowledgement.
+pub(super) async fn send_dead_letter<KC, VC, H>(
+    shared: &Shared<KC, VC, H>,
+    dlq: &str,
+    (topic, partition): (&str, i32),
+    (batch, raw): (&RecordBatch, &RawRecord),
+    failure: &Failure,
+) -> Result<(), Error> {
+    let Some(producer) = &shared.producer else {
+        unreachable!("a producer is created whenever a dead-letter topic is configured")
+    };
+    let record = dead_letter(dlq, topic, partition, batch, raw, failure);
+    producer
+        .send_records(vec![record])
+        .await
+        .map_err(|e| Error::DeadLetter {
+            topic: topic.to_string(),
+            partition,
+            offset: raw.offset,
+            dead_letter_topic: dlq.to_string(),
+            source: match e {
+                crate::changelog::ChangelogError::Produce { source, .. } => Box::new(source),
+                _ => Box::new(rdkafka::error::KafkaError::Canceled),
+            },
+        })?;
+    tracing::warn!(%topic, partition, offset = raw.offset, dead_letter_topic = %dlq,
+        error = %failure.message(), "record dead-lettered");
+    shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Produces the output records the current record staged and waits for their
+/// acknowledgements.
+pub(super) async fn send_outbox<KC, VC, H>(
+    shared: &Shared<KC, VC, H>,
+    ctx: &mut PartitionContext,
+) -> Result<(), crate::changelog::ChangelogError> {
+    let outbox = ctx.take_outbox();
+    if outbox.is_empty() {
+        return Ok(());
+    }
+    let Some(producer) = &shared.producer else {
+        unreachable!("every consumer has a producer");
+    };
+    producer.send_records(outbox).await.map(|_| ())
 }

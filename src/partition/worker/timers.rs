@@ -49,17 +49,17 @@ where
                 }
             };
             let outcome = match outcome {
-                Ok(()) => self.send_outbox(ctx).await.map_err(|e| e.to_string()),
+                Ok(()) => records::send_outbox(&self.shared, ctx)
+                    .await
+                    .map_err(|e| e.to_string()),
                 failed => failed,
             };
             match outcome {
                 Ok(()) => {
-                    if let Some(state) = ctx.state_mut() {
-                        state.commit_staged();
-                    }
+                    ctx.commit_staged();
                 }
                 Err(message) => {
-                    discard_staged(ctx);
+                    ctx.discard_staged();
                     if matches!(self.shared.config.error_policy, ErrorPolicy::Fail) {
                         return Err(Error::Timer {
                             topic: self.topic.to_string(),
@@ -71,9 +71,7 @@ where
                     tracing::warn!(topic = %self.topic, partition = self.partition, at, %message,
                         "timer failed; dropping it");
                     ctx.stage_timer(false, entry)?;
-                    if let Some(state) = ctx.state_mut() {
-                        state.commit_staged();
-                    }
+                    ctx.commit_staged();
                 }
             }
         }
@@ -105,21 +103,5 @@ where
             crate::window::delete_closed(state, index, closed);
         }
         Ok(())
-    }
-
-    /// Produces the output records the current record staged and waits for their
-    /// acknowledgements.
-    pub(super) async fn send_outbox(
-        &self,
-        ctx: &mut PartitionContext,
-    ) -> Result<(), crate::changelog::ChangelogError> {
-        let outbox = ctx.take_outbox();
-        if outbox.is_empty() {
-            return Ok(());
-        }
-        let Some(producer) = &self.shared.producer else {
-            unreachable!("every consumer has a producer");
-        };
-        producer.send_records(outbox).await.map(|_| ())
     }
 }

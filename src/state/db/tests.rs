@@ -22,13 +22,14 @@ fn batch_writes_data_and_checkpoint_together() {
         source_next: 40,
         source_timestamp: 1_700_000_000_000,
         stream_time: 1_700_000_000_000,
+        source_done: crate::state::replay::DoneSet::from_ranges(vec![(42, 45)]),
     };
     db.write(StateBatch {
         entries: vec![
             (0, b"a".to_vec(), Some(b"1".to_vec())),
             (0, b"b".to_vec(), None),
         ],
-        checkpoints: vec![(0, ck)],
+        checkpoints: vec![(0, ck.clone())],
     })
     .unwrap();
     drop(db);

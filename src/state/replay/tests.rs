@@ -19,6 +19,7 @@ fn flush(next: i64, touched: &[&str]) -> Entry {
             next,
             last_timestamp: next,
             stream_time: next,
+            done: DoneSet::EMPTY,
         },
         touched: touched.iter().map(|s| s.to_string()).collect(),
     }
@@ -152,22 +153,22 @@ fn flushes_complete_in_every_touched_store_apply_and_the_tail_is_void() {
 fn clone_of(s: &StoreReplay) -> StoreReplay {
     StoreReplay {
         name: s.name.clone(),
-        checkpoint: s.checkpoint,
+        checkpoint: s.checkpoint.clone(),
         epoch: s.epoch,
         tail: s.tail.clone(),
         held: s.held.as_ref().map(|h| Held {
             stamp: h.stamp,
-            source: h.source,
+            source: h.source.clone(),
             touched: h.touched.clone(),
             changelog_next: h.changelog_next,
             data: h.data.clone(),
         }),
         ready: s.ready.clone(),
-        ready_checkpoint: s.ready_checkpoint,
+        ready_checkpoint: s.ready_checkpoint.clone(),
         marked_seq: s.marked_seq,
         max_seq: s.max_seq,
         max_epoch: s.max_epoch,
-        source: s.source,
+        source: s.source.clone(),
         void_keys: s.void_keys.clone(),
         ready_bytes: s.ready_bytes,
     }
