@@ -273,7 +273,10 @@ impl PartitionContext {
 
     /// A context for one record in flight next to others: the partition's shared state
     /// with writes of its own, its tables, its clocks.
-    pub(crate) fn for_record(&self, shared: Option<&Arc<std::sync::Mutex<PartitionState>>>) -> Self {
+    pub(crate) fn for_record(
+        &self,
+        shared: Option<&Arc<std::sync::Mutex<PartitionState>>>,
+    ) -> Self {
         Self {
             topic: self.topic.clone(),
             partition: self.partition,

@@ -47,7 +47,10 @@ pub enum Error {
     },
 
     /// A record could not be decoded and the error policy is `Fail`.
-    #[error("cannot decode {topic}/{partition}@{offset}: {source}")]
+    #[error(
+        "cannot decode {topic}/{partition}@{offset}{}: {source}",
+        key_text(key)
+    )]
     Decode {
         /// Source topic.
         topic: String,
@@ -55,12 +58,17 @@ pub enum Error {
         partition: i32,
         /// Offset of the record that failed; it and everything after it stays uncommitted.
         offset: i64,
+        /// The record's key (lossy UTF-8, at most 100 characters); `None` without one.
+        key: Option<String>,
         /// The codec's error.
         source: CodecError,
     },
 
     /// The handler failed on a record (after retries) and the error policy is `Fail`.
-    #[error("handler failed on {topic}/{partition}@{offset}: {source}")]
+    #[error(
+        "handler failed on {topic}/{partition}@{offset}{}: {source}",
+        key_text(key)
+    )]
     Handler {
         /// Source topic.
         topic: String,
@@ -68,12 +76,14 @@ pub enum Error {
         partition: i32,
         /// Offset of the record that failed; it and everything after it stays uncommitted.
         offset: i64,
+        /// The record's key (lossy UTF-8, at most 100 characters); `None` without one.
+        key: Option<String>,
         /// The handler's error.
         source: HandlerError,
     },
 
     /// The handler or a codec panicked on a record and the error policy is `Fail`.
-    #[error("panic on {topic}/{partition}@{offset}: {message}")]
+    #[error("panic on {topic}/{partition}@{offset}{}: {message}", key_text(key))]
     Panicked {
         /// Source topic.
         topic: String,
@@ -81,6 +91,8 @@ pub enum Error {
         partition: i32,
         /// Offset of the record; it and everything after it stays uncommitted.
         offset: i64,
+        /// The record's key (lossy UTF-8, at most 100 characters); `None` without one.
+        key: Option<String>,
         /// The panic's message.
         message: String,
     },
@@ -113,7 +125,10 @@ pub enum Error {
     },
 
     /// An output record of a record was not acknowledged, and the error policy is `Fail`.
-    #[error("output of {topic}/{partition}@{offset} was not acknowledged: {source}")]
+    #[error(
+        "output of {topic}/{partition}@{offset}{} was not acknowledged: {source}",
+        key_text(key)
+    )]
     Output {
         /// Source topic.
         topic: String,
@@ -121,6 +136,8 @@ pub enum Error {
         partition: i32,
         /// Offset of the record; it and everything after it stays uncommitted.
         offset: i64,
+        /// The record's key (lossy UTF-8, at most 100 characters); `None` without one.
+        key: Option<String>,
         /// The producer's error (boxed: it would make every `Result<_, Error>` large).
         source: Box<ChangelogError>,
     },
@@ -214,4 +231,15 @@ pub enum Error {
         /// librdkafka's description.
         reason: String,
     },
+}
+
+/// ` (key "…")` for an error message, or nothing without a key.
+fn key_text(key: &Option<String>) -> String {
+    key.as_ref()
+        .map_or(String::new(), |k| format!(" (key {k:?})"))
+}
+
+/// A record key as errors show it: lossy UTF-8, at most 100 characters.
+pub(crate) fn shown_key(key: Option<&[u8]>) -> Option<String> {
+    key.map(|k| String::from_utf8_lossy(k).chars().take(100).collect())
 }

@@ -357,6 +357,12 @@ where
     /// What `run()` would return for it: under [`ErrorPolicy::Fail`](crate::ErrorPolicy::Fail)
     /// the record's decode, handler or panic error; state and codec errors.
     pub async fn send(&mut self, record: TestRecord<KC::Item, VC::Item>) -> Result<()> {
+        let (_, key, value, timestamp, headers) = self.encode(record)?;
+        self.send_raw(key, value, timestamp, headers).await
+    }
+
+    /// A record encoded with the driver's codecs (its offset left at -1).
+    fn encode(&self, record: TestRecord<KC::Item, VC::Item>) -> Result<Sent> {
         let key = record
             .key
             .as_ref()
@@ -375,8 +381,7 @@ where
                 code: "TestDriver".into(),
                 reason: format!("cannot encode the value: {e}"),
             })?;
-        self.send_raw(key, value, record.timestamp, record.headers)
-            .await
+        Ok((-1, key, value, record.timestamp, record.headers))
     }
 
     /// Hands raw bytes to the handler (to test what the codecs make of bad input).
@@ -619,6 +624,9 @@ impl<KC: Codec, VC: Codec, H> Drop for TestDriver<KC, VC, H> {
     }
 }
 
+mod many;
 mod tables;
 #[cfg(test)]
 mod tests;
+
+pub use many::Progress;

@@ -137,6 +137,7 @@ async fn handler_panic_under_fail_stops_run_naming_the_record() {
             partition: 0,
             offset: 12,
             message,
+            ..
         } => {
             assert_eq!(t, &topic);
             assert!(message.contains("handler bug at offset 12"), "{message}");

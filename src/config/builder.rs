@@ -59,6 +59,8 @@ impl ConsumerConfig {
                 stores: Vec::new(),
                 tables: Vec::new(),
                 table_sync_wait: Duration::ZERO,
+                key_concurrency: 1,
+                concurrency_lookahead: 10_000,
                 flush_max_records: 1_000_000,
                 flush_interval: Duration::from_secs(5),
                 changelog_replication: -1,
@@ -274,6 +276,33 @@ impl ConsumerConfigBuilder {
     /// [`crate::table`].
     pub fn table_sync_wait(mut self, wait: Duration) -> Self {
         self.config.table_sync_wait = wait;
+        self
+    }
+
+    /// Key-level concurrency (default 1: the records of a partition are handled one at a
+    /// time, in offset order). With `n > 1`, up to `n` records of a partition are in flight
+    /// at once — records of one key (a missing key is one key) still one at a time, in
+    /// offset order — for handlers that wait on something (a service call per record):
+    /// a hot key runs at serial speed without holding up the other keys. See the README's
+    /// "Slow handlers".
+    ///
+    /// A record's state writes join the partition's state when it succeeds (its output
+    /// records acknowledged), all at once; other records see them from then on. Reading or
+    /// writing another key than the record's own is allowed but not ordered with that key's
+    /// records. The committed offset is the lowest unfinished one, after a flush of
+    /// everything finished; the records finished after it are recorded with the state, so a
+    /// restart or a new owner does not apply them twice. Windows, timers and TTL stores need
+    /// records one at a time and are refused by [`build`](Self::build).
+    pub fn key_concurrency(mut self, records: usize) -> Self {
+        self.config.key_concurrency = records;
+        self
+    }
+
+    /// With [`key_concurrency`](Self::key_concurrency): a record starts only if its offset is
+    /// less than this many past the lowest unfinished offset of its partition (default
+    /// 10 000), so a stuck key bounds the records held and replayed after a crash.
+    pub fn concurrency_lookahead(mut self, records: usize) -> Self {
+        self.config.concurrency_lookahead = records;
         self
     }
 
@@ -508,6 +537,33 @@ fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
     ] {
         if value == 0 {
             return invalid(name, "0".into(), "must be at least 1");
+        }
+    }
+    if c.key_concurrency == 0 || c.concurrency_lookahead == 0 {
+        return invalid(
+            "key_concurrency / concurrency_lookahead",
+            format!("{} / {}", c.key_concurrency, c.concurrency_lookahead),
+            "must be at least 1",
+        );
+    }
+    if c.key_concurrency > 1 {
+        let serial_only = c.stores.iter().find_map(|s| {
+            if s.name == crate::timer::TIMER_STORE {
+                Some("timers and windows (a window closes on a timer)")
+            } else if s.format.starts_with("window;") {
+                Some("windows")
+            } else if s.expiry.is_some() {
+                Some("TTL stores (their sweeps are timers)")
+            } else {
+                None
+            }
+        });
+        if let Some(feature) = serial_only {
+            return Err(ConfigError::Invalid {
+                name: "key_concurrency",
+                value: format!("{} with {feature}", c.key_concurrency),
+                reason: "windows, timers and TTL stores follow a partition's stream time,                          which needs records handled one at a time: use key_concurrency(1)                          for this consumer",
+            });
         }
     }
     if c.flush_max_records == 0 {

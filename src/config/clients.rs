@@ -215,6 +215,8 @@ impl fmt::Debug for ConsumerConfig {
             .field("stores", &self.stores)
             .field("tables", &self.tables)
             .field("table_sync_wait", &self.table_sync_wait)
+            .field("key_concurrency", &self.key_concurrency)
+            .field("concurrency_lookahead", &self.concurrency_lookahead)
             .field("flush_max_records", &self.flush_max_records)
             .field("flush_interval", &self.flush_interval)
             .field("consumer_overrides", &redacted(&self.consumer_overrides))

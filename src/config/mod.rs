@@ -189,6 +189,11 @@ pub struct ConsumerConfig {
     /// How long an input record waits for its co-partitioned tables to confirm they hold
     /// every update up to its timestamp.
     pub(crate) table_sync_wait: Duration,
+    /// Records of one partition in flight at once (different keys only); 1: one at a time.
+    pub(crate) key_concurrency: usize,
+    /// With key-level concurrency: how far past the lowest unfinished offset a record may
+    /// start.
+    pub(crate) concurrency_lookahead: usize,
     pub(crate) flush_max_records: usize,
     pub(crate) flush_interval: Duration,
     pub(crate) changelog_replication: i32,

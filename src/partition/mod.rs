@@ -4,5 +4,6 @@
 
 pub(crate) mod policy;
 pub(crate) mod router;
+pub(crate) mod scheduler;
 pub(crate) mod supervisor;
 pub(crate) mod worker;

@@ -43,37 +43,49 @@ impl Failure {
         }
     }
 
-    /// The error `run()` returns under `ErrorPolicy::Fail`.
-    pub(crate) fn into_error(self, topic: String, partition: i32, offset: i64) -> Error {
+    /// The error `run()` returns under `ErrorPolicy::Fail`, naming the record by its offset
+    /// and key.
+    pub(crate) fn into_error(
+        self,
+        topic: String,
+        partition: i32,
+        (offset, key): (i64, Option<&[u8]>),
+    ) -> Error {
+        let key = crate::error::shown_key(key);
         match self {
             Failure::Decode(source) => Error::Decode {
                 topic,
                 partition,
                 offset,
+                key,
                 source,
             },
             Failure::Handler(source) => Error::Handler {
                 topic,
                 partition,
                 offset,
+                key,
                 source,
             },
             Failure::Panic(message) => Error::Panicked {
                 topic,
                 partition,
                 offset,
+                key,
                 message,
             },
             Failure::Output(source) => Error::Output {
                 topic,
                 partition,
                 offset,
+                key,
                 source: Box::new(source),
             },
             Failure::Late => Error::Handler {
                 topic,
                 partition,
                 offset,
+                key,
                 source: "late record".into(),
             },
         }

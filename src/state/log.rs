@@ -133,10 +133,7 @@ pub(crate) fn entry_ref(entry: &Entry) -> EntryRef<'_> {
             key,
             value: value.as_deref(),
         },
-        Entry::Flush { source, touched } => EntryRef::Flush {
-            source,
-            touched,
-        },
+        Entry::Flush { source, touched } => EntryRef::Flush { source, touched },
         Entry::Epoch { source } => EntryRef::Epoch { source },
     }
 }

@@ -52,11 +52,11 @@ mod flush;
 pub(crate) mod log;
 mod overlay;
 mod partition;
-pub(crate) mod slot;
 pub(crate) mod replay;
 pub(crate) mod restore;
 #[cfg(test)]
 mod sim;
+pub(crate) mod slot;
 mod store;
 pub mod ttl;
 

@@ -141,7 +141,11 @@ impl DoneSet {
 
     /// `a-b,c-d` (header and checkpoint text); empty for the empty set.
     pub(crate) fn to_text(&self) -> String {
-        let parts: Vec<String> = self.ranges().iter().map(|(a, b)| format!("{a}-{b}")).collect();
+        let parts: Vec<String> = self
+            .ranges()
+            .iter()
+            .map(|(a, b)| format!("{a}-{b}"))
+            .collect();
         parts.join(",")
     }
 

@@ -35,7 +35,9 @@ pub(crate) enum Target<'a> {
 /// turns on their worker's task. A panic inside one cannot leave the state half-changed, so
 /// a poisoned lock is used as it is.
 pub(crate) fn lock(state: &Mutex<PartitionState>) -> MutexGuard<'_, PartitionState> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl StateSlot {

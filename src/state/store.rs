@@ -3,8 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::ttl::{self, Expiry};
 use super::slot::{lock, Target};
+use super::ttl::{self, Expiry};
 use super::{StateError, StoreSpec};
 use crate::codec::Codec;
 use crate::timer::TimeKind;

@@ -72,10 +72,11 @@ pub(crate) fn closing(
     key: &[u8],
     at: i64,
 ) -> Result<Option<(ClosedWindow, usize)>, crate::StateError> {
-    let (store, start) = parse_close_key(key).ok_or_else(|| crate::StateError::CorruptMetadata {
-        path: std::path::PathBuf::new(),
-        reason: "malformed window close timer".into(),
-    })?;
+    let (store, start) =
+        parse_close_key(key).ok_or_else(|| crate::StateError::CorruptMetadata {
+            path: std::path::PathBuf::new(),
+            reason: "malformed window close timer".into(),
+        })?;
     let Some(index) = state.store_index(&store) else {
         return Ok(None);
     };

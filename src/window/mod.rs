@@ -42,9 +42,9 @@ mod driven;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use close::{closing, delete_closed};
 use close::close_key;
 pub use close::ClosedWindow;
+pub(crate) use close::{closing, delete_closed};
 
 /// A time window `[start, end)`, in milliseconds since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

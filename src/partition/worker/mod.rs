@@ -24,9 +24,11 @@ use crate::error::Error;
 use crate::handler::{Handler, PartitionContext, Record};
 use crate::observe::StatsInner;
 use crate::offset::{OffsetTracker, PartitionProgress, QueueGauge};
+use crate::state::replay::SourcePosition;
 use crate::state::{PartitionState, StateEnv};
 use crate::timer::{Owner, TimeKind, Timer};
 
+mod concurrent;
 mod flush;
 mod records;
 mod tables;
@@ -133,12 +135,16 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     handler_duration: metrics::Histogram,
     /// The partition's co-partitioned tables (and the global ones' reads).
     tables: Option<crate::table::PartitionTables>,
+    /// Records in flight under key-level concurrency (`key_concurrency > 1`).
+    concurrent: Option<concurrent::Concurrent>,
 }
 
 /// What woke the worker.
 enum Event {
     Flushed(Result<crate::state::FlushDone, crate::StateError>),
     Batch(Option<RecordBatch>),
+    /// A record in flight (key-level concurrency) ended.
+    Finished(concurrent::Finished),
     /// Table updates arrived.
     Tables,
     Tick,
@@ -179,6 +185,7 @@ where
             sampled: 0,
             handler_duration: crate::observe::metrics::handler_histogram(&topic_label, partition),
             tables: None,
+            concurrent: None,
         }
     }
 
@@ -225,6 +232,11 @@ where
             return Ok(()); // revoked while bootstrapping tables
         }
         self.run_hook(Hook::Assigned, &mut ctx).await?;
+        let config = self.shared.config.clone();
+        if config.key_concurrency > 1 {
+            let start = self.tracker.committable().unwrap_or(SourcePosition::NONE);
+            self.concurrent = Some(concurrent::Concurrent::new(&config, start, &mut ctx));
+        }
         self.progress.ready.store(true, Ordering::Release);
         let flush_interval = self.shared.config.flush_interval;
         let mut ticker = tokio::time::interval(flush_interval);
@@ -237,17 +249,24 @@ where
             .await?;
         loop {
             // Stopping also closes the queue (the router drops its end), which wakes an idle
-            // worker; the flag makes a stop win over records still queued.
-            if self.stop.is_stopped() {
+            // worker; the flag makes a stop win over records still queued. Records in flight
+            // get the revoke timeout to end (unless the partition was lost).
+            if self.stop.is_stopped() && !self.draining() {
                 break;
             }
+            let takes_batches = !self.stop.is_stopped()
+                && self
+                    .concurrent
+                    .as_ref()
+                    .is_none_or(|c| c.accepts_more(config.concurrency_lookahead));
             let event = tokio::select! {
                 biased;
                 done = finished(&mut self.in_flight) => Event::Flushed(done),
                 // Table updates first: handed over before an input record, they are ordered
                 // with it by time (see `tables_arrived`).
                 () = tables::arrived(&mut self.tables) => Event::Tables,
-                batch = rx.recv() => Event::Batch(batch),
+                ended = concurrent::next_finished(&mut self.concurrent) => Event::Finished(ended),
+                batch = rx.recv(), if takes_batches => Event::Batch(batch),
                 _ = ticker.tick() => Event::Tick,
                 _ = wall_ticker.tick(), if has_timers => Event::WallTick,
             };
@@ -256,6 +275,20 @@ where
                 Event::Flushed(done) => {
                     let next = self.in_flight.take().map_or(-1, |(_, next)| next);
                     self.complete_flush(done?, next, &mut ctx)?;
+                }
+                Event::Batch(Some(batch)) if self.concurrent.is_some() => {
+                    self.enqueue(batch, &mut ctx).await?;
+                }
+                Event::Finished(ended) => {
+                    self.finished(ended, &mut ctx).await?;
+                    if let Some(error) = self.failed_and_idle() {
+                        // Under `Fail`: what finished before it is flushed, nothing from it on.
+                        self.flush(&mut ctx).await?;
+                        return Err(error);
+                    }
+                    if self.flush_due(&mut ctx) {
+                        self.start_flush(&mut ctx).await?;
+                    }
                 }
                 Event::Batch(Some(batch)) => {
                     let outcome = self.process_batch(&batch, &mut ctx).await;
@@ -295,8 +328,25 @@ where
     }
 
     /// How far the partition's finished records reach (what a flush makes durable).
-    fn committable(&self) -> Option<crate::state::replay::SourcePosition> {
-        self.tracker.committable()
+    fn committable(&self) -> Option<SourcePosition> {
+        match &self.concurrent {
+            Some(c) => c.scheduler.completion.committable(),
+            None => self.tracker.committable(),
+        }
+    }
+
+    /// Stopping gracefully with records in flight: they get the revoke timeout to end.
+    fn draining(&self) -> bool {
+        !self.stop.is_lost() && self.concurrent.as_ref().is_some_and(|c| c.is_running())
+    }
+
+    /// Under `ErrorPolicy::Fail`, a record in flight failed and the others have ended.
+    fn failed_and_idle(&mut self) -> Option<Error> {
+        let c = self.concurrent.as_mut()?;
+        if c.is_running() {
+            return None;
+        }
+        c.failed.take()
     }
 
     /// Runs a lifecycle hook within the revoke timeout; its store writes are kept when it
@@ -316,13 +366,15 @@ where
             tokio::time::timeout(timeout, call).await
         };
         let error = match result {
-            Ok(Ok(Ok(()))) if !matches!(hook, Hook::Lost) => match records::send_outbox(&self.shared, ctx).await {
-                Ok(()) => {
-                    ctx.commit_staged();
-                    return Ok(());
+            Ok(Ok(Ok(()))) if !matches!(hook, Hook::Lost) => {
+                match records::send_outbox(&self.shared, ctx).await {
+                    Ok(()) => {
+                        ctx.commit_staged();
+                        return Ok(());
+                    }
+                    Err(error) => Some(format!("its output was not acknowledged: {error}")),
                 }
-                Err(error) => Some(format!("its output was not acknowledged: {error}")),
-            },
+            }
             Ok(Ok(Ok(()))) => None,
             Ok(Ok(Err(e))) => Some(e.to_string()),
             Ok(Err(payload)) => Some(format!("panicked: {}", panic_message(payload.as_ref()))),

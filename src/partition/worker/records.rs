@@ -121,6 +121,7 @@ where
                 topic: self.topic.to_string(),
                 partition: self.partition,
                 offset: raw.offset,
+                key: crate::error::shown_key(batch.key(raw)),
                 source: Box::new(e),
             })?;
         Ok(())
@@ -139,7 +140,7 @@ where
                 // The tracker ends before this record, so this flush makes everything before
                 // it durable and leaves it and what follows uncommitted.
                 self.flush(ctx).await?;
-                Err(failure.into_error(topic, partition, offset))
+                Err(failure.into_error(topic, partition, (offset, batch.key(raw))))
             }
             ErrorPolicy::Skip => {
                 tracing::warn!(%topic, partition, offset, kind = failure.kind(), error = %failure.message(), "skipping record");
@@ -148,8 +149,14 @@ where
                 Ok(())
             }
             ErrorPolicy::DeadLetter(dlq) => {
-                send_dead_letter(&self.shared, dlq, (&self.topic, partition), (batch, raw), &failure)
-                    .await?;
+                send_dead_letter(
+                    &self.shared,
+                    dlq,
+                    (&self.topic, partition),
+                    (batch, raw),
+                    &failure,
+                )
+                .await?;
                 self.progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.finish(raw, ctx.stream_time());
                 Ok(())
