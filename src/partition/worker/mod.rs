@@ -144,7 +144,7 @@ enum Event {
     Flushed(Result<crate::state::FlushDone, crate::StateError>),
     Batch(Option<RecordBatch>),
     /// A record in flight (key-level concurrency) ended.
-    Finished(concurrent::Finished),
+    Finished(Box<concurrent::Finished>),
     /// Table updates arrived.
     Tables,
     Tick,
@@ -265,7 +265,7 @@ where
                 // Table updates first: handed over before an input record, they are ordered
                 // with it by time (see `tables_arrived`).
                 () = tables::arrived(&mut self.tables) => Event::Tables,
-                ended = concurrent::next_finished(&mut self.concurrent) => Event::Finished(ended),
+                ended = concurrent::next_finished(&mut self.concurrent) => Event::Finished(Box::new(ended)),
                 batch = rx.recv(), if takes_batches => Event::Batch(batch),
                 _ = ticker.tick() => Event::Tick,
                 _ = wall_ticker.tick(), if has_timers => Event::WallTick,
@@ -280,7 +280,7 @@ where
                     self.enqueue(batch, &mut ctx).await?;
                 }
                 Event::Finished(ended) => {
-                    self.finished(ended, &mut ctx).await?;
+                    self.finished(*ended, &mut ctx).await?;
                     if let Some(error) = self.failed_and_idle() {
                         // Under `Fail`: what finished before it is flushed, nothing from it on.
                         self.flush(&mut ctx).await?;
