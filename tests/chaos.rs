@@ -51,8 +51,20 @@ const CHILD: ChildTest = ChildTest {
     var: "KS_CHAOS_CHILD",
 };
 
+/// Members differ in key-level concurrency (`chaos-0`: one record at a time, `chaos-1`: 8
+/// in flight, `chaos-2`: 3): partitions move between them with records finished out of
+/// order in their changelogs.
+fn concurrency_of(instance: &str) -> usize {
+    match instance.rsplit('-').next() {
+        Some("1") => 8,
+        Some("2") => 3,
+        _ => 1,
+    }
+}
+
 fn config(topic: &str, group: &str, instance: &str, dir: &str) -> ConsumerConfig {
     child::group_member_config(topic, group, instance, dir, SESSION_TIMEOUT)
+        .key_concurrency(concurrency_of(instance))
         .commit_interval(Duration::from_millis(200))
         .flush_max_records(50)
         .flush_interval(Duration::from_millis(100))

@@ -55,8 +55,9 @@ const CHILD: ChildTest = ChildTest {
     var: "KS_CRASH_CHILD",
 };
 
-fn child_config(topic: &str, group: &str, dir: &str) -> ConsumerConfig {
+fn child_config(topic: &str, group: &str, dir: &str, concurrency: usize) -> ConsumerConfig {
     child::count_sum_config(topic, group, "crash-0", dir)
+        .key_concurrency(concurrency)
         .session_timeout(Duration::from_secs(10))
         .commit_interval(Duration::from_millis(150))
         // Small, frequent flushes so kills land before, during and after flushes and commits.
@@ -69,9 +70,10 @@ fn child_config(topic: &str, group: &str, dir: &str) -> ConsumerConfig {
 /// The child's body; a no-op unless run as the child.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child() {
-    let Some(([topic, group, dir], probe)) = CHILD.args() else {
+    let Some(([topic, group, dir, concurrency], probe)) = CHILD.args() else {
         return;
     };
+    let concurrency: usize = concurrency.parse().unwrap();
     common::init_probe_tracing(probe.clone());
     let handler = CountSum {
         // About 0.4 ms per record: a batch (up to 1024 records) takes a few hundred ms.
@@ -80,13 +82,26 @@ async fn crash_child() {
         probe: Some(probe.clone()),
         ..CountSum::new(&topic)
     };
-    let consumer = StatefulConsumer::new(child_config(&topic, &group, &dir), Utf8, Utf8, handler)
+    let config = child_config(&topic, &group, &dir, concurrency);
+    let consumer = StatefulConsumer::new(config, Utf8, Utf8, handler)
         .with_restore_listener(common::ProbeListener(probe));
     consumer.run(std::future::pending()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
+    crash_rounds(1).await;
+}
+
+/// The same with 16 records of a partition in flight (different keys): records finish out
+/// of order, flushes hold records finished above the lowest unfinished one, and a restart
+/// must recognise them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_with_key_concurrency_neither_loses_nor_double_counts() {
+    crash_rounds(16).await;
+}
+
+async fn crash_rounds(concurrency: usize) {
     require_broker!();
     if CHILD.in_child() {
         return;
@@ -99,7 +114,8 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
         .unwrap_or(DEFAULT_ROUNDS);
     let (mut rng, seed) = common::Rng::from_env_or_clock("KS_CRASH_SEED");
     println!(
-        "crash: seed {seed} (KS_CRASH_SEED={seed} reproduces delays and input), {rounds} rounds"
+        "crash: seed {seed} (KS_CRASH_SEED={seed} reproduces delays and input), {rounds} rounds, \
+         key concurrency {concurrency}"
     );
     let (topic, group, dir) = (
         common::unique("crash"),
@@ -145,7 +161,7 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
         let mut child = CHILD.spawn(
             dir.path(),
             &round.to_string(),
-            &[&topic, &group, &state_dir],
+            &[&topic, &group, &state_dir, &concurrency.to_string()],
         );
         let who = format!("the child of round {round}");
         // More input while the child starts, so every round has a backlog, and new weights.
@@ -262,7 +278,7 @@ async fn sigkill_at_random_moments_neither_loses_nor_double_counts() {
     let handler = CountSum::new(&topic);
     let final_started = Instant::now();
     let running = Running::start(StatefulConsumer::new(
-        child_config(&topic, &group, &state_dir),
+        child_config(&topic, &group, &state_dir, concurrency),
         Utf8,
         Utf8,
         handler.clone(),

@@ -85,6 +85,34 @@ where
     }
 }
 
+impl<KC, VC, H> TestDriver<KC, VC, H>
+where
+    KC: Codec,
+    VC: Codec,
+    H: Handler<KC::Item, VC::Item>,
+{
+    /// The partition is lost (its session expired; another member may own it): the worker
+    /// cancels what is in flight, runs `on_lost`, flushes and commits nothing more. Then it
+    /// is assigned again, and the records after the last durable offset are delivered again.
+    ///
+    /// # Errors
+    /// Restore and hook errors.
+    pub async fn lose_partition(&mut self) -> Result<()> {
+        if let Some(running) = self.running.take() {
+            let durable = running.progress.durable_next();
+            running.stop.lose();
+            drop(running.tx);
+            let _ = running.join.await;
+            if let Ok(error) = self.failures.try_recv() {
+                return Err(error);
+            }
+            // Nothing became durable after the loss: the next owner starts where it was.
+            self.committed = durable.max(self.committed);
+        }
+        self.start().await
+    }
+}
+
 /// Where the driver's partition stands, for [`TestDriver::wait_for`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -232,3 +232,53 @@ async fn a_panic_is_an_error_of_its_record_and_a_single_hot_key_runs_serially() 
         vec![("hot".to_string(), 30)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoke_waits_for_the_records_in_flight_and_a_lost_partition_keeps_none_of_them() {
+    // Revoke (graceful stop): the records in flight finish, are flushed and committed.
+    let (mut d, h) = driver(8, ErrorPolicy::Fail).await;
+    let records: Vec<_> = (0..8).map(|i| record(&format!("k{i}"), "300")).collect();
+    d.submit(records).unwrap();
+    let in_flight = h.in_flight.clone();
+    d.wait_for("records in flight", |_| {
+        in_flight.load(Ordering::SeqCst) == 8
+    })
+    .await
+    .unwrap();
+    d.flush().await.unwrap(); // stops gracefully, then assigns again
+    assert_eq!(
+        h.log.lock().unwrap().len(),
+        8,
+        "none handled twice, none lost"
+    );
+    assert_eq!(d.read(&counts()).await.unwrap().len(), 8);
+
+    // Lost: the records in flight are cancelled and nothing of theirs is kept; they are
+    // delivered again to the next owner (here, the same worker assigned again).
+    let (mut d, h) = driver(8, ErrorPolicy::Fail).await;
+    let records: Vec<_> = (0..8).map(|i| record(&format!("k{i}"), "300")).collect();
+    d.submit(records).unwrap();
+    let in_flight = h.in_flight.clone();
+    d.wait_for("records in flight", |_| {
+        in_flight.load(Ordering::SeqCst) == 8
+    })
+    .await
+    .unwrap();
+    d.lose_partition().await.unwrap();
+    d.wait_for("everything handled by the next owner", |p| {
+        p.processed_next == 8
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        h.log.lock().unwrap().len(),
+        8,
+        "the cancelled records count once, on the next owner"
+    );
+    let mut got = d.read(&counts()).await.unwrap();
+    got.sort();
+    assert_eq!(
+        got,
+        (0..8).map(|i| (format!("k{i}"), 1)).collect::<Vec<_>>()
+    );
+}
