@@ -32,6 +32,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
+#[path = "throughput/slow.rs"]
+mod slow;
 #[path = "throughput/visitors.rs"]
 mod visitors;
 
@@ -271,13 +273,17 @@ async fn measure(
 }
 
 async fn create_topic(bootstrap: &str, topic: &str) {
+    create_topic_with(bootstrap, topic, 4).await
+}
+
+async fn create_topic_with(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
     for r in admin
         .create_topics(
-            &[NewTopic::new(topic, 4, TopicReplication::Fixed(1))],
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new(),
         )
         .await
@@ -392,6 +398,11 @@ async fn main() {
         tokio::task::spawn_blocking(move || raw_consumer(&b, &t, n, &name))
     };
     let dir = tempfile::tempdir().unwrap();
+
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "slow") {
+        slow::slow_handlers(&bootstrap, id, dir.path()).await;
+        return;
+    }
 
     let name = "kafka_stateful_unique_visitors";
     if selected(name) {

@@ -228,15 +228,17 @@ where
         let log = MemoryLog::default();
         let capture = Arc::new(Capture::default());
         let (failures_tx, failures) = mpsc::unbounded_channel();
+        let memory = Arc::new(crate::state::memory::RocksMemory::default());
         let state_env = (!config.stores.is_empty()).then(|| StateEnv {
             config: config.clone(),
             log: Arc::new(log.clone()),
             listener: Arc::new(NoopListener),
+            memory: memory.clone(),
         });
         let (tables, table_env) = match config.tables.is_empty() {
             true => (None, None),
             false => {
-                let (tables, env) = tables::DriverTables::new(&config, capture.clone())?;
+                let (tables, env) = tables::DriverTables::new(&config, capture.clone(), memory)?;
                 (Some(tables), Some(env))
             }
         };
@@ -488,7 +490,8 @@ where
             .ok_or_else(|| crate::StateError::UnknownStore(name.to_string()))?;
         let path = crate::state::partition_dir(config, &self.topic(), 0).unwrap_or_default();
         let entries = {
-            let db = crate::state::PartitionDb::open(&path, &config.stores, WAIT)?;
+            let db =
+                crate::state::PartitionDb::open(&path, &config.stores, WAIT, &Default::default())?;
             db.prefix(index, b"")?
         };
         self.start().await?;
@@ -513,7 +516,8 @@ where
             .ok_or_else(|| crate::StateError::UnknownStore(store.name().to_string()))?;
         let path = crate::state::partition_dir(config, &self.topic(), 0).unwrap_or_default();
         let entries = {
-            let db = crate::state::PartitionDb::open(&path, &config.stores, WAIT)?;
+            let db =
+                crate::state::PartitionDb::open(&path, &config.stores, WAIT, &Default::default())?;
             db.prefix(index, b"")?
         };
         let decoded = entries

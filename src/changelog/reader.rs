@@ -171,11 +171,23 @@ impl Reader {
     }
 }
 
-/// Restore clients of one consumer instance, created on demand and reused.
+/// At most this many restore clients per consumer: each is a librdkafka client with its
+/// own threads, connections and prefetch buffers, and 64 partitions restoring at once must
+/// not make 64 of them. Restores beyond take turns (most read nothing and are quick).
+const MAX_READERS: usize = 8;
+
+/// Restore clients of one consumer instance, created on demand (up to [`MAX_READERS`]) and
+/// reused.
 #[derive(Clone)]
 pub(crate) struct ReaderPool {
     config: Arc<ConsumerConfig>,
-    idle: Arc<Mutex<Vec<Reader>>>,
+    idle: Arc<(Mutex<Idle>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct Idle {
+    readers: Vec<Reader>,
+    created: usize,
 }
 
 impl std::fmt::Debug for ReaderPool {
@@ -187,7 +199,7 @@ impl std::fmt::Debug for ReaderPool {
 /// A reader taken from the pool; goes back when dropped.
 pub(crate) struct PooledReader {
     reader: Option<Reader>,
-    pool: Arc<Mutex<Vec<Reader>>>,
+    pool: Arc<(Mutex<Idle>, std::sync::Condvar)>,
 }
 
 impl std::ops::Deref for PooledReader {
@@ -200,10 +212,12 @@ impl std::ops::Deref for PooledReader {
 impl Drop for PooledReader {
     fn drop(&mut self) {
         if let Some(reader) = self.reader.take() {
-            self.pool
-                .lock()
+            let (idle, returned) = &*self.pool;
+            idle.lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .readers
                 .push(reader);
+            returned.notify_one();
         }
     }
 }
@@ -216,12 +230,27 @@ impl ReaderPool {
         }
     }
 
-    /// An idle reader, or a new one.
+    /// An idle reader, a new one while fewer than [`MAX_READERS`] exist, or the next one
+    /// returned. Blocking.
     pub(crate) fn get(&self) -> Result<PooledReader, KafkaError> {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let reader = match idle {
-            Some(reader) => reader,
-            None => Reader::new(&self.config)?,
+        let (idle, returned) = &*self.idle;
+        let mut guard = idle.lock().unwrap_or_else(|p| p.into_inner());
+        let reader = loop {
+            if let Some(reader) = guard.readers.pop() {
+                break reader;
+            }
+            if guard.created < MAX_READERS {
+                guard.created += 1;
+                drop(guard);
+                match Reader::new(&self.config) {
+                    Ok(reader) => break reader,
+                    Err(error) => {
+                        idle.lock().unwrap_or_else(|p| p.into_inner()).created -= 1;
+                        return Err(error);
+                    }
+                }
+            }
+            guard = returned.wait(guard).unwrap_or_else(|p| p.into_inner());
         };
         Ok(PooledReader {
             reader: Some(reader),

@@ -7,6 +7,9 @@ use std::time::Duration;
 use super::clients::check_override;
 use super::*;
 
+/// Default of [`ConsumerConfigBuilder::memory_budget`].
+const DEFAULT_MEMORY_BUDGET: usize = 192 << 20;
+
 /// Builder for [`ConsumerConfig`]; see each setter for defaults.
 #[derive(Clone)]
 pub struct ConsumerConfigBuilder {
@@ -46,6 +49,8 @@ impl ConsumerConfig {
                 queue_bytes: 16 << 20,
                 total_queue_bytes: 256 << 20,
                 overlay_bytes: 64 << 20,
+                memory_budget: DEFAULT_MEMORY_BUDGET,
+                sizes_set: SizesSet::default(),
                 assignment: AssignmentStrategy::default(),
                 revoke_timeout: Duration::from_secs(30),
                 flush_timeout: Duration::from_secs(30),
@@ -130,6 +135,7 @@ impl ConsumerConfigBuilder {
     /// values and headers of the queued records plus 64 bytes each.
     pub fn queue_bytes(mut self, bytes: usize) -> Self {
         self.config.queue_bytes = bytes;
+        self.config.sizes_set.queue_bytes = true;
         self
     }
 
@@ -139,6 +145,7 @@ impl ConsumerConfigBuilder {
     /// records take.
     pub fn total_queue_bytes(mut self, bytes: usize) -> Self {
         self.config.total_queue_bytes = bytes;
+        self.config.sizes_set.total_queue_bytes = true;
         self
     }
 
@@ -146,6 +153,21 @@ impl ConsumerConfigBuilder {
     /// (default 64 MiB): keys and values in the write overlay.
     pub fn overlay_bytes(mut self, bytes: usize) -> Self {
         self.config.overlay_bytes = bytes;
+        self.config.sizes_set.overlay_bytes = true;
+        self
+    }
+
+    /// The consumer's memory budget in bytes (default 192 MiB), in four equal shares:
+    /// RocksDB's block cache and RocksDB's memtables (each shared by every partition's
+    /// database, as one `Cache` and one `WriteBufferManager`), fetched records waiting for
+    /// their partition's worker, and unflushed state writes. The last two are divided among
+    /// the partitions of the subscribed topics (known at start), unless set with
+    /// [`queue_bytes`](Self::queue_bytes), [`total_queue_bytes`](Self::total_queue_bytes) or
+    /// [`overlay_bytes`](Self::overlay_bytes): a consumer of 64 partitions does not hold 64
+    /// times the memory of one. The process also has librdkafka's and the runtime's own
+    /// memory (some tens of MB).
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.config.memory_budget = bytes;
         self
     }
 
@@ -534,6 +556,7 @@ fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
         ("queue_bytes", c.queue_bytes),
         ("total_queue_bytes", c.total_queue_bytes),
         ("overlay_bytes", c.overlay_bytes),
+        ("memory_budget", c.memory_budget),
     ] {
         if value == 0 {
             return invalid(name, "0".into(), "must be at least 1");

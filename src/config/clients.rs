@@ -99,7 +99,13 @@ impl ConsumerConfig {
             // Overridable with `set`.
             .set("fetch.queue.backoff.ms", "10")
             // High watermarks for lag in `Stats` come from librdkafka's statistics.
-            .set("statistics.interval.ms", millis(self.stats_interval));
+            .set("statistics.interval.ms", millis(self.stats_interval))
+            // librdkafka's own prefetch queue (all partitions together, the high-level
+            // consumer's single queue): part of the fetched-records share of the budget.
+            .set(
+                "queued.max.messages.kbytes",
+                (self.total_queue_bytes / 1024).max(1024).to_string(),
+            );
         if let Some(id) = &self.instance_id {
             c.set("group.instance.id", id);
         }
@@ -136,7 +142,9 @@ impl ConsumerConfig {
             // a fetch that the broker holds for up to this long, which the next read on this
             // client (another changelog) waits behind. The 500 ms default made every restore
             // of a consumer with several stores last a second with nothing to read.
-            .set("fetch.wait.max.ms", "10");
+            .set("fetch.wait.max.ms", "10")
+            // Restores read in turns on a few pooled clients: a moderate prefetch each.
+            .set("queued.max.messages.kbytes", "16384");
         c
     }
 
@@ -202,6 +210,7 @@ impl fmt::Debug for ConsumerConfig {
             .field("queue_bytes", &self.queue_bytes)
             .field("total_queue_bytes", &self.total_queue_bytes)
             .field("overlay_bytes", &self.overlay_bytes)
+            .field("memory_budget", &self.memory_budget)
             .field("assignment", &self.assignment)
             .field("revoke_timeout", &self.revoke_timeout)
             .field("flush_timeout", &self.flush_timeout)

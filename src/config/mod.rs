@@ -159,6 +159,51 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Which memory sizes were set explicitly on the builder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SizesSet {
+    pub(crate) queue_bytes: bool,
+    pub(crate) total_queue_bytes: bool,
+    pub(crate) overlay_bytes: bool,
+}
+
+impl ConsumerConfig {
+    /// The share of the memory budget for each of its four uses: RocksDB's block cache,
+    /// RocksDB's memtables, fetched records waiting for their workers, and unflushed state.
+    fn budget_share(&self) -> usize {
+        self.memory_budget / 4
+    }
+
+    /// RocksDB's shared block cache (see [`crate::ConsumerConfigBuilder::memory_budget`]).
+    pub(crate) fn rocks_cache_bytes(&self) -> usize {
+        self.budget_share()
+    }
+
+    /// RocksDB's memtables, all partitions together.
+    pub(crate) fn rocks_write_bytes(&self) -> usize {
+        self.budget_share()
+    }
+
+    /// This configuration with the queue and overlay sizes the user did not set derived
+    /// from the memory budget for `partitions` partitions (the most this consumer can own):
+    /// memory follows the budget, not the partition count.
+    pub(crate) fn sized_for(&self, partitions: usize) -> Self {
+        let mut c = self.clone();
+        let share = c.budget_share();
+        let per_partition = share / partitions.max(1);
+        if !c.sizes_set.total_queue_bytes {
+            c.total_queue_bytes = share;
+        }
+        if !c.sizes_set.queue_bytes {
+            c.queue_bytes = per_partition.clamp(256 << 10, 16 << 20);
+        }
+        if !c.sizes_set.overlay_bytes {
+            c.overlay_bytes = per_partition.clamp(1 << 20, 64 << 20);
+        }
+        c
+    }
+}
+
 /// Validated configuration; build it with [`ConsumerConfig::builder`].
 #[derive(Clone)]
 pub struct ConsumerConfig {
@@ -174,6 +219,10 @@ pub struct ConsumerConfig {
     pub(crate) queue_bytes: usize,
     pub(crate) total_queue_bytes: usize,
     pub(crate) overlay_bytes: usize,
+    /// The consumer's memory budget, and which of the sizes above the user set (the others
+    /// are derived from the budget when the partition count is known).
+    pub(crate) memory_budget: usize,
+    pub(crate) sizes_set: SizesSet,
     pub(crate) assignment: AssignmentStrategy,
     pub(crate) revoke_timeout: Duration,
     pub(crate) flush_timeout: Duration,

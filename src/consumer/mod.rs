@@ -26,6 +26,7 @@ use crate::handler::Handler;
 use crate::observe::{NoopListener, RebalanceListener, RestoreListener, Stats};
 use crate::partition::supervisor::Supervisor;
 use crate::partition::worker::Shared;
+use crate::state::memory::RocksMemory;
 use crate::state::StateEnv;
 use crate::table::{
     check_all as check_tables, DeadLetters, GlobalTables, KafkaTableSource, TableEnv, TableFeeds,
@@ -117,21 +118,34 @@ where
     /// [`Error::Handler`]/[`Error::Decode`] under [`ErrorPolicy::Fail`](crate::ErrorPolicy::Fail); changelog, state
     /// and client errors.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let config = self.config.clone();
-        let subscription = Subscription::new(&config.topics)?;
-        if config.missing_topics == MissingTopics::Fail {
-            let c = config.clone();
-            let topics: Vec<String> = subscription.literal_topics().map(str::to_string).collect();
-            let missing = tokio::task::spawn_blocking(move || missing_topic(&c, &topics))
-                .await
-                .map_err(|_| Error::Fatal {
-                    code: "Panic".into(),
-                    reason: "metadata lookup panicked".into(),
-                })??;
-            if let Some(topic) = missing {
-                return Err(Error::TopicMissing { topic });
+        let subscription = Subscription::new(&self.config.topics)?;
+        let c = self.config.clone();
+        let topics: Vec<String> = subscription.literal_topics().map(str::to_string).collect();
+        let counts = tokio::task::spawn_blocking(move || partition_counts(&c, &topics))
+            .await
+            .map_err(|_| Error::Fatal {
+                code: "Panic".into(),
+                reason: "metadata lookup panicked".into(),
+            })??;
+        if self.config.missing_topics == MissingTopics::Fail {
+            if let Some((topic, _)) = counts.iter().find(|(_, n)| n.is_none()) {
+                return Err(Error::TopicMissing {
+                    topic: topic.clone(),
+                });
             }
         }
+        // The most partitions this consumer can own (a pattern subscription counts as one
+        // topic's worth): queues and unflushed state are sized from the memory budget for it.
+        let partitions: usize = counts
+            .iter()
+            .map(|(_, n)| n.unwrap_or(1))
+            .sum::<usize>()
+            .max(1);
+        let config = Arc::new(self.config.sized_for(partitions));
+        let memory = Arc::new(RocksMemory::new(
+            config.rocks_cache_bytes(),
+            config.rocks_write_bytes(),
+        ));
         // Changelogs, dead letters and output records: one producer for all.
         let writer = ChangelogWriter::new(&config.producer())?;
         writer.connect().await;
@@ -159,6 +173,7 @@ where
                             .collect(),
                     }),
                     listener: self.restore_listener.clone(),
+                    memory: memory.clone(),
                 })
             }
             true => None,
@@ -171,7 +186,7 @@ where
                 open_tables(
                     &config,
                     producer.clone(),
-                    self.restore_listener.clone(),
+                    (self.restore_listener.clone(), memory.clone()),
                     failures_tx.clone(),
                 )
                 .await?,
@@ -241,7 +256,7 @@ where
 async fn open_tables(
     config: &Arc<ConsumerConfig>,
     producer: Arc<dyn crate::changelog::RecordSink>,
-    listener: Arc<dyn RestoreListener>,
+    (listener, memory): (Arc<dyn RestoreListener>, Arc<RocksMemory>),
     failures: mpsc::UnboundedSender<Error>,
 ) -> Result<TableEnv> {
     let source: Arc<dyn TableSource> = Arc::new(KafkaTableSource {
@@ -253,15 +268,16 @@ async fn open_tables(
     // Called from blocking threads only (bootstraps, the table reader).
     let dead_letters: DeadLetters =
         Arc::new(move |records| runtime.block_on(sink.send_records(records)).map(|_| ()));
-    let (c, s, d, l) = (
+    let (c, s, d, l, m) = (
         config.clone(),
         source.clone(),
         dead_letters.clone(),
         listener.clone(),
+        memory.clone(),
     );
     let global = tokio::task::spawn_blocking(move || -> Result<GlobalTables> {
         check_tables(s.as_ref(), &c)?;
-        Ok(GlobalTables::open(&c, s.as_ref(), d, l.as_ref())?)
+        Ok(GlobalTables::open(&c, s.as_ref(), d, l.as_ref(), &m)?)
     })
     .await
     .map_err(|_| Error::Fatal {
@@ -278,15 +294,17 @@ async fn open_tables(
         dead_letters,
         sink: Some(producer),
         listener,
+        memory,
     })
 }
 
-/// The first of `topics` the cluster does not know. Blocking.
-fn missing_topic(config: &ConsumerConfig, topics: &[String]) -> Result<Option<String>> {
-    for topic in topics {
-        if partition_count(config, topic)?.is_none() {
-            return Ok(Some(topic.clone()));
-        }
-    }
-    Ok(None)
+/// The partition count of each of `topics` (`None`: the cluster does not know it). Blocking.
+fn partition_counts(
+    config: &ConsumerConfig,
+    topics: &[String],
+) -> Result<Vec<(String, Option<usize>)>> {
+    topics
+        .iter()
+        .map(|topic| Ok((topic.clone(), partition_count(config, topic)?)))
+        .collect()
 }

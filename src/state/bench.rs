@@ -77,7 +77,8 @@ impl Default for FlushBatchBench {
             format: "bench".into(),
             expiry: None,
         };
-        let db = PartitionDb::open(dir.path(), &[spec], Duration::ZERO).expect("open RocksDB");
+        let db = PartitionDb::open(dir.path(), &[spec], Duration::ZERO, &Default::default())
+            .expect("open RocksDB");
         Self {
             db,
             _dir: dir,

@@ -6,12 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, ErrorKind, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
-};
+use rocksdb::{ColumnFamilyDescriptor, ErrorKind, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
+use super::memory::RocksMemory;
 use super::replay::DoneSet;
 use super::{KeyValues, StateError, StoreSpec};
 
@@ -154,10 +152,11 @@ impl PartitionDb {
         path: &Path,
         specs: &[StoreSpec],
         wait: Duration,
+        memory: &RocksMemory,
     ) -> Result<Self, StateError> {
         let deadline = Instant::now() + wait;
         loop {
-            match Self::open_once(path, specs) {
+            match Self::open_once(path, specs, memory) {
                 Err(StateError::Locked { .. })
                     if open_here().as_ref().is_some_and(|s| s.contains(path))
                         && Instant::now() < deadline =>
@@ -171,21 +170,23 @@ impl PartitionDb {
                         path: path.to_path_buf(),
                         source,
                     })?;
-                    return Self::open_once(path, specs);
+                    return Self::open_once(path, specs, memory);
                 }
                 other => return other,
             }
         }
     }
 
-    fn open_once(path: &Path, specs: &[StoreSpec]) -> Result<Self, StateError> {
+    fn open_once(
+        path: &Path,
+        specs: &[StoreSpec],
+        memory: &RocksMemory,
+    ) -> Result<Self, StateError> {
         std::fs::create_dir_all(path).map_err(|source| StateError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
+        let opts = memory.database();
         // Column families of stores no longer declared must be opened too, or RocksDB refuses.
         let mut cfs: Vec<String> = DB::list_cf(&opts, path).unwrap_or_default();
         for name in
@@ -197,7 +198,7 @@ impl PartitionDb {
         }
         let descriptors = cfs
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, store_options()));
+            .map(|name| ColumnFamilyDescriptor::new(name, memory.column_family()));
         let db = DB::open_cf_descriptors(&opts, path, descriptors).map_err(|source| {
             if is_lock_error(&source) {
                 StateError::Locked {
@@ -503,19 +504,6 @@ impl PartitionDb {
         drop(self);
         std::fs::remove_dir_all(&path).map_err(|source| StateError::Io { path, source })
     }
-}
-
-/// Column family options. Handlers often read keys that do not exist yet (a first visit, a
-/// new window): bloom filters on the SST files and on the memtable answer such misses
-/// without searching (Kafka Streams sets a bloom filter on its stores too).
-fn store_options() -> Options {
-    let mut table = BlockBasedOptions::default();
-    table.set_bloom_filter(10.0, false);
-    let mut options = Options::default();
-    options.set_block_based_table_factory(&table);
-    options.set_memtable_whole_key_filtering(true);
-    options.set_memtable_prefix_bloom_ratio(0.1);
-    options
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ pub mod bench;
 mod db;
 mod flush;
 pub(crate) mod log;
+pub(crate) mod memory;
 mod overlay;
 mod partition;
 pub(crate) mod replay;

@@ -30,6 +30,8 @@ pub(crate) struct StateEnv {
     /// The stores' changelogs.
     pub(crate) log: Arc<dyn StateLog>,
     pub(crate) listener: Arc<dyn RestoreListener>,
+    /// The RocksDB memory every partition shares.
+    pub(crate) memory: Arc<super::memory::RocksMemory>,
 }
 
 /// A partition's stores: RocksDB, the unflushed overlay, and the flush bookkeeping.
@@ -100,7 +102,7 @@ impl PartitionState {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let db = PartitionDb::open(&path, &config.stores, wait)?;
+            let db = PartitionDb::open(&path, &config.stores, wait, &env.memory)?;
             let mut log = LogPartition {
                 log: env.log.as_ref(),
                 partition,

@@ -118,11 +118,11 @@ impl Owner {
     /// Opens like a worker: restore, then take ownership. `Err`: crashed meanwhile.
     fn open(dir: &std::path::Path, log: SimLog) -> Result<Self, StateError> {
         let mut log = log;
-        let db = PartitionDb::open(dir, &specs(), Duration::ZERO)?;
+        let db = PartitionDb::open(dir, &specs(), Duration::ZERO, &Default::default())?;
         let restored = match restore(&db, &mut log, &specs(), &mut |_, _| {}) {
             Err(StateError::CheckpointAhead { .. } | StateError::ChangelogReplaced { .. }) => {
                 db.destroy()?;
-                let db = PartitionDb::open(dir, &specs(), Duration::ZERO)?;
+                let db = PartitionDb::open(dir, &specs(), Duration::ZERO, &Default::default())?;
                 let r = restore(&db, &mut log, &specs(), &mut |_, _| {})?.unwrap();
                 return Ok(Self::new(db, log, r));
             }

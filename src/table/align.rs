@@ -47,6 +47,8 @@ pub(crate) struct TableEnv {
     pub(crate) dead_letters: DeadLetters,
     pub(crate) sink: Option<Arc<dyn RecordSink>>,
     pub(crate) listener: Arc<dyn RestoreListener>,
+    /// The RocksDB memory every partition shares.
+    pub(crate) memory: Arc<crate::state::memory::RocksMemory>,
 }
 
 impl std::fmt::Debug for TableEnv {
@@ -155,7 +157,7 @@ impl PartitionTables {
         let wait = config.revoke_timeout + config.flush_timeout;
         let _span = tracing::info_span!("table bootstrap", %topic, partition).entered();
         for attempt in 0..2 {
-            let store = TableStore::open(&path, &specs, wait)?;
+            let store = TableStore::open(&path, &specs, wait, &env.memory)?;
             let parts: Vec<Part<'_>> = specs
                 .iter()
                 .enumerate()

@@ -62,6 +62,7 @@ impl GlobalTables {
         source: &dyn TableSource,
         dead_letters: DeadLetters,
         listener: &dyn RestoreListener,
+        memory: &crate::state::memory::RocksMemory,
     ) -> Result<Self, TableError> {
         let mut tables = Vec::new();
         for spec in config.tables.iter().filter(|t| t.global) {
@@ -76,7 +77,7 @@ impl GlobalTables {
                 &path,
                 spec,
                 partitions,
-                config,
+                (config, memory),
                 source,
                 &*dead_letters,
                 listener,
@@ -207,14 +208,14 @@ fn open_one(
     path: &std::path::Path,
     spec: &TableSpec,
     partitions: usize,
-    config: &ConsumerConfig,
+    (config, memory): (&ConsumerConfig, &crate::state::memory::RocksMemory),
     source: &dyn TableSource,
     send: SendBlocking<'_>,
     listener: &dyn RestoreListener,
 ) -> Result<(TableStore, Bootstrapped), TableError> {
     let wait = config.revoke_timeout;
     for attempt in 0..2 {
-        let store = TableStore::open(path, std::slice::from_ref(spec), wait)?;
+        let store = TableStore::open(path, std::slice::from_ref(spec), wait, memory)?;
         let parts: Vec<Part<'_>> = (0..partitions as i32)
             .map(|partition| Part {
                 index: 0,
@@ -272,8 +273,14 @@ mod tests {
             .unwrap();
         let source = MemoryTableSource::new(2);
         let none: DeadLetters = Arc::new(|_| Ok(()));
-        let tables =
-            GlobalTables::open(&config, &source, none, &crate::observe::NoopListener).unwrap();
+        let tables = GlobalTables::open(
+            &config,
+            &source,
+            none,
+            &crate::observe::NoopListener,
+            &Default::default(),
+        )
+        .unwrap();
         let first = tables.unread(&|_| Some(2), &[]).unwrap();
         assert_eq!(
             first,

@@ -11,6 +11,7 @@ use crate::batch::RecordBatch;
 use crate::changelog::OutRecord;
 use crate::codec::CodecError;
 use crate::config::ErrorPolicy;
+use crate::state::memory::RocksMemory;
 use crate::state::{KeyValues, PartitionDb, StateError};
 
 /// The tables of one RocksDB: an input partition's co-partitioned tables, or one global
@@ -28,10 +29,11 @@ impl TableStore {
         path: &Path,
         specs: &[TableSpec],
         wait: Duration,
+        memory: &RocksMemory,
     ) -> Result<Self, StateError> {
         let stores: Vec<_> = specs.iter().map(TableSpec::store_spec).collect();
         Ok(Self {
-            db: PartitionDb::open(path, &stores, wait)?,
+            db: PartitionDb::open(path, &stores, wait, memory)?,
             names: specs.iter().map(|s| s.name.clone()).collect(),
         })
     }

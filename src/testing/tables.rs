@@ -51,6 +51,7 @@ impl DriverTables {
     pub(super) fn new(
         config: &Arc<ConsumerConfig>,
         capture: Arc<Capture>,
+        memory: Arc<crate::state::memory::RocksMemory>,
     ) -> Result<(Self, TableEnv)> {
         let source = Arc::new(MemoryTableSource::new(1));
         let feeds = Arc::new(DriverFeeds::default());
@@ -63,6 +64,7 @@ impl DriverTables {
             source.as_ref(),
             dead_letters.clone(),
             &NoopListener,
+            &memory,
         )?);
         let env = TableEnv {
             config: config.clone(),
@@ -72,6 +74,7 @@ impl DriverTables {
             dead_letters,
             sink: Some(capture as Arc<dyn RecordSink>),
             listener: Arc::new(NoopListener),
+            memory,
         };
         let tables = Self {
             source,
@@ -210,7 +213,8 @@ where
                     .join(&config.group_id)
                     .join(format!("{}-0.tables", self.topic()));
                 let entries = {
-                    let store = crate::table::TableStore::open(&path, &specs, WAIT)?;
+                    let store =
+                        crate::table::TableStore::open(&path, &specs, WAIT, &Default::default())?;
                     store.entries(index)?
                 };
                 self.start().await?;

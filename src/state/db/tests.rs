@@ -13,7 +13,13 @@ fn spec(name: &str, format: &str) -> StoreSpec {
 #[test]
 fn batch_writes_data_and_checkpoint_together() {
     let dir = tempfile::tempdir().unwrap();
-    let db = PartitionDb::open(dir.path(), &[spec("counts", "f")], NO_WAIT).unwrap();
+    let db = PartitionDb::open(
+        dir.path(),
+        &[spec("counts", "f")],
+        NO_WAIT,
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(db.checkpoint(0).unwrap(), StoreCheckpoint::EMPTY);
     let ck = StoreCheckpoint {
         changelog_next: 7,
@@ -33,7 +39,13 @@ fn batch_writes_data_and_checkpoint_together() {
     })
     .unwrap();
     drop(db);
-    let db = PartitionDb::open(dir.path(), &[spec("counts", "f")], NO_WAIT).unwrap();
+    let db = PartitionDb::open(
+        dir.path(),
+        &[spec("counts", "f")],
+        NO_WAIT,
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(db.get(0, b"a").unwrap(), Some(b"1".to_vec()));
     assert_eq!(db.checkpoint(0).unwrap(), ck);
 }
@@ -41,24 +53,33 @@ fn batch_writes_data_and_checkpoint_together() {
 #[test]
 fn second_open_is_a_lock_error_and_format_change_is_a_mismatch() {
     let dir = tempfile::tempdir().unwrap();
-    let db = PartitionDb::open(dir.path(), &[spec("s", "v1")], NO_WAIT).unwrap();
-    let err = PartitionDb::open(dir.path(), &[spec("s", "v1")], NO_WAIT).unwrap_err();
+    let db =
+        PartitionDb::open(dir.path(), &[spec("s", "v1")], NO_WAIT, &Default::default()).unwrap();
+    let err = PartitionDb::open(dir.path(), &[spec("s", "v1")], NO_WAIT, &Default::default())
+        .unwrap_err();
     assert!(matches!(err, StateError::Locked { .. }), "{err}");
     drop(db);
-    let err = PartitionDb::open(dir.path(), &[spec("s", "v2")], NO_WAIT).unwrap_err();
+    let err = PartitionDb::open(dir.path(), &[spec("s", "v2")], NO_WAIT, &Default::default())
+        .unwrap_err();
     assert!(matches!(err, StateError::FormatMismatch { .. }), "{err}");
 }
 
 #[test]
 fn a_database_still_open_in_this_process_is_waited_for() {
     let dir = tempfile::tempdir().unwrap();
-    let held = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
+    let held =
+        PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT, &Default::default()).unwrap();
     // An aborted worker closes its database a moment later.
     let closer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
         drop(held);
     });
-    let db = PartitionDb::open(dir.path(), &[spec("s", "f")], Duration::from_secs(10));
+    let db = PartitionDb::open(
+        dir.path(),
+        &[spec("s", "f")],
+        Duration::from_secs(10),
+        &Default::default(),
+    );
     closer.join().unwrap();
     assert!(db.is_ok(), "{:?}", db.err());
 }
@@ -69,8 +90,13 @@ fn a_lock_of_another_process_is_not_waited_for() {
     // Opened outside PartitionDb: as another process would.
     let _other = DB::open_default(dir.path()).unwrap();
     let started = Instant::now();
-    let err =
-        PartitionDb::open(dir.path(), &[spec("s", "f")], Duration::from_secs(10)).unwrap_err();
+    let err = PartitionDb::open(
+        dir.path(),
+        &[spec("s", "f")],
+        Duration::from_secs(10),
+        &Default::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, StateError::Locked { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
@@ -78,7 +104,8 @@ fn a_lock_of_another_process_is_not_waited_for() {
 #[test]
 fn a_damaged_database_is_rebuilt_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let db = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
+    let db =
+        PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT, &Default::default()).unwrap();
     db.write(StateBatch {
         entries: vec![(0, b"a".to_vec(), Some(b"1".to_vec()))],
         checkpoints: vec![],
@@ -93,7 +120,8 @@ fn a_damaged_database_is_rebuilt_empty() {
             std::fs::write(&path, b"garbage, not a rocksdb file").unwrap();
         }
     }
-    let db = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
+    let db =
+        PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT, &Default::default()).unwrap();
     assert_eq!(db.get(0, b"a").unwrap(), None, "rebuilt empty");
     assert_eq!(db.checkpoint(0).unwrap(), StoreCheckpoint::EMPTY);
 }
@@ -101,7 +129,8 @@ fn a_damaged_database_is_rebuilt_empty() {
 #[test]
 fn prefix_scan_stops_at_prefix_end() {
     let dir = tempfile::tempdir().unwrap();
-    let db = PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT).unwrap();
+    let db =
+        PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT, &Default::default()).unwrap();
     let entries = ["a/1", "a/2", "b/1"]
         .iter()
         .map(|k| (0, k.as_bytes().to_vec(), Some(vec![1])))
