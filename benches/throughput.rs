@@ -399,9 +399,12 @@ async fn main() {
     };
     let dir = tempfile::tempdir().unwrap();
 
-    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "slow") {
-        slow::slow_handlers(&bootstrap, id, dir.path()).await;
-        return;
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        if only.starts_with("slow") {
+            // `slow_cpu`: only the CPU per record at limit 1 and 64.
+            slow::slow_handlers(&bootstrap, id, dir.path(), only == "slow_cpu").await;
+            return;
+        }
     }
 
     let name = "kafka_stateful_unique_visitors";

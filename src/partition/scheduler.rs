@@ -11,14 +11,24 @@
 //! lowest unfinished one, and the finished records above it (a [`DoneSet`]), so that after a
 //! crash those are recognised and not applied twice.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::batch::{RawRecord, RecordBatch};
 use crate::state::replay::{DoneSet, SourcePosition};
 
-/// A record's key as the scheduler orders by it (`None`: a record without a key).
-pub(crate) type Key = Option<Box<[u8]>>;
+/// A record's key as the scheduler orders by it: a 64-bit hash of its bytes (0 for a
+/// record without a key). Two keys that hash alike are only kept in order with each other,
+/// which costs concurrency, never correctness; hashing spares a key copy per record.
+pub(crate) type Key = u64;
+
+fn key_of(key: Option<&[u8]>) -> Key {
+    use std::hash::BuildHasher;
+    key.map_or(0, |k| {
+        foldhash::fast::FixedState::with_seed(0x5EED).hash_one(k) | 1
+    })
+}
 
 /// A fetched record waiting to start: its batch and index in it.
 #[derive(Debug, Clone)]
@@ -37,10 +47,11 @@ impl Pending {
     }
 
     fn key(&self) -> Key {
-        self.batch.key(self.raw()).map(Box::from)
+        key_of(self.batch.key(self.raw()))
     }
 }
 
+/// A key with a record running, and the records waiting behind it.
 #[derive(Debug, Default)]
 struct KeyQueue {
     running: bool,
@@ -52,9 +63,12 @@ struct KeyQueue {
 pub(crate) struct KeyScheduler {
     limit: usize,
     lookahead: i64,
-    keys: HashMap<Key, KeyQueue>,
-    /// Keys free to start their next record, by that record's offset.
-    ready: BTreeMap<i64, Key>,
+    /// Keys with a record running or waiting; gone once idle.
+    keys: HashMap<Key, KeyQueue, foldhash::fast::FixedState>,
+    /// Keys free to start their next record, by that record's offset (a min-heap).
+    ready: BinaryHeap<Reverse<(i64, Key)>>,
+    /// Emptied queues, kept for the next busy key (no allocation per record).
+    spare: Vec<VecDeque<Pending>>,
     running: usize,
     waiting: usize,
     pub(crate) completion: Completion,
@@ -66,8 +80,9 @@ impl KeyScheduler {
         Self {
             limit: limit.max(1),
             lookahead: lookahead.max(1) as i64,
-            keys: HashMap::new(),
-            ready: BTreeMap::new(),
+            keys: HashMap::default(),
+            ready: BinaryHeap::new(),
+            spare: Vec::new(),
             running: 0,
             waiting: 0,
             completion: Completion::new(start),
@@ -78,17 +93,21 @@ impl KeyScheduler {
     /// state already finishes at once (`false` is returned) and never starts.
     pub(crate) fn push(&mut self, pending: Pending, applied: &SourcePosition) -> bool {
         let raw = pending.raw();
+        let offset = raw.offset;
         self.completion
-            .received(raw.offset, raw.timestamp.unwrap_or(-1));
-        if applied.covers(raw.offset) {
-            self.completion.finished(raw.offset, -1);
+            .received(offset, raw.timestamp.unwrap_or(-1));
+        if applied.covers(offset) {
+            self.completion.finished(offset, -1);
             return false;
         }
-        let offset = raw.offset;
         let key = pending.key();
-        let queue = self.keys.entry(key.clone()).or_default();
+        let spare = &mut self.spare;
+        let queue = self.keys.entry(key).or_insert_with(|| KeyQueue {
+            running: false,
+            waiting: spare.pop().unwrap_or_default(),
+        });
         if !queue.running && queue.waiting.is_empty() {
-            self.ready.insert(offset, key);
+            self.ready.push(Reverse((offset, key)));
         }
         queue.waiting.push_back(pending);
         self.waiting += 1;
@@ -101,12 +120,12 @@ impl KeyScheduler {
         if self.running >= self.limit {
             return None;
         }
-        let (&offset, _) = self.ready.first_key_value()?;
+        let Reverse((offset, _)) = *self.ready.peek()?;
         let low = self.completion.lowest_unfinished().unwrap_or(offset);
         if offset - low >= self.lookahead {
             return None;
         }
-        let (_, key) = self.ready.pop_first()?;
+        let Reverse((_, key)) = self.ready.pop()?;
         let queue = self.keys.get_mut(&key)?;
         let pending = queue.waiting.pop_front()?;
         queue.running = true;
@@ -117,29 +136,29 @@ impl KeyScheduler {
 
     /// The running record `offset` of `key` finished (handled, skipped or dead-lettered);
     /// `stream_time` is the partition's stream time after it (-1: unchanged).
-    pub(crate) fn finish(&mut self, key: &Key, offset: i64, stream_time: i64) {
+    pub(crate) fn finish(&mut self, key: Key, offset: i64, stream_time: i64) {
         self.completion.finished(offset, stream_time);
         self.release(key);
     }
 
     /// The running record of `key` will not finish here (the partition is stopping): its
     /// key is free, the record stays unfinished.
-    pub(crate) fn abandon(&mut self, key: &Key) {
+    pub(crate) fn abandon(&mut self, key: Key) {
         self.release(key);
     }
 
-    fn release(&mut self, key: &Key) {
+    fn release(&mut self, key: Key) {
         self.running -= 1;
-        let Some(queue) = self.keys.get_mut(key) else {
+        let Some(queue) = self.keys.get_mut(&key) else {
             return;
         };
         queue.running = false;
         match queue.waiting.front() {
-            Some(next) => {
-                self.ready.insert(next.offset(), key.clone());
-            }
+            Some(next) => self.ready.push(Reverse((next.offset(), key))),
             None => {
-                self.keys.remove(key);
+                if let Some(queue) = self.keys.remove(&key) {
+                    self.spare.push(queue.waiting);
+                }
             }
         }
     }
@@ -204,6 +223,12 @@ impl Completion {
     /// The lowest offset received and not finished.
     pub(crate) fn lowest_unfinished(&self) -> Option<i64> {
         self.open.front().map(|(o, _, _)| *o)
+    }
+
+    /// What [`committable`](Self::committable) would say of the next offset, in O(1).
+    pub(crate) fn next(&self) -> Option<i64> {
+        self.any
+            .then(|| self.lowest_unfinished().unwrap_or(self.prefix.next))
     }
 
     /// What a flush of the finished records' writes reaches: every record before the

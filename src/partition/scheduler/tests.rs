@@ -23,7 +23,7 @@ fn push_all(s: &mut KeyScheduler, b: &Arc<RecordBatch>) {
 }
 
 fn key(k: &str) -> Key {
-    Some(k.as_bytes().into())
+    key_of(Some(k.as_bytes()))
 }
 
 #[test]
@@ -46,9 +46,9 @@ fn one_key_runs_one_record_at_a_time_and_other_keys_pass_it() {
         "hot@1 and the second unkeyed record wait"
     );
     assert_eq!((s.running(), s.waiting()), (3, 2));
-    s.finish(&key("hot"), 0, -1);
+    s.finish(key("hot"), 0, -1);
     assert_eq!(s.next().map(|(_, p)| p.offset()), Some(1));
-    s.finish(&None, 3, -1);
+    s.finish(key_of(None), 3, -1);
     assert_eq!(s.next().map(|(_, p)| p.offset()), Some(4));
 }
 
@@ -65,14 +65,14 @@ fn the_limit_and_the_lookahead_bound_what_starts() {
     assert_eq!(s.next().map(|(_, p)| p.offset()), Some(0));
     assert_eq!(s.next().map(|(_, p)| p.offset()), Some(1));
     assert!(s.next().is_none(), "limit 2");
-    s.finish(&key("k1"), 1, -1);
+    s.finish(key("k1"), 1, -1);
     assert_eq!(s.next().map(|(_, p)| p.offset()), Some(2));
-    s.finish(&key("k2"), 2, -1);
+    s.finish(key("k2"), 2, -1);
     assert!(
         s.next().is_none(),
         "offset 3 is 3 past the stuck offset 0: the lookahead"
     );
-    s.finish(&key("k0"), 0, -1);
+    s.finish(key("k0"), 0, -1);
     assert_eq!(s.next().map(|(_, p)| p.offset()), Some(3));
 }
 
@@ -93,15 +93,15 @@ fn committable_is_the_lowest_unfinished_offset_with_the_finished_ones_after_it()
     assert!(s.completion.committable().is_none(), "nothing finished yet");
     while s.next().is_some() {}
     for (k, o) in [("b", 11), ("d", 14), ("e", 20)] {
-        s.finish(&key(k), o, -1);
+        s.finish(key(k), o, -1);
     }
     let p = s.completion.committable().unwrap();
     assert_eq!(p.next, 10);
     assert_eq!(p.done.ranges(), &[(11, 12), (14, 21)]);
-    s.finish(&key("a"), 10, -1);
+    s.finish(key("a"), 10, -1);
     let p = s.completion.committable().unwrap();
     assert_eq!((p.next, p.done.ranges()), (13, &[(14, 21)][..]));
-    s.finish(&key("c"), 13, -1);
+    s.finish(key("c"), 13, -1);
     let p = s.completion.committable().unwrap();
     assert_eq!((p.next, p.done.is_empty()), (21, true));
 }
@@ -168,7 +168,7 @@ proptest! {
             while let Some((key, p)) = s.next() {
                 let offset = p.offset();
                 prop_assert!(!running.iter().any(|(k, _)| *k == key), "key running twice");
-                if let Some(prev) = last_started.insert(key.clone(), offset) {
+                if let Some(prev) = last_started.insert(key, offset) {
                     prop_assert!(prev < offset, "key out of offset order");
                 }
                 let low = (0..records.len() as i64 * 2).step_by(2).find(|o| !finished.contains(o));
@@ -182,7 +182,7 @@ proptest! {
             }
             let i = picks.next().unwrap().index(running.len());
             let (key, offset) = running.swap_remove(i);
-            s.finish(&key, offset, -1);
+            s.finish(key, offset, -1);
             finished.insert(offset);
             let p = s.completion.committable().unwrap();
             let low = (0..records.len() as i64 * 2)

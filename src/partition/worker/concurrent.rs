@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt as _;
 
 use super::records::{attempt, send_dead_letter, Attempted};
 use super::*;
@@ -24,6 +25,16 @@ pub(super) struct Concurrent {
     /// Under `ErrorPolicy::Fail`, the first failure: nothing starts after it, and the
     /// worker fails once the records in flight are done.
     pub(super) failed: Option<Error>,
+    /// Records settled since their counts were last published.
+    tally: Tally,
+}
+
+/// Counts of settled records not yet published.
+#[derive(Debug, Default)]
+struct Tally {
+    handled: u64,
+    records: usize,
+    bytes: usize,
 }
 
 /// A record in flight that ended.
@@ -65,6 +76,7 @@ impl Concurrent {
             running: Mutex::default(),
             state: ctx.share_state(),
             failed: None,
+            tally: Tally::default(),
         }
     }
 
@@ -120,73 +132,101 @@ where
             if !c.scheduler.push(pending, &self.applied) {
                 // Its effect is already in the restored state.
                 self.progress.skipped.fetch_add(1, Ordering::Relaxed);
-                let raw = &batch.records[index];
-                self.gauge.taken(1, batch.record_bytes(raw));
+                c.tally.records += 1;
+                c.tally.bytes += batch.record_bytes(&batch.records[index]);
             }
         }
-        self.publish_progress(ctx);
         self.start_ready(ctx).await
     }
 
-    /// Publishes how far the partition's records are processed, and durable when nothing is
-    /// left to flush.
+    /// Publishes how far the partition's records are processed (and durable when nothing is
+    /// left to flush) and the counts of the records settled since the last time; once per
+    /// batch of records, not per record (the counters are shared with other threads).
     fn publish_progress(&mut self, ctx: &mut PartitionContext) {
-        let Some(c) = self.concurrent.as_ref() else {
+        let Some(c) = self.concurrent.as_mut() else {
             return;
         };
-        let Some(position) = c.scheduler.completion.committable() else {
+        let tally = std::mem::take(&mut c.tally);
+        self.progress
+            .handled
+            .fetch_add(tally.handled, Ordering::Relaxed);
+        self.shared
+            .stats
+            .processed
+            .fetch_add(tally.handled, Ordering::Relaxed);
+        if tally.records > 0 {
+            self.gauge.taken(tally.records, tally.bytes);
+        }
+        let Some(next) = c.scheduler.completion.next() else {
             return;
         };
-        let next = c
-            .scheduler
-            .completion
-            .lowest_unfinished()
-            .unwrap_or(position.next);
         self.progress.processed_next.store(next, Ordering::Relaxed);
         // Nothing unflushed: the records' effects (none in state) are durable already.
         if ctx.with_state(|s| s.dirty_keys() == 0).unwrap_or(true) {
-            self.progress.set_durable(position.next);
+            self.progress.set_durable(next);
         }
     }
 
-    /// Starts the records the scheduler allows (none once stopping or failed).
+    /// Starts the records the scheduler allows (none once stopping or failed). A record
+    /// whose handler completes without waiting is settled at once, without being queued
+    /// with the records in flight.
     pub(super) async fn start_ready(&mut self, ctx: &mut PartitionContext) -> Result<(), Error> {
         loop {
             if self.stop.is_stopped() {
-                return Ok(());
+                break;
             }
             let Some(c) = self.concurrent.as_mut() else {
-                return Ok(());
+                break;
             };
             if c.failed.is_some() {
-                return Ok(());
+                break;
             }
             let Some((key, pending)) = c.scheduler.next() else {
-                return Ok(());
+                break;
             };
             let state = c.state.clone();
             // Table updates up to the record's time apply before it starts.
             self.align_tables(pending.raw()).await?;
             let record_ctx = ctx.for_record(state.as_ref());
-            let run = run_one(
+            let mut run: BoxFuture<'static, Finished> = Box::pin(run_one(
                 self.shared.clone(),
                 self.stop.clone(),
                 (key, pending),
                 record_ctx,
-            );
-            if let Some(c) = self.concurrent.as_mut() {
-                c.running().push(Box::pin(run));
+            ));
+            match futures::poll!(run.as_mut()) {
+                std::task::Poll::Ready(finished) => self.settle(finished, ctx),
+                std::task::Poll::Pending => {
+                    if let Some(c) = self.concurrent.as_mut() {
+                        c.running().push(run);
+                    }
+                }
             }
         }
+        self.publish_progress(ctx);
+        Ok(())
     }
 
-    /// A record in flight ended: keep its writes, or apply the error policy; then start
-    /// what may start.
+    /// Records in flight ended (`first`, and any other that ended meanwhile): their writes
+    /// are kept or the error policy applies; then what may start starts.
     pub(super) async fn finished(
         &mut self,
-        finished: Finished,
+        first: Finished,
         ctx: &mut PartitionContext,
     ) -> Result<(), Error> {
+        self.settle(first, ctx);
+        while let Some(Some(finished)) = self
+            .concurrent
+            .as_mut()
+            .map(|c| c.running().next().now_or_never().flatten())
+        {
+            self.settle(finished, ctx);
+        }
+        self.start_ready(ctx).await
+    }
+
+    /// One record in flight ended: its writes join the state, or the error policy applies.
+    fn settle(&mut self, finished: Finished, ctx: &mut PartitionContext) {
         let Finished {
             key,
             pending,
@@ -194,7 +234,7 @@ where
             ended,
         } = finished;
         let Some(c) = self.concurrent.as_mut() else {
-            return Ok(());
+            return;
         };
         let raw = pending.raw();
         let stream_time = record_ctx.stream_time();
@@ -202,8 +242,7 @@ where
             Ended::Handled => {
                 record_ctx.commit_staged();
                 ctx.set_stream_time(ctx.stream_time().max(stream_time));
-                self.progress.handled.fetch_add(1, Ordering::Relaxed);
-                self.shared.stats.processed.fetch_add(1, Ordering::Relaxed);
+                c.tally.handled += 1;
                 true
             }
             Ended::Skipped => {
@@ -230,14 +269,13 @@ where
             Ended::Cancelled => false,
         };
         if finish {
-            c.scheduler.finish(&key, raw.offset, stream_time);
-            self.gauge.taken(1, pending.batch.record_bytes(raw));
+            c.scheduler.finish(key, raw.offset, stream_time);
+            c.tally.records += 1;
+            c.tally.bytes += pending.batch.record_bytes(raw);
             self.since_flush += 1;
         } else {
-            c.scheduler.abandon(&key);
+            c.scheduler.abandon(key);
         }
-        self.publish_progress(ctx);
-        self.start_ready(ctx).await
     }
 }
 

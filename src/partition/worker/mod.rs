@@ -55,37 +55,41 @@ pub(crate) struct Shared<KC, VC, H> {
 }
 
 /// Tells a worker to stop: a flag checked between records (an atomic load) and a token for
-/// waiting (`CancellationToken::is_cancelled` takes a lock).
+/// waiting (`CancellationToken::is_cancelled` takes a lock). One shared allocation: a record
+/// in flight holds a clone, and cloning a `CancellationToken` takes a lock too.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct StopSignal {
-    flag: Arc<AtomicBool>,
-    lost: Arc<AtomicBool>,
+pub(crate) struct StopSignal(Arc<StopInner>);
+
+#[derive(Debug, Default)]
+struct StopInner {
+    flag: AtomicBool,
+    lost: AtomicBool,
     token: CancellationToken,
 }
 
 impl StopSignal {
     pub(crate) fn stop(&self) {
-        self.flag.store(true, Ordering::Release);
-        self.token.cancel();
+        self.0.flag.store(true, Ordering::Release);
+        self.0.token.cancel();
     }
 
     /// Stops a partition that was lost: nothing more is flushed or kept, the in-flight
     /// handler is cancelled at once.
     pub(crate) fn lose(&self) {
-        self.lost.store(true, Ordering::Release);
+        self.0.lost.store(true, Ordering::Release);
         self.stop();
     }
 
     fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        self.0.lost.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_stopped(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
+        self.0.flag.load(Ordering::Acquire)
     }
 
     async fn stopped(&self) {
-        self.token.cancelled().await;
+        self.0.token.cancelled().await;
     }
 }
 
@@ -278,17 +282,11 @@ where
                 }
                 Event::Batch(Some(batch)) if self.concurrent.is_some() => {
                     self.enqueue(batch, &mut ctx).await?;
+                    self.after_concurrent(&mut ctx).await?;
                 }
                 Event::Finished(ended) => {
                     self.finished(*ended, &mut ctx).await?;
-                    if let Some(error) = self.failed_and_idle() {
-                        // Under `Fail`: what finished before it is flushed, nothing from it on.
-                        self.flush(&mut ctx).await?;
-                        return Err(error);
-                    }
-                    if self.flush_due(&mut ctx) {
-                        self.start_flush(&mut ctx).await?;
-                    }
+                    self.after_concurrent(&mut ctx).await?;
                 }
                 Event::Batch(Some(batch)) => {
                     let outcome = self.process_batch(&batch, &mut ctx).await;
@@ -338,6 +336,20 @@ where
     /// Stopping gracefully with records in flight: they get the revoke timeout to end.
     fn draining(&self) -> bool {
         !self.stop.is_lost() && self.concurrent.as_ref().is_some_and(|c| c.is_running())
+    }
+
+    /// After records in flight started or ended: under `Fail`, once a failed record's
+    /// companions in flight have ended, what finished before it is flushed and the worker
+    /// fails; otherwise a flush starts when due.
+    async fn after_concurrent(&mut self, ctx: &mut PartitionContext) -> Result<(), Error> {
+        if let Some(error) = self.failed_and_idle() {
+            self.flush(ctx).await?;
+            return Err(error);
+        }
+        if self.flush_due(ctx) {
+            self.start_flush(ctx).await?;
+        }
+        Ok(())
     }
 
     /// Under `ErrorPolicy::Fail`, a record in flight failed and the others have ended.

@@ -192,7 +192,7 @@ where
     VC: Codec,
     H: Handler<KC::Item, VC::Item>,
 {
-    let (topic, partition, offset) = (ctx.topic().to_string(), ctx.partition(), raw.offset);
+    let (partition, offset) = (ctx.partition(), raw.offset);
     let stream_time_before = ctx.stream_time();
     let retry = shared.config.retry;
     let mut backoff = retry.initial_backoff;
@@ -218,8 +218,12 @@ where
             histogram.record(started.elapsed().as_secs_f64());
         }
         let Some(result) = called else {
-            tracing::warn!(%topic, partition, offset,
-                "revoke timeout: cancelled the in-flight handler; the record stays uncommitted");
+            tracing::warn!(
+                topic = ctx.topic(),
+                partition,
+                offset,
+                "revoke timeout: cancelled the in-flight handler; the record stays uncommitted"
+            );
             ctx.discard_staged();
             return Attempted::Cancelled;
         };
@@ -244,13 +248,13 @@ where
             return Attempted::Failed(Failure::Handler(error));
         }
         attempt += 1;
-        tracing::warn!(%topic, partition, offset, attempt, %error, "handler failed; retrying");
+        tracing::warn!(topic = ctx.topic(), partition, offset, attempt, %error, "handler failed; retrying");
         // A revoke or shutdown interrupts the retries: the record is then neither skipped,
         // dead-lettered nor failed, but left uncommitted for the next owner.
         tokio::select! {
             biased;
             () = stop.stopped() => {
-                tracing::info!(%topic, partition, offset,
+                tracing::info!(topic = ctx.topic(), partition, offset,
                     "stopping during retries: the record stays uncommitted");
                 return Attempted::Cancelled;
             }
