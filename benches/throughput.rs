@@ -72,7 +72,6 @@ struct Figure {
     records: u64,
     wall: Duration,
     cpu: Duration,
-    pauses: u64,
     peak_rss_mb: f64,
 }
 
@@ -85,8 +84,8 @@ impl Figure {
     }
     fn print(&self, raw: &Figure) {
         println!(
-            "{{\"bench\":\"{}\",\"records\":{},\"records_per_s\":{:.0},\"cpu_us_per_record\":{:.3},\"rate_ratio_to_raw\":{:.3},\"cpu_ratio_to_raw\":{:.3},\"pauses\":{},\"peak_rss_mb\":{:.0}}}",
-            self.name, self.records, self.rate(), self.cpu_us(), self.rate() / raw.rate(), self.cpu_us() / raw.cpu_us(), self.pauses, self.peak_rss_mb
+            "{{\"bench\":\"{}\",\"records\":{},\"records_per_s\":{:.0},\"cpu_us_per_record\":{:.3},\"rate_ratio_to_raw\":{:.3},\"cpu_ratio_to_raw\":{:.3},\"peak_rss_mb\":{:.0}}}",
+            self.name, self.records, self.rate(), self.cpu_us(), self.rate() / raw.rate(), self.cpu_us() / raw.cpu_us(), self.peak_rss_mb
         );
     }
 }
@@ -120,7 +119,6 @@ fn raw_consumer(bootstrap: &str, topic: &str, n: u64, name: &str) -> Figure {
         records: n - 1,
         wall: start.elapsed(),
         cpu: cpu_time() - cpu0,
-        pauses: 0,
         peak_rss_mb: peak_rss_mb(),
     }
 }
@@ -253,16 +251,14 @@ async fn measure(
     while seen.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let mut figure = Figure {
+    let figure = Figure {
         name: name.to_string(),
         records: n - first,
         wall: started.elapsed(),
         cpu: cpu_time() - cpu0,
-        pauses: 0,
         peak_rss_mb: peak_rss_mb(),
     };
     let last = stats.snapshot();
-    figure.pauses = last.pauses;
     let _ = tx.send(());
     run.await.unwrap().unwrap();
     Run {

@@ -3,10 +3,10 @@
 //! # Data flow
 //!
 //! ```text
-//!  Kafka ──► poll loop ──► per-partition bounded queue ──► partition worker ──► handler
-//!            (one thread; polls,   full → pause               (restore first;     │
-//!             routes, pauses,      drained → resume)           decode; in order)  │ state writes
-//!             commits)                                                            ▼
+//!  Kafka ──► librdkafka: one queue per assigned partition ──► partition worker ──► handler
+//!            (bounded; a full one is not fetched)            (polls its queue;     │
+//!  poll loop: rebalances, commits, statistics                 restore first;      │ state writes
+//!            (one thread; never records, never user code)     decode; in order)   ▼
 //!               ▲                                       overlay (read-your-writes, combined per key)
 //!               │ commit durable offsets                              │ flush
 //!               └──── offset tracker ◄── durable ◄── changelog produce (acked) + markers
@@ -14,8 +14,8 @@
 //! ```
 //!
 //! Modules follow that flow: [`config`] → `consumer` (poll loop, rebalance glue) →
-//! `partition` (router, worker, supervisor) → [`state`] (RocksDB, overlay, restore) →
-//! `changelog` → `offset`.
+//! `partition` (source, worker, scheduler, supervisor) → [`table`], [`state`] (RocksDB,
+//! overlay, restore) → `changelog` → `offset`.
 #![warn(
     missing_docs,
     missing_debug_implementations,

@@ -43,18 +43,28 @@ impl OffsetTracker {
     }
 }
 
-/// What one partition's queue holds; the router adds, the worker subtracts.
+/// A topic and partition.
+pub(crate) type TopicPartition = (String, i32);
+
+/// What waits for one partition's handler: in librdkafka's queue (from its statistics)
+/// and in the batch its worker took out and has not handled yet.
 #[derive(Debug, Default)]
 pub(crate) struct QueueGauge {
     pub(crate) bytes: AtomicUsize,
     pub(crate) records: AtomicUsize,
+    pub(crate) taken_bytes: AtomicUsize,
+    pub(crate) taken_records: AtomicUsize,
 }
 
 impl QueueGauge {
-    /// The worker took records out (processed or dropped them).
-    pub(crate) fn taken(&self, records: usize, bytes: usize) {
-        self.records.fetch_sub(records, Ordering::AcqRel);
-        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    /// Records waiting in all.
+    pub(crate) fn waiting_records(&self) -> usize {
+        self.records.load(Ordering::Relaxed) + self.taken_records.load(Ordering::Relaxed)
+    }
+
+    /// Bytes waiting in all.
+    pub(crate) fn waiting_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed) + self.taken_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -90,8 +100,6 @@ pub(crate) struct PartitionProgress {
     pub(crate) high_watermark: AtomicI64,
     /// What waits in this partition's queue (the router adds, the worker subtracts).
     pub(crate) queue: Arc<QueueGauge>,
-    /// Whether the poll loop paused fetching for this partition.
-    pub(crate) paused: AtomicBool,
     /// Changelog records replayed by the last restore.
     pub(crate) restored_records: AtomicU64,
     /// Restore rate of the last restore, records/s (f64 bits).
@@ -112,10 +120,6 @@ pub(crate) struct PartitionProgress {
     pub(crate) timers: AtomicU64,
     /// Times the worker looked for due wall-clock timers.
     pub(crate) wall_ticks: AtomicU64,
-    /// Times this partition was paused.
-    pub(crate) pauses: AtomicU64,
-    /// Milliseconds spent paused.
-    pub(crate) paused_ms: AtomicU64,
     /// Records handled per second over the last stats interval (f64 bits).
     pub(crate) rate_bits: AtomicU64,
     /// Duration (µs) and data records of the last flush.
@@ -144,7 +148,6 @@ impl Default for PartitionProgress {
             commit_failures: AtomicU64::new(0),
             high_watermark: AtomicI64::new(-1),
             queue: Arc::default(),
-            paused: AtomicBool::new(false),
             restored_records: AtomicU64::new(0),
             restore_rate_bits: AtomicU64::new(0),
             ready: AtomicBool::new(false),
@@ -155,8 +158,6 @@ impl Default for PartitionProgress {
             late: AtomicU64::new(0),
             timers: AtomicU64::new(0),
             wall_ticks: AtomicU64::new(0),
-            pauses: AtomicU64::new(0),
-            paused_ms: AtomicU64::new(0),
             rate_bits: AtomicU64::new(0),
             last_flush_us: AtomicU64::new(0),
             last_flush_records: AtomicU64::new(0),

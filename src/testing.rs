@@ -282,10 +282,9 @@ where
             self.shared.clone(),
             (self.topic(), 0),
             progress.clone(),
-            progress.queue.clone(),
             stop.clone(),
         );
-        let join = tokio::spawn(worker.run(rx));
+        let join = tokio::spawn(worker.run(crate::partition::source::Source::Channel(rx)));
         self.running = Some(Running {
             tx,
             stop,

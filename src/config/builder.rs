@@ -116,33 +116,32 @@ impl ConsumerConfigBuilder {
         self
     }
 
-    /// Records buffered per partition before the partition is paused (default 100 000).
+    /// Records fetched ahead per partition (default 100 000; librdkafka's
+    /// `queued.min.messages`).
     ///
-    /// Fetched records wait in a per-partition queue for the partition's worker. A partition
-    /// is paused when its queue holds more than this many records or more than
-    /// [`queue_bytes`](Self::queue_bytes), or when all queues together hold more than
-    /// [`total_queue_bytes`](Self::total_queue_bytes); it resumes once its queue drained to
-    /// half. Nothing fetched is dropped. Pausing is not free in librdkafka: it discards the
-    /// partition's prefetched records, which are fetched again on resume, so the limits are
-    /// sized to absorb librdkafka's bursts when the handler keeps up (`cargo bench --bench
-    /// throughput` reports pauses).
+    /// Each assigned partition's records wait in its own librdkafka queue, which its worker
+    /// polls. librdkafka keeps fetching a partition until its queue holds this many records
+    /// or [`queue_bytes`](Self::queue_bytes), and then simply stops until the worker takes
+    /// records out: a slow partition holds its budget and no more, and no other partition
+    /// waits for it. Nothing fetched is dropped.
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.config.queue_capacity = capacity;
         self
     }
 
-    /// Bytes buffered per partition before the partition is paused (default 16 MiB): keys,
-    /// values and headers of the queued records plus 64 bytes each.
+    /// Bytes fetched ahead per partition (librdkafka's `queued.max.messages.kbytes`, which
+    /// applies per partition with the partition queues this consumer uses). Default: the
+    /// fetched-records share of the [`memory_budget`](Self::memory_budget) divided by the
+    /// subscribed topics' partitions, between 256 KiB and 16 MiB.
     pub fn queue_bytes(mut self, bytes: usize) -> Self {
         self.config.queue_bytes = bytes;
         self.config.sizes_set.queue_bytes = true;
         self
     }
 
-    /// Bytes buffered across all partitions of this consumer before the fullest partitions
-    /// are paused (default 256 MiB). With librdkafka's own prefetch
-    /// (`queued.max.messages.kbytes`, 64 MiB by default) this bounds the memory fetched
-    /// records take.
+    /// Bytes fetched ahead across all partitions, divided among the subscribed topics'
+    /// partitions when [`queue_bytes`](Self::queue_bytes) is not set (default: a quarter of
+    /// the [`memory_budget`](Self::memory_budget)).
     pub fn total_queue_bytes(mut self, bytes: usize) -> Self {
         self.config.total_queue_bytes = bytes;
         self.config.sizes_set.total_queue_bytes = true;

@@ -100,12 +100,13 @@ impl ConsumerConfig {
             .set("fetch.queue.backoff.ms", "10")
             // High watermarks for lag in `Stats` come from librdkafka's statistics.
             .set("statistics.interval.ms", millis(self.stats_interval))
-            // librdkafka's own prefetch queue (all partitions together, the high-level
-            // consumer's single queue): part of the fetched-records share of the budget.
+            // What each partition's queue may hold before librdkafka stops fetching it (per
+            // partition: the consumer splits every partition's queue off the main one).
             .set(
                 "queued.max.messages.kbytes",
-                (self.total_queue_bytes / 1024).max(1024).to_string(),
-            );
+                (self.queue_bytes / 1024).max(64).to_string(),
+            )
+            .set("queued.min.messages", self.queue_capacity.to_string());
         if let Some(id) = &self.instance_id {
             c.set("group.instance.id", id);
         }

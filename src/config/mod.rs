@@ -195,7 +195,7 @@ impl ConsumerConfig {
             c.total_queue_bytes = share;
         }
         if !c.sizes_set.queue_bytes {
-            c.queue_bytes = per_partition.clamp(256 << 10, 16 << 20);
+            c.queue_bytes = (c.total_queue_bytes / partitions.max(1)).clamp(256 << 10, 16 << 20);
         }
         if !c.sizes_set.overlay_bytes {
             c.overlay_bytes = per_partition.clamp(1 << 20, 64 << 20);

@@ -25,7 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::observe::StatsInner;
 use crate::offset::PartitionProgress;
-use crate::partition::router::TopicPartition;
+use crate::offset::TopicPartition;
 
 /// Submits the durable offsets of `partitions` that the broker does not have yet and that
 /// are not already in flight. Returns how many partitions were submitted.

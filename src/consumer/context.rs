@@ -26,8 +26,12 @@ use super::subscription::Subscription;
 use crate::codec::Codec;
 use crate::handler::Handler;
 use crate::observe::{RebalanceListener, StatsInner};
-use crate::partition::router::TopicPartition;
+use crate::offset::TopicPartition;
+use crate::partition::source::Source;
 use crate::partition::supervisor::{StopMode, Stopping, Supervisor};
+
+/// Splits a partition's queue off the consumer: its records' source for the worker.
+type Splitter = Box<dyn Fn(&str, i32) -> Option<Source> + Send + Sync>;
 
 /// A revoke whose workers are draining; librdkafka's unassign waits for it.
 pub(crate) struct PendingRevoke {
@@ -60,6 +64,12 @@ pub(crate) struct RebalanceState {
 }
 
 pub(crate) struct LoopContext<KC: Codec, VC: Codec, H> {
+    /// Splits a partition's queue off the consumer this context belongs to (it owns the
+    /// context, so the closure holds it weakly); set right after the consumer is created.
+    splitter: std::sync::OnceLock<Splitter>,
+    /// Errors librdkafka reports on a partition's queue, sent by its worker to the poll
+    /// loop, which decides (see `errors`).
+    errors: tokio::sync::mpsc::UnboundedSender<rdkafka::error::KafkaError>,
     supervisor: Mutex<Supervisor<KC, VC, H>>,
     rebalance: Mutex<RebalanceState>,
     subscription: Subscription,
@@ -86,10 +96,12 @@ where
     pub(crate) fn new(
         supervisor: Supervisor<KC, VC, H>,
         subscription: Subscription,
-        listener: Arc<dyn RebalanceListener>,
-        stats: Arc<StatsInner>,
+        (listener, stats): (Arc<dyn RebalanceListener>, Arc<StatsInner>),
+        errors: tokio::sync::mpsc::UnboundedSender<rdkafka::error::KafkaError>,
     ) -> Self {
         Self {
+            splitter: std::sync::OnceLock::new(),
+            errors,
             supervisor: Mutex::new(supervisor),
             rebalance: Mutex::new(RebalanceState::default()),
             subscription,
@@ -99,13 +111,21 @@ where
         }
     }
 
+    /// Gives the context a handle on its consumer (for splitting partition queues).
+    pub(crate) fn set_consumer(&self, consumer: &Arc<BaseConsumer<Self>>, queue_bytes: usize) {
+        let consumer = Arc::downgrade(consumer);
+        let errors = self.errors.clone();
+        let _ = self.splitter.set(Box::new(move |topic, partition| {
+            let queue = consumer
+                .upgrade()?
+                .split_partition_queue(topic, partition)?;
+            Some(Source::kafka(queue, errors.clone(), queue_bytes))
+        }));
+    }
+
     /// From now on revokes are completed inside the callback (see `closing`).
     pub(crate) fn set_closing(&self) {
         self.closing.store(true, Ordering::Release);
-    }
-
-    pub(crate) fn stats_inner(&self) -> &StatsInner {
-        &self.stats
     }
 
     pub(crate) fn listener(&self) -> &dyn RebalanceListener {
@@ -128,6 +148,9 @@ where
             .iter()
             .cloned()
             .partition(|(topic, _)| self.subscription.matches(topic));
+        // Each new partition's queue is split off the main queue before the partition is
+        // assigned, so none of its records reaches the main queue (see `partition::source`).
+        let sources = self.split_queues(&own);
         let result = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
             _ => consumer.assign(tpl),
@@ -154,13 +177,32 @@ where
             }
         }
         tracing::info!(partitions = ?own, "partitions assigned");
-        self.supervisor().assign(&own);
+        self.supervisor().assign(sources);
         {
             let mut state = self.rebalance_state();
             state.clean_assignment = !own.is_empty() && foreign.is_empty();
             state.foreign.extend(foreign);
         }
         self.listener.on_assigned(&own);
+    }
+
+    /// The split queues of the partitions of `own` that have no worker yet.
+    fn split_queues(&self, own: &[TopicPartition]) -> Vec<(TopicPartition, Source)> {
+        let Some(split) = self.splitter.get() else {
+            tracing::error!("partitions assigned before the consumer was set up");
+            return Vec::new();
+        };
+        let running = self.supervisor().assigned();
+        own.iter()
+            .filter(|tp| !running.contains(tp))
+            .filter_map(|tp| match split(&tp.0, tp.1) {
+                Some(source) => Some((tp.clone(), source)),
+                None => {
+                    tracing::error!(topic = %tp.0, partition = tp.1, "cannot split the partition's queue");
+                    None
+                }
+            })
+            .collect()
     }
 
     fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
@@ -249,6 +291,15 @@ impl<KC: Codec, VC: Codec, H: Send + Sync + 'static> ClientContext for LoopConte
                     progress
                         .high_watermark
                         .store(p.hi_offset, std::sync::atomic::Ordering::Relaxed);
+                    // What waits in the partition's (split) queue in librdkafka.
+                    let queue = &progress.queue;
+                    queue.records.store(
+                        p.fetchq_cnt.max(0) as usize,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    queue
+                        .bytes
+                        .store(p.fetchq_size as usize, std::sync::atomic::Ordering::Relaxed);
                     // The group's committed offset as librdkafka fetched it at assignment
                     // (and after each commit): known before this consumer commits anything.
                     if p.committed_offset >= 0 {

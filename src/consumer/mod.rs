@@ -11,7 +11,7 @@ pub(crate) use subscription::Subscription;
 use std::future::Future;
 use std::sync::Arc;
 
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -208,18 +208,28 @@ where
             clock_offset_ms: Default::default(),
         });
         let supervisor = Supervisor::new(shared, tokio::runtime::Handle::current());
+        let (errors_tx, errors_rx) = mpsc::unbounded_channel();
         let context = LoopContext::new(
             supervisor,
             subscription,
-            self.rebalance_listener.clone(),
-            self.stats.inner.clone(),
+            (self.rebalance_listener.clone(), self.stats.inner.clone()),
+            errors_tx,
         );
-        let consumer: BaseConsumer<_> = config.group_consumer().create_with_context(context)?;
+        let consumer: Arc<BaseConsumer<_>> =
+            Arc::new(config.group_consumer().create_with_context(context)?);
+        consumer
+            .context()
+            .set_consumer(&consumer, config.queue_bytes);
 
         let stop = CancellationToken::new();
         // If this future is dropped, the poll loop still stops and closes cleanly.
         let _stop_on_drop = stop.clone().drop_guard();
-        let poll_loop = PollLoop::new(consumer, config.clone(), stop.clone(), failures_rx);
+        let poll_loop = PollLoop::new(
+            consumer,
+            config.clone(),
+            stop.clone(),
+            (failures_rx, errors_rx),
+        );
         let (done_tx, mut done_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("kafka-stateful-poll".into())

@@ -1,13 +1,13 @@
-//! The poll loop: the only code that touches the group consumer. It polls (which also serves
-//! rebalance callbacks, commit results and statistics), routes records to partition queues,
-//! pauses and resumes partitions, commits, and drives revokes and rejoins to completion. It
-//! never runs user code and never waits for a worker without polling.
+//! The poll loop: the only code that touches the group consumer, except the workers, which
+//! each take their records from their partition's queue split off it. It polls (which
+//! serves rebalance callbacks, commit results and statistics), commits, and drives revokes
+//! and rejoins to completion. It never runs user code, never handles records, and never
+//! waits for a worker without polling.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::BorrowedMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -18,16 +18,12 @@ use crate::codec::Codec;
 use crate::config::{CloseBehavior, ConsumerConfig};
 use crate::error::Error;
 use crate::handler::Handler;
-use crate::partition::router::TopicPartition;
 use crate::partition::supervisor::StopMode;
 
-/// Upper bound of one blocking poll: how quickly shutdown, worker failures, resumes and
-/// commits are noticed when no records arrive.
+/// Upper bound of one blocking poll: how quickly shutdown, worker failures and commits are
+/// noticed.
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
-/// Poll timeout while some partition is paused, so a drained queue is resumed before its
-/// worker runs dry (it holds half its budget when it is resumable).
-const PAUSED_POLL_TIMEOUT: Duration = Duration::from_millis(5);
-/// Records taken per wake-up before flow control and commits get a turn.
+/// Events (and stray records) taken per wake-up before commits get a turn.
 const MAX_BATCH: usize = 1024;
 /// How long a revoke or shutdown waits for the broker's answer to its final commit.
 const COMMIT_RESULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -43,10 +39,13 @@ enum Rejoin {
 }
 
 pub(crate) struct PollLoop<KC: Codec, VC: Codec, H: Handler<KC::Item, VC::Item>> {
-    pub(crate) consumer: BaseConsumer<Ctx<KC, VC, H>>,
+    /// Shared with the partition queues split off it (each holds a handle).
+    pub(crate) consumer: Arc<BaseConsumer<Ctx<KC, VC, H>>>,
     pub(crate) config: Arc<ConsumerConfig>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) failures: mpsc::UnboundedReceiver<Error>,
+    /// Errors librdkafka reported on partition queues, from their workers.
+    pub(crate) partition_errors: mpsc::UnboundedReceiver<rdkafka::error::KafkaError>,
     rejoin: Rejoin,
     /// Consecutive assignments that contained foreign partitions.
     foreign_streak: u32,
@@ -60,16 +59,20 @@ where
     H: Handler<KC::Item, VC::Item>,
 {
     pub(crate) fn new(
-        consumer: BaseConsumer<Ctx<KC, VC, H>>,
+        consumer: Arc<BaseConsumer<Ctx<KC, VC, H>>>,
         config: Arc<ConsumerConfig>,
         shutdown: CancellationToken,
-        failures: mpsc::UnboundedReceiver<Error>,
+        (failures, partition_errors): (
+            mpsc::UnboundedReceiver<Error>,
+            mpsc::UnboundedReceiver<rdkafka::error::KafkaError>,
+        ),
     ) -> Self {
         Self {
             consumer,
             config,
             shutdown,
             failures,
+            partition_errors,
             rejoin: Rejoin::Idle,
             foreign_streak: 0,
             metrics: Default::default(),
@@ -105,8 +108,10 @@ where
             if let Ok(err) = self.failures.try_recv() {
                 return Err(err);
             }
+            while let Ok(error) = self.partition_errors.try_recv() {
+                classify_poll_error(&self.consumer, &self.config, error)?;
+            }
             self.poll_batch()?;
-            self.flow_control();
             self.drive_revoke();
             self.ctx().supervisor().reap_lost();
             self.drive_rejoin()?;
@@ -123,73 +128,33 @@ where
         }
     }
 
-    /// Waits up to [`POLL_TIMEOUT`] for a record, then takes what else is ready.
+    /// Serves the main queue for up to [`POLL_TIMEOUT`]: rebalance callbacks, commit
+    /// results, statistics and errors. Records do not come here (every assigned partition's
+    /// queue is split off to its worker), except those of partitions the group assigned by
+    /// mistake (other topics, paused and never processed): they are dropped.
     fn poll_batch(&self) -> Result<(), Error> {
-        let paused = self.ctx().supervisor().router.has_paused();
-        let mut timeout = if paused {
-            PAUSED_POLL_TIMEOUT
-        } else {
-            POLL_TIMEOUT
-        };
-        let mut supervisor = self.ctx().supervisor();
-        let mut taken = 0;
-        let mut result = Ok(());
-        while taken < MAX_BATCH {
-            // The supervisor is unlocked while polling: rebalance callbacks lock it.
-            drop(supervisor);
-            let polled = self.consumer.poll(timeout);
-            supervisor = self.ctx().supervisor();
-            match polled {
+        let mut timeout = POLL_TIMEOUT;
+        for _ in 0..MAX_BATCH {
+            match self.consumer.poll(timeout) {
                 None => break,
-                Some(Ok(msg)) => supervisor.router.push(&msg),
+                Some(Ok(msg)) => {
+                    use rdkafka::message::Message;
+                    tracing::debug!(
+                        topic = msg.topic(),
+                        partition = msg.partition(),
+                        offset = msg.offset(),
+                        "dropping a record of a partition without a worker"
+                    );
+                }
                 Some(Err(error)) => {
-                    result = self
+                    return self
                         .check_fatal()
                         .and_then(|()| classify_poll_error(&self.consumer, &self.config, error));
-                    break;
                 }
             }
-            taken += 1;
             timeout = Duration::ZERO;
         }
-        let to_pause = supervisor.router.send();
-        drop(supervisor);
-        self.pause(&to_pause);
-        result
-    }
-
-    fn route(&self, msg: &BorrowedMessage<'_>) {
-        let mut supervisor = self.ctx().supervisor();
-        supervisor.router.push(msg);
-        let to_pause = supervisor.router.send();
-        drop(supervisor);
-        self.pause(&to_pause);
-    }
-
-    fn pause(&self, partitions: &[TopicPartition]) {
-        if !partitions.is_empty() {
-            let to_pause = super::context::list_of(partitions);
-            tracing::debug!(partitions = ?to_pause, "queue full: pausing");
-            self.ctx().stats_inner().pauses.fetch_add(
-                to_pause.count() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            if let Err(error) = self.consumer.pause(&to_pause) {
-                tracing::warn!(%error, "pause failed");
-            }
-        }
-    }
-
-    fn flow_control(&self) {
-        let resume = self.ctx().supervisor().router.drained();
-        if resume.is_empty() {
-            return;
-        }
-        let tpl = super::context::list_of(&resume);
-        tracing::debug!(partitions = ?tpl, "queue drained: resuming");
-        if let Err(error) = self.consumer.resume(&tpl) {
-            tracing::warn!(%error, "resume failed");
-        }
+        Ok(())
     }
 
     /// Moves a pending revoke forward: once its workers stopped, commit their final offsets;
@@ -302,8 +267,7 @@ where
         }
     }
 
-    /// Serves the consumer (records of stopped partitions are dropped by the router) until
-    /// `done` holds or `deadline` passes.
+    /// Serves the consumer until `done` holds or `deadline` passes.
     fn serve_until(&self, deadline: Instant, mut done: impl FnMut(&Self) -> bool) -> bool {
         loop {
             if done(self) {
@@ -312,9 +276,7 @@ where
             if Instant::now() >= deadline {
                 return false;
             }
-            if let Some(Ok(msg)) = self.consumer.poll(POLL_TIMEOUT) {
-                self.route(&msg);
-            }
+            let _ = self.consumer.poll(POLL_TIMEOUT);
             self.drive_revoke();
         }
     }
@@ -322,6 +284,15 @@ where
     /// Stops workers and commits, according to why the loop ended.
     fn close(&mut self, result: &Result<(), Error>) {
         self.stop_all(result);
+        // The partition queues of stopped workers hold handles on the consumer: it is closed
+        // where the last one is dropped, which should be here, on this thread, not on a
+        // runtime thread (closing blocks).
+        let released = self.serve_until(Instant::now() + self.leave_budget(), |l| {
+            Arc::strong_count(&l.consumer) == 1
+        });
+        if !released {
+            tracing::warn!("partition queues are still held after their workers stopped");
+        }
         // Dropping the consumer closes it; librdkafka's closing revoke is completed in the
         // callback from here on. A static member does not send LeaveGroup then.
         self.ctx().set_closing();

@@ -13,8 +13,6 @@
 //! | `kafka_stateful_records_dead_lettered_total` | counter | records sent to the dead-letter topic |
 //! | `kafka_stateful_records_late_total` | counter | records late for every window they fall in (never applied) |
 //! | `kafka_stateful_commit_failures_total` | counter | offset commits that failed (each is retried) |
-//! | `kafka_stateful_pauses_total` | counter | times the partition was paused because its queue was full |
-//! | `kafka_stateful_paused_seconds_total` | counter | time spent paused |
 //! | `kafka_stateful_restored_records_total` | counter | changelog records replayed by restores |
 //! | `kafka_stateful_consumer_lag_records` | gauge | high watermark − committed offset |
 //! | `kafka_stateful_processing_lag_records` | gauge | high watermark − next offset to process |
@@ -34,7 +32,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge, histogram, Histogram};
 
 use crate::offset::PartitionProgress;
-use crate::partition::router::TopicPartition;
+use crate::offset::TopicPartition;
 
 /// Serves every metric recorded through the `metrics` facade (this crate's and the
 /// application's) for Prometheus at `http://<addr>/metrics`, by installing
@@ -115,8 +113,6 @@ fn publish_partition(topic: &str, partition: i32, p: &PartitionProgress, rate: f
         .absolute(load(&p.dead_lettered));
     counter!("kafka_stateful_records_late_total", &labels).absolute(load(&p.late));
     counter!("kafka_stateful_commit_failures_total", &labels).absolute(load(&p.commit_failures));
-    counter!("kafka_stateful_pauses_total", &labels).absolute(load(&p.pauses));
-    counter!("kafka_stateful_paused_seconds_total", &labels).absolute(load(&p.paused_ms) / 1000);
     counter!("kafka_stateful_restored_records_total", &labels).absolute(load(&p.restored_records));
     let high = p.high_watermark.load(Ordering::Relaxed);
     let committed = p.committed_next.load(Ordering::Relaxed);
@@ -128,10 +124,8 @@ fn publish_partition(topic: &str, partition: i32, p: &PartitionProgress, rate: f
             .set((high - processed.max(0)).max(0) as f64);
     }
     gauge!("kafka_stateful_committed_offset", &labels).set(committed as f64);
-    gauge!("kafka_stateful_queued_records", &labels)
-        .set(p.queue.records.load(Ordering::Relaxed) as f64);
-    gauge!("kafka_stateful_queued_bytes", &labels)
-        .set(p.queue.bytes.load(Ordering::Relaxed) as f64);
+    gauge!("kafka_stateful_queued_records", &labels).set(p.queue.waiting_records() as f64);
+    gauge!("kafka_stateful_queued_bytes", &labels).set(p.queue.waiting_bytes() as f64);
     gauge!("kafka_stateful_records_per_second", &labels).set(rate);
     let remaining = load(&p.restore_total).saturating_sub(load(&p.restore_done));
     let restoring = !p.ready.load(Ordering::Relaxed);

@@ -56,12 +56,14 @@ pub struct PartitionStats {
     pub committed_lag: i64,
     /// Records not yet processed: `high_watermark - processed_next`; -1 until known.
     pub processed_lag: i64,
-    /// Records waiting in the partition's queue.
+    /// Records fetched and not handled yet: in the partition's librdkafka queue (from its
+    /// statistics, updated every `stats_interval`) and in the batch its worker is on. A
+    /// partition whose queue holds its budget is not fetched until its worker takes records
+    /// out.
     pub queued: u64,
-    /// Bytes (keys, values, headers and a per-record overhead) waiting in the queue.
+    /// Bytes of those records (librdkafka's count for its queue, keys, values and headers
+    /// plus 64 bytes each for the batch).
     pub queued_bytes: u64,
-    /// Whether fetching is paused because the queue is full.
-    pub paused: bool,
     /// Whether restore finished and records are processed.
     pub ready: bool,
     /// Changelog records replayed by the restore at assignment.
@@ -83,10 +85,6 @@ pub struct PartitionStats {
     pub timers: u64,
     /// Records handled per second over the last stats interval.
     pub records_per_second: f64,
-    /// Times this partition was paused, and the time it spent paused.
-    pub pauses: u64,
-    /// Time spent paused.
-    pub paused_time: Duration,
     /// Duration of the last flush (changelog produce, acknowledgements, RocksDB write).
     pub last_flush_duration: Duration,
     /// Changelog data records the last flush wrote.
@@ -135,8 +133,6 @@ pub struct StatsSnapshot {
     pub assigned: u64,
     /// Partitions revoked since start.
     pub revoked: u64,
-    /// Times a partition was paused because its queue was full.
-    pub pauses: u64,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: u64,
     /// Offset commits that failed, across partitions.
@@ -151,7 +147,6 @@ pub(crate) struct StatsInner {
     pub(crate) processed: AtomicU64,
     pub(crate) assigned: AtomicU64,
     pub(crate) revoked: AtomicU64,
-    pub(crate) pauses: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
     global_tables: Mutex<Option<Arc<crate::table::GlobalTables>>>,
@@ -263,9 +258,8 @@ impl Stats {
                     high_watermark,
                     committed_lag: lag(committed_next),
                     processed_lag: lag(processed_next.max(committed_next)),
-                    queued: p.queue.records.load(Ordering::Relaxed) as u64,
-                    queued_bytes: p.queue.bytes.load(Ordering::Relaxed) as u64,
-                    paused: p.paused.load(Ordering::Relaxed),
+                    queued: p.queue.waiting_records() as u64,
+                    queued_bytes: p.queue.waiting_bytes() as u64,
                     ready: p.ready.load(Ordering::Relaxed),
                     restored_records: load(&p.restored_records),
                     restore_rate: f64::from_bits(load(&p.restore_rate_bits)),
@@ -276,8 +270,6 @@ impl Stats {
                     late: load(&p.late),
                     timers: load(&p.timers),
                     records_per_second: f64::from_bits(load(&p.rate_bits)),
-                    pauses: load(&p.pauses),
-                    paused_time: Duration::from_millis(load(&p.paused_ms)),
                     last_flush_duration: Duration::from_micros(load(&p.last_flush_us)),
                     last_flush_records: load(&p.last_flush_records),
                     restore_done: load(&p.restore_done),
@@ -296,7 +288,6 @@ impl Stats {
             processed: load(&inner.processed),
             assigned: load(&inner.assigned),
             revoked: load(&inner.revoked),
-            pauses: load(&inner.pauses),
             dead_lettered: load(&inner.dead_lettered),
             commit_failures: load(&inner.commit_failures),
             global_tables: inner.global_table_stats(),

@@ -12,11 +12,12 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use super::router::{Budget, Router, TopicPartition};
+use super::source::Source;
 use super::worker::{Shared, StopSignal, Worker};
 use crate::codec::Codec;
 use crate::handler::Handler;
 use crate::offset::PartitionProgress;
+use crate::offset::TopicPartition;
 
 struct WorkerHandle {
     stop: StopSignal,
@@ -76,7 +77,6 @@ impl Stopping {
 }
 
 pub(crate) struct Supervisor<KC: Codec, VC: Codec, H> {
-    pub(crate) router: Router,
     workers: HashMap<TopicPartition, WorkerHandle>,
     /// Workers of lost partitions, winding down without flushing; kept so that each is
     /// joined, or aborted past its deadline.
@@ -93,11 +93,6 @@ where
 {
     pub(crate) fn new(shared: Arc<Shared<KC, VC, H>>, runtime: Handle) -> Self {
         Self {
-            router: Router::new(Budget {
-                partition_bytes: shared.config.queue_bytes,
-                partition_records: shared.config.queue_capacity,
-                total_bytes: shared.config.total_queue_bytes,
-            }),
             workers: HashMap::new(),
             lost: Vec::new(),
             shared,
@@ -105,29 +100,25 @@ where
         }
     }
 
-    /// Starts workers for newly assigned partitions (already running ones are kept).
-    pub(crate) fn assign(&mut self, partitions: &[TopicPartition]) {
-        for tp in partitions {
-            if self.workers.contains_key(tp) {
+    /// Starts a worker for each newly assigned partition, on its records' source (already
+    /// running ones are kept).
+    pub(crate) fn assign(&mut self, partitions: Vec<(TopicPartition, Source)>) {
+        for (tp, source) in partitions {
+            if self.workers.contains_key(&tp) {
                 continue;
             }
             let progress = Arc::new(PartitionProgress::default());
-            let gauge = progress.queue.clone();
-            let rx = self
-                .router
-                .open(tp.clone(), progress.clone(), gauge.clone());
             let stop = StopSignal::default();
             let worker = Worker::new(
                 self.shared.clone(),
                 tp.clone(),
                 progress.clone(),
-                gauge,
                 stop.clone(),
             );
             let span = tracing::info_span!("partition", topic = %tp.0, partition = tp.1);
             let join = self
                 .runtime
-                .spawn(tracing::Instrument::instrument(worker.run(rx), span));
+                .spawn(tracing::Instrument::instrument(worker.run(source), span));
             self.shared
                 .stats
                 .partitions_insert(tp.clone(), progress.clone());
@@ -146,15 +137,15 @@ where
         }
     }
 
-    /// Tells the workers of `partitions` to stop, without waiting: nothing more is routed to
-    /// them, in-flight records get the revoke timeout, then each flushes and publishes its
+    /// Tells the workers of `partitions` to stop, without waiting: they take no more
+    /// records, in-flight records get the revoke timeout, then each flushes and publishes its
     /// durable offset. Drive the result with [`Stopping::poll_done`].
     pub(crate) fn begin_stop(&mut self, partitions: &[TopicPartition], mode: StopMode) -> Stopping {
         let mut workers = Vec::new();
         for tp in partitions {
-            // Signal first, then close the queue: closing wakes an idle worker, which must
-            // already see whether the partition was lost (it used to run `on_revoked` and
-            // flush a lost partition when it won the race, as tests/zombie.rs showed).
+            // One signal, lost or not: a worker woken by a plain stop must already see
+            // whether the partition was lost (it used to run `on_revoked` and flush a lost
+            // partition when it won that race, as tests/zombie.rs showed).
             if let Some(handle) = self.workers.remove(tp) {
                 match mode {
                     StopMode::Graceful => handle.stop.stop(),
@@ -164,7 +155,6 @@ where
                 }
                 workers.push((tp.clone(), handle));
             }
-            self.router.close(tp);
         }
         let config = &self.shared.config;
         Stopping {

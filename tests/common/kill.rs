@@ -369,17 +369,16 @@ pub fn init_probe_tracing(probe: Arc<Probe>) {
 }
 
 /// Writes the consumer's figures of every assigned partition to `probe` every 500 ms
-/// (`stats <partition> ready=… paused=… …`), until the process ends.
+/// (`stats <partition> ready=… queued=… …`), until the process ends.
 pub fn probe_stats(stats: kafka_stateful::Stats, probe: Arc<Probe>) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             for ((_, p), s) in stats.snapshot().partitions {
                 probe.line(&format!(
-                    "stats {p} ready={} paused={} queued={} processed_next={} durable_next={} \
+                    "stats {p} ready={} queued={} processed_next={} durable_next={} \
                      committed_next={} high_watermark={} skipped={} fenced={}",
                     s.ready,
-                    s.paused,
                     s.queued,
                     s.processed_next,
                     s.durable_next,

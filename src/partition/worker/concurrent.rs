@@ -29,12 +29,11 @@ pub(super) struct Concurrent {
     tally: Tally,
 }
 
-/// Counts of settled records not yet published.
+/// Counts of settled records not yet published, and the bytes of the records held.
 #[derive(Debug, Default)]
 struct Tally {
     handled: u64,
-    records: usize,
-    bytes: usize,
+    held_bytes: usize,
 }
 
 /// A record in flight that ended.
@@ -80,8 +79,8 @@ impl Concurrent {
         }
     }
 
-    /// Whether to take in more fetched records: not while enough wait already (the queue
-    /// upstream then fills, and the partition is paused).
+    /// Whether to take in more fetched records: not while enough wait already (the
+    /// partition's queue then fills, and librdkafka stops fetching it).
     pub(super) fn accepts_more(&self, lookahead: usize) -> bool {
         self.failed.is_none() && self.scheduler.waiting() < lookahead
     }
@@ -129,11 +128,11 @@ where
                 batch: batch.clone(),
                 index,
             };
+            c.tally.held_bytes += batch.record_bytes(&batch.records[index]);
             if !c.scheduler.push(pending, &self.applied) {
+                c.tally.held_bytes -= batch.record_bytes(&batch.records[index]);
                 // Its effect is already in the restored state.
                 self.progress.skipped.fetch_add(1, Ordering::Relaxed);
-                c.tally.records += 1;
-                c.tally.bytes += batch.record_bytes(&batch.records[index]);
             }
         }
         self.start_ready(ctx).await
@@ -154,9 +153,6 @@ where
             .stats
             .processed
             .fetch_add(tally.handled, Ordering::Relaxed);
-        if tally.records > 0 {
-            self.gauge.taken(tally.records, tally.bytes);
-        }
         let Some(next) = c.scheduler.completion.next() else {
             return;
         };
@@ -237,6 +233,7 @@ where
             return;
         };
         let raw = pending.raw();
+        c.tally.held_bytes -= pending.batch.record_bytes(raw);
         let stream_time = record_ctx.stream_time();
         let finish = match ended {
             Ended::Handled => {
@@ -270,8 +267,6 @@ where
         };
         if finish {
             c.scheduler.finish(key, raw.offset, stream_time);
-            c.tally.records += 1;
-            c.tally.bytes += pending.batch.record_bytes(raw);
             self.since_flush += 1;
         } else {
             c.scheduler.abandon(key);

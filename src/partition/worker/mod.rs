@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::policy::{dead_letter, panic_message, Failure};
+use super::source::Source;
 use crate::batch::{RawRecord, RecordBatch};
 use crate::changelog::RecordSink;
 use crate::codec::{Codec, CodecError};
@@ -23,7 +24,7 @@ use crate::config::{ConsumerConfig, ErrorPolicy};
 use crate::error::Error;
 use crate::handler::{Handler, PartitionContext, Record};
 use crate::observe::StatsInner;
-use crate::offset::{OffsetTracker, PartitionProgress, QueueGauge};
+use crate::offset::{OffsetTracker, PartitionProgress};
 use crate::state::replay::SourcePosition;
 use crate::state::{PartitionState, StateEnv};
 use crate::timer::{Owner, TimeKind, Timer};
@@ -123,7 +124,6 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     topic: Arc<str>,
     partition: i32,
     progress: Arc<PartitionProgress>,
-    gauge: Arc<QueueGauge>,
     stop: StopSignal,
     tracker: OffsetTracker,
     /// Source records the restored state reflects already (their effect would be doubled).
@@ -151,6 +151,8 @@ enum Event {
     Finished(Box<concurrent::Finished>),
     /// Table updates arrived.
     Tables,
+    /// The partition is stopping (checked at the top of the loop).
+    Stop,
     Tick,
     /// Time to look for due wall-clock timers.
     WallTick,
@@ -169,7 +171,6 @@ where
         shared: Arc<Shared<KC, VC, H>>,
         (topic, partition): (String, i32),
         progress: Arc<PartitionProgress>,
-        gauge: Arc<QueueGauge>,
         stop: StopSignal,
     ) -> Self {
         let topic_label = topic.clone();
@@ -178,7 +179,6 @@ where
             topic: topic.into(),
             partition,
             progress,
-            gauge,
             stop,
             tracker: OffsetTracker::default(),
             applied: crate::state::replay::SourcePosition::NONE,
@@ -196,9 +196,9 @@ where
     /// Runs until stopped or until its queue closes; reports a fatal error to the poll loop.
     /// A panic outside the handler and codecs (those are errors of their record) is reported
     /// too: a worker never ends silently while its partition looks idle.
-    pub(crate) async fn run(mut self, rx: mpsc::UnboundedReceiver<RecordBatch>) {
+    pub(crate) async fn run(mut self, source: Source) {
         let (topic, partition) = (self.topic.clone(), self.partition);
-        let result = match std::panic::AssertUnwindSafe(self.run_inner(rx))
+        let result = match std::panic::AssertUnwindSafe(self.run_inner(source))
             .catch_unwind()
             .await
         {
@@ -225,10 +225,7 @@ where
         }
     }
 
-    async fn run_inner(
-        &mut self,
-        mut rx: mpsc::UnboundedReceiver<RecordBatch>,
-    ) -> Result<(), Error> {
+    async fn run_inner(&mut self, mut source: Source) -> Result<(), Error> {
         let Some(mut ctx) = self.open_state().await? else {
             return Ok(()); // revoked while restoring
         };
@@ -252,9 +249,8 @@ where
         self.fire_timers(TimeKind::Stream, ctx.stream_time(), &mut ctx)
             .await?;
         loop {
-            // Stopping also closes the queue (the router drops its end), which wakes an idle
-            // worker; the flag makes a stop win over records still queued. Records in flight
-            // get the revoke timeout to end (unless the partition was lost).
+            // A stop wakes an idle worker; the flag makes it win over records still queued.
+            // Records in flight get the revoke timeout to end (unless the partition was lost).
             if self.stop.is_stopped() && !self.draining() {
                 break;
             }
@@ -270,7 +266,8 @@ where
                 // with it by time (see `tables_arrived`).
                 () = tables::arrived(&mut self.tables) => Event::Tables,
                 ended = concurrent::next_finished(&mut self.concurrent) => Event::Finished(Box::new(ended)),
-                batch = rx.recv(), if takes_batches => Event::Batch(batch),
+                batch = source.next(), if takes_batches => Event::Batch(batch),
+                () = self.stop.stopped(), if !self.stop.is_stopped() => Event::Stop,
                 _ = ticker.tick() => Event::Tick,
                 _ = wall_ticker.tick(), if has_timers => Event::WallTick,
             };
@@ -289,18 +286,25 @@ where
                     self.after_concurrent(&mut ctx).await?;
                 }
                 Event::Batch(Some(batch)) => {
+                    let queue = self.progress.queue.clone();
+                    queue
+                        .taken_records
+                        .store(batch.records.len(), Ordering::Relaxed);
+                    queue.taken_bytes.store(batch.bytes, Ordering::Relaxed);
                     let outcome = self.process_batch(&batch, &mut ctx).await;
-                    self.gauge.taken(batch.records.len(), batch.bytes);
+                    queue.taken_records.store(0, Ordering::Relaxed);
+                    queue.taken_bytes.store(0, Ordering::Relaxed);
                     if matches!(outcome?, Outcome::Cancelled) {
                         break;
                     }
                     // Caught up with the input: table updates held back for it apply now.
-                    self.tables_arrived(&rx).await?;
+                    self.tables_arrived(&source).await?;
                     if self.flush_due(&mut ctx) {
                         self.start_flush(&mut ctx).await?;
                     }
                 }
-                Event::Tables => self.tables_arrived(&rx).await?,
+                Event::Tables => self.tables_arrived(&source).await?,
+                Event::Stop => {}
                 Event::Tick => {
                     if self.last_flush.elapsed() >= flush_interval {
                         self.start_flush(&mut ctx).await?;

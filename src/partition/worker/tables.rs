@@ -70,10 +70,7 @@ where
     /// Table updates arrived, or the input was caught up with: while no input record waits,
     /// the updates not later than the input so far apply (see
     /// [`PartitionTables::apply_idle`]).
-    pub(super) async fn tables_arrived(
-        &mut self,
-        input: &mpsc::UnboundedReceiver<RecordBatch>,
-    ) -> Result<(), Error> {
+    pub(super) async fn tables_arrived(&mut self, input: &Source) -> Result<(), Error> {
         if let Some(tables) = self.tables.as_mut() {
             if input.is_empty() {
                 let bad = tables.bad;
