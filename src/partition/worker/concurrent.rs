@@ -145,14 +145,18 @@ where
         let Some(c) = self.concurrent.as_mut() else {
             return;
         };
-        let tally = std::mem::take(&mut c.tally);
-        self.progress
-            .handled
-            .fetch_add(tally.handled, Ordering::Relaxed);
+        let handled = std::mem::take(&mut c.tally.handled);
+        self.progress.handled.fetch_add(handled, Ordering::Relaxed);
         self.shared
             .stats
             .processed
-            .fetch_add(tally.handled, Ordering::Relaxed);
+            .fetch_add(handled, Ordering::Relaxed);
+        let queue = &self.progress.queue;
+        let held = c.scheduler.waiting() + c.scheduler.running();
+        queue.taken_records.store(held, Ordering::Relaxed);
+        queue
+            .taken_bytes
+            .store(c.tally.held_bytes, Ordering::Relaxed);
         let Some(next) = c.scheduler.completion.next() else {
             return;
         };
