@@ -651,7 +651,14 @@ async fn a_slow_partition_holds_at_most_its_queue_budget() {
     let records: Vec<_> = (0..600)
         .map(|i| ((i % 2) as i32, format!("k{i}"), value.clone()))
         .collect();
-    common::produce(&topic, &records).await;
+    // Record batches of at most 64 KB: a broker returns a whole batch even past
+    // max.partition.fetch.bytes, and librdkafka's default batch.size is 1 MB.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::bootstrap())
+        .set("batch.size", "65536")
+        .create()
+        .unwrap();
+    common::produce_with(&producer, &topic, &records).await;
     let recorder = Recorder {
         delay: Some((0, Duration::from_millis(20))),
         ..Recorder::default()

@@ -133,6 +133,11 @@ impl ConsumerConfigBuilder {
     /// applies per partition with the partition queues this consumer uses). Default: the
     /// fetched-records share of the [`memory_budget`](Self::memory_budget) divided by the
     /// subscribed topics' partitions, between 256 KiB and 16 MiB.
+    ///
+    /// The bound is librdkafka's: a fetch already in flight when the queue fills still
+    /// lands, so a queue can exceed it by one fetch response — `max.partition.fetch.bytes`,
+    /// or one whole record batch as the producer wrote it when that is larger (brokers
+    /// never split a batch). The worker also holds the batch it took out, at most this much.
     pub fn queue_bytes(mut self, bytes: usize) -> Self {
         self.config.queue_bytes = bytes;
         self.config.sizes_set.queue_bytes = true;

@@ -143,7 +143,15 @@ pub async fn produce(topic: &str, records: &[(i32, String, String)]) {
 }
 
 pub async fn produce_at(bootstrap: &str, topic: &str, records: &[(i32, String, String)]) {
-    let producer = producer_at(bootstrap);
+    produce_with(&producer_at(bootstrap), topic, records).await
+}
+
+/// Produces with a producer configured by the caller and waits for every ack.
+pub async fn produce_with(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(i32, String, String)],
+) {
     let futures: Vec<_> = records
         .iter()
         .map(|(p, k, v)| {
