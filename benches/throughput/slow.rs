@@ -55,10 +55,10 @@ impl Handler<String, Vec<u8>> for Slow {
         }
         let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
         if seen == 1 {
-            let _ = self.first.set((Instant::now(), super::cpu_time()));
+            let _ = self.first.set((Instant::now(), super::measure::cpu_time()));
         }
         if seen == self.stop_at {
-            let _ = self.last.set((Instant::now(), super::cpu_time()));
+            let _ = self.last.set((Instant::now(), super::measure::cpu_time()));
         }
         Ok(())
     }
@@ -96,7 +96,7 @@ impl Keys {
 }
 
 async fn fill_one_partition(bootstrap: &str, topic: &str, keys: &Keys, records: u64) {
-    super::create_topic_with(bootstrap, topic, 1).await;
+    super::topics::create_topic(bootstrap, topic, 1).await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
@@ -161,7 +161,7 @@ async fn run(
     while handler.first.get().is_none() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    super::reset_peak_rss();
+    super::measure::reset_peak_rss();
     let (started, cpu0) = *handler.first.get().expect("set");
     let mut max_lag = 0;
     while handler.last.get().is_none() && started.elapsed() < budget {
@@ -176,7 +176,7 @@ async fn run(
         Some(&(at, cpu)) => (at, cpu, n - 1),
         None => (
             Instant::now(),
-            super::cpu_time(),
+            super::measure::cpu_time(),
             handler.seen.load(Ordering::Relaxed) - 1,
         ),
     };
@@ -186,7 +186,7 @@ async fn run(
         cpu: cpu1 - cpu0,
         latencies: std::mem::take(&mut handler.latencies.lock().unwrap()),
         max_committed_lag: max_lag,
-        peak_rss_mb: super::peak_rss_mb(),
+        peak_rss_mb: super::measure::peak_rss_mb(),
     };
     let _ = tx.send(());
     join.await.unwrap().unwrap();

@@ -14,11 +14,12 @@ use rdkafka::ClientConfig;
 #[path = "../../examples/unique_visitors/job.rs"]
 mod job;
 
-use super::{create_topic, measure, AssignedAt, Run};
+use super::count::{run, Run};
+use super::topics::create_topic;
 
 /// Fills `topic` with `n` generated views, keyed by page, as the example's `--produce` does.
 pub async fn fill_views(bootstrap: &str, topic: &str, n: u64) {
-    create_topic(bootstrap, topic).await;
+    create_topic(bootstrap, topic, 4).await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
@@ -36,7 +37,6 @@ pub async fn fill_views(bootstrap: &str, topic: &str, n: u64) {
 
 /// Runs the job over the `n` views of `topic`.
 pub async fn unique_visitors(
-    name: &str,
     bootstrap: &str,
     topic: &str,
     group: &str,
@@ -44,7 +44,7 @@ pub async fn unique_visitors(
     n: u64,
 ) -> Run {
     let output = format!("{topic}-minutes");
-    create_topic(bootstrap, &output).await;
+    create_topic(bootstrap, &output, 4).await;
     let handler = job::UniqueVisitors::new(&output);
     let config = ConsumerConfig::builder(bootstrap, group, [topic])
         .instance_id("bench-visitors-0")
@@ -55,14 +55,6 @@ pub async fn unique_visitors(
         .build()
         .unwrap();
     let handled = handler.handled.clone();
-    let assigned_at = AssignedAt::default();
-    let consumer = StatefulConsumer::new(config, Utf8, Json::<job::View>::new(), handler)
-        .with_rebalance_listener(assigned_at.clone());
-    let stats = consumer.stats();
-    measure(name, &handled, n, &stats, &assigned_at, |stop| {
-        tokio::spawn(consumer.run(async move {
-            let _ = stop.await;
-        }))
-    })
-    .await
+    let consumer = StatefulConsumer::new(config, Utf8, Json::<job::View>::new(), handler);
+    run(consumer, &handled, n).await
 }

@@ -78,7 +78,7 @@ pub(crate) async fn ensure_changelogs(
         tracing::debug!(%topic, "checking changelog topic");
         if partition_count(config, &topic)?.is_none() {
             tracing::debug!(%topic, "creating changelog topic");
-            create(&admin, config, &topic, partitions).await?;
+            create(&admin, config, &topic, partitions, store.window_span()).await?;
         }
         // Verify what is there now, whoever created it.
         match partition_count(config, &topic)? {
@@ -101,11 +101,16 @@ pub(crate) async fn ensure_changelogs(
     Ok(())
 }
 
+/// What a window store's changelog keeps beyond `size + grace` (Kafka Streams'
+/// `windowstore.changelog.additional.retention.ms` default): a day.
+const WINDOW_RETENTION_MARGIN_MS: i64 = 24 * 60 * 60 * 1000;
+
 async fn create(
     admin: &AdminClient<DefaultClientContext>,
     config: &ConsumerConfig,
     topic: &str,
     partitions: usize,
+    window_span: Option<i64>,
 ) -> Result<(), ChangelogError> {
     let replication = config.changelog_replication;
     let admin_err = |source| ChangelogError::Admin {
@@ -120,6 +125,16 @@ async fn create(
         // the latest of its key until the partition's owner rewrites it at its next flush:
         // an hour's lag keeps the valid record it shadows until then.
         .set("min.compaction.lag.ms", "3600000");
+    // A window store's changelog also expires by time, as Kafka Streams' windowed changelogs
+    // do: closed windows are never tombstoned (see `crate::window`), their records age out.
+    let retention = window_span.map(|span| span.saturating_add(WINDOW_RETENTION_MARGIN_MS));
+    let retention = retention.map(|ms| ms.to_string());
+    let new_topic = match &retention {
+        Some(ms) => new_topic
+            .set("cleanup.policy", "compact,delete")
+            .set("retention.ms", ms),
+        None => new_topic,
+    };
     let results = admin
         .create_topics(
             [&new_topic],

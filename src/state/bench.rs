@@ -97,8 +97,7 @@ impl FlushBatchBench {
             epoch: 1,
             seq: self.flushes as u64,
             source_next: self.flushes,
-            source_timestamp: -1,
-            stream_time: -1,
+            ..StoreCheckpoint::EMPTY
         };
         let map: Entries = entries
             .iter()

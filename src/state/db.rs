@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -96,9 +97,32 @@ pub(crate) struct PartitionDb {
     db: DB,
     path: PathBuf,
     stores: Vec<String>,
+    /// Per store: a window store's closing rule and the windows already deleted.
+    windows: Vec<Option<ClosedWindows>>,
     /// Declared after `db`: fields drop in order, so the path leaves the registry only once
     /// RocksDB has released its lock.
     _registration: Registration,
+}
+
+/// The windows of a window store that are closed, deleted by range when a checkpoint
+/// carries the stream time past them. A window starting at `start` is closed once stream
+/// time reaches `start + span` (`span` = size + grace).
+#[derive(Debug)]
+struct ClosedWindows {
+    span: i64,
+    /// Window starts below this were deleted by this process (`i64::MIN`: none yet).
+    deleted_below: AtomicI64,
+}
+
+impl ClosedWindows {
+    /// The first window start still open at `stream_time`, if it is past what was deleted.
+    fn next_bound(&self, stream_time: i64) -> Option<i64> {
+        if stream_time < 0 {
+            return None;
+        }
+        let bound = stream_time.saturating_sub(self.span).saturating_add(1);
+        (bound > self.deleted_below.load(Ordering::Relaxed)).then_some(bound)
+    }
 }
 
 /// A path's entry in [`OPEN_HERE`], removed on drop.
@@ -224,6 +248,15 @@ impl PartitionDb {
             db,
             path: path.to_path_buf(),
             stores: specs.iter().map(|s| store_cf(&s.name)).collect(),
+            windows: specs
+                .iter()
+                .map(|s| {
+                    s.window_span().map(|span| ClosedWindows {
+                        span,
+                        deleted_below: AtomicI64::new(i64::MIN),
+                    })
+                })
+                .collect(),
             _registration: Registration(path.to_path_buf()),
         };
         this.check_formats(specs)?;
@@ -352,6 +385,58 @@ impl PartitionDb {
         Ok(out)
     }
 
+    /// The window stores among `checkpoints` whose stream time closed windows that are not
+    /// deleted yet, with the first window start still open.
+    fn closing_windows(&self, checkpoints: &[(usize, StoreCheckpoint)]) -> Vec<(usize, i64)> {
+        checkpoints
+            .iter()
+            .filter_map(|(store, checkpoint)| {
+                let windows = self.windows.get(*store)?.as_ref()?;
+                Some((*store, windows.next_bound(checkpoint.stream_time)?))
+            })
+            .collect()
+    }
+
+    /// Appends to `wb`, after its entries, the deletion of every window closed at the
+    /// checkpoints' stream time: one range per store, so closing costs no read and no
+    /// tombstone per entry. Last in the batch, it also removes closed windows' entries that
+    /// the batch itself restores.
+    fn delete_closed_windows(
+        &self,
+        wb: &mut WriteBatch,
+        closing: &[(usize, i64)],
+    ) -> Result<(), StateError> {
+        for (store, bound) in closing {
+            let cf = self.cf(&self.stores[*store])?;
+            wb.delete_range_cf(cf, [0u8; 8], super::window_keys::start_prefix(*bound));
+        }
+        Ok(())
+    }
+
+    /// Records what a written batch deleted (after the write succeeded).
+    fn closed_windows_deleted(&self, closing: &[(usize, i64)]) {
+        for (store, bound) in closing {
+            if let Some(Some(windows)) = self.windows.get(*store) {
+                windows.deleted_below.fetch_max(*bound, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes `wb` (with or without the write-ahead log), deleting closed windows last.
+    fn write_batch(
+        &self,
+        mut wb: WriteBatch,
+        closing: &[(usize, i64)],
+        logged: bool,
+    ) -> Result<(), StateError> {
+        self.delete_closed_windows(&mut wb, closing)?;
+        let mut options = WriteOptions::default();
+        options.disable_wal(!logged);
+        self.db.write_opt(wb, &options).map_err(self.db_err())?;
+        self.closed_windows_deleted(closing);
+        Ok(())
+    }
+
     fn batch(&self, batch: StateBatch, meta: &[(&str, Vec<u8>)]) -> Result<WriteBatch, StateError> {
         let mut wb = WriteBatch::default();
         for (store, key, value) in batch.entries {
@@ -387,8 +472,9 @@ impl PartitionDb {
         batch: StateBatch,
         meta: &[(&str, Vec<u8>)],
     ) -> Result<(), StateError> {
+        let closing = self.closing_windows(&batch.checkpoints);
         let wb = self.batch(batch, meta)?;
-        self.db.write(wb).map_err(self.db_err())
+        self.write_batch(wb, &closing, true)
     }
 
     /// Applies a flush atomically: `entries` of every store (read in place, not copied into a
@@ -398,6 +484,7 @@ impl PartitionDb {
         entries: &[super::overlay::Entries],
         checkpoints: Vec<(usize, StoreCheckpoint)>,
     ) -> Result<(), StateError> {
+        let closing = self.closing_windows(&checkpoints);
         let mut wb = self.batch(
             StateBatch {
                 entries: Vec::new(),
@@ -418,7 +505,7 @@ impl PartitionDb {
                 }
             }
         }
-        self.db.write(wb).map_err(self.db_err())
+        self.write_batch(wb, &closing, true)
     }
 
     /// A partition metadata value written with [`write_with_meta`](Self::write_with_meta)
@@ -456,10 +543,9 @@ impl PartitionDb {
     /// the latest of these batches whole (data and checkpoint together), and the restore
     /// resumes from an earlier checkpoint. Call [`sync`](Self::sync) when the restore ends.
     pub(crate) fn write_unlogged(&self, batch: StateBatch) -> Result<(), StateError> {
+        let closing = self.closing_windows(&batch.checkpoints);
         let wb = self.batch(batch, &[])?;
-        let mut options = WriteOptions::default();
-        options.disable_wal(true);
-        self.db.write_opt(wb, &options).map_err(self.db_err())
+        self.write_batch(wb, &closing, false)
     }
 
     /// [`write_unlogged`](Self::write_unlogged) of one store's restored entries, read in
@@ -470,6 +556,7 @@ impl PartitionDb {
         entries: impl Iterator<Item = &'a (Vec<u8>, Option<Vec<u8>>)>,
         checkpoint: StoreCheckpoint,
     ) -> Result<(), StateError> {
+        let closing = self.closing_windows(&[(store, checkpoint.clone())]);
         let mut wb = self.batch(
             StateBatch {
                 entries: Vec::new(),
@@ -484,9 +571,7 @@ impl PartitionDb {
                 None => wb.delete_cf(cf, key),
             }
         }
-        let mut options = WriteOptions::default();
-        options.disable_wal(true);
-        self.db.write_opt(wb, &options).map_err(self.db_err())
+        self.write_batch(wb, &closing, false)
     }
 
     /// Persists everything written without the write-ahead log.

@@ -60,6 +60,7 @@ mod sim;
 pub(crate) mod slot;
 mod store;
 pub mod ttl;
+pub(crate) mod window_keys;
 
 pub(crate) use db::PartitionDb;
 pub use log::MemoryLog;
@@ -84,6 +85,35 @@ pub(crate) struct StoreSpec {
     pub(crate) format: String,
     /// The TTL of a key-value store's entries, if it has one.
     pub(crate) expiry: Option<ttl::Expiry>,
+}
+
+impl StoreSpec {
+    /// A window store's `size + grace` in milliseconds (`None` for other stores): a window
+    /// starting at `start` is closed once stream time reaches `start + size + grace`.
+    pub(crate) fn window_span(&self) -> Option<i64> {
+        let mut fields = self.format.split(';');
+        if fields.next() != Some("window") {
+            return None;
+        }
+        let field = |name: &str| -> Option<i64> {
+            self.format
+                .split(';')
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))?
+                .parse()
+                .ok()
+        };
+        Some(field("size")?.saturating_add(field("grace")?))
+    }
+
+    /// A window store's `size` in milliseconds.
+    pub(crate) fn window_size(&self) -> Option<i64> {
+        self.window_span()?;
+        self.format
+            .split(';')
+            .find_map(|f| f.strip_prefix("size="))?
+            .parse()
+            .ok()
+    }
 }
 
 /// A state store failed.

@@ -238,9 +238,9 @@ impl PartitionState {
         Ok(self.overlay.merge_prefix(store, prefix, base, &[]))
     }
 
-    /// The recorded format of a store (window stores record their sizes there).
-    pub(crate) fn store_format(&self, store: usize) -> Option<&str> {
-        self.config.stores.get(store).map(|s| s.format.as_str())
+    /// A store's declaration (window stores record their sizes in its format).
+    pub(crate) fn store_spec(&self, store: usize) -> Option<&super::StoreSpec> {
+        self.config.stores.get(store)
     }
 
     /// Distinct keys waiting for a flush.

@@ -30,8 +30,7 @@ pub struct ClosedWindow {
     pub store: String,
     /// The window.
     pub window: Window,
-    /// The store's entries: full keys (window start, then the encoded key) and values,
-    /// shared with the close that deletes them afterwards.
+    /// The store's entries: full keys (window start, then the encoded key) and values.
     entries: Arc<KeyValues>,
 }
 
@@ -61,9 +60,9 @@ impl ClosedWindow {
     }
 }
 
-/// A window whose close timer fired: its final entries (handed to
-/// [`Handler::on_window_closed`](crate::Handler::on_window_closed)) and its store's index.
-/// `None` when its store is no longer declared.
+/// A window whose close timer fired: its final entries, handed to
+/// [`Handler::on_window_closed`](crate::Handler::on_window_closed). `None` when its store
+/// is no longer declared.
 ///
 /// # Errors
 /// A malformed timer key, RocksDB errors.
@@ -71,7 +70,7 @@ pub(crate) fn closing(
     state: &PartitionState,
     key: &[u8],
     at: i64,
-) -> Result<Option<(ClosedWindow, usize)>, crate::StateError> {
+) -> Result<Option<ClosedWindow>, crate::StateError> {
     let (store, start) =
         parse_close_key(key).ok_or_else(|| crate::StateError::CorruptMetadata {
             path: std::path::PathBuf::new(),
@@ -85,32 +84,14 @@ pub(crate) fn closing(
         start,
         end: window_end(state, index, start).unwrap_or(at),
     };
-    Ok(Some((
-        ClosedWindow {
-            store,
-            window,
-            entries,
-        },
-        index,
-    )))
-}
-
-/// Stages the deletion of every entry of a closed window (with its timer's firing).
-pub(crate) fn delete_closed(state: &mut PartitionState, index: usize, closed: ClosedWindow) {
-    // Usually the only owner left (unless the callback kept a clone of the `ClosedWindow`).
-    let entries = Arc::try_unwrap(closed.entries).unwrap_or_else(|shared| (*shared).clone());
-    for (k, _) in entries {
-        state.write(index, k, None);
-    }
+    Ok(Some(ClosedWindow {
+        store,
+        window,
+        entries,
+    }))
 }
 
 /// A window's end, from its store's declared size.
 fn window_end(state: &PartitionState, index: usize, start: i64) -> Option<i64> {
-    let format = state.store_format(index)?;
-    let size: i64 = format
-        .split(';')
-        .find_map(|p| p.strip_prefix("size="))?
-        .parse()
-        .ok()?;
-    Some(start + size)
+    Some(start + state.store_spec(index)?.window_size()?)
 }

@@ -15,9 +15,19 @@
 //!   `ks.error.kind=late`);
 //! - when stream time passes `end + grace`, the window *closes*: a stream-time timer fires,
 //!   [`Handler::on_window_closed`](crate::Handler::on_window_closed) gets the window's
-//!   final entries (and may send them as output records), then every entry of the window
-//!   is deleted — in RocksDB and with tombstones in the changelog, so no restore brings a
-//!   closed window back.
+//!   final entries (and may send them as output records). From then on reads treat the
+//!   window as absent, and the next flush deletes every closed window of the store in
+//!   RocksDB as one range deletion — no read and no changelog tombstone per entry.
+//!
+//! The changelog of a window store is `compact,delete` with a time retention of
+//! `size + grace + 1 day` (Kafka Streams' windowed changelogs keep the same extra day), so
+//! the records of closed windows age out of the topic instead of being tombstoned. A
+//! restore applies what the topic still holds and range-deletes every window closed at the
+//! restored stream time, in the same batches: no closed window comes back. The day's margin
+//! covers a stream that stops for a while: a window stays open (its stream time does not
+//! move) while wall time runs on, and its entries must still be in the topic when it is
+//! restored. A topic created by an earlier version (compacted only) keeps working; its
+//! closed windows' records then stay until overwritten.
 //!
 //! To emit on every update instead, send the new aggregate from the handler with
 //! [`PartitionContext::send`](crate::PartitionContext::send).
@@ -33,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::{Codec, CodecError};
+use crate::state::window_keys::{start_of, start_prefix};
 use crate::state::{PartitionState, StateError};
 use crate::timer::{Owner, TimeKind};
 
@@ -43,8 +54,8 @@ mod driven;
 mod tests;
 
 use close::close_key;
+pub(crate) use close::closing;
 pub use close::ClosedWindow;
-pub(crate) use close::{closing, delete_closed};
 
 /// A time window `[start, end)`, in milliseconds since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -193,15 +204,6 @@ impl<K: Send + 'static, V: Send + 'static> WindowDef<K, V> {
     }
 }
 
-/// The ordered 8-byte prefix of a window start.
-fn start_prefix(start: i64) -> [u8; 8] {
-    ((start as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-fn start_of(prefix: &[u8]) -> Option<i64> {
-    Some((u64::from_be_bytes(prefix.get(..8)?.try_into().ok()?) ^ (1 << 63)) as i64)
-}
-
 /// A window store of the current partition, opened with
 /// [`PartitionContext::window`](crate::PartitionContext::window).
 pub struct WindowStore<'a, K: Send + 'static, V: Send + 'static> {
@@ -267,11 +269,16 @@ impl<'a, K: Send + 'static, V: Send + 'static> WindowStore<'a, K, V> {
         open
     }
 
-    /// The aggregate of `key` in `window`.
+    /// The aggregate of `key` in `window`; `None` once the window is closed.
     ///
     /// # Errors
     /// Codec or RocksDB errors.
     pub fn get(&self, window: Window, key: &K) -> Result<Option<V>, StateError> {
+        if self.def.is_closed(window, self.stream_time) {
+            // Closed windows are deleted by range at the next flush; until then they are
+            // still in the store, and must not be seen.
+            return Ok(None);
+        }
         let key = self.def.encode_key(window, key).map_err(self.codec_err())?;
         self.state
             .read_with(self.index, &key, |b| self.def.value.decode(b))?

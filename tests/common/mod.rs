@@ -101,6 +101,23 @@ pub async fn create_topic_at(bootstrap: &str, topic: &str, partitions: i32) {
     .await;
 }
 
+/// A topic's configuration as the broker describes it (name → value).
+pub async fn topic_config(topic: &str) -> HashMap<String, String> {
+    let described = admin(&bootstrap())
+        .describe_configs(
+            [&rdkafka::admin::ResourceSpecifier::Topic(topic)],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let resource = described.into_iter().next().unwrap().unwrap();
+    resource
+        .entries
+        .into_iter()
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect()
+}
+
 pub async fn delete_topic(topic: &str) {
     let admin = admin(&bootstrap());
     for r in admin

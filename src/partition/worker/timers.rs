@@ -79,7 +79,7 @@ where
     }
 
     /// Closes a window whose close timer fired: the handler's callback with its final
-    /// entries, then their deletion (staged with the firing).
+    /// entries.
     async fn close_window(
         &self,
         key: &[u8],
@@ -90,18 +90,16 @@ where
             Some(state) => crate::window::closing(state, key, at).map_err(|e| e.to_string())?,
             None => None,
         };
-        let Some((closed, index)) = closing else {
+        let Some(closed) = closing else {
             return Ok(()); // the window store is no longer declared
         };
-        let call = self.shared.handler.on_window_closed(closed.clone(), ctx);
+        // The entries stay in the store until the next flush deletes every closed window
+        // by range; reads treat them as absent from now on.
+        let call = self.shared.handler.on_window_closed(closed, ctx);
         match std::panic::AssertUnwindSafe(call).catch_unwind().await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(payload) => return Err(format!("panicked: {}", panic_message(payload.as_ref()))),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(payload) => Err(format!("panicked: {}", panic_message(payload.as_ref()))),
         }
-        if let Some(state) = ctx.state_mut() {
-            crate::window::delete_closed(state, index, closed);
-        }
-        Ok(())
     }
 }

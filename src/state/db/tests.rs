@@ -148,3 +148,53 @@ fn prefix_scan_stops_at_prefix_end() {
         .collect();
     assert_eq!(keys, vec![b"a/1".to_vec(), b"a/2".to_vec()]);
 }
+
+#[test]
+fn a_checkpoint_past_a_window_close_deletes_the_closed_windows_in_its_batch() {
+    use crate::state::window_keys::start_prefix;
+    let dir = tempfile::tempdir().unwrap();
+    // Windows of 60 s closed 10 s after their end: [0, 60 s) closes at stream time 70 s.
+    let specs = [
+        spec(
+            "w",
+            "window;key=utf8;value=utf8;size=60000;advance=60000;grace=10000",
+        ),
+        spec("kv", "key=utf8;value=utf8"),
+    ];
+    let db = PartitionDb::open(dir.path(), &specs, NO_WAIT, &Default::default()).unwrap();
+    let key = |start: i64, k: &str| [&start_prefix(start)[..], k.as_bytes()].concat();
+    let at = |stream_time| StoreCheckpoint {
+        stream_time,
+        ..StoreCheckpoint::EMPTY
+    };
+    let entries = vec![
+        (0, key(-60_000, "a"), Some(b"1".to_vec())),
+        (0, key(0, "a"), Some(b"1".to_vec())),
+        (0, key(60_000, "a"), Some(b"1".to_vec())),
+        (1, key(0, "a"), Some(b"1".to_vec())),
+    ];
+    // Stream time 69.999 s: [0, 60 s) is still open, the window before it closed.
+    db.write(StateBatch {
+        entries: entries.clone(),
+        checkpoints: vec![(0, at(69_999)), (1, at(69_999))],
+    })
+    .unwrap();
+    assert_eq!(db.get(0, &key(-60_000, "a")).unwrap(), None);
+    assert!(db.get(0, &key(0, "a")).unwrap().is_some());
+    // A restored batch that rewrites closed windows' entries deletes them again, last.
+    db.write_restored(
+        0,
+        entries[..3]
+            .iter()
+            .map(|(_, k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+            .iter(),
+        at(70_000),
+    )
+    .unwrap();
+    assert_eq!(db.get(0, &key(-60_000, "a")).unwrap(), None);
+    assert_eq!(db.get(0, &key(0, "a")).unwrap(), None, "closed at 70 s");
+    assert!(db.get(0, &key(60_000, "a")).unwrap().is_some(), "open");
+    // Other stores are not windows: untouched.
+    assert!(db.get(1, &key(0, "a")).unwrap().is_some());
+}
