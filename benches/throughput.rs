@@ -23,7 +23,8 @@
 //! - `visitors`: the unique-visitors example's job over 500 000 page views
 //!   (`BENCH_VIEW_RECORDS`; 1 000 pages, 100 000 users, one-minute windows);
 //! - `scale`: count per key, 400 000 records over 100 000 keys, at 4, 16 and 64 partitions
-//!   (memory follows the data, not the partition count);
+//!   (memory follows the data, not the partition count), each run in a child process so
+//!   that its peak RSS is a fresh process's;
 //! - `tables`: a table of 500 000 rows over 200 000 customers, bootstrapped cold and warm,
 //!   and a stream-table join (read the order's customer, then count per key) next to count
 //!   per key alone over 1 000 000 orders;
@@ -210,7 +211,9 @@ async fn unique_visitors(b: &Bench) {
     samples.print("kafka_stateful_unique_visitors", "");
 }
 
-/// One consumer, one store, 100 000 keys, at 4, 16 and 64 partitions.
+/// One consumer, one store, 100 000 keys, at 4, 16 and 64 partitions. Each run is a
+/// child process of its own (a raw run, then the consumer), so that its peak RSS is what a
+/// new user's process would show, not what earlier figures left mapped.
 async fn scale(b: &Bench) {
     let n = env_u64("BENCH_SCALE_RECORDS", 400_000);
     for partitions in [4, 16, 64] {
@@ -219,11 +222,18 @@ async fn scale(b: &Bench) {
         let mut samples = Samples::default();
         let mut disk = Vec::new();
         for _ in 0..runs() {
-            let raw_run = raw(&b.bootstrap, &topic, n).await;
-            let (group, dir) = b.fresh("scale");
-            let run = stateful(&b.job(&topic, group, &dir, 1), n).await;
-            samples.push(raw_run, run.figure);
-            disk.push(dir_mb(&dir));
+            let output = std::process::Command::new(std::env::current_exe().unwrap())
+                .arg("--bench")
+                .env("BENCH_SCALE_CHILD", &topic)
+                .env("BENCH_SCALE_RECORDS", n.to_string())
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("scale child");
+            assert!(output.status.success(), "scale child failed");
+            let line = String::from_utf8_lossy(&output.stdout);
+            let (raw_run, run, mb) = measure::parse_pair(line.trim()).expect("a scale pair");
+            samples.push(raw_run, run);
+            disk.push(mb);
         }
         samples.print(
             &format!("kafka_stateful_count_100k_keys_{partitions}p"),
@@ -233,6 +243,18 @@ async fn scale(b: &Bench) {
             ),
         );
     }
+}
+
+/// A scale run in a child process: prints the raw and the consumer's figures.
+async fn scale_child(b: &Bench, topic: &str) {
+    let n = env_u64("BENCH_SCALE_RECORDS", 400_000);
+    let raw_run = raw(&b.bootstrap, topic, n).await;
+    let (group, dir) = b.fresh("scale");
+    let run = stateful(&b.job(topic, group, &dir, 1), n).await;
+    println!(
+        "{}",
+        measure::format_pair(&raw_run, &run.figure, dir_mb(&dir))
+    );
 }
 
 /// Bytes under `dir`, in MB.
@@ -297,6 +319,10 @@ async fn main() {
         dir: tempfile::tempdir().unwrap(),
         runs: Default::default(),
     };
+    if let Ok(topic) = std::env::var("BENCH_SCALE_CHILD") {
+        scale_child(&b, &topic).await;
+        return;
+    }
     if let Ok(only) = std::env::var("BENCH_ONLY") {
         if only.starts_with("slow") {
             // `slow_cpu`: only the CPU per record at limit 1 and 64.

@@ -249,3 +249,37 @@ pub fn spread(name: &str, values: Vec<f64>) -> String {
     let (m, lo, hi) = median_and_range(values);
     format!(",\"{name}\":{m:.0},\"{name}_range\":[{lo:.0},{hi:.0}]")
 }
+
+/// Two figures and a size on one line, for a child process to hand to its parent.
+pub fn format_pair(raw: &Figure, measured: &Figure, mb: f64) -> String {
+    let f = |x: &Figure| {
+        format!(
+            "{} {} {} {} {}",
+            x.records,
+            x.wall.as_nanos(),
+            x.cpu.as_nanos(),
+            x.peak_rss_mb,
+            x.to_first_record.as_nanos()
+        )
+    };
+    format!("pair {} {} {mb}", f(raw), f(measured))
+}
+
+/// The inverse of [`format_pair`].
+pub fn parse_pair(line: &str) -> Option<(Figure, Figure, f64)> {
+    let fields: Vec<&str> = line.lines().last()?.split_whitespace().collect();
+    if fields.first() != Some(&"pair") || fields.len() != 12 {
+        return None;
+    }
+    let figure = |at: usize| -> Option<Figure> {
+        let nanos = |i: usize| fields[at + i].parse::<u64>().ok().map(Duration::from_nanos);
+        Some(Figure {
+            records: fields[at].parse().ok()?,
+            wall: nanos(1)?,
+            cpu: nanos(2)?,
+            peak_rss_mb: fields[at + 3].parse().ok()?,
+            to_first_record: nanos(4)?,
+        })
+    };
+    Some((figure(1)?, figure(6)?, fields[11].parse().ok()?))
+}

@@ -67,38 +67,61 @@ pub(crate) fn source_partition_count(config: &ConsumerConfig) -> Result<usize, C
 }
 
 /// Creates missing changelog topics (compacted, `partitions` partitions) and verifies the
-/// partition count of existing ones.
+/// partition count of existing ones: every store's at once, each metadata lookup on a
+/// blocking thread (a consumer with several stores starts no slower than with one).
 pub(crate) async fn ensure_changelogs(
     config: &ConsumerConfig,
     partitions: usize,
 ) -> Result<(), ChangelogError> {
-    for store in &config.stores {
-        let topic = changelog_topic(&config.group_id, &store.name);
-        let admin = admin_client(config, &topic)?;
-        tracing::debug!(%topic, "checking changelog topic");
-        if partition_count(config, &topic)?.is_none() {
-            tracing::debug!(%topic, "creating changelog topic");
-            create(&admin, config, &topic, partitions, store.window_span()).await?;
-        }
-        // Verify what is there now, whoever created it.
-        match partition_count(config, &topic)? {
-            Some(found) if found == partitions => {}
-            Some(found) => {
-                return Err(ChangelogError::PartitionMismatch {
-                    topic,
-                    expected: partitions,
-                    found,
-                })
-            }
-            None => {
-                return Err(ChangelogError::Admin {
-                    topic,
-                    source: KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition),
-                })
-            }
-        }
-    }
+    futures::future::try_join_all(
+        config
+            .stores
+            .iter()
+            .map(|store| ensure_changelog(config, store, partitions)),
+    )
+    .await?;
     Ok(())
+}
+
+/// [`partition_count`] off the async runtime's threads.
+async fn partition_count_blocking(
+    config: &ConsumerConfig,
+    topic: &str,
+) -> Result<Option<usize>, ChangelogError> {
+    let (config, name) = (config.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || partition_count(&config, &name))
+        .await
+        .map_err(|_| ChangelogError::Admin {
+            topic: topic.to_string(),
+            source: KafkaError::AdminOpCreation("metadata lookup panicked".into()),
+        })?
+}
+
+async fn ensure_changelog(
+    config: &ConsumerConfig,
+    store: &crate::state::StoreSpec,
+    partitions: usize,
+) -> Result<(), ChangelogError> {
+    let topic = changelog_topic(&config.group_id, &store.name);
+    tracing::debug!(%topic, "checking changelog topic");
+    if partition_count_blocking(config, &topic).await?.is_none() {
+        tracing::debug!(%topic, "creating changelog topic");
+        let admin = admin_client(config, &topic)?;
+        create(&admin, config, &topic, partitions, store.window_span()).await?;
+    }
+    // Verify what is there now, whoever created it.
+    match partition_count_blocking(config, &topic).await? {
+        Some(found) if found == partitions => Ok(()),
+        Some(found) => Err(ChangelogError::PartitionMismatch {
+            topic,
+            expected: partitions,
+            found,
+        }),
+        None => Err(ChangelogError::Admin {
+            topic,
+            source: KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition),
+        }),
+    }
 }
 
 /// What a window store's changelog keeps beyond `size + grace` (Kafka Streams'
@@ -151,7 +174,7 @@ async fn create(
     tracing::info!(topic, partitions, "created changelog topic");
     // Metadata can lag the creation: wait until the topic is visible.
     let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
-    while partition_count(config, topic)?.is_none() {
+    while partition_count_blocking(config, topic).await?.is_none() {
         if std::time::Instant::now() > deadline {
             return Err(admin_err(KafkaError::AdminOp(
                 RDKafkaErrorCode::UnknownTopicOrPartition,
