@@ -14,8 +14,6 @@ use kafka_stateful::codec::{Bincode, RawBytes, Utf8};
 use kafka_stateful::{
     ConsumerConfig, Handler, HandlerError, PartitionContext, Record, StatefulConsumer, StoreDef,
 };
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 
 const RECORDS: u64 = 50_000;
 const CPU_RECORDS: u64 = 1_000_000;
@@ -97,22 +95,7 @@ impl Keys {
 
 async fn fill_one_partition(bootstrap: &str, topic: &str, keys: &Keys, records: u64) {
     super::topics::create_topic(bootstrap, topic, 1).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .create()
-        .unwrap();
-    let sends: Vec<_> = (0..records)
-        .map(|i| {
-            let key = keys.key(i);
-            producer
-                .send_result(FutureRecord::to(topic).key(&key).payload(&b"x"[..]))
-                .unwrap()
-        })
-        .collect();
-    for s in futures::future::join_all(sends).await {
-        s.unwrap().unwrap();
-    }
+    super::topics::produce(bootstrap, topic, records, |i| (keys.key(i), b"x".to_vec())).await;
 }
 
 struct Measured {
