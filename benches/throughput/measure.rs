@@ -49,6 +49,9 @@ pub struct Figure {
     pub peak_rss_mb: f64,
     /// From the start of the run (consumer created) to its first record.
     pub to_first_record: Duration,
+    /// Peak RSS before the first record (since the previous reset: in a fresh process,
+    /// its startup).
+    pub startup_peak_rss_mb: f64,
 }
 
 impl Figure {
@@ -81,6 +84,7 @@ impl Watch {
             }
             let (first, cpu0, seen0) = (Instant::now(), cpu_time(), seen.load(Ordering::Relaxed));
             let to_first_record = first - created;
+            let startup_peak_rss_mb = peak_rss_mb();
             reset_peak_rss();
             if let Ok(marker) = std::env::var("BENCH_PROFILE_MARK") {
                 // For `perf record -p`: the measured part starts now.
@@ -95,6 +99,7 @@ impl Watch {
                 cpu: cpu_time() - cpu0,
                 peak_rss_mb: peak_rss_mb(),
                 to_first_record,
+                startup_peak_rss_mb,
             })
         });
         Self { thread }
@@ -136,6 +141,7 @@ pub fn raw_consumer(bootstrap: &str, topic: &str, n: u64) -> Figure {
         .is_none_or(|m| m.is_err())
     {}
     let to_first_record = created.elapsed();
+    let startup_peak_rss_mb = peak_rss_mb();
     reset_peak_rss();
     let mut seen = 1;
     let (start, cpu0) = (Instant::now(), cpu_time());
@@ -150,6 +156,7 @@ pub fn raw_consumer(bootstrap: &str, topic: &str, n: u64) -> Figure {
         cpu: cpu_time() - cpu0,
         peak_rss_mb: peak_rss_mb(),
         to_first_record,
+        startup_peak_rss_mb,
     }
 }
 
@@ -279,6 +286,7 @@ pub fn parse_pair(line: &str) -> Option<(Figure, Figure, f64)> {
             cpu: nanos(2)?,
             peak_rss_mb: fields[at + 3].parse().ok()?,
             to_first_record: nanos(4)?,
+            startup_peak_rss_mb: 0.0,
         })
     };
     Some((figure(1)?, figure(6)?, fields[11].parse().ok()?))

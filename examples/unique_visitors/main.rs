@@ -6,7 +6,8 @@
 //! job keeps the set of users seen (one key per `(page, user)`, so a record costs O(1) state
 //! writes however many visitors a page has) and the number of views. When a minute closes,
 //! `{page, window_start, unique_visitors, views}` goes to `--output` and to the log, and the
-//! window's state is deleted (tombstones in the changelog: a restore never brings it back).
+//! window's state is deleted (one range deletion at the next flush; its changelog records
+//! age out by time, and a restore never brings a closed window back).
 //!
 //! ```text
 //! cargo run --example unique_visitors -- --brokers 127.0.0.1:9092 --produce 20000 --exit-when-idle
