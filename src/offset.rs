@@ -98,7 +98,8 @@ pub(crate) struct PartitionProgress {
     pub(crate) commit_failures: AtomicU64,
     /// High watermark of the source partition, from the client's statistics. -1: unknown.
     pub(crate) high_watermark: AtomicI64,
-    /// What waits in this partition's queue (the router adds, the worker subtracts).
+    /// What waits for this partition's handler: librdkafka's queue (from statistics) and
+    /// the worker's batch.
     pub(crate) queue: Arc<QueueGauge>,
     /// Changelog records replayed by the last restore.
     pub(crate) restored_records: AtomicU64,
