@@ -19,6 +19,8 @@ struct UniqueVisitors {
     output: Output<String, (i64, u64, u64)>,
     fired: StoreDef<String, u64>,
     closed: Arc<Mutex<Vec<(String, i64)>>>,
+    /// What a "probe" record read of its page's counts in the window [0, 60 s).
+    probes: Arc<Mutex<Vec<Option<Counts>>>>,
 }
 
 impl UniqueVisitors {
@@ -32,6 +34,7 @@ impl UniqueVisitors {
             output: Output::new("page-minutes", Utf8, Json::new()),
             fired: StoreDef::new("fired", Utf8, Bincode::new()),
             closed: Arc::default(),
+            probes: Arc::default(),
         }
     }
 }
@@ -43,6 +46,15 @@ impl Handler<String, String> for UniqueVisitors {
         ctx: &mut PartitionContext,
     ) -> Result<(), HandlerError> {
         let (page, user) = (r.key.ok_or("no page")?, r.value.ok_or("no user")?);
+        if user == "probe" {
+            let first = Window {
+                start: 0,
+                end: 60_000,
+            };
+            let seen = ctx.window(&self.counts)?.get(first, &page)?;
+            self.probes.lock().unwrap().push(seen);
+            return Ok(());
+        }
         if user == "timer" {
             let at = ctx.event_time().unwrap_or(0);
             ctx.schedule(TimeKind::Wall, at, page.as_bytes())?;
@@ -182,6 +194,20 @@ async fn windows_close_once_with_their_final_counts_and_late_records_are_not_app
     );
     assert!(out.contains(&("p1".into(), (60_000, 1, 1))));
     assert!(out.contains(&("p3".into(), (60_000, 1, 1))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_window_reads_as_absent_before_the_flush_that_deletes_it() {
+    let h = UniqueVisitors::new();
+    let mut d = driver(&h).await;
+    d.send(view("p1", "u1", 0)).await.unwrap();
+    d.send(view("p1", "probe", 30)).await.unwrap();
+    // Stream time 71 s closes [0, 60 s) (10 s grace); its entries are still in the store
+    // until the next flush range-deletes them, but no read may see them.
+    d.send(view("p2", "u2", 71)).await.unwrap();
+    d.send(view("p1", "probe", 72)).await.unwrap();
+    assert_eq!(*h.probes.lock().unwrap(), vec![Some((1, 1)), None]);
+    assert_eq!(results(&d), vec![("p1".into(), (0, 1, 1))], "closed once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
