@@ -43,8 +43,8 @@ const KEYS: usize = 40;
 const DEFAULT_ROUNDS: u64 = 8;
 const INITIAL_RECORDS: usize = 16000;
 const RECORDS_PER_ROUND: usize = 3000;
-/// Kill delays are uniform in `0..MAX_DELAY_MS` after the child was seen processing and
-/// having flushed.
+/// In odd rounds, kill delays are uniform in `0..MAX_DELAY_MS` after the child was seen
+/// processing and having flushed (even rounds kill inside a fresh backlog).
 const MAX_DELAY_MS: u64 = 1000;
 /// Weights per key in the table at start (a table bootstrap of `KEYS ×` this many records
 /// takes long enough to be killed in), and new weights per round.
@@ -180,7 +180,6 @@ async fn crash_rounds(concurrency: usize) {
             println!("round {round}: tables deleted; SIGKILL during their bootstrap: {landed}");
             continue;
         }
-        let ends = common::end_offsets(&topic, PARTITIONS);
         common::wait_until(
             "child processing and flushed at least once",
             Duration::from_secs(60),
@@ -192,9 +191,41 @@ async fn crash_rounds(concurrency: usize) {
         )
         .await;
         let ready = child.started.elapsed();
-        // The scenario: a random moment after the child got going.
-        let delay = rng.below(MAX_DELAY_MS);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        // A fresh backlog once the child got going (it may have caught up with the first
+        // one already), so that a kill can land while it handles records.
+        common::produce(&topic, &workload.batch(RECORDS_PER_ROUND)).await;
+        let ends = common::end_offsets(&topic, PARTITIONS);
+        let delay = if round % 2 == 0 {
+            // Half the rounds: at a random point inside that backlog, while records of it
+            // are being handled (a timed delay alone can miss it on a fast machine).
+            let p = ((round / 2) % PARTITIONS as u64) as i32;
+            let started = Instant::now();
+            let handled = |log: &common::ProbeLog| {
+                log.processing
+                    .iter()
+                    .filter(|(_, q, _)| *q == p)
+                    .map(|(_, _, o)| *o)
+                    .max()
+                    .unwrap_or(0)
+            };
+            let from = handled(&common::read_probe(&child.probe));
+            let left = (ends[p as usize] - from).max(0) as u64;
+            let target = from + rng.below(left * 3 / 4 + 1) as i64;
+            while handled(&common::read_probe(&child.probe)) < target {
+                child.assert_alive(&who);
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "{who} did not reach offset {target} of partition {p}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            started.elapsed().as_millis() as u64
+        } else {
+            // The other half: a random moment after the child got going.
+            let delay = rng.below(MAX_DELAY_MS);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            delay
+        };
         child.assert_alive(&who);
         let kill_ms = common::now_ms();
         child.kill(); // SIGKILL
