@@ -15,7 +15,7 @@ pub async fn tables(b: &Bench) {
     fill(&b.bootstrap, &table, 4, rows, customers, 100).await;
     fill(&b.bootstrap, &orders, 4, n, customers, 100).await;
     let (mut count, mut join) = (Samples::default(), Samples::default());
-    let (mut ratio, mut cold_rates, mut cold_rows, mut joined) = (Vec::new(), Vec::new(), 0, 0);
+    let (mut ratio, mut cold_rates, mut cold_rows) = (Vec::new(), Vec::new(), 0);
     let mut last = None;
     for _ in 0..runs() {
         let raw_run = raw(&b.bootstrap, &orders, n).await;
@@ -31,7 +31,6 @@ pub async fn tables(b: &Bench) {
         ratio.push(run.figure.cpu_us() / counted.cpu_us() * 1000.0);
         count.push(raw_run, counted);
         join.push(raw_run, run.figure);
-        joined = n;
         last = Some((group, dir));
     }
     count.print("kafka_stateful_orders_count_per_key", "");
@@ -41,7 +40,7 @@ pub async fn tables(b: &Bench) {
     );
     // Partitions bootstrap in parallel: the rate is the sum of theirs.
     println!(
-        "{{\"bench\":\"kafka_stateful_table_cold_bootstrap\",\"runs\":{},\"table_records\":{cold_rows},\"orders\":{joined}{}}}",
+        "{{\"bench\":\"kafka_stateful_table_cold_bootstrap\",\"runs\":{},\"table_records\":{cold_rows},\"orders\":{n}{}}}",
         cold_rates.len(),
         spread("bootstrap_records_per_s", cold_rates)
     );

@@ -125,6 +125,13 @@ impl ClosedWindows {
     }
 }
 
+/// An atomic batch being built, and the windows its checkpoints close (deleted last by
+/// [`PartitionDb::commit`]).
+struct Pending {
+    wb: WriteBatch,
+    closing: Vec<(usize, i64)>,
+}
+
 /// A path's entry in [`OPEN_HERE`], removed on drop.
 struct Registration(PathBuf);
 
@@ -397,54 +404,13 @@ impl PartitionDb {
             .collect()
     }
 
-    /// Appends to `wb`, after its entries, the deletion of every window closed at the
-    /// checkpoints' stream time: one range per store, so closing costs no read and no
-    /// tombstone per entry. Last in the batch, it also removes closed windows' entries that
-    /// the batch itself restores.
-    fn delete_closed_windows(
-        &self,
-        wb: &mut WriteBatch,
-        closing: &[(usize, i64)],
-    ) -> Result<(), StateError> {
-        for (store, bound) in closing {
-            let cf = self.cf(&self.stores[*store])?;
-            wb.delete_range_cf(cf, [0u8; 8], super::window_keys::start_prefix(*bound));
-        }
-        Ok(())
-    }
-
-    /// Records what a written batch deleted (after the write succeeded).
-    fn closed_windows_deleted(&self, closing: &[(usize, i64)]) {
-        for (store, bound) in closing {
-            if let Some(Some(windows)) = self.windows.get(*store) {
-                windows.deleted_below.fetch_max(*bound, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Writes `wb` (with or without the write-ahead log), deleting closed windows last.
-    fn write_batch(
-        &self,
-        mut wb: WriteBatch,
-        closing: &[(usize, i64)],
-        logged: bool,
-    ) -> Result<(), StateError> {
-        self.delete_closed_windows(&mut wb, closing)?;
-        let mut options = WriteOptions::default();
-        options.disable_wal(!logged);
-        self.db.write_opt(wb, &options).map_err(self.db_err())?;
-        self.closed_windows_deleted(closing);
-        Ok(())
-    }
-
-    fn batch(&self, batch: StateBatch, meta: &[(&str, Vec<u8>)]) -> Result<WriteBatch, StateError> {
+    /// Starts an atomic batch with `batch`'s entries and checkpoints and `meta`; more
+    /// entries may be added before [`commit`](Self::commit).
+    fn batch(&self, batch: StateBatch, meta: &[(&str, Vec<u8>)]) -> Result<Pending, StateError> {
+        let closing = self.closing_windows(&batch.checkpoints);
         let mut wb = WriteBatch::default();
-        for (store, key, value) in batch.entries {
-            let cf = self.cf(&self.stores[store])?;
-            match value {
-                Some(v) => wb.put_cf(cf, key, v),
-                None => wb.delete_cf(cf, key),
-            }
+        for (store, key, value) in &batch.entries {
+            self.put_entries(&mut wb, *store, [(key.as_slice(), value.as_deref())])?;
         }
         let meta_cf = self.cf(META_CF)?;
         for (store, checkpoint) in batch.checkpoints {
@@ -458,7 +424,45 @@ impl PartitionDb {
         for (key, value) in meta {
             wb.put_cf(meta_cf, key, value);
         }
-        Ok(wb)
+        Ok(Pending { wb, closing })
+    }
+
+    /// Adds entries of `store` to `wb` (`None` deletes).
+    fn put_entries<'a>(
+        &self,
+        wb: &mut WriteBatch,
+        store: usize,
+        entries: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<(), StateError> {
+        let cf = self.cf(&self.stores[store])?;
+        for (key, value) in entries {
+            match value {
+                Some(v) => wb.put_cf(cf, key, v),
+                None => wb.delete_cf(cf, key),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `pending` atomically (with or without the write-ahead log). Last in the batch,
+    /// every window its checkpoints closed is deleted, one range per store: closing costs no
+    /// read and no tombstone per entry, and a restored batch loses the closed windows' entries
+    /// it brought back.
+    fn commit(&self, pending: Pending, logged: bool) -> Result<(), StateError> {
+        let Pending { mut wb, closing } = pending;
+        for (store, bound) in &closing {
+            let cf = self.cf(&self.stores[*store])?;
+            wb.delete_range_cf(cf, [0u8; 8], super::window_keys::start_prefix(*bound));
+        }
+        let mut options = WriteOptions::default();
+        options.disable_wal(!logged);
+        self.db.write_opt(wb, &options).map_err(self.db_err())?;
+        for (store, bound) in closing {
+            if let Some(Some(windows)) = self.windows.get(store) {
+                windows.deleted_below.fetch_max(bound, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// Applies `batch` atomically: data and checkpoints land together or not at all.
@@ -472,9 +476,7 @@ impl PartitionDb {
         batch: StateBatch,
         meta: &[(&str, Vec<u8>)],
     ) -> Result<(), StateError> {
-        let closing = self.closing_windows(&batch.checkpoints);
-        let wb = self.batch(batch, meta)?;
-        self.write_batch(wb, &closing, true)
+        self.commit(self.batch(batch, meta)?, true)
     }
 
     /// Applies a flush atomically: `entries` of every store (read in place, not copied into a
@@ -484,28 +486,22 @@ impl PartitionDb {
         entries: &[super::overlay::Entries],
         checkpoints: Vec<(usize, StoreCheckpoint)>,
     ) -> Result<(), StateError> {
-        let closing = self.closing_windows(&checkpoints);
-        let mut wb = self.batch(
-            StateBatch {
-                entries: Vec::new(),
-                checkpoints,
-            },
-            &[],
-        )?;
+        let checkpoints_only = StateBatch {
+            entries: Vec::new(),
+            checkpoints,
+        };
+        let mut pending = self.batch(checkpoints_only, &[])?;
         for (store, store_entries) in entries.iter().enumerate() {
-            let cf = self.cf(&self.stores[store])?;
             // In key order: RocksDB's memtable (a skip list) inserts sorted keys much faster
             // than the hash map's order (`benches/micro.rs` flush_batch: 20 → 15 ms).
-            let mut sorted: Vec<_> = store_entries.iter().collect();
+            let mut sorted: Vec<_> = store_entries
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .collect();
             sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            for (key, value) in sorted {
-                match value {
-                    Some(v) => wb.put_cf(cf, key, v),
-                    None => wb.delete_cf(cf, key),
-                }
-            }
+            self.put_entries(&mut pending.wb, store, sorted)?;
         }
-        self.write_batch(wb, &closing, true)
+        self.commit(pending, true)
     }
 
     /// A partition metadata value written with [`write_with_meta`](Self::write_with_meta)
@@ -526,26 +522,16 @@ impl PartitionDb {
         meta: &[(&str, Vec<u8>)],
         logged: bool,
     ) -> Result<(), StateError> {
-        let mut wb = self.batch(StateBatch::default(), meta)?;
-        let cf = self.cf(&self.stores[store])?;
-        for (key, value) in entries {
-            match value {
-                Some(v) => wb.put_cf(cf, key, v),
-                None => wb.delete_cf(cf, key),
-            }
-        }
-        let mut options = WriteOptions::default();
-        options.disable_wal(!logged);
-        self.db.write_opt(wb, &options).map_err(self.db_err())
+        let mut pending = self.batch(StateBatch::default(), meta)?;
+        self.put_entries(&mut pending.wb, store, entries)?;
+        self.commit(pending, logged)
     }
 
     /// Applies `batch` atomically without the write-ahead log, for restores: a crash loses
     /// the latest of these batches whole (data and checkpoint together), and the restore
     /// resumes from an earlier checkpoint. Call [`sync`](Self::sync) when the restore ends.
     pub(crate) fn write_unlogged(&self, batch: StateBatch) -> Result<(), StateError> {
-        let closing = self.closing_windows(&batch.checkpoints);
-        let wb = self.batch(batch, &[])?;
-        self.write_batch(wb, &closing, false)
+        self.commit(self.batch(batch, &[])?, false)
     }
 
     /// [`write_unlogged`](Self::write_unlogged) of one store's restored entries, read in
@@ -556,22 +542,14 @@ impl PartitionDb {
         entries: impl Iterator<Item = &'a (Vec<u8>, Option<Vec<u8>>)>,
         checkpoint: StoreCheckpoint,
     ) -> Result<(), StateError> {
-        let closing = self.closing_windows(&[(store, checkpoint.clone())]);
-        let mut wb = self.batch(
-            StateBatch {
-                entries: Vec::new(),
-                checkpoints: vec![(store, checkpoint)],
-            },
-            &[],
-        )?;
-        let cf = self.cf(&self.stores[store])?;
-        for (key, value) in entries {
-            match value {
-                Some(v) => wb.put_cf(cf, key, v),
-                None => wb.delete_cf(cf, key),
-            }
-        }
-        self.write_batch(wb, &closing, false)
+        let checkpoint_only = StateBatch {
+            entries: Vec::new(),
+            checkpoints: vec![(store, checkpoint)],
+        };
+        let mut pending = self.batch(checkpoint_only, &[])?;
+        let entries = entries.map(|(k, v)| (k.as_slice(), v.as_deref()));
+        self.put_entries(&mut pending.wb, store, entries)?;
+        self.commit(pending, false)
     }
 
     /// Persists everything written without the write-ahead log.

@@ -163,6 +163,21 @@ impl MemoryLog {
         self.len(store, partition) == 0
     }
 
+    /// The source position of the last flush marker in a store's changelog partition: what
+    /// the last flush whose marker landed covers.
+    #[cfg(test)]
+    pub(crate) fn last_flush(&self, store: usize, partition: i32) -> Option<SourcePosition> {
+        self.with(|logs| {
+            logs.get(&(store, partition))?
+                .iter()
+                .rev()
+                .find_map(|(_, e)| match e {
+                    Entry::Flush { source, .. } => Some(source.clone()),
+                    _ => None,
+                })
+        })
+    }
+
     /// The data records of a store's changelog partition: key and value (`None`: a
     /// tombstone), in log order.
     pub fn data(&self, store: usize, partition: i32) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {

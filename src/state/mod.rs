@@ -91,26 +91,25 @@ impl StoreSpec {
     /// A window store's `size + grace` in milliseconds (`None` for other stores): a window
     /// starting at `start` is closed once stream time reaches `start + size + grace`.
     pub(crate) fn window_span(&self) -> Option<i64> {
-        let mut fields = self.format.split(';');
-        if fields.next() != Some("window") {
-            return None;
-        }
-        let field = |name: &str| -> Option<i64> {
-            self.format
-                .split(';')
-                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))?
-                .parse()
-                .ok()
-        };
-        Some(field("size")?.saturating_add(field("grace")?))
+        Some(
+            self.window_field("size")?
+                .saturating_add(self.window_field("grace")?),
+        )
     }
 
     /// A window store's `size` in milliseconds.
     pub(crate) fn window_size(&self) -> Option<i64> {
-        self.window_span()?;
-        self.format
-            .split(';')
-            .find_map(|f| f.strip_prefix("size="))?
+        self.window_field("size")
+    }
+
+    /// A number recorded in a window store's format (`window;…;name=value;…`).
+    fn window_field(&self, name: &str) -> Option<i64> {
+        let mut fields = self.format.split(';');
+        if fields.next() != Some("window") {
+            return None;
+        }
+        fields
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))?
             .parse()
             .ok()
     }

@@ -10,16 +10,15 @@ fn spec(name: &str, format: &str) -> StoreSpec {
     }
 }
 
+/// Opens without waiting for a lock, with the default shared memory.
+fn open(path: &Path, specs: &[StoreSpec]) -> Result<PartitionDb, StateError> {
+    PartitionDb::open(path, specs, NO_WAIT, &Default::default())
+}
+
 #[test]
 fn batch_writes_data_and_checkpoint_together() {
     let dir = tempfile::tempdir().unwrap();
-    let db = PartitionDb::open(
-        dir.path(),
-        &[spec("counts", "f")],
-        NO_WAIT,
-        &Default::default(),
-    )
-    .unwrap();
+    let db = open(dir.path(), &[spec("counts", "f")]).unwrap();
     assert_eq!(db.checkpoint(0).unwrap(), StoreCheckpoint::EMPTY);
     let ck = StoreCheckpoint {
         changelog_next: 7,
@@ -39,13 +38,7 @@ fn batch_writes_data_and_checkpoint_together() {
     })
     .unwrap();
     drop(db);
-    let db = PartitionDb::open(
-        dir.path(),
-        &[spec("counts", "f")],
-        NO_WAIT,
-        &Default::default(),
-    )
-    .unwrap();
+    let db = open(dir.path(), &[spec("counts", "f")]).unwrap();
     assert_eq!(db.get(0, b"a").unwrap(), Some(b"1".to_vec()));
     assert_eq!(db.checkpoint(0).unwrap(), ck);
 }
@@ -53,22 +46,18 @@ fn batch_writes_data_and_checkpoint_together() {
 #[test]
 fn second_open_is_a_lock_error_and_format_change_is_a_mismatch() {
     let dir = tempfile::tempdir().unwrap();
-    let db =
-        PartitionDb::open(dir.path(), &[spec("s", "v1")], NO_WAIT, &Default::default()).unwrap();
-    let err = PartitionDb::open(dir.path(), &[spec("s", "v1")], NO_WAIT, &Default::default())
-        .unwrap_err();
+    let db = open(dir.path(), &[spec("s", "v1")]).unwrap();
+    let err = open(dir.path(), &[spec("s", "v1")]).unwrap_err();
     assert!(matches!(err, StateError::Locked { .. }), "{err}");
     drop(db);
-    let err = PartitionDb::open(dir.path(), &[spec("s", "v2")], NO_WAIT, &Default::default())
-        .unwrap_err();
+    let err = open(dir.path(), &[spec("s", "v2")]).unwrap_err();
     assert!(matches!(err, StateError::FormatMismatch { .. }), "{err}");
 }
 
 #[test]
 fn a_database_still_open_in_this_process_is_waited_for() {
     let dir = tempfile::tempdir().unwrap();
-    let held =
-        PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT, &Default::default()).unwrap();
+    let held = open(dir.path(), &[spec("s", "f")]).unwrap();
     // An aborted worker closes its database a moment later.
     let closer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
@@ -104,8 +93,7 @@ fn a_lock_of_another_process_is_not_waited_for() {
 #[test]
 fn a_damaged_database_is_rebuilt_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let db =
-        PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT, &Default::default()).unwrap();
+    let db = open(dir.path(), &[spec("s", "f")]).unwrap();
     db.write(StateBatch {
         entries: vec![(0, b"a".to_vec(), Some(b"1".to_vec()))],
         checkpoints: vec![],
@@ -120,8 +108,7 @@ fn a_damaged_database_is_rebuilt_empty() {
             std::fs::write(&path, b"garbage, not a rocksdb file").unwrap();
         }
     }
-    let db =
-        PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT, &Default::default()).unwrap();
+    let db = open(dir.path(), &[spec("s", "f")]).unwrap();
     assert_eq!(db.get(0, b"a").unwrap(), None, "rebuilt empty");
     assert_eq!(db.checkpoint(0).unwrap(), StoreCheckpoint::EMPTY);
 }
@@ -129,8 +116,7 @@ fn a_damaged_database_is_rebuilt_empty() {
 #[test]
 fn prefix_scan_stops_at_prefix_end() {
     let dir = tempfile::tempdir().unwrap();
-    let db =
-        PartitionDb::open(dir.path(), &[spec("s", "f")], NO_WAIT, &Default::default()).unwrap();
+    let db = open(dir.path(), &[spec("s", "f")]).unwrap();
     let entries = ["a/1", "a/2", "b/1"]
         .iter()
         .map(|k| (0, k.as_bytes().to_vec(), Some(vec![1])))
@@ -161,7 +147,7 @@ fn a_checkpoint_past_a_window_close_deletes_the_closed_windows_in_its_batch() {
         ),
         spec("kv", "key=utf8;value=utf8"),
     ];
-    let db = PartitionDb::open(dir.path(), &specs, NO_WAIT, &Default::default()).unwrap();
+    let db = open(dir.path(), &specs).unwrap();
     let key = |start: i64, k: &str| [&start_prefix(start)[..], k.as_bytes()].concat();
     let at = |stream_time| StoreCheckpoint {
         stream_time,
