@@ -36,6 +36,7 @@ pub mod observe;
 mod offset;
 pub mod output;
 mod partition;
+mod standby;
 pub mod state;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]
@@ -55,5 +56,6 @@ pub use handler::{
 };
 pub use observe::{RebalanceListener, RestoreListener, Stats, StatsSnapshot};
 pub use output::Output;
+pub use standby::{StandbyReplicas, StandbyStats};
 pub use state::{StateError, Store, StoreDef};
 pub use table::{Table, TableDef, TableError};

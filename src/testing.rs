@@ -253,6 +253,7 @@ where
             stats: Arc::new(StatsInner::default()),
             failures: failures_tx,
             clock_offset_ms: Default::default(),
+            standbys: None,
         });
         let mut driver = Self {
             shared,

@@ -69,6 +69,7 @@ impl ConsumerConfig {
                 flush_max_records: 1_000_000,
                 flush_interval: Duration::from_secs(5),
                 changelog_replication: -1,
+                standby: None,
                 consumer_overrides: Vec::new(),
                 client_overrides: Vec::new(),
             },
@@ -377,6 +378,14 @@ impl ConsumerConfigBuilder {
         self
     }
 
+    /// Keep warm standby replicas of partitions this member does not own, so that a member
+    /// lost for good is replaced without a full restore (see the README's "Standby
+    /// replicas"). Needs stores and static membership.
+    pub fn standby_replicas(mut self, standbys: crate::StandbyReplicas) -> Self {
+        self.config.standby = Some(standbys);
+        self
+    }
+
     /// A raw librdkafka property for the group consumer (fetch sizes, …). Properties that
     /// would break a guarantee are rejected by [`build`](Self::build).
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
@@ -446,8 +455,38 @@ impl ConsumerConfigBuilder {
         if !config.tables.is_empty() {
             validate_tables(&config)?;
         }
+        if let Some(standby) = &config.standby {
+            validate_standby(&config, standby)?;
+        }
         Ok(config)
     }
+}
+
+/// Standby replicas copy stores, and are placed by the members' instance ids.
+fn validate_standby(
+    c: &ConsumerConfig,
+    standby: &crate::StandbyReplicas,
+) -> Result<(), ConfigError> {
+    let invalid = |reason| ConfigError::Invalid {
+        name: "standby_replicas",
+        value: standby.replicas.to_string(),
+        reason,
+    };
+    if standby.replicas == 0 {
+        return Err(invalid("at least 1 (leave it unset for none)"));
+    }
+    if c.stores.is_empty() {
+        return Err(invalid("standby replicas copy stores: declare at least one"));
+    }
+    if c.instance_id.is_none() {
+        return Err(invalid(
+            "standby replicas need static membership (they are placed by group.instance.id)",
+        ));
+    }
+    if standby.refresh.is_zero() {
+        return Err(invalid("the refresh interval must be positive"));
+    }
+    Ok(())
 }
 
 /// Stores need a state dir, exactly one source topic (changelog partition `p` backs source

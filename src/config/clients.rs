@@ -109,10 +109,32 @@ impl ConsumerConfig {
             .set("queued.min.messages", self.queue_capacity.to_string());
         if let Some(id) = &self.instance_id {
             c.set("group.instance.id", id);
+            // Apache Kafka names members `<client.id>-<uuid>`: with the instance id as
+            // client id, every member can tell who the group's members are (standby
+            // placement reads them) unless the user chose another client id.
+            if !self.overrides_key("client.id") {
+                c.set("client.id", id);
+            }
         }
         for (k, v) in &self.consumer_overrides {
             c.set(k, v);
         }
+        c
+    }
+
+    fn overrides_key(&self, key: &str) -> bool {
+        self.consumer_overrides
+            .iter()
+            .chain(&self.client_overrides)
+            .any(|(k, _)| k == key)
+    }
+
+    /// A client of the group that never joins it: reads the group's members and committed
+    /// offsets for standby placement.
+    pub(crate) fn group_reader(&self) -> ClientConfig {
+        let mut c = self.base_client();
+        c.set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false");
         c
     }
 
@@ -226,6 +248,7 @@ impl fmt::Debug for ConsumerConfig {
             .field("tables", &self.tables)
             .field("table_sync_wait", &self.table_sync_wait)
             .field("key_concurrency", &self.key_concurrency)
+            .field("standby", &self.standby)
             .field("concurrency_lookahead", &self.concurrency_lookahead)
             .field("flush_max_records", &self.flush_max_records)
             .field("flush_interval", &self.flush_interval)

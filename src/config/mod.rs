@@ -246,6 +246,7 @@ pub struct ConsumerConfig {
     pub(crate) flush_max_records: usize,
     pub(crate) flush_interval: Duration,
     pub(crate) changelog_replication: i32,
+    pub(crate) standby: Option<crate::standby::StandbyReplicas>,
     consumer_overrides: Vec<(String, String)>,
     client_overrides: Vec<(String, String)>,
 }

@@ -149,6 +149,7 @@ where
         // Changelogs, dead letters and output records: one producer for all.
         let writer = ChangelogWriter::new(&config.producer())?;
         writer.connect().await;
+        let mut source_partitions = 0;
         let state_env = match config.stores.is_empty() {
             false => {
                 let c = config.clone();
@@ -159,6 +160,7 @@ where
                         reason: "metadata lookup panicked".into(),
                     })??;
                 tracing::debug!(partitions, "source partitions");
+                source_partitions = partitions;
                 ensure_changelogs(&config, partitions).await?;
                 tracing::debug!("changelogs ready");
                 Some(StateEnv {
@@ -195,6 +197,22 @@ where
         if let Some(env) = &tables {
             self.stats.inner.set_global_tables(env.global.clone());
         }
+        // Standby replicas of the source topic's partitions (stores have exactly one).
+        let standbys = match (&config.standby, &state_env) {
+            (Some(settings), Some(env)) => {
+                let topic = config.topics[0].clone();
+                let partitions = (0..source_partitions as i32)
+                    .map(|p| (topic.clone(), p))
+                    .collect();
+                Some(Arc::new(crate::standby::Standbys::start(
+                    env.clone(),
+                    *settings,
+                    partitions,
+                    self.stats.inner.clone(),
+                )?))
+            }
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             config: config.clone(),
             key_codec: self.key_codec,
@@ -206,6 +224,7 @@ where
             stats: self.stats.inner.clone(),
             failures: failures_tx,
             clock_offset_ms: Default::default(),
+            standbys,
         });
         let supervisor = Supervisor::new(shared, tokio::runtime::Handle::current());
         let (errors_tx, errors_rx) = mpsc::unbounded_channel();

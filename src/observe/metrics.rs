@@ -20,6 +20,8 @@
 //! | `kafka_stateful_queued_records` / `kafka_stateful_queued_bytes` | gauge | what waits in the partition's queue |
 //! | `kafka_stateful_records_per_second` | gauge | handling rate over the last stats interval |
 //! | `kafka_stateful_restore_remaining_records` | gauge | changelog records left to restore |
+//! | `kafka_stateful_standby_lag_records` | gauge | a standby replica's changelog records behind the ends (what a promotion would read); 0 once it is no longer kept |
+//! | `kafka_stateful_standby_promotions_total` | counter | standby replicas whose partition was assigned here |
 //! | `kafka_stateful_flush_duration_seconds` | histogram | flush: changelog produce, acknowledgements, RocksDB write |
 //! | `kafka_stateful_flush_records` | histogram | changelog data records per flush |
 //! | `kafka_stateful_handler_duration_seconds` | histogram | handler time per record (one record in 32 is timed) |
@@ -134,4 +136,14 @@ fn publish_partition(topic: &str, partition: i32, p: &PartitionProgress, rate: f
     } else {
         0.0
     });
+}
+
+/// A standby replica's lag after a pass (0 once it is dropped or promoted).
+pub(crate) fn standby_lag(topic: &str, partition: i32, lag: u64) {
+    gauge!("kafka_stateful_standby_lag_records", &labels(topic, partition)).set(lag as f64);
+}
+
+/// A standby replica was promoted.
+pub(crate) fn standby_promoted(topic: &str, partition: i32) {
+    counter!("kafka_stateful_standby_promotions_total", &labels(topic, partition)).increment(1);
 }

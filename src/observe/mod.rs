@@ -27,6 +27,17 @@ pub trait RestoreListener: Send + Sync + 'static {
     fn on_restore_progress(&self, _topic: &str, _partition: i32, _restored: u64, _remaining: u64) {}
     /// Restore finished; the partition's worker starts processing.
     fn on_restore_end(&self, _topic: &str, _partition: i32, _restored: u64, _elapsed: Duration) {}
+    /// A partition this member kept as a standby replica was assigned to it, and its
+    /// restore finished: `restored` changelog records were read on top of the replica
+    /// (after [`on_restore_end`](Self::on_restore_end)).
+    fn on_standby_promoted(
+        &self,
+        _topic: &str,
+        _partition: i32,
+        _restored: u64,
+        _elapsed: Duration,
+    ) {
+    }
 }
 
 /// A listener that does nothing.
@@ -139,6 +150,11 @@ pub struct StatsSnapshot {
     pub commit_failures: u64,
     /// Global tables, by name.
     pub global_tables: BTreeMap<String, GlobalTableStats>,
+    /// Standby replicas this member keeps (see
+    /// [`StandbyReplicas`](crate::StandbyReplicas)), by `(topic, partition)`.
+    pub standbys: BTreeMap<(String, i32), crate::StandbyStats>,
+    /// Partitions assigned here that were standby replicas (warm when assigned).
+    pub standby_promotions: u64,
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +166,8 @@ pub(crate) struct StatsInner {
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
     global_tables: Mutex<Option<Arc<crate::table::GlobalTables>>>,
+    standbys: Mutex<BTreeMap<(String, i32), crate::StandbyStats>>,
+    pub(crate) standby_promotions: AtomicU64,
 }
 
 impl StatsInner {
@@ -198,6 +216,20 @@ impl StatsInner {
 
     pub(crate) fn partitions_remove(&self, tp: &(String, i32)) {
         self.partitions().remove(tp);
+    }
+
+    pub(crate) fn standby_set(&self, tp: (String, i32), stats: crate::StandbyStats) {
+        self.standbys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tp, stats);
+    }
+
+    pub(crate) fn standby_remove(&self, tp: &(String, i32)) {
+        self.standbys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tp);
     }
 
     pub(crate) fn progress_of(&self, tp: &(String, i32)) -> Option<Arc<PartitionProgress>> {
@@ -291,6 +323,12 @@ impl Stats {
             dead_lettered: load(&inner.dead_lettered),
             commit_failures: load(&inner.commit_failures),
             global_tables: inner.global_table_stats(),
+            standbys: inner
+                .standbys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            standby_promotions: load(&inner.standby_promotions),
         }
     }
 }

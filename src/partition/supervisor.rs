@@ -103,6 +103,9 @@ where
     /// Starts a worker for each newly assigned partition, on its records' source (already
     /// running ones are kept).
     pub(crate) fn assign(&mut self, partitions: Vec<(TopicPartition, Source)>) {
+        if let Some(standbys) = &self.shared.standbys {
+            standbys.assignment_seen();
+        }
         for (tp, source) in partitions {
             if self.workers.contains_key(&tp) {
                 continue;

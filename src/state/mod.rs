@@ -54,6 +54,7 @@ pub(crate) mod memory;
 mod overlay;
 mod partition;
 pub(crate) mod replay;
+pub(crate) mod replica;
 pub(crate) mod restore;
 #[cfg(test)]
 mod sim;
@@ -64,7 +65,6 @@ pub(crate) mod window_keys;
 
 pub(crate) use db::PartitionDb;
 pub use log::MemoryLog;
-#[cfg(any(test, feature = "testing"))]
 pub(crate) use partition::partition_dir;
 pub(crate) use partition::{FlushDone, PartitionState, StateEnv};
 pub use store::{Store, StoreDef};

@@ -208,6 +208,8 @@ pub(crate) struct StoreReplay {
     max_epoch: u64,
     source: SourcePosition,
     void_keys: BTreeSet<Vec<u8>>,
+    /// Data records found void so far.
+    voided: u64,
     /// Approximate bytes in `ready`.
     ready_bytes: usize,
 }
@@ -232,6 +234,7 @@ impl StoreReplay {
                 done: checkpoint.source_done.clone(),
             },
             void_keys: BTreeSet::new(),
+            voided: 0,
             ready_bytes: 0,
         }
     }
@@ -242,6 +245,7 @@ impl StoreReplay {
         self.max_epoch = self.max_epoch.max(stamp.epoch);
         if stamp.epoch < self.epoch {
             if let Entry::Data { key, .. } = entry {
+                self.voided += 1;
                 self.void_keys.insert(key);
             }
             return;
@@ -294,6 +298,7 @@ impl StoreReplay {
             if held.stamp.seq <= base {
                 self.release(held);
             } else {
+                self.voided += held.data.len() as u64;
                 self.void_keys
                     .extend(held.data.into_iter().map(|(key, _)| key));
             }
@@ -303,6 +308,7 @@ impl StoreReplay {
                 self.ready_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
                 self.ready.push((key, value));
             } else {
+                self.voided += 1;
                 self.void_keys.insert(key);
             }
         }
@@ -350,6 +356,17 @@ impl StoreReplay {
     /// Approximate bytes waiting in `ready`, for batching.
     pub(crate) fn ready_bytes(&self) -> usize {
         self.ready_bytes
+    }
+
+    /// Data records found void so far (a zombie's, or an unfinished flush's).
+    pub(crate) fn voided(&self) -> u64 {
+        self.voided
+    }
+
+    /// Forgets which keys were void: a standby replica never repairs them (the owner does),
+    /// and must not collect them forever.
+    pub(crate) fn forget_void_keys(&mut self) {
+        self.void_keys.clear();
     }
 
     /// Highest epoch seen in this store, void records included.

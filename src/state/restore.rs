@@ -226,17 +226,17 @@ pub(crate) fn restore(
 /// at that offset is something else, the changelog topic was deleted and recreated (and has
 /// grown past the checkpoint): the local state belongs to another log. If it is gone
 /// (compaction or retention), it cannot be checked, and the checkpoint is trusted.
-struct Verify<'a> {
-    at: i64,
-    epoch: u64,
-    store: &'a str,
-    path: &'a std::path::Path,
+pub(super) struct Verify<'a> {
+    pub(super) at: i64,
+    pub(super) epoch: u64,
+    pub(super) store: &'a str,
+    pub(super) path: &'a std::path::Path,
 }
 
 /// Reads `[from, to)` of one store into its replay, applying what becomes ready in batches.
 /// Returns whether it finished (`false`: stopped).
 #[allow(clippy::too_many_arguments)]
-fn read_into(
+pub(super) fn read_into(
     db: &PartitionDb,
     log: &mut dyn ChangelogPartition,
     index: usize,

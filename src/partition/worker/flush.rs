@@ -92,13 +92,36 @@ where
         };
         let (topic, partition, stop) = (self.topic.clone(), self.partition, self.stop.clone());
         let progress = self.progress.clone();
+        let claim = self.standby_claim.take();
         let opened = tokio::task::spawn_blocking(move || {
             let on_progress = |done: u64, total: u64| {
                 let _ = progress.restore_started.set(Instant::now());
                 progress.restore_total.store(total, Ordering::Relaxed);
                 progress.restore_done.store(done, Ordering::Relaxed);
             };
-            PartitionState::open(&env, &topic, partition, &|| stop.is_stopped(), &on_progress)
+            // A standby replica of this partition is closed first; the restore then reads
+            // only what follows its checkpoint.
+            let promoted = claim.as_ref().is_some_and(|c| c.take_replica());
+            let opened = PartitionState::open(
+                &env,
+                &topic,
+                partition,
+                &|| stop.is_stopped(),
+                &on_progress,
+            );
+            if let Ok(Some((_, restored))) = &opened {
+                if promoted {
+                    tracing::info!(%topic, partition, records = restored.records, elapsed = ?restored.elapsed,
+                        "standby replica promoted");
+                    env.listener.on_standby_promoted(
+                        &topic,
+                        partition,
+                        restored.records,
+                        restored.elapsed,
+                    );
+                }
+            }
+            opened.map(|o| o.map(|(state, restored)| (state, restored, (claim, promoted))))
         })
         .await
         .map_err(|e| Error::WorkerPanicked {
@@ -110,13 +133,27 @@ where
                 "restore cancelled".into()
             },
         })??;
-        let Some((state, restored)) = opened else {
+        let Some((state, restored, (claim, promoted))) = opened else {
             return Ok(None);
         };
+        if promoted {
+            self.shared
+                .stats
+                .standby_promotions
+                .fetch_add(1, Ordering::Relaxed);
+            crate::observe::metrics::standby_promoted(&self.topic, partition);
+        }
+        self.standby_claim = claim;
         self.applied = restored.source.clone();
         let stream_time = restored.source.stream_time;
         // Writes without a new record (timers, hooks) are flushed at the restored position.
         self.tracker = OffsetTracker::starting_at(restored.source.clone());
+        // The restored position is durable: committing it at once (even if no record comes)
+        // names this member as the partition's owner in the commit metadata, which the
+        // other members read to place standby replicas.
+        if restored.source.next >= 0 {
+            self.progress.set_durable(restored.source.next);
+        }
         self.progress
             .restored_records
             .store(restored.records, Ordering::Relaxed);

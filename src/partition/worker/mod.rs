@@ -53,6 +53,9 @@ pub(crate) struct Shared<KC, VC, H> {
     pub(crate) failures: mpsc::UnboundedSender<Error>,
     /// Added to the system clock for wall-clock timers (the test driver moves time).
     pub(crate) clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// The standby keeper, when standby replicas are on: a worker claims its partition from
+    /// it before opening the state.
+    pub(crate) standbys: Option<Arc<crate::standby::Standbys>>,
 }
 
 /// Tells a worker to stop: a flag checked between records (an atomic load) and a token for
@@ -141,6 +144,9 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     tables: Option<crate::table::PartitionTables>,
     /// Records in flight under key-level concurrency (`key_concurrency > 1`).
     concurrent: Option<concurrent::Concurrent>,
+    /// This partition taken from the standby keeper (when standbys are on); released when
+    /// the worker is dropped, after its state closed.
+    standby_claim: Option<crate::standby::Claim>,
 }
 
 /// What woke the worker.
@@ -174,6 +180,10 @@ where
         stop: StopSignal,
     ) -> Self {
         let topic_label = topic.clone();
+        let standby_claim = shared
+            .standbys
+            .as_ref()
+            .map(|s| s.claim(&(topic.clone(), partition)));
         Self {
             shared,
             topic: topic.into(),
@@ -190,6 +200,7 @@ where
             handler_duration: crate::observe::metrics::handler_histogram(&topic_label, partition),
             tables: None,
             concurrent: None,
+            standby_claim,
         }
     }
 

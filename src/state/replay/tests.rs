@@ -170,6 +170,7 @@ fn clone_of(s: &StoreReplay) -> StoreReplay {
         max_epoch: s.max_epoch,
         source: s.source.clone(),
         void_keys: s.void_keys.clone(),
+        voided: s.voided,
         ready_bytes: s.ready_bytes,
     }
 }
