@@ -35,6 +35,10 @@ pub(crate) const HEADER_SOURCE_TIMESTAMP: &str = "ks.source-ts";
 pub(crate) const HEADER_STREAM_TIME: &str = "ks.stream-time";
 pub(crate) const HEADER_TOUCHED: &str = "ks.touched";
 pub(crate) const HEADER_SOURCE_DONE: &str = "ks.source-done";
+/// On epoch and flush markers: the writer's `group.instance.id` (static members), so any
+/// member can tell who owns a partition from its changelog's last record (standby
+/// placement); ignored by replay.
+pub(crate) const HEADER_OWNER: &str = "ks.owner";
 
 /// The `ks` header value of `stamp`.
 pub(crate) fn stamp_header(stamp: Stamp) -> Vec<u8> {

@@ -2,7 +2,9 @@
 
 use rdkafka::message::OwnedHeaders;
 
-use super::format::{decode, encode, stamp_header, EPOCH_KEY, FLUSH_KEY, HEADER_STAMP};
+use super::format::{
+    decode, encode, stamp_header, EPOCH_KEY, FLUSH_KEY, HEADER_OWNER, HEADER_STAMP,
+};
 use super::reader::ReaderPool;
 use super::{headers_of, ChangelogError, ChangelogWriter, OutRef};
 use crate::state::log::{Appended, EntryRef, StateLog};
@@ -17,6 +19,8 @@ pub(crate) struct KafkaStateLog {
     pub(crate) readers: ReaderPool,
     /// The changelog topic of each store, by store index.
     pub(crate) topics: Vec<String>,
+    /// This member's `group.instance.id`, written on its markers.
+    pub(crate) owner: Option<String>,
 }
 
 impl KafkaStateLog {
@@ -40,7 +44,12 @@ struct Encoded<'a> {
     headers: OwnedHeaders,
 }
 
-fn encode_ref<'a>(stamp: Stamp, entry: EntryRef<'a>, data_headers: &OwnedHeaders) -> Encoded<'a> {
+fn encode_ref<'a>(
+    stamp: Stamp,
+    entry: EntryRef<'a>,
+    data_headers: &OwnedHeaders,
+    owner: Option<&str>,
+) -> Encoded<'a> {
     match entry {
         // The hot path: data records share their flush's stamp header.
         EntryRef::Data { key, value } => Encoded {
@@ -49,7 +58,10 @@ fn encode_ref<'a>(stamp: Stamp, entry: EntryRef<'a>, data_headers: &OwnedHeaders
             headers: data_headers.clone(),
         },
         marker => {
-            let (_, _, headers) = encode(stamp, &marker.to_owned());
+            let (_, _, mut headers) = encode(stamp, &marker.to_owned());
+            if let Some(owner) = owner {
+                headers.push((HEADER_OWNER, owner.as_bytes().to_vec()));
+            }
             Encoded {
                 key: if matches!(marker, EntryRef::Flush { .. }) {
                     FLUSH_KEY
@@ -79,7 +91,7 @@ impl StateLog for KafkaStateLog {
                         cached = Some((stamp, headers_of([(HEADER_STAMP, header.as_slice())])));
                     }
                     let headers = &cached.as_ref().expect("just set").1;
-                    (store, encode_ref(stamp, entry, headers))
+                    (store, encode_ref(stamp, entry, headers, self.owner.as_deref()))
                 })
                 .collect();
             let refs = encoded.into_iter().map(|(store, e)| OutRef {

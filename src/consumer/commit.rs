@@ -28,24 +28,19 @@ use crate::offset::PartitionProgress;
 use crate::offset::TopicPartition;
 
 /// Submits the durable offsets of `partitions` that the broker does not have yet and that
-/// are not already in flight. Returns how many partitions were submitted. A static member
-/// names itself in each offset's metadata (`owner=<instance id>`): the other members read
-/// who owns what from it to place standby replicas.
+/// are not already in flight. Returns how many partitions were submitted.
 pub(crate) fn submit<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     partitions: &[(TopicPartition, Arc<PartitionProgress>)],
-    instance_id: Option<&str>,
 ) -> usize {
-    let metadata = instance_id.map(crate::standby::owner_metadata);
     let mut tpl = TopicPartitionList::new();
     let mut sent = Vec::new();
     for ((topic, partition), progress) in partitions {
         if let Some(next) = progress.to_commit() {
-            let mut entry = tpl.add_partition(topic, *partition);
-            if entry.set_offset(Offset::Offset(next)).is_ok() {
-                if let Some(metadata) = &metadata {
-                    entry.set_metadata(metadata);
-                }
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(next))
+                .is_ok()
+            {
                 sent.push((progress, next));
             }
         }

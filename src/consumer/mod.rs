@@ -173,6 +173,7 @@ where
                             .iter()
                             .map(|s| changelog_topic(&config.group_id, &s.name))
                             .collect(),
+                        owner: config.instance_id.clone(),
                     }),
                     listener: self.restore_listener.clone(),
                     memory: memory.clone(),

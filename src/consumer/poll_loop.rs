@@ -117,7 +117,7 @@ where
             self.drive_rejoin()?;
             if last_commit.elapsed() >= self.config.commit_interval {
                 let progress = self.ctx().supervisor().progress();
-                commit::submit(&self.consumer, &progress, self.config.instance_id());
+                commit::submit(&self.consumer, &progress);
                 last_commit = Instant::now();
             }
             if last_publish.elapsed() >= self.config.stats_interval {
@@ -167,7 +167,7 @@ where
         let done = match pending.phase {
             RevokePhase::Draining => {
                 if pending.stopping.poll_done() {
-                    commit::submit(&self.consumer, &pending.stopping.progress(), self.config.instance_id());
+                    commit::submit(&self.consumer, &pending.stopping.progress());
                     pending.phase = RevokePhase::Committing {
                         deadline: Instant::now() + COMMIT_RESULT_TIMEOUT,
                     };
@@ -322,7 +322,7 @@ where
         let mut stopping = self.ctx().supervisor().begin_stop(&all, StopMode::Graceful);
         self.serve_until(Instant::now() + budget, |_| stopping.poll_done());
         let progress = stopping.progress();
-        commit::submit(&self.consumer, &progress, self.config.instance_id());
+        commit::submit(&self.consumer, &progress);
         let answered = self.serve_until(Instant::now() + COMMIT_RESULT_TIMEOUT, |_| {
             progress.iter().all(|(_, p)| !p.commit_in_flight())
         });

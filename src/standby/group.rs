@@ -1,32 +1,40 @@
 //! What a member learns of its group from the broker, for placing standbys: the live
-//! members (`DescribeGroups`) and who last committed each partition (the commit metadata
-//! every member writes, see [`owner_metadata`]).
+//! members (`DescribeGroups`) and who owns each partition — the writer of the last record
+//! of the partition in the first store's changelog: every owner writes an epoch marker to
+//! every store's changelog when it takes a partition, and flush markers afterwards, each
+//! naming it (`ks.owner`). (Commit metadata would say the same, but not every broker returns
+//! it: nisshi 0.8.1 answers an empty string.)
 //!
 //! A client of its own, outside the group (it never subscribes), so the poll loop's consumer
 //! is never called from another thread. Blocking.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::placement::GroupView;
+use crate::changelog::changelog_topic;
+use crate::changelog::format::HEADER_OWNER;
 use crate::config::ConsumerConfig;
 use crate::offset::TopicPartition;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The metadata a member commits with its offsets: `owner=<group.instance.id>`.
-pub(crate) fn owner_metadata(instance_id: &str) -> String {
-    format!("owner={instance_id}")
-}
+/// How long the last changelog records are waited for.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The group's members and owners, read from the broker.
 pub(crate) struct GroupReader {
     client: BaseConsumer,
     group: String,
+    /// The first store's changelog.
+    changelog: String,
+    /// Owners seen so far: a partition whose last record names nobody (a data record of a
+    /// flush in progress) keeps the owner seen before.
+    owners: BTreeMap<TopicPartition, String>,
 }
 
 impl GroupReader {
@@ -34,11 +42,16 @@ impl GroupReader {
         Ok(Self {
             client: config.group_reader().create()?,
             group: config.group_id.clone(),
+            changelog: changelog_topic(&config.group_id, &config.stores[0].name),
+            owners: BTreeMap::new(),
         })
     }
 
-    /// The live members and the last owner of each of `partitions`.
-    pub(crate) fn view(&self, partitions: &[TopicPartition]) -> Result<GroupView, KafkaError> {
+    /// The live members and the current owner of each of `partitions` (as far as known).
+    pub(crate) fn view(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<GroupView, KafkaError> {
         let groups = self.client.fetch_group_list(Some(&self.group), TIMEOUT)?;
         let mut members: Vec<String> = groups
             .groups()
@@ -49,21 +62,54 @@ impl GroupReader {
             .collect();
         members.sort();
         members.dedup();
+        let found = self.owners(partitions)?;
+        self.owners.extend(found);
+        Ok(GroupView {
+            members,
+            owners: self.owners.clone(),
+        })
+    }
+
+    /// The owner named on the last record of each partition's changelog.
+    fn owners(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, String>, KafkaError> {
         let mut tpl = TopicPartitionList::new();
+        let mut wanted = BTreeMap::new();
         for (topic, partition) in partitions {
-            tpl.add_partition(topic, *partition);
+            let (_, high) = self
+                .client
+                .fetch_watermarks(&self.changelog, *partition, TIMEOUT)?;
+            if high > 0 {
+                tpl.add_partition_offset(&self.changelog, *partition, Offset::Offset(high - 1))?;
+                wanted.insert(*partition, topic.clone());
+            }
         }
-        let committed = self.client.committed_offsets(tpl, TIMEOUT)?;
-        let owners = committed
-            .elements()
-            .iter()
-            .filter(|e| matches!(e.offset(), Offset::Offset(_)))
-            .filter_map(|e| {
-                let owner = e.metadata().strip_prefix("owner=")?;
-                Some(((e.topic().to_string(), e.partition()), owner.to_string()))
-            })
-            .collect::<BTreeMap<_, _>>();
-        Ok(GroupView { members, owners })
+        let mut owners = BTreeMap::new();
+        if wanted.is_empty() {
+            return Ok(owners);
+        }
+        self.client.assign(&tpl)?;
+        let deadline = Instant::now() + READ_TIMEOUT;
+        while !wanted.is_empty() && Instant::now() < deadline {
+            let Some(Ok(msg)) = self.client.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let Some(topic) = wanted.remove(&msg.partition()) else {
+                continue;
+            };
+            let owner = msg.headers().and_then(|hs| {
+                hs.iter()
+                    .find(|h| h.key == HEADER_OWNER)
+                    .and_then(|h| std::str::from_utf8(h.value?).ok().map(str::to_string))
+            });
+            if let Some(owner) = owner {
+                owners.insert((topic, msg.partition()), owner);
+            }
+        }
+        let _ = self.client.unassign();
+        Ok(owners)
     }
 }
 

@@ -25,8 +25,6 @@
 mod group;
 mod placement;
 
-pub(crate) use group::owner_metadata;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

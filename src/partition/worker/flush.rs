@@ -148,12 +148,6 @@ where
         let stream_time = restored.source.stream_time;
         // Writes without a new record (timers, hooks) are flushed at the restored position.
         self.tracker = OffsetTracker::starting_at(restored.source.clone());
-        // The restored position is durable: committing it at once (even if no record comes)
-        // names this member as the partition's owner in the commit metadata, which the
-        // other members read to place standby replicas.
-        if restored.source.next >= 0 {
-            self.progress.set_durable(restored.source.next);
-        }
         self.progress
             .restored_records
             .store(restored.records, Ordering::Relaxed);
