@@ -132,8 +132,14 @@ impl Run {
             let events: Vec<Events> = members.iter().map(|m| Events::read(&m.probe)).collect();
             let handled: u64 = events.iter().map(Events::handled).sum();
             if handled >= self.records {
-                let first = events.iter().filter_map(|e| e.of("first").map(|(ms, _)| ms).min()).min();
-                let last = events.iter().filter_map(|e| e.of("count").last().map(|(ms, _)| ms)).max();
+                let first = events
+                    .iter()
+                    .filter_map(|e| e.of("first").map(|(ms, _)| ms).min())
+                    .min();
+                let last = events
+                    .iter()
+                    .filter_map(|e| e.of("count").last().map(|(ms, _)| ms))
+                    .max();
                 let secs = (last.unwrap() - first.unwrap()) as f64 / 1000.0;
                 println!(
                     "{{\"bench\":\"failover_scale\",\"members\":{n},\"records\":{},\"seconds\":{secs:.2},\"records_per_s\":{:.0}}}",
@@ -142,7 +148,10 @@ impl Run {
                 );
                 return;
             }
-            assert!(Instant::now() < deadline, "scale {n}: only {handled} handled");
+            assert!(
+                Instant::now() < deadline,
+                "scale {n}: only {handled} handled"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -153,7 +162,10 @@ impl Run {
         let mut members: Vec<Option<Member>> = (0..3)
             .map(|i| Some(self.spawn(&group, &format!("m{i}"), standbys)))
             .collect();
-        let probes: Vec<PathBuf> = members.iter().map(|m| m.as_ref().unwrap().probe.clone()).collect();
+        let probes: Vec<PathBuf> = members
+            .iter()
+            .map(|m| m.as_ref().unwrap().probe.clone())
+            .collect();
         let ready = Instant::now() + Duration::from_secs(600);
         loop {
             let events: Vec<Events> = probes.iter().map(|p| Events::read(p)).collect();
@@ -172,7 +184,8 @@ impl Run {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let victim = 2;
         let lost = Events::read(&probes[victim]).owned();
-        let kept: Vec<Option<(u64, u64)>> = probes.iter().map(|p| Events::read(p).standby()).collect();
+        let kept: Vec<Option<(u64, u64)>> =
+            probes.iter().map(|p| Events::read(p).standby()).collect();
         members[victim] = None;
         let killed = now_ms();
         let expiry = killed + SESSION_TIMEOUT.as_millis() as u64;
@@ -199,14 +212,21 @@ impl Run {
             if moved.len() == lost.len() {
                 break moved;
             }
-            assert!(Instant::now() < deadline, "failover: lost partitions not handled again: {moved:?}");
+            assert!(
+                Instant::now() < deadline,
+                "failover: lost partitions not handled again: {moved:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         feed.stop().await;
         let restored: u64 = moved.values().map(|m| m.1).sum();
         // The lost partitions' share of the state: 2 stores × their keys.
         let store = 2 * self.keys * lost.len() as u64 / PARTITIONS as u64;
-        let from_expiry = moved.values().map(|m| m.2.saturating_sub(expiry)).max().unwrap();
+        let from_expiry = moved
+            .values()
+            .map(|m| m.2.saturating_sub(expiry))
+            .max()
+            .unwrap();
         let from_assign = moved.values().map(|m| m.2 - m.0).max().unwrap();
         println!(
             "{{\"bench\":\"failover\",\"standby_replicas\":{standbys},\"lost_partitions\":{lost:?},\"records_restored\":{restored},\"store_entries\":{store},\"restored_pct\":{:.3},\"ms_from_session_timeout\":{from_expiry},\"ms_from_assignment\":{from_assign},\"standbys_at_kill\":\"{kept:?}\"}}",
@@ -265,7 +285,15 @@ async fn main() {
         keys: env_u64("FAILOVER_KEYS", 500_000),
         bootstrap,
     };
-    topics::fill(&run.bootstrap, &run.topic, PARTITIONS, run.records, run.keys, 100).await;
+    topics::fill(
+        &run.bootstrap,
+        &run.topic,
+        PARTITIONS,
+        run.records,
+        run.keys,
+        100,
+    )
+    .await;
     if std::env::var("FAILOVER_ONLY").map_or(true, |o| o == "scale") {
         for n in 1..=3 {
             run.scale(n).await;

@@ -9,7 +9,12 @@
 //!   within the session timeout (6 s) and restarts on its own local state;
 //! - *moved*: the child stays dead until the others took over its partitions (after the
 //!   session timeout; they restore from the changelogs on top of whatever stale local state
-//!   they had), then it is restarted and the group rebalances again.
+//!   they had, or promote the standby replica they kept), then it is restarted and the
+//!   group rebalances again.
+//!
+//! Every member keeps one standby replica per partition (placed by prediction: three
+//! members, one replica), so promotions, replicas on stale local state and replicas handed
+//! back and forth run under the same kills and the same final check.
 //!
 //! Every kill is classified from the child's probe file and the changelogs, as in
 //! `crash.rs`. At the end all children are killed, one more record per key is produced, and
@@ -32,7 +37,7 @@ use child::{Child, ChildTest};
 use common::{require_broker, CountSum, Running};
 use kafka_stateful::changelog::changelog_topic;
 use kafka_stateful::codec::Utf8;
-use kafka_stateful::{ConsumerConfig, StatefulConsumer};
+use kafka_stateful::{ConsumerConfig, StandbyReplicas, StatefulConsumer};
 
 const PARTITIONS: i32 = 4;
 const KEYS: usize = 60;
@@ -68,6 +73,7 @@ fn config(topic: &str, group: &str, instance: &str, dir: &str) -> ConsumerConfig
         .commit_interval(Duration::from_millis(200))
         .flush_max_records(50)
         .flush_interval(Duration::from_millis(100))
+        .standby_replicas(StandbyReplicas::new(1).refresh_interval(Duration::from_secs(1)))
         .build()
         .unwrap()
 }

@@ -140,11 +140,7 @@ fn changelog_records(group: &str, p: i32) -> i64 {
 async fn workload_topics(topic: &str, partitions: i32, keys: usize, seed: u64) {
     common::create_workload_topics(topic, partitions).await;
     let mut weights = common::Weights::new(partitions, keys, seed);
-    common::produce(
-        &common::weights_topic(topic),
-        &weights.all(WEIGHT_VERSIONS),
-    )
-    .await;
+    common::produce(&common::weights_topic(topic), &weights.all(WEIGHT_VERSIONS)).await;
 }
 
 fn dir_of(dir: &Path, name: &str) -> String {
@@ -172,7 +168,14 @@ async fn a_member_killed_for_good_is_replaced_by_its_standby_restoring_only_the_
     let mut a = CHILD.spawn(
         dir.path(),
         "a",
-        &[&topic, &group, "standby-a", &dir_of(dir.path(), "a"), "1", "0"],
+        &[
+            &topic,
+            &group,
+            "standby-a",
+            &dir_of(dir.path(), "a"),
+            "1",
+            "0",
+        ],
     );
     let b = start(
         config(&topic, &group, "standby-b", &dir_of(dir.path(), "b"), 1),
@@ -226,8 +229,7 @@ async fn a_member_killed_for_good_is_replaced_by_its_standby_restoring_only_the_
         Duration::from_secs(60),
         || {
             b.assert_running("B");
-            common::committed(&group, &topic, PARTITIONS)
-                == common::end_offsets(&topic, PARTITIONS)
+            common::committed(&group, &topic, PARTITIONS) == common::end_offsets(&topic, PARTITIONS)
         },
     )
     .await;
@@ -284,19 +286,35 @@ async fn a_standby_never_applies_the_void_records_of_a_zombie() {
     let mut a = CHILD.spawn(
         dir.path(),
         "a",
-        &[&topic, &group, "zombie-a", &dir_of(dir.path(), "a"), "2", "0"],
+        &[
+            &topic,
+            &group,
+            "zombie-a",
+            &dir_of(dir.path(), "a"),
+            "2",
+            "0",
+        ],
     );
     let probe = a.probe.clone();
     let stderr = a.stderr.clone();
-    common::wait_until("A owns the partition and committed", Duration::from_secs(60), || {
-        a.assert_alive("A");
-        common::committed(&group, &topic, PARTITIONS)[0] >= 20_000
-    })
+    common::wait_until(
+        "A owns the partition and committed",
+        Duration::from_secs(60),
+        || {
+            a.assert_alive("A");
+            common::committed(&group, &topic, PARTITIONS)[0] >= 20_000
+        },
+    )
     .await;
     let feed = Feed::start(&topic, workload, 50, Duration::from_millis(50));
     let members: Vec<Member> = ["zombie-b", "zombie-s"]
         .iter()
-        .map(|id| start(config(&topic, &group, id, &dir_of(dir.path(), id), 2), &topic))
+        .map(|id| {
+            start(
+                config(&topic, &group, id, &dir_of(dir.path(), id), 2),
+                &topic,
+            )
+        })
         .collect();
     common::wait_until(
         "B and S keep caught-up replicas of A's partition",
@@ -305,7 +323,9 @@ async fn a_standby_never_applies_the_void_records_of_a_zombie() {
             a.assert_alive("A");
             members.iter().all(|m| {
                 m.assert_running("member");
-                m.standbys().get(&0).is_some_and(|s| s.records_read > 0 && s.lag < 1_000)
+                m.standbys()
+                    .get(&0)
+                    .is_some_and(|s| s.records_read > 0 && s.lag < 1_000)
             })
         },
     )
@@ -327,7 +347,10 @@ async fn a_standby_never_applies_the_void_records_of_a_zombie() {
     .await;
     let owner = members.iter().position(|m| m.owned().contains(&0)).unwrap();
     let standby = &members[1 - owner];
-    let changelogs = [changelog_topic(&group, "counts"), changelog_topic(&group, "sums")];
+    let changelogs = [
+        changelog_topic(&group, "counts"),
+        changelog_topic(&group, "sums"),
+    ];
     let at_wake: Vec<Vec<i64>> = changelogs
         .iter()
         .map(|t| common::end_offsets_or_zero(t, PARTITIONS))
@@ -335,10 +358,11 @@ async fn a_standby_never_applies_the_void_records_of_a_zombie() {
     let wake_ms = common::now_ms();
     let log_from = std::fs::metadata(&stderr).map_or(0, |m| m.len() as usize);
     a.signal("CONT");
-    common::wait_until("the resumed zombie noticed", Duration::from_secs(30), || {
-        noticed_since(&probe, wake_ms, &stderr, log_from).covers(0)
-            || !a.process.alive()
-    })
+    common::wait_until(
+        "the resumed zombie noticed",
+        Duration::from_secs(30),
+        || noticed_since(&probe, wake_ms, &stderr, log_from).covers(0) || !a.process.alive(),
+    )
     .await;
     a.kill();
     let mut written = BTreeMap::new();
@@ -398,8 +422,7 @@ async fn a_standby_never_applies_the_void_records_of_a_zombie() {
         Duration::from_secs(60),
         || {
             standby.assert_running("standby");
-            common::committed(&group, &topic, PARTITIONS)
-                == common::end_offsets(&topic, PARTITIONS)
+            common::committed(&group, &topic, PARTITIONS) == common::end_offsets(&topic, PARTITIONS)
         },
     )
     .await;
@@ -477,28 +500,28 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
         (owned, kept)
     };
     let mut last = String::new();
-    let settled = common::wait_for(
-        Duration::from_secs(60),
-        || {
-            let (owned, kept) = placed();
-            let disk: Vec<BTreeSet<i32>> = members
-                .iter()
-                .map(|(_, id)| partition_dirs(&dir.path().join(id), &group, &topic))
-                .collect();
-            last = format!("owned {owned:?}, kept {kept:?}, on disk {disk:?}");
-            let owners_ok = owned.iter().all(|o| !o.is_empty())
-                && owned.iter().map(BTreeSet::len).sum::<usize>() == PARTITIONS as usize;
-            let once = all
-                .iter()
-                .all(|p| kept.iter().filter(|k| k.contains(p)).count() == 1);
-            let never_owner = owned.iter().zip(&kept).all(|(o, k)| o.is_disjoint(k));
-            let on_disk_ok = members.iter().zip(owned.iter().zip(&kept)).all(|((_, id), (o, k))| {
+    let settled = common::wait_for(Duration::from_secs(60), || {
+        let (owned, kept) = placed();
+        let disk: Vec<BTreeSet<i32>> = members
+            .iter()
+            .map(|(_, id)| partition_dirs(&dir.path().join(id), &group, &topic))
+            .collect();
+        last = format!("owned {owned:?}, kept {kept:?}, on disk {disk:?}");
+        let owners_ok = owned.iter().all(|o| !o.is_empty())
+            && owned.iter().map(BTreeSet::len).sum::<usize>() == PARTITIONS as usize;
+        let once = all
+            .iter()
+            .all(|p| kept.iter().filter(|k| k.contains(p)).count() == 1);
+        let never_owner = owned.iter().zip(&kept).all(|(o, k)| o.is_disjoint(k));
+        let on_disk_ok = members
+            .iter()
+            .zip(owned.iter().zip(&kept))
+            .all(|((_, id), (o, k))| {
                 let expected: BTreeSet<i32> = o.union(k).copied().collect();
                 partition_dirs(&dir.path().join(id), &group, &topic) == expected
             });
-            owners_ok && once && never_owner && on_disk_ok
-        },
-    )
+        owners_ok && once && never_owner && on_disk_ok
+    })
     .await;
     assert!(
         settled,
@@ -530,11 +553,23 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
     )
     .await;
     let snapshot = c.running.stats.snapshot();
-    let restored: u64 = snapshot.partitions.values().map(|p| p.restored_records).sum();
+    let restored: u64 = snapshot
+        .partitions
+        .values()
+        .map(|p| p.restored_records)
+        .sum();
     assert_eq!(restored, 0, "a static restart restores nothing");
     assert_eq!(snapshot.standby_promotions, 0);
-    assert_eq!(a.running.stats.snapshot().assigned, assigned_a, "A saw no rebalance");
-    assert_eq!(b.running.stats.snapshot().assigned, assigned_b, "B saw no rebalance");
+    assert_eq!(
+        a.running.stats.snapshot().assigned,
+        assigned_a,
+        "A saw no rebalance"
+    );
+    assert_eq!(
+        b.running.stats.snapshot().assigned,
+        assigned_b,
+        "B saw no rebalance"
+    );
     let owned_after: Vec<BTreeSet<i32>> = members.iter().map(|(m, _)| m.owned()).collect();
     assert_eq!(owned_after, owned_before, "a static restart moves nothing");
     let expected = workload.expected();
@@ -543,7 +578,12 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
         last.extend(&m.handler);
     }
     let wrong = common::state_mismatches(&expected, &last.0);
-    assert!(wrong.is_empty(), "{} keys wrong:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} keys wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
     for m in [a, b, c] {
         m.running.stop().await.unwrap();
     }

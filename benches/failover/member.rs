@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use kafka_stateful::codec::{Bincode, Utf8};
 use kafka_stateful::{
-    ConsumerConfig, Handler, HandlerError, PartitionContext, Record, RebalanceListener,
+    ConsumerConfig, Handler, HandlerError, PartitionContext, RebalanceListener, Record,
     RestoreListener, StandbyReplicas, StatefulConsumer, StoreDef,
 };
 
@@ -132,7 +132,10 @@ pub async fn run(spec: &str, bootstrap: &str) {
             StandbyReplicas::new(standbys).refresh_interval(Duration::from_secs(1)),
         );
     }
-    let (handled, seen) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(HashSet::new())));
+    let (handled, seen) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(Mutex::new(HashSet::new())),
+    );
     let handler = CountSum {
         counts,
         sums,
@@ -140,15 +143,20 @@ pub async fn run(spec: &str, bootstrap: &str) {
         seen: seen.clone(),
         probe: probe.clone(),
     };
-    let consumer = StatefulConsumer::new(config.build().unwrap(), Utf8, kafka_stateful::codec::RawBytes, handler)
-        .with_rebalance_listener(Listener {
-            seen: seen.clone(),
-            probe: probe.clone(),
-        })
-        .with_restore_listener(Listener {
-            seen,
-            probe: probe.clone(),
-        });
+    let consumer = StatefulConsumer::new(
+        config.build().unwrap(),
+        Utf8,
+        kafka_stateful::codec::RawBytes,
+        handler,
+    )
+    .with_rebalance_listener(Listener {
+        seen: seen.clone(),
+        probe: probe.clone(),
+    })
+    .with_restore_listener(Listener {
+        seen,
+        probe: probe.clone(),
+    });
     let stats = consumer.stats();
     let reporter = probe.clone();
     tokio::spawn(async move {

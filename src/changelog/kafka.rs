@@ -91,7 +91,10 @@ impl StateLog for KafkaStateLog {
                         cached = Some((stamp, headers_of([(HEADER_STAMP, header.as_slice())])));
                     }
                     let headers = &cached.as_ref().expect("just set").1;
-                    (store, encode_ref(stamp, entry, headers, self.owner.as_deref()))
+                    (
+                        store,
+                        encode_ref(stamp, entry, headers, self.owner.as_deref()),
+                    )
                 })
                 .collect();
             let refs = encoded.into_iter().map(|(store, e)| OutRef {

@@ -476,7 +476,9 @@ fn validate_standby(
         return Err(invalid("at least 1 (leave it unset for none)"));
     }
     if c.stores.is_empty() {
-        return Err(invalid("standby replicas copy stores: declare at least one"));
+        return Err(invalid(
+            "standby replicas copy stores: declare at least one",
+        ));
     }
     if c.instance_id.is_none() {
         return Err(invalid(

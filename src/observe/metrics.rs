@@ -140,10 +140,18 @@ fn publish_partition(topic: &str, partition: i32, p: &PartitionProgress, rate: f
 
 /// A standby replica's lag after a pass (0 once it is dropped or promoted).
 pub(crate) fn standby_lag(topic: &str, partition: i32, lag: u64) {
-    gauge!("kafka_stateful_standby_lag_records", &labels(topic, partition)).set(lag as f64);
+    gauge!(
+        "kafka_stateful_standby_lag_records",
+        &labels(topic, partition)
+    )
+    .set(lag as f64);
 }
 
 /// A standby replica was promoted.
 pub(crate) fn standby_promoted(topic: &str, partition: i32) {
-    counter!("kafka_stateful_standby_promotions_total", &labels(topic, partition)).increment(1);
+    counter!(
+        "kafka_stateful_standby_promotions_total",
+        &labels(topic, partition)
+    )
+    .increment(1);
 }

@@ -48,10 +48,7 @@ impl GroupReader {
     }
 
     /// The live members and the current owner of each of `partitions` (as far as known).
-    pub(crate) fn view(
-        &mut self,
-        partitions: &[TopicPartition],
-    ) -> Result<GroupView, KafkaError> {
+    pub(crate) fn view(&mut self, partitions: &[TopicPartition]) -> Result<GroupView, KafkaError> {
         let groups = self.client.fetch_group_list(Some(&self.group), TIMEOUT)?;
         let mut members: Vec<String> = groups
             .groups()

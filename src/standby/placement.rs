@@ -122,7 +122,10 @@ fn sticky(
     let mut load: BTreeMap<&String, usize> = members.iter().map(|m| (m, 0)).collect();
     let mut free = Vec::new();
     for tp in sorted {
-        match previous.get(*tp).and_then(|o| members.iter().find(|m| *m == o)) {
+        match previous
+            .get(*tp)
+            .and_then(|o| members.iter().find(|m| *m == o))
+        {
             Some(owner) => {
                 out.insert((*tp).clone(), owner.clone());
                 *load.get_mut(owner).expect("a member") += 1;
@@ -217,7 +220,9 @@ mod tests {
     #[test]
     fn sticky_heirs_are_the_least_loaded_survivors_and_each_partition_gets_one() {
         // 8 partitions over 3 members: a 0,3,6  b 1,4,7  c 2,5.
-        let owners: Vec<(i32, &str)> = (0..8).map(|p| (p, ["a", "b", "c"][p as usize % 3])).collect();
+        let owners: Vec<(i32, &str)> = (0..8)
+            .map(|p| (p, ["a", "b", "c"][p as usize % 3]))
+            .collect();
         let v = view(&["a", "b", "c"], &owners);
         let s = AssignmentStrategy::CooperativeSticky;
         let sets: Vec<_> = ["a", "b", "c"]
@@ -230,7 +235,10 @@ mod tests {
         assert!(sets[2].contains(&("in".to_string(), 6)));
         // Every partition has exactly one predicted heir with one replica.
         for p in 0..8 {
-            let holders = sets.iter().filter(|s| s.contains(&("in".to_string(), p))).count();
+            let holders = sets
+                .iter()
+                .filter(|s| s.contains(&("in".to_string(), p)))
+                .count();
             assert_eq!(holders, 1, "partition {p}: {sets:?}");
         }
     }

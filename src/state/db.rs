@@ -41,6 +41,11 @@ pub(crate) struct StoreCheckpoint {
     /// Source records after `source_next` reflected too (see `SourcePosition::done`).
     #[serde(default, skip_serializing_if = "DoneSet::is_empty")]
     pub(crate) source_done: DoneSet,
+    /// The last flush applied was complete but not yet confirmed by a later record of this
+    /// store (a standby replica applies it early, see `replay::release_complete`): an epoch
+    /// marker that voids it means this state must be rebuilt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) unsettled: bool,
 }
 
 fn unknown() -> i64 {
@@ -57,6 +62,7 @@ impl StoreCheckpoint {
         source_timestamp: -1,
         stream_time: -1,
         source_done: DoneSet::EMPTY,
+        unsettled: false,
     };
 
     /// The checkpoint after the marker at `changelog_next - 1`, written by `(epoch, seq)`,
@@ -74,6 +80,7 @@ impl StoreCheckpoint {
             source_timestamp: source.last_timestamp,
             stream_time: source.stream_time,
             source_done: source.done.clone(),
+            unsettled: false,
         }
     }
 }

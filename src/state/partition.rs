@@ -128,11 +128,11 @@ impl PartitionState {
             match restore(&db, &mut log, &config.stores, &mut progress) {
                 Err(
                     error @ (StateError::CheckpointAhead { .. }
-                    | StateError::ChangelogReplaced { .. }),
+                    | StateError::ChangelogReplaced { .. }
+                    | StateError::Damaged { .. }),
                 ) if attempt < OPEN_ATTEMPTS => {
                     tracing::warn!(path = %path.display(), %error,
-                        "local state does not belong to this changelog (topic recreated or truncated): \
-                         wiping it and replaying the changelog");
+                        "local state does not match the changelog: wiping it and replaying the changelog");
                     db.destroy()?;
                 }
                 Err(error @ StateError::EpochConflict { .. }) if attempt < OPEN_ATTEMPTS => {

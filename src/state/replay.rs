@@ -210,6 +210,12 @@ pub(crate) struct StoreReplay {
     void_keys: BTreeSet<Vec<u8>>,
     /// Data records found void so far.
     voided: u64,
+    /// The seq of a flush applied before a later record of this store confirmed it
+    /// ([`release_complete`]); a later flush marker settles it, an epoch marker whose base
+    /// is below it contradicts it.
+    unsettled: Option<u64>,
+    /// An epoch marker voided a flush already applied early: the state must be rebuilt.
+    contradicted: bool,
     /// Approximate bytes in `ready`.
     ready_bytes: usize,
 }
@@ -235,6 +241,8 @@ impl StoreReplay {
             },
             void_keys: BTreeSet::new(),
             voided: 0,
+            unsettled: checkpoint.unsettled.then_some(checkpoint.seq),
+            contradicted: false,
             ready_bytes: 0,
         }
     }
@@ -269,6 +277,7 @@ impl StoreReplay {
     ) {
         // A later flush marker proves the held flush complete everywhere: flushes of one
         // owner start only after the previous one's markers were acknowledged.
+        self.unsettled = None;
         if let Some(held) = self.held.take() {
             self.release(held);
         }
@@ -294,6 +303,9 @@ impl StoreReplay {
 
     fn push_epoch(&mut self, offset: i64, stamp: Stamp, source: SourcePosition) {
         let base = stamp.seq;
+        if self.unsettled.take().is_some_and(|seq| seq > base) {
+            self.contradicted = true;
+        }
         if let Some(held) = self.held.take() {
             if held.stamp.seq <= base {
                 self.release(held);
@@ -358,6 +370,12 @@ impl StoreReplay {
         self.ready_bytes
     }
 
+    /// Whether an epoch marker voided a flush this replay (or the state it started from)
+    /// applied early: a replay of the whole log would not have applied it.
+    pub(crate) fn contradicted(&self) -> bool {
+        self.contradicted
+    }
+
     /// Data records found void so far (a zombie's, or an unfinished flush's).
     pub(crate) fn voided(&self) -> u64 {
         self.voided
@@ -389,6 +407,32 @@ impl StoreReplay {
 
     fn has_flush(&self, seq: u64) -> bool {
         self.marked_seq >= seq
+    }
+}
+
+/// Applies each store's held flush that is complete in every store it touched, without
+/// waiting for a later record of its store to confirm it: what a standby replica does at the
+/// end of a pass, so that a quiet partition's last flush does not wait for the next one.
+/// Replay rules are deterministic in log order, and a full replay would still hold such a
+/// flush, so the release is recorded as *unsettled*: the next flush marker settles it; an
+/// epoch marker whose base is below it (an owner that took over without seeing it complete)
+/// makes the replay [`contradicted`](StoreReplay::contradicted), and the state is rebuilt.
+pub(crate) fn release_complete(stores: &mut [StoreReplay]) {
+    let complete: Vec<bool> = stores
+        .iter()
+        .map(|s| s.held.is_some() && s.held_complete(stores))
+        .collect();
+    for (store, complete) in stores.iter_mut().zip(complete) {
+        if !complete {
+            continue;
+        }
+        let held = store.held.take().expect("checked above");
+        let seq = held.stamp.seq;
+        store.release(held);
+        store.unsettled = Some(seq);
+        if let Some(checkpoint) = &mut store.ready_checkpoint {
+            checkpoint.unsettled = true;
+        }
     }
 }
 

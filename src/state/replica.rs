@@ -6,9 +6,10 @@
 //! records of an older epoch after a newer one are void, an epoch marker settles the flushes
 //! before it. It differs from a restore in three ways:
 //! - it never writes: no epoch marker, no repair flush (the owner does both);
-//! - it never settles the end of the log: the last confirmed flush of each store, and data
-//!   whose marker has not arrived yet, stay unapplied (in memory) until later records
-//!   confirm them, because the owner may still be writing them;
+//! - it never settles the end of the log as a restore does: data whose marker has not
+//!   arrived yet stays unapplied (in memory), because the owner may still be writing it; a
+//!   flush complete in every store it touched is applied at the end of the pass, marked
+//!   *unsettled* until a later record confirms it ([`release_complete`]);
 //! - it keeps its replay between passes and reads only what the changelogs gained since.
 //!
 //! What it has applied is checkpointed like a restore's batches, so the owner-to-be opens the
@@ -17,27 +18,18 @@
 use std::path::PathBuf;
 
 use super::db::PartitionDb;
-use super::log::{LogPartition, StateLog};
-use super::replay::StoreReplay;
-use super::restore::{read_into, Verify};
-use super::{StateEnv, StateError};
+use super::replay::{release_complete, StoreReplay};
+use super::restore::{apply_ready, read_into, ChangelogPartition, Verify};
+use super::{StateEnv, StateError, StoreSpec};
 
 /// A replica's open database and, per store, its replay and next changelog offset to read.
 #[derive(Debug)]
 pub(crate) struct Replica {
     db: PartitionDb,
-    partition: i32,
-    stores: Vec<Tail>,
-}
-
-#[derive(Debug)]
-struct Tail {
-    replay: StoreReplay,
-    /// Next offset to read; `None` before the first pass (which starts at the checkpoint
-    /// and checks the marker before it, as a restore does).
-    next: Option<i64>,
-    /// Records a promotion would read now: changelog end − checkpoint.
-    lag: u64,
+    replays: Vec<StoreReplay>,
+    /// Per store, the next offset to read; `None` before the first pass (which starts at the
+    /// checkpoint and checks the marker before it, as a restore does).
+    next: Vec<Option<i64>>,
 }
 
 /// What one pass read.
@@ -58,7 +50,7 @@ impl Replica {
     /// # Errors
     /// [`StateError::Locked`] while an owner in this or another process has it open; format
     /// and RocksDB errors.
-    pub(crate) fn open(env: &StateEnv, path: PathBuf, partition: i32) -> Result<Self, StateError> {
+    pub(crate) fn open(env: &StateEnv, path: PathBuf) -> Result<Self, StateError> {
         let config = &env.config;
         let db = PartitionDb::open(
             &path,
@@ -66,48 +58,52 @@ impl Replica {
             std::time::Duration::ZERO,
             &env.memory,
         )?;
-        let stores = config
-            .stores
+        Self::new(db, &config.stores)
+    }
+
+    /// A replica continuing from what `db` holds.
+    ///
+    /// # Errors
+    /// RocksDB errors reading the checkpoints.
+    pub(crate) fn new(db: PartitionDb, stores: &[StoreSpec]) -> Result<Self, StateError> {
+        let replays = stores
             .iter()
             .enumerate()
-            .map(|(index, spec)| {
-                Ok(Tail {
-                    replay: StoreReplay::new(spec.name.clone(), db.checkpoint(index)?),
-                    next: None,
-                    lag: 0,
-                })
-            })
-            .collect::<Result<_, StateError>>()?;
+            .map(|(index, spec)| Ok(StoreReplay::new(spec.name.clone(), db.checkpoint(index)?)))
+            .collect::<Result<Vec<_>, StateError>>()?;
         Ok(Self {
+            next: vec![None; replays.len()],
             db,
-            partition,
-            stores,
+            replays,
         })
     }
 
-    /// Reads what each store's changelog gained since the last pass and applies every flush
-    /// that is confirmed. `stop` abandons the pass (the partition is being promoted).
+    /// Its database (the simulation checks what it holds).
+    #[cfg(test)]
+    pub(crate) fn db(&self) -> &PartitionDb {
+        &self.db
+    }
+
+    /// Reads what each store's changelog gained since the last pass, applies every flush
+    /// that is confirmed, then every flush complete in all the stores it touched (early:
+    /// see [`release_complete`]). A read the changelog stops (the partition is being
+    /// promoted) abandons the pass.
     ///
     /// # Errors
     /// [`StateError::CheckpointAhead`] / [`StateError::ChangelogReplaced`] when the local
-    /// state does not belong to the changelog (the caller wipes the replica); changelog and
-    /// RocksDB errors.
+    /// state does not belong to the changelog, [`StateError::Damaged`] when a flush applied
+    /// early was voided (the caller wipes the replica); changelog and RocksDB errors.
     pub(crate) fn catch_up(
         &mut self,
-        log: &dyn StateLog,
+        changelog: &mut dyn ChangelogPartition,
         names: &[String],
-        stop: &dyn Fn() -> bool,
     ) -> Result<Pass, StateError> {
         let mut pass = Pass::default();
-        let mut changelog = LogPartition {
-            log,
-            partition: self.partition,
-            stop,
-        };
-        for (index, tail) in self.stores.iter_mut().enumerate() {
-            let (low, high) = log.watermarks(index, self.partition)?;
+        let mut ends = Vec::with_capacity(self.replays.len());
+        for (index, replay) in self.replays.iter_mut().enumerate() {
+            let (low, high) = changelog.watermarks(index)?;
             let checkpoint = self.db.checkpoint(index)?;
-            let from = tail.next.unwrap_or(checkpoint.changelog_next);
+            let from = self.next[index].unwrap_or(checkpoint.changelog_next);
             if from > high {
                 return Err(StateError::CheckpointAhead {
                     store: names[index].clone(),
@@ -117,7 +113,7 @@ impl Replica {
                 });
             }
             let at = checkpoint.changelog_next - 1;
-            let verify = (tail.next.is_none() && at >= low.max(0)).then_some(Verify {
+            let verify = (self.next[index].is_none() && at >= low.max(0)).then_some(Verify {
                 at,
                 epoch: checkpoint.epoch,
                 store: &names[index],
@@ -125,23 +121,28 @@ impl Replica {
             });
             let finished = read_into(
                 &self.db,
-                &mut changelog,
+                changelog,
                 index,
                 from.max(low),
                 high,
                 verify,
-                &mut tail.replay,
+                replay,
                 &mut |n| pass.records += n,
             )?;
             if !finished {
                 return Ok(pass);
             }
-            tail.next = Some(high);
-            tail.replay.forget_void_keys();
+            self.next[index] = Some(high);
+            ends.push(high);
+        }
+        release_complete(&mut self.replays);
+        for (index, replay) in self.replays.iter_mut().enumerate() {
+            apply_ready(&self.db, index, replay)?;
+            // A replica never repairs (the owner does): it must not collect void keys.
+            replay.forget_void_keys();
             let applied = self.db.checkpoint(index)?.changelog_next;
-            tail.lag = (high - applied).max(0) as u64;
-            pass.lag += tail.lag;
-            pass.voided += tail.replay.voided();
+            pass.lag += (ends[index] - applied).max(0) as u64;
+            pass.voided += replay.voided();
         }
         Ok(pass)
     }

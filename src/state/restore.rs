@@ -272,13 +272,27 @@ pub(super) fn read_into(
         Ok(())
     })?;
     counted(since_report);
+    if replay.contradicted() {
+        return Err(StateError::Damaged {
+            path: db.path().to_path_buf(),
+            reason: format!(
+                "store {}: a flush this state applied early (as a standby replica) was voided \
+                 by a later owner",
+                replay.name
+            ),
+        });
+    }
     if finished {
         apply_ready(db, index, replay)?;
     }
     Ok(finished)
 }
 
-fn apply_ready(db: &PartitionDb, index: usize, replay: &mut StoreReplay) -> Result<(), StateError> {
+pub(super) fn apply_ready(
+    db: &PartitionDb,
+    index: usize,
+    replay: &mut StoreReplay,
+) -> Result<(), StateError> {
     if let Some((data, checkpoint)) = replay.take_ready() {
         // RocksDB's memtable (a skip list) inserts keys in order much faster than random
         // keys (it reuses the previous insert's position): measured 31% of a cold restore's

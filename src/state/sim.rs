@@ -8,6 +8,11 @@
 //! its old local state, or lose its disk. After every open, the state must hold every
 //! source record before the restored offset exactly once — and so must a full replay of the
 //! log, and a replay of the log as compaction would leave it.
+//!
+//! A third process keeps a standby replica ([`Replica`]) that catches up at random moments
+//! (with flushes cut short, zombies and early releases that a later owner voids) and must
+//! hold every source record before each store's checkpoint exactly once after every pass;
+//! now and then it is promoted: the next owner opens its directory.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -19,6 +24,7 @@ use super::db::PartitionDb;
 use super::flush::{judge_gap, FlushPlan, GapVerdict};
 use super::overlay::Entries;
 use super::replay::{Entry, SourcePosition, Stamp};
+use super::replica::Replica;
 use super::restore::{restore, ChangelogPartition};
 use super::{StateError, StoreSpec};
 
@@ -120,7 +126,11 @@ impl Owner {
         let mut log = log;
         let db = PartitionDb::open(dir, &specs(), Duration::ZERO, &Default::default())?;
         let restored = match restore(&db, &mut log, &specs(), &mut |_, _| {}) {
-            Err(StateError::CheckpointAhead { .. } | StateError::ChangelogReplaced { .. }) => {
+            Err(
+                StateError::CheckpointAhead { .. }
+                | StateError::ChangelogReplaced { .. }
+                | StateError::Damaged { .. },
+            ) => {
                 db.destroy()?;
                 let db = PartitionDb::open(dir, &specs(), Duration::ZERO, &Default::default())?;
                 let r = restore(&db, &mut log, &specs(), &mut |_, _| {})?.unwrap();
@@ -220,27 +230,58 @@ impl Owner {
 
     /// The state equals the source records before the restored offset, each counted once.
     fn check(&self, context: &str) {
-        let mut count = HashMap::new();
-        let mut sum = HashMap::new();
-        for offset in 0..self.next {
-            *count.entry(key_of(offset)).or_insert(0u64) += 1;
-            *sum.entry(key_of(offset)).or_insert(0u64) += offset;
+        check_store(&self.db, 0, self.next, context);
+        check_store(&self.db, 1, self.next, context);
+    }
+}
+
+/// Store `store` (0: count, 1: sum of offsets) of `db` holds each source record before
+/// `next` exactly once.
+fn check_store(db: &PartitionDb, store: usize, next: u64, context: &str) {
+    let mut expected = HashMap::new();
+    for offset in 0..next {
+        *expected.entry(key_of(offset)).or_insert(0u64) += if store == 0 { 1 } else { offset };
+    }
+    for k in 0..KEYS {
+        let key = vec![b'k', k as u8];
+        assert_eq!(
+            number(db.get(store, &key).unwrap()),
+            expected.get(&key).copied().unwrap_or(0),
+            "{context}: store {store}, key {k} at source offset {next}"
+        );
+    }
+}
+
+/// One pass of the standby replica in `dir` (opened if needed); checks what it holds.
+/// A replica that must be rebuilt is wiped (the next pass starts over).
+fn standby_pass(standby: &mut Option<Replica>, dir: &std::path::Path, log: &Log, context: &str) {
+    let replica = match standby.take() {
+        Some(replica) => replica,
+        None => {
+            let db = PartitionDb::open(dir, &specs(), Duration::ZERO, &Default::default()).unwrap();
+            Replica::new(db, &specs()).unwrap()
         }
-        for k in 0..KEYS {
-            let key = vec![b'k', k as u8];
-            assert_eq!(
-                number(self.db.get(0, &key).unwrap()),
-                count.get(&key).copied().unwrap_or(0),
-                "{context}: count of key {k} at source offset {}",
-                self.next
-            );
-            assert_eq!(
-                number(self.db.get(1, &key).unwrap()),
-                sum.get(&key).copied().unwrap_or(0),
-                "{context}: sum of key {k} at source offset {}",
-                self.next
-            );
+    };
+    let mut replica = replica;
+    let mut sim_log = SimLog {
+        log: log.clone(),
+        budget: Rc::new(Cell::new(usize::MAX)),
+    };
+    let names = ["count".to_string(), "sum".to_string()];
+    match replica.catch_up(&mut sim_log, &names) {
+        Ok(_) => {
+            for store in 0..2 {
+                let next = replica.db().checkpoint(store).unwrap().source_next.max(0) as u64;
+                check_store(replica.db(), store, next, &format!("{context}: standby"));
+            }
+            *standby = Some(replica);
         }
+        Err(
+            StateError::Damaged { .. }
+            | StateError::CheckpointAhead { .. }
+            | StateError::ChangelogReplaced { .. },
+        ) => replica.destroy().unwrap(),
+        Err(error) => panic!("{context}: standby pass failed: {error}"),
     }
 }
 
@@ -291,20 +332,38 @@ fn compacted(log: &Log) -> Log {
 
 fn run(seed: u64, steps: usize) {
     let mut rng = Rng(seed | 1);
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    // Process 2 keeps the standby replica while it owns nothing.
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
     let log: Log = Rc::new(RefCell::new(vec![Vec::new(), Vec::new()]));
     let mut live: Option<(usize, Owner)> = None;
+    let mut standby: Option<Replica> = None;
     for step in 0..steps {
         let context = format!("seed {seed} step {step}");
         let zombie = match live.take() {
             Some((process, owner)) if rng.chance(30) => Some((process, owner)),
             _ => None, // closed, or crashed: its database is dropped as it was
         };
-        // A zombie holds its directory: the successor runs in the other process.
-        let process = match &zombie {
-            Some((p, _)) => 1 - p,
-            None => rng.below(2) as usize,
+        let standby_free = !zombie.as_ref().is_some_and(|(p, _)| *p == 2);
+        if standby_free && rng.chance(60) {
+            standby_pass(&mut standby, dirs[2].path(), &log, &context);
+        }
+        // A zombie holds its directory: the successor runs in another process; the standby's
+        // process now and then (a promotion).
+        let process = loop {
+            let p = if standby_free && rng.chance(25) {
+                2
+            } else {
+                rng.below(2) as usize
+            };
+            if zombie.as_ref().is_none_or(|(z, _)| *z != p) {
+                break p;
+            }
         };
+        if process == 2 {
+            if let Some(replica) = standby.take() {
+                replica.close().unwrap();
+            }
+        }
         if rng.chance(15) {
             let _ = std::fs::remove_dir_all(dirs[process].path()); // lost disk
         }

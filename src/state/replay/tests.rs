@@ -171,6 +171,76 @@ fn clone_of(s: &StoreReplay) -> StoreReplay {
         source: s.source.clone(),
         void_keys: s.void_keys.clone(),
         voided: s.voided,
+        unsettled: s.unsettled,
+        contradicted: s.contradicted,
         ready_bytes: s.ready_bytes,
     }
+}
+
+#[test]
+fn an_early_release_is_settled_by_a_later_flush_and_contradicted_by_an_epoch_that_voids_it() {
+    let early = |records: Vec<(Stamp, Entry)>| {
+        let mut a = StoreReplay::new("a", StoreCheckpoint::EMPTY);
+        feed(
+            &mut a,
+            vec![
+                (stamp(1, 1), data("x", 1)),
+                (stamp(1, 1), flush(10, &["a"])),
+            ],
+        );
+        let mut stores = [a];
+        release_complete(&mut stores);
+        let [mut a] = stores;
+        let (data, checkpoint) = a.take_ready().expect("released early");
+        assert_eq!(data.len(), 1);
+        assert!(checkpoint.unsettled);
+        for (i, (s, e)) in records.into_iter().enumerate() {
+            a.push(10 + i as i64, s, e);
+        }
+        a.contradicted()
+    };
+    // The owner's next flush settles it.
+    assert!(!early(vec![
+        (stamp(1, 2), data("y", 2)),
+        (stamp(1, 2), flush(20, &["a"]))
+    ]));
+    // A new owner that found it complete (base 1) agrees.
+    assert!(!early(vec![(stamp(2, 1), epoch_marker())]));
+    // A new owner that did not (base 0) voids it: the early release is contradicted.
+    assert!(early(vec![(stamp(2, 0), epoch_marker())]));
+    // A later flush settles it for good: an epoch after that cannot contradict it.
+    assert!(!early(vec![
+        (stamp(1, 2), flush(20, &["a"])),
+        (stamp(2, 0), epoch_marker()),
+    ]));
+}
+
+#[test]
+fn an_incomplete_flush_is_not_released_early() {
+    let mut a = StoreReplay::new("a", StoreCheckpoint::EMPTY);
+    let b = StoreReplay::new("b", StoreCheckpoint::EMPTY);
+    feed(
+        &mut a,
+        vec![
+            (stamp(1, 1), data("x", 1)),
+            (stamp(1, 1), flush(10, &["a", "b"])),
+        ],
+    );
+    let mut stores = [a, b];
+    release_complete(&mut stores);
+    assert!(
+        stores[0].take_ready().is_none(),
+        "b has no marker of flush 1 yet"
+    );
+}
+
+#[test]
+fn a_checkpoint_of_an_early_release_carries_it_into_the_next_replay() {
+    let checkpoint = StoreCheckpoint {
+        unsettled: true,
+        ..StoreCheckpoint::at(10, (1, 1), &NO_SOURCE)
+    };
+    let mut a = StoreReplay::new("a", checkpoint);
+    a.push(10, stamp(2, 0), epoch_marker());
+    assert!(a.contradicted());
 }
