@@ -12,10 +12,11 @@
 //! - `scale`: aggregate throughput of 1, 2 and 3 members (a fresh group each, from the start
 //!   of the topic; first record handled to last, across members);
 //! - `failover`: 3 members hold the state and handle a steady stream (5 000 records/s), then
-//!   one is killed with SIGKILL for good; for the partitions it owned: the time from its
-//!   session timeout (6 s after the kill) and from their new assignment to the first record
-//!   handled again, and the changelog records restored — without standby replicas, then
-//!   with one.
+//!   one is killed with SIGKILL for good; for the partitions it owned: the time from the
+//!   kill (the broker expires the member 3–6 s later: the session timeout counts from its
+//!   last heartbeat, every 3 s) and from their new assignment to the first record handled
+//!   again, and the changelog records restored — without standby replicas, with
+//!   one (the group then uses `range` by default), and with one under `cooperative-sticky`.
 
 #[path = "failover/member.rs"]
 mod member;
@@ -103,13 +104,14 @@ impl Events {
 }
 
 impl Run {
-    fn spawn(&self, group: &str, instance: &str, standbys: usize) -> Member {
+    fn spawn(&self, group: &str, instance: &str, standbys: usize, sticky: bool) -> Member {
         let dir = self.dir.path().join(group).join(instance);
         let probe = self.dir.path().join(format!("{group}-{instance}.probe"));
         let spec = format!(
-            "{}|{group}|{instance}|{}|{standbys}|{}",
+            "{}|{group}|{instance}|{}|{standbys}|{}|{}",
             self.topic,
             dir.display(),
+            u8::from(sticky),
             probe.display()
         );
         let child = Command::new(std::env::current_exe().unwrap())
@@ -125,7 +127,7 @@ impl Run {
     async fn scale(&self, n: usize) {
         let group = format!("failover-scale{n}-{}", self.id);
         let members: Vec<Member> = (0..n)
-            .map(|i| self.spawn(&group, &format!("m{i}"), 0))
+            .map(|i| self.spawn(&group, &format!("m{i}"), 0, false))
             .collect();
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
@@ -156,11 +158,12 @@ impl Run {
         }
     }
 
-    /// Three members, one killed for good; `standbys` replicas.
-    async fn failover(&self, standbys: usize) {
-        let group = format!("failover-kill{standbys}-{}", self.id);
+    /// Three members, one killed for good; `standbys` replicas; `sticky`: cooperative-sticky
+    /// chosen explicitly (with standbys the default is range).
+    async fn failover(&self, standbys: usize, sticky: bool) {
+        let group = format!("failover-kill{standbys}{}-{}", u8::from(sticky), self.id);
         let mut members: Vec<Option<Member>> = (0..3)
-            .map(|i| Some(self.spawn(&group, &format!("m{i}"), standbys)))
+            .map(|i| Some(self.spawn(&group, &format!("m{i}"), standbys, sticky)))
             .collect();
         let probes: Vec<PathBuf> = members
             .iter()
@@ -188,12 +191,11 @@ impl Run {
             probes.iter().map(|p| Events::read(p).standby()).collect();
         members[victim] = None;
         let killed = now_ms();
-        let expiry = killed + SESSION_TIMEOUT.as_millis() as u64;
         // Each lost partition: (assigned at, restored records, first handled at).
         let deadline = Instant::now() + Duration::from_secs(300);
         let moved = loop {
-            let mut moved: BTreeMap<i32, (u64, u64, u64)> = BTreeMap::new();
-            for p in probes.iter().take(victim) {
+            let mut moved: BTreeMap<i32, (u64, u64, u64, usize)> = BTreeMap::new();
+            for (member, p) in probes.iter().enumerate().take(victim) {
                 let e = Events::read(p);
                 for &lp in &lost {
                     let after = |kind| {
@@ -205,7 +207,7 @@ impl Run {
                     if let (Some((at, _)), Some((_, r)), Some((first, _))) =
                         (after("assigned"), after("restored"), after("first"))
                     {
-                        moved.insert(lp, (at, r[1], first));
+                        moved.insert(lp, (at, r[1], first, member));
                     }
                 }
             }
@@ -222,15 +224,15 @@ impl Run {
         let restored: u64 = moved.values().map(|m| m.1).sum();
         // The lost partitions' share of the state: 2 stores × their keys.
         let store = 2 * self.keys * lost.len() as u64 / PARTITIONS as u64;
-        let from_expiry = moved
-            .values()
-            .map(|m| m.2.saturating_sub(expiry))
-            .max()
-            .unwrap();
+        let from_kill = moved.values().map(|m| m.2 - killed).max().unwrap();
         let from_assign = moved.values().map(|m| m.2 - m.0).max().unwrap();
         println!(
-            "{{\"bench\":\"failover\",\"standby_replicas\":{standbys},\"lost_partitions\":{lost:?},\"records_restored\":{restored},\"store_entries\":{store},\"restored_pct\":{:.3},\"ms_from_session_timeout\":{from_expiry},\"ms_from_assignment\":{from_assign},\"standbys_at_kill\":\"{kept:?}\"}}",
-            100.0 * restored as f64 / store as f64
+            "{{\"bench\":\"failover\",\"standby_replicas\":{standbys},\"assignment\":\"{}\",\"lost_partitions\":{lost:?},\"records_restored\":{restored},\"store_entries\":{store},\"restored_pct\":{:.3},\"session_timeout_ms\":{},\"ms_kill_to_handled\":{from_kill},\"ms_from_assignment\":{from_assign},\"standbys_at_kill\":\"{kept:?}\",\"ms_kill_to_assignment\":{},\"new_owner_and_restored\":\"{:?}\"}}",
+            if sticky || standbys == 0 { "cooperative-sticky" } else { "range" },
+            100.0 * restored as f64 / store as f64,
+            SESSION_TIMEOUT.as_millis(),
+            moved.values().map(|m| m.0 - killed).min().unwrap(),
+            moved.iter().map(|(p, m)| (p, m.3, m.1)).collect::<Vec<_>>()
         );
     }
 }
@@ -300,7 +302,8 @@ async fn main() {
         }
     }
     if std::env::var("FAILOVER_ONLY").map_or(true, |o| o == "kill") {
-        run.failover(0).await;
-        run.failover(1).await;
+        run.failover(0, false).await;
+        run.failover(1, false).await;
+        run.failover(1, true).await;
     }
 }

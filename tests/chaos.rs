@@ -37,7 +37,7 @@ use child::{Child, ChildTest};
 use common::{require_broker, CountSum, Running};
 use kafka_stateful::changelog::changelog_topic;
 use kafka_stateful::codec::Utf8;
-use kafka_stateful::{ConsumerConfig, StandbyReplicas, StatefulConsumer};
+use kafka_stateful::{AssignmentStrategy, ConsumerConfig, StandbyReplicas, StatefulConsumer};
 
 const PARTITIONS: i32 = 4;
 const KEYS: usize = 60;
@@ -73,6 +73,9 @@ fn config(topic: &str, group: &str, instance: &str, dir: &str) -> ConsumerConfig
         .commit_interval(Duration::from_millis(200))
         .flush_max_records(50)
         .flush_interval(Duration::from_millis(100))
+        // Cooperative-sticky as before: its placement is a guess (see `standby`), so moves
+        // find warm replicas, stale ones and none.
+        .assignment(AssignmentStrategy::CooperativeSticky)
         .standby_replicas(StandbyReplicas::new(1).refresh_interval(Duration::from_secs(1)))
         .build()
         .unwrap()

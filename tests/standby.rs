@@ -33,6 +33,18 @@ const CHILD: ChildTest = ChildTest {
 };
 
 fn config(topic: &str, group: &str, instance: &str, dir: &str, replicas: usize) -> ConsumerConfig {
+    builder(topic, group, instance, dir, replicas)
+        .build()
+        .unwrap()
+}
+
+fn builder(
+    topic: &str,
+    group: &str,
+    instance: &str,
+    dir: &str,
+    replicas: usize,
+) -> kafka_stateful::ConsumerConfigBuilder {
     child::group_member_config(topic, group, instance, dir, SESSION_TIMEOUT)
         .commit_interval(Duration::from_millis(150))
         // Small, frequent flushes: a zombie resumed with records in its queue flushes at once.
@@ -43,8 +55,6 @@ fn config(topic: &str, group: &str, instance: &str, dir: &str, replicas: usize) 
                 .refresh_interval(Duration::from_millis(500))
                 .cleanup_delay(Duration::from_secs(3)),
         )
-        .build()
-        .unwrap()
 }
 
 /// A child member: `[topic, group, instance, dir, replicas, ms]`; it sleeps `ms` per
@@ -458,11 +468,13 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
     workload_topics(&topic, PARTITIONS, KEYS, seed).await;
     let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
     common::produce(&topic, &workload.batch(4_000)).await;
+    // Cooperative-sticky: the placement model gives every partition one predicted heir.
     let member = |id: &str| {
-        start(
-            config(&topic, &group, id, &dir_of(dir.path(), id), 1),
-            &topic,
-        )
+        let config = builder(&topic, &group, id, &dir_of(dir.path(), id), 1)
+            .assignment(kafka_stateful::AssignmentStrategy::CooperativeSticky)
+            .build()
+            .unwrap();
+        start(config, &topic)
     };
     let all: BTreeSet<i32> = (0..PARTITIONS).collect();
 

@@ -105,10 +105,12 @@ impl RestoreListener for Listener {
     }
 }
 
-/// Runs a member until killed: `FAILOVER_MEMBER=<topic>|<group>|<instance>|<dir>|<standbys>|<probe>`.
+/// Runs a member until killed:
+/// `FAILOVER_MEMBER=<topic>|<group>|<instance>|<dir>|<standbys>|<sticky>|<probe>`; `sticky`
+/// `1` chooses cooperative-sticky explicitly (else the default).
 pub async fn run(spec: &str, bootstrap: &str) {
     let f: Vec<&str> = spec.split('|').collect();
-    let [topic, group, instance, dir, standbys, probe] = f[..] else {
+    let [topic, group, instance, dir, standbys, sticky, probe] = f[..] else {
         panic!("bad FAILOVER_MEMBER {spec:?}");
     };
     let probe = Probe(Arc::new(Mutex::new(
@@ -126,6 +128,9 @@ pub async fn run(spec: &str, bootstrap: &str) {
         .state_dir(dir)
         .store(&counts)
         .store(&sums);
+    if sticky == "1" {
+        config = config.assignment(kafka_stateful::AssignmentStrategy::CooperativeSticky);
+    }
     let standbys: usize = standbys.parse().unwrap();
     if standbys > 0 {
         config = config.standby_replicas(

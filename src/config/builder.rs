@@ -17,6 +17,7 @@ pub struct ConsumerConfigBuilder {
     membership: Membership,
     /// Whether `flush_interval` was set; otherwise it follows `commit_interval`.
     flush_interval_set: bool,
+    assignment_set: bool,
 }
 
 impl ConsumerConfig {
@@ -34,6 +35,7 @@ impl ConsumerConfig {
         ConsumerConfigBuilder {
             membership: Membership::StaticFromEnv("HOSTNAME".into()),
             flush_interval_set: false,
+            assignment_set: false,
             config: ConsumerConfig {
                 bootstrap_servers: bootstrap_servers.into(),
                 group_id: group_id.into(),
@@ -176,9 +178,11 @@ impl ConsumerConfigBuilder {
         self
     }
 
-    /// Assignment protocol (default cooperative-sticky).
+    /// Assignment protocol (default cooperative-sticky; `range` with
+    /// [`standby_replicas`](Self::standby_replicas)).
     pub fn assignment(mut self, strategy: AssignmentStrategy) -> Self {
         self.config.assignment = strategy;
+        self.assignment_set = true;
         self
     }
 
@@ -381,6 +385,13 @@ impl ConsumerConfigBuilder {
     /// Keep warm standby replicas of partitions this member does not own, so that a member
     /// lost for good is replaced without a full restore (see the README's "Standby
     /// replicas"). Needs stores and static membership.
+    ///
+    /// Unless [`assignment`](Self::assignment) is set, the group then uses `range`: where
+    /// it moves a lost member's partitions follows from the members' instance ids alone, so
+    /// replicas are placed exactly. librdkafka's sticky assignors hand a lost member's
+    /// partitions out in an order that cannot be predicted (which members receive them can),
+    /// so with `cooperative-sticky` a promotion may find the replica on another member and
+    /// restore the whole changelog.
     pub fn standby_replicas(mut self, standbys: crate::StandbyReplicas) -> Self {
         self.config.standby = Some(standbys);
         self
@@ -414,6 +425,9 @@ impl ConsumerConfigBuilder {
         let mut config = self.config;
         if !self.flush_interval_set {
             config.flush_interval = config.commit_interval;
+        }
+        if config.standby.is_some() && !self.assignment_set {
+            config.assignment = AssignmentStrategy::Range;
         }
         if config.bootstrap_servers.trim().is_empty() {
             return Err(ConfigError::Empty("bootstrap servers"));

@@ -171,3 +171,40 @@ fn stores_need_a_state_dir_one_source_topic_and_legal_names() {
     let plain = ConsumerConfig::builder("b:9092", "my group", ["t1", "t2"]).instance_id("i");
     assert!(plain.build().is_ok());
 }
+
+#[test]
+fn standby_replicas_need_stores_and_static_membership_and_default_to_range() {
+    let counts = crate::StoreDef::new(
+        "counts",
+        crate::codec::Utf8,
+        crate::codec::Bincode::<u64>::new(),
+    );
+    let with_store = || builder().state_dir("/tmp/ks").store(&counts);
+    let standby = crate::StandbyReplicas::new(1);
+    let c = with_store().standby_replicas(standby).build().unwrap();
+    assert_eq!(
+        c.assignment,
+        AssignmentStrategy::Range,
+        "heirs are predictable"
+    );
+    assert_eq!(c.group_consumer().get("client.id"), Some("i-0"));
+    let c = with_store()
+        .assignment(AssignmentStrategy::CooperativeSticky)
+        .standby_replicas(standby)
+        .build()
+        .unwrap();
+    assert_eq!(c.assignment, AssignmentStrategy::CooperativeSticky);
+    for rejected in [
+        builder().standby_replicas(standby),
+        with_store().dynamic_membership().standby_replicas(standby),
+        with_store().standby_replicas(crate::StandbyReplicas::new(0)),
+    ] {
+        assert!(matches!(
+            rejected.build(),
+            Err(ConfigError::Invalid {
+                name: "standby_replicas",
+                ..
+            })
+        ));
+    }
+}

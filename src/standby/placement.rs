@@ -7,13 +7,15 @@
 //! - a group of at most `replicas + 1` members: every member keeps every partition it does
 //!   not own, so whoever inherits a partition has it warm (exact, whatever the assignor);
 //! - a larger group: for each member that could leave, the assignment after it left is
-//!   simulated, and a member keeps the partitions it would gain. `range` and `roundrobin`
-//!   are simulated exactly (librdkafka orders static members by `group.instance.id`);
-//!   `cooperative-sticky` keeps every partition where it is and hands the leaver's
-//!   partitions, in order, to the survivor owning fewest (ties: by name), which is what a
-//!   sticky assignor does with a balanced group. A wrong prediction costs a full restore on
-//!   that partition, nothing else. With `replicas` above 1, the `replicas - 1` members that
-//!   follow the predicted heir (by name) keep a copy too.
+//!   simulated, and a member keeps the partitions it would gain. `range` (the default with
+//!   standby replicas) and `roundrobin` are simulated exactly: librdkafka orders static
+//!   members by `group.instance.id` and needs nothing else. `cooperative-sticky` keeps
+//!   every partition where it is and hands the leaver's partitions to the survivors owning
+//!   fewest (ties by member id): which survivors receive them is predictable, but librdkafka
+//!   takes the leaver's partitions in hash-map order, so which one gets which is not; the
+//!   model assumes partition order, and a wrong guess costs that partition a full restore,
+//!   nothing else. With `replicas` above 1, the `replicas - 1` members that follow the
+//!   predicted heir (by name) keep a copy too.
 
 use std::collections::{BTreeMap, BTreeSet};
 
