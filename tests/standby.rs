@@ -601,6 +601,9 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
     }
 }
 
+/// A changelog record to copy: key, value, headers.
+type LateWrite = (Vec<u8>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
 /// Appends copies of the last `n` data records `epoch` wrote to partition 0 of `changelog`
 /// (same key, value and headers): a zombie's late writes. Returns how many.
 async fn late_writes(changelog: &str, epoch: u64, n: usize) -> u64 {
@@ -617,7 +620,7 @@ async fn late_writes(changelog: &str, epoch: u64, n: usize) -> u64 {
     tpl.add_partition_offset(changelog, 0, rdkafka::Offset::Beginning)
         .unwrap();
     c.assign(&tpl).unwrap();
-    let mut found: Vec<(Vec<u8>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>)> = Vec::new();
+    let mut found: Vec<LateWrite> = Vec::new();
     let mut next = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while next < end {

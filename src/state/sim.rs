@@ -343,7 +343,7 @@ fn run(seed: u64, steps: usize) {
             Some((process, owner)) if rng.chance(30) => Some((process, owner)),
             _ => None, // closed, or crashed: its database is dropped as it was
         };
-        let standby_free = !zombie.as_ref().is_some_and(|(p, _)| *p == 2);
+        let standby_free = zombie.as_ref().is_none_or(|(p, _)| *p != 2);
         if standby_free && rng.chance(60) {
             standby_pass(&mut standby, dirs[2].path(), &log, &context);
         }
