@@ -95,7 +95,8 @@ async fn chaos_child() {
         ..CountSum::new(&topic)
     };
     let consumer =
-        StatefulConsumer::new(config(&topic, &group, &instance, &dir), Utf8, Utf8, handler);
+        StatefulConsumer::new(config(&topic, &group, &instance, &dir), Utf8, Utf8, handler)
+            .with_restore_listener(common::ProbeListener(probe.clone()));
     common::probe_stats(consumer.stats(), probe);
     consumer.run(std::future::pending()).await.unwrap();
 }
@@ -378,9 +379,29 @@ async fn sigkill_random_members_of_a_group_neither_loses_nor_double_counts() {
         wrong.len(),
         wrong.join("\n")
     );
+    // Promotions of standby replicas in the children (restored records each).
+    let promoted: Vec<u64> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| {
+                    // `<ms> promoted <topic> <partition> <records>`
+                    l.split_once(" promoted ")?
+                        .1
+                        .rsplit(' ')
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .collect::<Vec<u64>>()
+        })
+        .collect();
     println!(
-        "chaos: {} records, every key's count and sum exact, committed == end; {:.1} s",
+        "chaos: {} records, every key's count and sum exact, committed == end; standby \
+         replicas promoted {} times (records restored on promotion: {promoted:?}); {:.1} s",
         workload.produced.len(),
+        promoted.len(),
         test_started.elapsed().as_secs_f64()
     );
 }

@@ -260,8 +260,9 @@ impl Handler<String, String> for CountSum {
     }
 }
 
-/// A restore listener writing `restore-start <topic> <partition> <records>` and
-/// `restore-end <topic> <partition> <records>` lines to a probe (tables report their
+/// A restore listener writing `restore-start <topic> <partition> <records>`,
+/// `restore-end <topic> <partition> <records>` and `promoted <topic> <partition> <records>`
+/// (a standby replica promoted) lines to a probe (tables report their
 /// bootstraps here too, under the table topic).
 pub struct ProbeListener(pub Arc<Probe>);
 
@@ -274,6 +275,11 @@ impl kafka_stateful::RestoreListener for ProbeListener {
     fn on_restore_end(&self, topic: &str, partition: i32, records: u64, _: Duration) {
         self.0
             .line(&format!("restore-end {topic} {partition} {records}"));
+    }
+
+    fn on_standby_promoted(&self, topic: &str, partition: i32, records: u64, _: Duration) {
+        self.0
+            .line(&format!("promoted {topic} {partition} {records}"));
     }
 }
 
