@@ -147,10 +147,49 @@ fn changelog_records(group: &str, p: i32) -> i64 {
         .sum()
 }
 
-async fn workload_topics(topic: &str, partitions: i32, keys: usize, seed: u64) {
-    common::create_workload_topics(topic, partitions).await;
-    let mut weights = common::Weights::new(partitions, keys, seed);
-    common::produce(&common::weights_topic(topic), &weights.all(WEIGHT_VERSIONS)).await;
+/// A scenario's input: its topics (with weights for every key) and `records` records.
+struct Scenario {
+    seed: u64,
+    dir: tempfile::TempDir,
+    topic: String,
+    group: String,
+    workload: common::Workload,
+}
+
+impl Scenario {
+    async fn start(name: &str, partitions: i32, keys: usize, records: usize) -> Self {
+        common::init_tracing();
+        let (_, seed) = common::Rng::from_env_or_clock("KS_STANDBY_SEED");
+        println!("{name}: seed {seed} (KS_STANDBY_SEED={seed} reproduces the input)");
+        let (topic, group) = (common::unique(name), common::unique("g"));
+        common::create_workload_topics(&topic, partitions).await;
+        let mut weights = common::Weights::new(partitions, keys, seed);
+        common::produce(
+            &common::weights_topic(&topic),
+            &weights.all(WEIGHT_VERSIONS),
+        )
+        .await;
+        let mut workload = common::Workload::new(partitions, keys, seed);
+        common::produce(&topic, &workload.batch(records)).await;
+        Self {
+            seed,
+            dir: common::test_dir(),
+            topic,
+            group,
+            workload,
+        }
+    }
+}
+
+/// Every key's count and sum, as the handler last saw them, equals the produced records'.
+fn assert_exact(workload: &common::Workload, handler: &CountSum, seed: u64) {
+    let wrong = common::state_mismatches(&workload.expected(), &handler.last.lock().unwrap());
+    assert!(
+        wrong.is_empty(),
+        "state after the promotion (seed {seed}): {} keys wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
 
 fn dir_of(dir: &Path, name: &str) -> String {
@@ -163,16 +202,14 @@ async fn a_member_killed_for_good_is_replaced_by_its_standby_restoring_only_the_
     if CHILD.in_child() {
         return;
     }
-    common::init_tracing();
     const PARTITIONS: i32 = 2;
-    const KEYS: usize = 4000;
-    let (_, seed) = common::Rng::from_env_or_clock("KS_STANDBY_SEED");
-    println!("standby: seed {seed}");
-    let dir = common::test_dir();
-    let (topic, group) = (common::unique("standby-lost"), common::unique("g"));
-    workload_topics(&topic, PARTITIONS, KEYS, seed).await;
-    let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
-    common::produce(&topic, &workload.batch(20_000)).await;
+    let Scenario {
+        seed,
+        dir,
+        topic,
+        group,
+        workload,
+    } = Scenario::start("standby-lost", PARTITIONS, 4_000, 20_000).await;
 
     // A (a child) and B share the partitions; each keeps a replica of the other's.
     let mut a = CHILD.spawn(
@@ -265,13 +302,7 @@ async fn a_member_killed_for_good_is_replaced_by_its_standby_restoring_only_the_
         restored * 10 < changelog_at_kill as u64,
         "the promoted replica must restore only the tail: {restored} of {changelog_at_kill}"
     );
-    let wrong = common::state_mismatches(&workload.expected(), &b_handler.last.lock().unwrap());
-    assert!(
-        wrong.is_empty(),
-        "state after the promotion (seed {seed}): {} keys wrong:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert_exact(&workload, &b_handler, seed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -280,16 +311,14 @@ async fn a_standby_never_applies_the_void_records_of_a_zombie() {
     if CHILD.in_child() {
         return;
     }
-    common::init_tracing();
     const PARTITIONS: i32 = 1;
-    const KEYS: usize = 2_000;
-    let (_, seed) = common::Rng::from_env_or_clock("KS_STANDBY_SEED");
-    println!("standby zombie: seed {seed}");
-    let dir = common::test_dir();
-    let (topic, group) = (common::unique("standby-zombie"), common::unique("g"));
-    workload_topics(&topic, PARTITIONS, KEYS, seed).await;
-    let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
-    common::produce(&topic, &workload.batch(20_000)).await;
+    let Scenario {
+        seed,
+        dir,
+        topic,
+        group,
+        workload,
+    } = Scenario::start("standby-zombie", PARTITIONS, 2_000, 20_000).await;
 
     // A (a child) owns the partition; B and S join and keep replicas of it (two replicas in
     // a group of three: every member keeps what it does not own).
@@ -444,13 +473,7 @@ async fn a_standby_never_applies_the_void_records_of_a_zombie() {
         restored.is_some_and(|r| r * 10 < changelog_at_stop as u64),
         "the promoted standby must restore only the tail: {restored:?} of {changelog_at_stop}"
     );
-    let wrong = common::state_mismatches(&workload.expected(), &handler.last.lock().unwrap());
-    assert!(
-        wrong.is_empty(),
-        "state after the promotion (seed {seed}): {} keys wrong:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert_exact(&workload, &handler, seed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -459,15 +482,14 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
     if CHILD.in_child() {
         return;
     }
-    common::init_tracing();
     const PARTITIONS: i32 = 4;
-    const KEYS: usize = 400;
-    let (_, seed) = common::Rng::from_env_or_clock("KS_STANDBY_SEED");
-    let dir = common::test_dir();
-    let (topic, group) = (common::unique("standby-set"), common::unique("g"));
-    workload_topics(&topic, PARTITIONS, KEYS, seed).await;
-    let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
-    common::produce(&topic, &workload.batch(4_000)).await;
+    let Scenario {
+        dir,
+        topic,
+        group,
+        mut workload,
+        ..
+    } = Scenario::start("standby-set", PARTITIONS, 400, 4_000).await;
     // Cooperative-sticky: the placement model gives every partition one predicted heir.
     let member = |id: &str| {
         let config = builder(&topic, &group, id, &dir_of(dir.path(), id), 1)
