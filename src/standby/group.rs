@@ -112,7 +112,8 @@ impl GroupReader {
 
 /// A member's name from its member id: the broker makes ids `<client.id>-<uuid>` (Apache
 /// Kafka) or `<group.instance.id>-<uuid>` (nisshi), and the group consumer's `client.id` is
-/// its `group.instance.id`, so both give the instance id.
+/// its `group.instance.id`, so both give the instance id. (A `client.id` set by hand breaks
+/// that on Apache Kafka: the member does not find itself and places no replicas.)
 fn member_name(member_id: &str) -> &str {
     const UUID: usize = 36;
     match member_id.len().checked_sub(UUID + 1) {
