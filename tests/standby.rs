@@ -57,18 +57,15 @@ fn builder(
         )
 }
 
-/// A child member: `[topic, group, instance, dir, replicas, ms]`; it sleeps `ms` per
-/// record (a zombie that is behind still has records queued when it is resumed).
+/// A child member: `[topic, group, instance, dir, replicas]`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_child() {
-    let Some(([topic, group, instance, dir, replicas, delay_ms], probe)) = CHILD.args() else {
+    let Some(([topic, group, instance, dir, replicas], probe)) = CHILD.args() else {
         return;
     };
     zombie::init_zombie_tracing(probe.clone());
-    let delay_ms: u64 = delay_ms.parse().unwrap();
     let handler = CountSum {
         probe: Some(probe.clone()),
-        delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
         ..CountSum::new(&topic)
     };
     let config = config(&topic, &group, &instance, &dir, replicas.parse().unwrap());
@@ -179,6 +176,26 @@ impl Scenario {
             workload,
         }
     }
+
+    /// Seed, test directory, topic and group.
+    fn names(&self) -> (u64, std::path::PathBuf, String, String) {
+        let dir = self.dir.path().to_path_buf();
+        (self.seed, dir, self.topic.clone(), self.group.clone())
+    }
+
+    /// A member in a child process (static member `instance`, its own state directory),
+    /// keeping `replicas` standby replicas.
+    fn child(&self, instance: &str, replicas: usize) -> child::Child {
+        let (state, replicas) = (dir_of(self.dir.path(), instance), replicas.to_string());
+        let args = [
+            self.topic.as_str(),
+            &self.group,
+            instance,
+            &state,
+            &replicas,
+        ];
+        CHILD.spawn(self.dir.path(), instance, &args)
+    }
 }
 
 /// Every key's count and sum, as the handler last saw them, equals the produced records'.
@@ -203,32 +220,16 @@ async fn a_member_killed_for_good_is_replaced_by_its_standby_restoring_only_the_
         return;
     }
     const PARTITIONS: i32 = 2;
-    let Scenario {
-        seed,
-        dir,
-        topic,
-        group,
-        workload,
-    } = Scenario::start("standby-lost", PARTITIONS, 4_000, 20_000).await;
+    let scenario = Scenario::start("standby-lost", PARTITIONS, 4_000, 20_000).await;
+    let (seed, dir, topic, group) = scenario.names();
 
     // A (a child) and B share the partitions; each keeps a replica of the other's.
-    let mut a = CHILD.spawn(
-        dir.path(),
-        "a",
-        &[
-            &topic,
-            &group,
-            "standby-a",
-            &dir_of(dir.path(), "a"),
-            "1",
-            "0",
-        ],
-    );
+    let mut a = scenario.child("standby-a", 1);
     let b = start(
-        config(&topic, &group, "standby-b", &dir_of(dir.path(), "b"), 1),
+        config(&topic, &group, "standby-b", &dir_of(dir.as_path(), "b"), 1),
         &topic,
     );
-    let feed = Feed::start(&topic, workload, 50, Duration::from_millis(50));
+    let feed = Feed::start(&topic, scenario.workload, 50, Duration::from_millis(50));
     let mut lost = -1;
     common::wait_until(
         "A and B own a partition each, and B's replica of A's is caught up",
@@ -312,28 +313,12 @@ async fn a_standby_never_applies_the_void_records_of_a_zombie() {
         return;
     }
     const PARTITIONS: i32 = 1;
-    let Scenario {
-        seed,
-        dir,
-        topic,
-        group,
-        workload,
-    } = Scenario::start("standby-zombie", PARTITIONS, 2_000, 20_000).await;
+    let scenario = Scenario::start("standby-zombie", PARTITIONS, 2_000, 20_000).await;
+    let (seed, dir, topic, group) = scenario.names();
 
     // A (a child) owns the partition; B and S join and keep replicas of it (two replicas in
     // a group of three: every member keeps what it does not own).
-    let mut a = CHILD.spawn(
-        dir.path(),
-        "a",
-        &[
-            &topic,
-            &group,
-            "zombie-a",
-            &dir_of(dir.path(), "a"),
-            "2",
-            "0",
-        ],
-    );
+    let mut a = scenario.child("zombie-a", 2);
     let probe = a.probe.clone();
     let stderr = a.stderr.clone();
     common::wait_until(
@@ -345,12 +330,12 @@ async fn a_standby_never_applies_the_void_records_of_a_zombie() {
         },
     )
     .await;
-    let feed = Feed::start(&topic, workload, 50, Duration::from_millis(50));
+    let feed = Feed::start(&topic, scenario.workload, 50, Duration::from_millis(50));
     let members: Vec<Member> = ["zombie-b", "zombie-s"]
         .iter()
         .map(|id| {
             start(
-                config(&topic, &group, id, &dir_of(dir.path(), id), 2),
+                config(&topic, &group, id, &dir_of(dir.as_path(), id), 2),
                 &topic,
             )
         })
@@ -416,8 +401,11 @@ async fn a_standby_never_applies_the_void_records_of_a_zombie() {
     // A resumed zombie often notices before its next flush and writes nothing: late writes
     // of its epoch are appended too (copies of its last data records, as a zombie's flush
     // that lost the race would write them), so the rule is always exercised.
-    let epoch_a = *epochs_a.iter().max().expect("A restored the partition");
-    let late = late_writes(&changelogs[0], epoch_a, 50).await;
+    let late = late_writes(&changelogs[0], &epochs_a, 50).await;
+    assert!(
+        late > 0,
+        "A's epochs {epochs_a:?} wrote no data record to copy"
+    );
     println!("the zombie wrote {zombie_data} data records after it was resumed; {late} late copies appended");
     let zombie_data = zombie_data + late;
     // Every record the zombie wrote follows its successor's epoch marker: the standby, which
@@ -483,16 +471,11 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
         return;
     }
     const PARTITIONS: i32 = 4;
-    let Scenario {
-        dir,
-        topic,
-        group,
-        mut workload,
-        ..
-    } = Scenario::start("standby-set", PARTITIONS, 400, 4_000).await;
+    let mut scenario = Scenario::start("standby-set", PARTITIONS, 400, 4_000).await;
+    let (_, dir, topic, group) = scenario.names();
     // Cooperative-sticky: the placement model gives every partition one predicted heir.
     let member = |id: &str| {
-        let config = builder(&topic, &group, id, &dir_of(dir.path(), id), 1)
+        let config = builder(&topic, &group, id, &dir_of(dir.as_path(), id), 1)
             .assignment(kafka_stateful::AssignmentStrategy::CooperativeSticky)
             .build()
             .unwrap();
@@ -538,7 +521,7 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
         let (owned, kept) = placed();
         let disk: Vec<BTreeSet<i32>> = members
             .iter()
-            .map(|(_, id)| partition_dirs(&dir.path().join(id), &group, &topic))
+            .map(|(_, id)| partition_dirs(&dir.as_path().join(id), &group, &topic))
             .collect();
         last = format!("owned {owned:?}, kept {kept:?}, on disk {disk:?}");
         let owners_ok = owned.iter().all(|o| !o.is_empty())
@@ -552,7 +535,7 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
             .zip(owned.iter().zip(&kept))
             .all(|((_, id), (o, k))| {
                 let expected: BTreeSet<i32> = o.union(k).copied().collect();
-                partition_dirs(&dir.path().join(id), &group, &topic) == expected
+                partition_dirs(&dir.as_path().join(id), &group, &topic) == expected
             });
         owners_ok && once && never_owner && on_disk_ok
     })
@@ -579,7 +562,7 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
         || c.owned() == owned_before[2],
     )
     .await;
-    common::produce(&topic, &workload.one_per_key()).await;
+    common::produce(&topic, &scenario.workload.one_per_key()).await;
     common::wait_until(
         "everything committed after C's restart",
         Duration::from_secs(30),
@@ -606,7 +589,7 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
     );
     let owned_after: Vec<BTreeSet<i32>> = members.iter().map(|(m, _)| m.owned()).collect();
     assert_eq!(owned_after, owned_before, "a static restart moves nothing");
-    let expected = workload.expected();
+    let expected = scenario.workload.expected();
     let mut last = HashMapUnion::default();
     for (m, _) in &members {
         last.extend(&m.handler);
@@ -626,9 +609,9 @@ async fn the_standby_set_follows_the_group_and_a_static_restart_moves_nothing() 
 /// A changelog record to copy: key, value, headers.
 type LateWrite = (Vec<u8>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
 
-/// Appends copies of the last `n` data records `epoch` wrote to partition 0 of `changelog`
-/// (same key, value and headers): a zombie's late writes. Returns how many.
-async fn late_writes(changelog: &str, epoch: u64, n: usize) -> u64 {
+/// Appends copies of the last `n` data records that `epochs` wrote to partition 0 of
+/// `changelog` (same key, value and headers): a zombie's late writes. Returns how many.
+async fn late_writes(changelog: &str, epochs: &BTreeSet<u64>, n: usize) -> u64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
     use rdkafka::producer::FutureRecord;
@@ -668,7 +651,7 @@ async fn late_writes(changelog: &str, epoch: u64, n: usize) -> u64 {
                 && std::str::from_utf8(v)
                     .ok()
                     .and_then(|s| s.split('.').nth(1)?.parse::<u64>().ok())
-                    == Some(epoch)
+                    .is_some_and(|e| epochs.contains(&e))
         });
         if of_epoch {
             found.push((key, m.payload().map(<[u8]>::to_vec), headers));

@@ -129,8 +129,8 @@ impl ConsumerConfig {
             .any(|(k, _)| k == key)
     }
 
-    /// A client of the group that never joins it: reads the group's members and committed
-    /// offsets for standby placement.
+    /// A client of the group that never joins it: reads the group's members and the
+    /// changelogs' last records for standby placement.
     pub(crate) fn group_reader(&self) -> ClientConfig {
         let mut c = self.base_client();
         c.set("group.id", &self.group_id)

@@ -13,6 +13,7 @@ use crate::offset::TopicPartition;
 use crate::state::log::LogPartition;
 use crate::state::replica::Replica;
 use crate::state::{partition_dir, StateEnv, StateError};
+use crate::table::tables_dir;
 
 /// The keeper thread's state.
 pub(super) struct Keeper {
@@ -21,7 +22,8 @@ pub(super) struct Keeper {
     partitions: Vec<TopicPartition>,
     group: group::GroupReader,
     shared: Arc<Shared>,
-    stats: Arc<crate::observe::StatsInner>,
+    /// This member's `group.instance.id` (standby replicas need static membership).
+    me: String,
     /// The replicas placement asks this member to keep.
     wanted: BTreeSet<TopicPartition>,
     refreshed: Option<Instant>,
@@ -41,15 +43,14 @@ impl Keeper {
         partitions: Vec<TopicPartition>,
         group: group::GroupReader,
         shared: Arc<Shared>,
-        stats: Arc<crate::observe::StatsInner>,
     ) -> Self {
         Self {
+            me: env.config.instance_id.clone().unwrap_or_default(),
             env,
             settings,
             partitions,
             group,
             shared,
-            stats,
             wanted: BTreeSet::new(),
             refreshed: None,
             mine: BTreeSet::new(),
@@ -85,18 +86,15 @@ impl Keeper {
         }
         let replicas = std::mem::take(&mut self.shared.slots().replicas);
         for (tp, slot) in replicas {
-            if let Slot::Idle(replica, _) = slot {
+            if let Slot::Idle(replica) = slot {
                 close(*replica, &tp);
             }
-            forget(&self.stats, &tp);
+            forget(&self.shared.stats, &tp);
         }
     }
 
     /// Reads the group and recomputes the replicas to keep.
     fn refresh(&mut self) {
-        let Some(me) = self.env.config.instance_id.clone() else {
-            return;
-        };
         if !self.shared.slots().assignment_seen {
             return;
         }
@@ -111,13 +109,13 @@ impl Keeper {
         self.mine = view
             .owners
             .iter()
-            .filter(|(_, owner)| **owner == me)
+            .filter(|(_, owner)| **owner == self.me)
             .map(|(tp, _)| tp.clone())
             .collect();
         let owned = self.shared.slots().claimed.clone();
         let wanted = placement::standby_set(
             &view,
-            &me,
+            &self.me,
             &self.partitions,
             &owned,
             self.settings.replicas,
@@ -140,7 +138,7 @@ impl Keeper {
             .collect();
         let mut closing = Vec::new();
         for tp in unwanted {
-            if let Some(Slot::Idle(replica, _)) = slots.replicas.remove(&tp) {
+            if let Some(Slot::Idle(replica)) = slots.replicas.remove(&tp) {
                 closing.push((tp, replica));
             }
         }
@@ -148,7 +146,7 @@ impl Keeper {
         for (tp, replica) in closing {
             tracing::info!(topic = %tp.0, partition = tp.1, "standby replica no longer kept");
             close(*replica, &tp);
-            forget(&self.stats, &tp);
+            forget(&self.shared.stats, &tp);
         }
     }
 
@@ -163,28 +161,18 @@ impl Keeper {
                 return;
             }
             match slots.replicas.insert(tp.clone(), Slot::Busy) {
-                Some(Slot::Idle(replica, stats)) => Some((replica, stats)),
+                Some(Slot::Idle(replica)) => Some(replica),
                 _ => None,
             }
         };
-        let (mut replica, mut stats) = match taken {
-            Some(taken) => taken,
-            None => match self.open(tp) {
-                Some(replica) => (Box::new(replica), StandbyStats::default()),
-                None => {
-                    self.shared.slots().replicas.remove(tp);
-                    self.shared.wake.notify_all();
-                    return;
-                }
-            },
+        let mut replica = match taken.or_else(|| self.open(tp).map(Box::new)) {
+            Some(replica) => replica,
+            None => {
+                self.shared.slots().replicas.remove(tp);
+                self.shared.wake.notify_all();
+                return;
+            }
         };
-        let names: Vec<String> = self
-            .env
-            .config
-            .stores
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
         let shared = self.shared.clone();
         let stop = || {
             let slots = shared.slots();
@@ -195,18 +183,21 @@ impl Keeper {
             partition: tp.1,
             stop: &stop,
         };
-        let result = replica.catch_up(&mut changelog, &names);
+        let result = replica.catch_up(&mut changelog);
         let mut slots = self.shared.slots();
         match result {
-            Ok(pass) => {
-                stats.records_read += pass.records;
-                stats.lag = pass.lag;
-                stats.void_records = pass.voided;
-                self.stats.standby_set(tp.clone(), stats);
-                crate::observe::metrics::standby_lag(&tp.0, tp.1, pass.lag);
-                slots
-                    .replicas
-                    .insert(tp.clone(), Slot::Idle(replica, stats));
+            Ok(None) => {
+                slots.replicas.insert(tp.clone(), Slot::Idle(replica));
+            }
+            Ok(Some(pass)) => {
+                let stats = StandbyStats {
+                    lag: pass.lag,
+                    records_read: pass.records_read,
+                    void_records: pass.voided,
+                };
+                self.shared.stats.standby_set(tp.clone(), stats);
+                crate::observe::metrics::standby_lag(&tp.0, tp.1, stats.lag);
+                slots.replicas.insert(tp.clone(), Slot::Idle(replica));
             }
             Err(
                 error @ (StateError::CheckpointAhead { .. }
@@ -270,7 +261,7 @@ impl Keeper {
         let now = Instant::now();
         for tp in &self.partitions {
             let Some(path) = self.path(tp) else { return };
-            let tables = path.with_file_name(format!("{}-{}.tables", tp.0, tp.1));
+            let tables = tables_dir(&self.env.config, &tp.0, tp.1);
             let slots = self.shared.slots();
             let in_use = slots.claimed.contains(tp) || slots.replicas.contains_key(tp);
             let kept = self.wanted.contains(tp) || self.mine.contains(tp);

@@ -115,7 +115,7 @@ struct Slots {
 
 enum Slot {
     /// Open, not being read: a claim closes it at once.
-    Idle(Box<Replica>, StandbyStats),
+    Idle(Box<Replica>),
     /// The keeper is reading it.
     Busy,
 }
@@ -168,11 +168,10 @@ impl Claim {
                 .unwrap_or_else(|p| p.into_inner());
         }
         let promoted = slots.warm.remove(tp);
-        if let Some(Slot::Idle(replica, _)) = slots.replicas.remove(tp) {
-            drop(slots);
+        let replica = slots.replicas.remove(tp);
+        drop(slots);
+        if let Some(Slot::Idle(replica)) = replica {
             close(*replica, tp);
-        } else {
-            drop(slots);
         }
         forget(&self.shared.stats, tp);
         promoted
@@ -206,9 +205,9 @@ impl Standbys {
                 ..Slots::default()
             }),
             wake: Condvar::new(),
-            stats: stats.clone(),
+            stats,
         });
-        let keeper = keeper::Keeper::new(env, settings, partitions, group, shared.clone(), stats);
+        let keeper = keeper::Keeper::new(env, settings, partitions, group, shared.clone());
         let thread = std::thread::Builder::new()
             .name("kafka-stateful-standby".into())
             .spawn(move || keeper.run())
@@ -260,6 +259,24 @@ impl Drop for Standbys {
 fn forget(stats: &crate::observe::StatsInner, tp: &TopicPartition) {
     stats.standby_remove(tp);
     crate::observe::metrics::standby_lag(&tp.0, tp.1, 0);
+}
+
+/// Reports a promotion (from the restoring worker's blocking thread): log, listener, stats
+/// and metrics.
+pub(crate) fn report_promotion(
+    env: &StateEnv,
+    stats: &crate::observe::StatsInner,
+    (topic, partition): (&str, i32),
+    restored: &crate::state::restore::Restored,
+) {
+    tracing::info!(%topic, partition, records = restored.records, elapsed = ?restored.elapsed,
+        "standby replica promoted");
+    env.listener
+        .on_standby_promoted(topic, partition, restored.records, restored.elapsed);
+    stats
+        .standby_promotions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::observe::metrics::standby_promoted(topic, partition);
 }
 
 fn close(replica: Replica, tp: &TopicPartition) {

@@ -370,6 +370,11 @@ impl StoreReplay {
         self.ready_bytes
     }
 
+    /// The changelog offset after the last record applied (with its checkpoint).
+    pub(crate) fn applied_next(&self) -> i64 {
+        self.checkpoint.changelog_next
+    }
+
     /// Whether an epoch marker voided a flush this replay (or the state it started from)
     /// applied early: a replay of the whole log would not have applied it.
     pub(crate) fn contradicted(&self) -> bool {

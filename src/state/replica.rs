@@ -30,13 +30,15 @@ pub(crate) struct Replica {
     /// Per store, the next offset to read; `None` before the first pass (which starts at the
     /// checkpoint and checks the marker before it, as a restore does).
     next: Vec<Option<i64>>,
+    /// Changelog records read since it was opened.
+    records_read: u64,
 }
 
-/// What one pass read.
+/// Where a replica stands after a pass.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Pass {
-    /// Changelog records read.
-    pub(crate) records: u64,
+    /// Changelog records read since the replica was opened.
+    pub(crate) records_read: u64,
     /// Records behind the changelog ends (what a promotion would read), all stores.
     pub(crate) lag: u64,
     /// Data records found void since the replica opened (a zombie's writes after its
@@ -75,6 +77,7 @@ impl Replica {
             next: vec![None; replays.len()],
             db,
             replays,
+            records_read: 0,
         })
     }
 
@@ -86,8 +89,8 @@ impl Replica {
 
     /// Reads what each store's changelog gained since the last pass, applies every flush
     /// that is confirmed, then every flush complete in all the stores it touched (early:
-    /// see [`release_complete`]). A read the changelog stops (the partition is being
-    /// promoted) abandons the pass.
+    /// see [`release_complete`]). `Ok(None)`: the changelog's reader was stopped (the
+    /// partition is being promoted) and the pass abandoned.
     ///
     /// # Errors
     /// [`StateError::CheckpointAhead`] / [`StateError::ChangelogReplaced`] when the local
@@ -96,29 +99,36 @@ impl Replica {
     pub(crate) fn catch_up(
         &mut self,
         changelog: &mut dyn ChangelogPartition,
-        names: &[String],
-    ) -> Result<Pass, StateError> {
-        let mut pass = Pass::default();
+    ) -> Result<Option<Pass>, StateError> {
         let mut ends = Vec::with_capacity(self.replays.len());
         for (index, replay) in self.replays.iter_mut().enumerate() {
             let (low, high) = changelog.watermarks(index)?;
-            let checkpoint = self.db.checkpoint(index)?;
-            let from = self.next[index].unwrap_or(checkpoint.changelog_next);
+            let (from, verify) = match self.next[index] {
+                Some(next) => (next, None),
+                // The first pass starts at the checkpoint, and checks the marker before it.
+                None => {
+                    let checkpoint = self.db.checkpoint(index)?;
+                    let at = checkpoint.changelog_next - 1;
+                    let verify = (at >= low.max(0)).then_some((at, checkpoint.epoch));
+                    (checkpoint.changelog_next, verify)
+                }
+            };
             if from > high {
                 return Err(StateError::CheckpointAhead {
-                    store: names[index].clone(),
+                    store: replay.name.clone(),
                     path: self.db.path().to_path_buf(),
                     checkpoint: from,
                     changelog_end: high,
                 });
             }
-            let at = checkpoint.changelog_next - 1;
-            let verify = (self.next[index].is_none() && at >= low.max(0)).then_some(Verify {
+            let name = replay.name.clone();
+            let verify = verify.map(|(at, epoch)| Verify {
                 at,
-                epoch: checkpoint.epoch,
-                store: &names[index],
+                epoch,
+                store: &name,
                 path: self.db.path(),
             });
+            let records_read = &mut self.records_read;
             let finished = read_into(
                 &self.db,
                 changelog,
@@ -127,24 +137,27 @@ impl Replica {
                 high,
                 verify,
                 replay,
-                &mut |n| pass.records += n,
+                &mut |n| *records_read += n,
             )?;
             if !finished {
-                return Ok(pass);
+                return Ok(None);
             }
             self.next[index] = Some(high);
             ends.push(high);
         }
         release_complete(&mut self.replays);
+        let mut pass = Pass {
+            records_read: self.records_read,
+            ..Pass::default()
+        };
         for (index, replay) in self.replays.iter_mut().enumerate() {
             apply_ready(&self.db, index, replay)?;
             // A replica never repairs (the owner does): it must not collect void keys.
             replay.forget_void_keys();
-            let applied = self.db.checkpoint(index)?.changelog_next;
-            pass.lag += (ends[index] - applied).max(0) as u64;
+            pass.lag += (ends[index] - replay.applied_next()).max(0) as u64;
             pass.voided += replay.voided();
         }
-        Ok(pass)
+        Ok(Some(pass))
     }
 
     /// Persists what was applied (replicas write without the write-ahead log) and closes

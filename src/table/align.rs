@@ -114,7 +114,11 @@ impl Drop for PartitionTables {
 }
 
 /// `<state_dir>/<group>/<topic>-<partition>.tables`.
-fn tables_dir(config: &ConsumerConfig, topic: &str, partition: i32) -> std::path::PathBuf {
+pub(crate) fn tables_dir(
+    config: &ConsumerConfig,
+    topic: &str,
+    partition: i32,
+) -> std::path::PathBuf {
     config
         .state_dir
         .clone()

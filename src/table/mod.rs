@@ -77,7 +77,7 @@ use crate::changelog::ChangelogError;
 use crate::codec::{Codec, CodecError};
 use crate::state::StateError;
 
-pub(crate) use align::{check_all, FeedRegistry, PartitionTables, TableEnv};
+pub(crate) use align::{check_all, tables_dir, FeedRegistry, PartitionTables, TableEnv};
 pub(crate) use feed::{FeedSink, TableFeeds};
 pub(crate) use global::{DeadLetters, GlobalTables};
 #[cfg(any(test, feature = "testing"))]

@@ -93,6 +93,7 @@ where
         let (topic, partition, stop) = (self.topic.clone(), self.partition, self.stop.clone());
         let progress = self.progress.clone();
         let claim = self.standby_claim.take();
+        let stats = self.shared.stats.clone();
         let opened = tokio::task::spawn_blocking(move || {
             let on_progress = |done: u64, total: u64| {
                 let _ = progress.restore_started.set(Instant::now());
@@ -102,26 +103,12 @@ where
             // A standby replica of this partition is closed first; the restore then reads
             // only what follows its checkpoint.
             let promoted = claim.as_ref().is_some_and(|c| c.take_replica());
-            let opened = PartitionState::open(
-                &env,
-                &topic,
-                partition,
-                &|| stop.is_stopped(),
-                &on_progress,
-            );
-            if let Ok(Some((_, restored))) = &opened {
-                if promoted {
-                    tracing::info!(%topic, partition, records = restored.records, elapsed = ?restored.elapsed,
-                        "standby replica promoted");
-                    env.listener.on_standby_promoted(
-                        &topic,
-                        partition,
-                        restored.records,
-                        restored.elapsed,
-                    );
-                }
+            let opened =
+                PartitionState::open(&env, &topic, partition, &|| stop.is_stopped(), &on_progress);
+            if let (true, Ok(Some((_, restored)))) = (promoted, &opened) {
+                crate::standby::report_promotion(&env, &stats, (&topic, partition), restored);
             }
-            opened.map(|o| o.map(|(state, restored)| (state, restored, (claim, promoted))))
+            opened.map(|o| o.map(|(state, restored)| (state, restored, claim)))
         })
         .await
         .map_err(|e| Error::WorkerPanicked {
@@ -133,16 +120,9 @@ where
                 "restore cancelled".into()
             },
         })??;
-        let Some((state, restored, (claim, promoted))) = opened else {
+        let Some((state, restored, claim)) = opened else {
             return Ok(None);
         };
-        if promoted {
-            self.shared
-                .stats
-                .standby_promotions
-                .fetch_add(1, Ordering::Relaxed);
-            crate::observe::metrics::standby_promoted(&self.topic, partition);
-        }
         self.standby_claim = claim;
         self.applied = restored.source.clone();
         let stream_time = restored.source.stream_time;
