@@ -66,6 +66,7 @@ pub(crate) enum Source {
         max_bytes: usize,
     },
     /// Batches handed over by the test driver; closed when the partition stops.
+    #[cfg(any(test, feature = "testing"))]
     Channel(mpsc::UnboundedReceiver<RecordBatch>),
 }
 
@@ -73,6 +74,7 @@ impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Kafka { .. } => "Source::Kafka",
+            #[cfg(any(test, feature = "testing"))]
             Self::Channel(_) => "Source::Channel",
         })
     }
@@ -101,6 +103,7 @@ impl Source {
     /// taken from the queue before it returns).
     pub(crate) async fn next(&mut self) -> Option<RecordBatch> {
         match self {
+            #[cfg(any(test, feature = "testing"))]
             Self::Channel(rx) => rx.recv().await,
             Self::Kafka {
                 queue,
@@ -127,6 +130,7 @@ impl Source {
     /// when the worker asks for the next batch).
     pub(crate) fn is_empty(&self) -> bool {
         match self {
+            #[cfg(any(test, feature = "testing"))]
             Self::Channel(rx) => rx.is_empty(),
             Self::Kafka { .. } => true,
         }

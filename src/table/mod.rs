@@ -77,13 +77,20 @@ use crate::changelog::ChangelogError;
 use crate::codec::{Codec, CodecError};
 use crate::state::StateError;
 
-pub(crate) use align::{check_all, tables_dir, FeedRegistry, PartitionTables, TableEnv};
-pub(crate) use feed::{FeedSink, TableFeeds};
+pub(crate) use align::{check_all, tables_dir, PartitionTables, TableEnv};
+// The test driver feeds tables itself.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use align::FeedRegistry;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use feed::FeedSink;
+pub(crate) use feed::TableFeeds;
 pub(crate) use global::{DeadLetters, GlobalTables};
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use source::MemoryTableSource;
 pub(crate) use source::{KafkaTableSource, TableSource};
-pub(crate) use store::{TableReads, TableStore};
+pub(crate) use store::TableReads;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use store::TableStore;
 
 /// A table declaration: a name (its local store), the topic it is read from, and codecs for
 /// keys and values. Declare it on the builder with
