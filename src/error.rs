@@ -225,6 +225,40 @@ pub enum Error {
         reason: String,
     },
 
+    /// librdkafka cannot read a partition past an offset: a batch it cannot decompress or
+    /// parse, or that the broker reports corrupt. Retrying would fetch the same batch forever,
+    /// so the consumer stops; nothing at or after `offset` was handled or committed.
+    #[error(
+        "cannot read {topic}[{partition}] at offset {offset}: {reason} ({code}); nothing from \
+         this offset on was handled or committed"
+    )]
+    Fetch {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// The offset the partition is stuck at (the next one to read; -1 if unknown).
+        offset: i64,
+        /// librdkafka's error code name.
+        code: String,
+        /// What went wrong, and what to check.
+        reason: String,
+    },
+
+    /// The client cannot talk to the cluster at all: a TLS handshake failed (unknown CA,
+    /// expired or mismatched certificate) or SASL authentication was refused. It would only
+    /// retry the same handshake, looking like an idle consumer, so it stops.
+    #[error(
+        "cannot connect to the cluster ({code}): {reason}; check security.protocol, \
+         ssl.ca.location and the certificates, sasl.mechanism, sasl.username and sasl.password"
+    )]
+    Connection {
+        /// librdkafka's error code name.
+        code: String,
+        /// librdkafka's description of the last failure.
+        reason: String,
+    },
+
     /// `auto.offset.reset=error` was set and a partition has no valid committed offset.
     #[error("a partition has no valid committed offset and auto.offset.reset=error: {reason}")]
     NoValidOffset {

@@ -112,7 +112,7 @@ impl Handler<String, View> for UniqueVisitors {
                 .fetch_add(1, Ordering::Relaxed)
                 .is_multiple_of(500)
             {
-                tracing::info!(?result, "minute closed");
+                tracing::debug!(?result, "minute closed");
             }
             // The five busiest page-minutes, for the summary.
             let mut samples = self.samples.lock().map_err(|_| "poisoned")?;

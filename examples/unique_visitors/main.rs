@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kafka_stateful::codec::{Json, Utf8};
-use kafka_stateful::{ConsumerConfig, StatefulConsumer, StatsSnapshot};
+use kafka_stateful::{
+    ConsumerConfig, RebalanceListener, RestoreListener, StatefulConsumer, StatsSnapshot,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::FutureProducer;
@@ -192,12 +194,39 @@ fn progress(s: &StatsSnapshot, started: Instant) {
     let _ = out.flush();
 }
 
+/// When the first partitions were assigned, and when the last restore ended: the time from
+/// assignment to processing, restore included, as the consumer's listeners report it.
+#[derive(Clone, Default)]
+struct Readiness(Arc<Mutex<(Option<Instant>, Option<Instant>)>>);
+
+impl Readiness {
+    fn ready_after(&self) -> Option<Duration> {
+        let (assigned, restored) = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Some(restored?.saturating_duration_since(assigned?))
+    }
+}
+
+impl RebalanceListener for Readiness {
+    fn on_assigned(&self, _partitions: &[(String, i32)]) {
+        let mut times = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        times.0.get_or_insert_with(Instant::now);
+    }
+}
+
+impl RestoreListener for Readiness {
+    fn on_restore_end(&self, _topic: &str, _partition: i32, _restored: u64, _took: Duration) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1 = Some(Instant::now());
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,unique_visitors=info".into()),
+                // The progress lines and the summary are the output; the log shows problems
+                // unless RUST_LOG asks for more (e.g. RUST_LOG=info,kafka_stateful=debug).
+                .unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let started = Instant::now();
@@ -214,14 +243,17 @@ async fn main() -> anyhow::Result<()> {
         .window(&handler.counts)
         .commit_interval(Duration::from_secs(1))
         .build()?;
-    let consumer = StatefulConsumer::new(config, Utf8, Json::<View>::new(), handler);
+    // From the first assignment until the last partition's restore ended, as the listeners
+    // saw them (not sampled).
+    let readiness = Readiness::default();
+    let consumer = StatefulConsumer::new(config, Utf8, Json::<View>::new(), handler)
+        .with_rebalance_listener(readiness.clone())
+        .with_restore_listener(readiness.clone());
     let stats = consumer.stats();
     let last = Arc::new(Mutex::new(StatsSnapshot::default()));
     let exit_when_idle = args.exit_when_idle;
-    // From the first assignment until every partition is restored and processing.
-    let restore_time = Arc::new(Mutex::new(None::<(Instant, Option<Duration>)>));
     let shutdown = {
-        let (last, restore_time) = (last.clone(), restore_time.clone());
+        let last = last.clone();
         async move {
             let mut ticks = 0u64;
             loop {
@@ -231,13 +263,6 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let s = stats.snapshot();
                 ticks += 1;
-                if !s.partitions.is_empty() {
-                    let mut r = restore_time.lock().unwrap_or_else(|p| p.into_inner());
-                    let (assigned, took) = r.get_or_insert((Instant::now(), None));
-                    if took.is_none() && s.partitions.values().all(|p| p.ready) {
-                        *took = Some(assigned.elapsed());
-                    }
-                }
                 let done = exit_when_idle && caught_up(&s);
                 if ticks.is_multiple_of(4) || done {
                     progress(&s, started);
@@ -262,15 +287,9 @@ async fn main() -> anyhow::Result<()> {
         "  page-minutes closed and sent: {}",
         closed.load(Ordering::Relaxed)
     );
-    let restore_took = restore_time
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .and_then(|(_, took)| took);
     println!(
         "  changelog records restored at start: {restored} (ready {} after the assignment)",
-        match restore_took {
-            // Ready at the first look (progress is sampled every 250 ms).
-            Some(d) if d.is_zero() => "< 0.25 s".to_string(),
+        match readiness.ready_after() {
             Some(d) => format!("{:.2} s", d.as_secs_f64()),
             None => "-".to_string(),
         }

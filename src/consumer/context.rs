@@ -27,7 +27,7 @@ use crate::codec::Codec;
 use crate::handler::Handler;
 use crate::observe::{RebalanceListener, StatsInner};
 use crate::offset::TopicPartition;
-use crate::partition::source::Source;
+use crate::partition::source::{FetchError, Source};
 use crate::partition::supervisor::{StopMode, Stopping, Supervisor};
 
 /// Splits a partition's queue off the consumer: its records' source for the worker.
@@ -69,15 +69,18 @@ pub(crate) struct LoopContext<KC: Codec, VC: Codec, H> {
     splitter: std::sync::OnceLock<Splitter>,
     /// Errors librdkafka reports on a partition's queue, sent by its worker to the poll
     /// loop, which decides (see `errors`).
-    errors: tokio::sync::mpsc::UnboundedSender<rdkafka::error::KafkaError>,
+    errors: tokio::sync::mpsc::UnboundedSender<FetchError>,
     supervisor: Mutex<Supervisor<KC, VC, H>>,
     rebalance: Mutex<RebalanceState>,
     subscription: Subscription,
     listener: Arc<dyn RebalanceListener>,
-    stats: Arc<StatsInner>,
+    pub(crate) stats: Arc<StatsInner>,
     /// Set once the poll loop has stopped every worker and the consumer is being dropped:
     /// librdkafka's closing revoke must then be completed at once, or the close never ends.
     closing: AtomicBool,
+    /// The last connection failure librdkafka logged (a TLS handshake or SASL error says
+    /// why only in its log line; the error event carries just a code).
+    last_failure: Mutex<Option<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,7 +100,7 @@ where
         supervisor: Supervisor<KC, VC, H>,
         subscription: Subscription,
         (listener, stats): (Arc<dyn RebalanceListener>, Arc<StatsInner>),
-        errors: tokio::sync::mpsc::UnboundedSender<rdkafka::error::KafkaError>,
+        errors: tokio::sync::mpsc::UnboundedSender<FetchError>,
     ) -> Self {
         Self {
             splitter: std::sync::OnceLock::new(),
@@ -108,6 +111,7 @@ where
             listener,
             stats,
             closing: AtomicBool::new(false),
+            last_failure: Mutex::new(None),
         }
     }
 
@@ -119,8 +123,18 @@ where
             let queue = consumer
                 .upgrade()?
                 .split_partition_queue(topic, partition)?;
-            Some(Source::kafka(queue, errors.clone(), queue_bytes))
+            Some(Source::kafka(
+                queue,
+                (topic.to_string(), partition),
+                errors.clone(),
+                queue_bytes,
+            ))
         }));
+    }
+
+    /// Why the last connection to a broker failed, as librdkafka logged it.
+    pub(crate) fn last_failure(&self) -> Option<String> {
+        lock(&self.last_failure).clone()
     }
 
     /// From now on revokes are completed inside the callback (see `closing`).
@@ -265,6 +279,9 @@ pub(crate) fn list_of(partitions: &[TopicPartition]) -> TopicPartitionList {
 
 impl<KC: Codec, VC: Codec, H: Send + Sync + 'static> ClientContext for LoopContext<KC, VC, H> {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "FAIL" && super::connect::is_problem(level) {
+            *lock(&self.last_failure) = Some(log_message.to_string());
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert

@@ -4,8 +4,15 @@
 //! configuration fails fast with an error saying what to change, instead of logging the
 //! same warning forever: a missing source topic (unless the configuration says to wait for
 //! it), refused authorization, and `auto.offset.reset=error` without a valid committed
-//! offset. Connection errors and the like are retried by librdkafka and only logged.
+//! offset. Connection errors and the like are retried by librdkafka and only logged —
+//! except a failed TLS handshake or SASL authentication, which a retry never heals.
+//!
+//! Errors on a partition's queue (from its worker) are judged the same way, with the
+//! partition and the offset it is stuck at in the error: a batch librdkafka cannot
+//! decompress or parse would be fetched again forever, a silent stall.
 
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -15,12 +22,99 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::subscription::Subscription;
 use crate::config::{ConsumerConfig, MissingTopics};
 use crate::error::Error;
+use crate::observe::StatsInner;
+use crate::partition::source::FetchError;
+
+/// Partition errors logged so far, by partition and code: each is logged once (at warn),
+/// its retries only counted.
+pub(crate) type FetchErrorsSeen = HashSet<(String, i32, i32)>;
+
+/// Judges an error from a partition's queue: `Err` ends the consumer with the partition
+/// and offset named; anything else is counted (stats, metrics) and logged once.
+pub(crate) fn classify_fetch_error<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    config: &ConsumerConfig,
+    fetch: FetchError,
+    (stats, seen): (&StatsInner, &mut FetchErrorsSeen),
+) -> Result<(), Error> {
+    let FetchError {
+        partition: (topic, partition),
+        error,
+    } = fetch;
+    stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
+    let Some(code) = error.rdkafka_error_code() else {
+        tracing::warn!(topic, partition, %error, "partition error");
+        return Ok(());
+    };
+    crate::observe::metrics::fetch_error(&topic, partition, &format!("{code:?}"));
+    let offset = || position(consumer, &topic, partition);
+    let unreadable = |reason: &str| Error::Fetch {
+        topic: topic.clone(),
+        partition,
+        offset: offset(),
+        code: format!("{code:?}"),
+        reason: format!("{error}: {reason}"),
+    };
+    match code {
+        RDKafkaErrorCode::NotImplemented | RDKafkaErrorCode::UnsupportedCompressionType => {
+            Err(unreadable("the batch's compression codec is not supported by this build"))
+        }
+        RDKafkaErrorCode::BadMessage
+        | RDKafkaErrorCode::BadCompression
+        | RDKafkaErrorCode::InvalidMessage
+        | RDKafkaErrorCode::InvalidMessageSize
+        | RDKafkaErrorCode::InvalidRecord
+        | RDKafkaErrorCode::UnsupportedForMessageFormat => {
+            Err(unreadable("the batch is corrupt or cannot be parsed"))
+        }
+        RDKafkaErrorCode::AutoOffsetReset => Err(Error::NoValidOffset {
+            reason: format!("{topic}[{partition}] at offset {}: {error}", offset()),
+        }),
+        RDKafkaErrorCode::TopicAuthorizationFailed => Err(Error::NotAuthorized {
+            code: format!("{code:?}"),
+            reason: format!("reading {topic}[{partition}]: {error}"),
+        }),
+        // A deleted topic: librdkafka says its partitions are gone, then that it is unknown.
+        RDKafkaErrorCode::UnknownTopicOrPartition
+        | RDKafkaErrorCode::UnknownTopic
+        | RDKafkaErrorCode::UnknownPartition => classify_poll_error(
+            consumer,
+            config,
+            KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition),
+            None,
+        ),
+        _ => {
+            if seen.insert((topic.clone(), partition, code as i32)) {
+                tracing::warn!(topic, partition, %error, "partition error (retried by librdkafka; logged once)");
+            } else {
+                tracing::debug!(topic, partition, %error, "partition error");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The offset a partition is at (the next to read), -1 when librdkafka does not know.
+fn position<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> i64 {
+    consumer
+        .position()
+        .ok()
+        .and_then(|tpl| {
+            tpl.find_partition(topic, partition)
+                .and_then(|p| p.offset().to_raw())
+        })
+        .unwrap_or(-1)
+}
 
 /// `Ok` for errors librdkafka retries by itself (logged); `Err` for those that end the consumer.
+///
+/// `last_failure` is librdkafka's last logged connection failure, the only place that says
+/// why a TLS handshake or an authentication failed.
 pub(crate) fn classify_poll_error<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     config: &ConsumerConfig,
     error: KafkaError,
+    last_failure: Option<String>,
 ) -> Result<(), Error> {
     let Some(code) = error.rdkafka_error_code() else {
         tracing::warn!(%error, "consumer error");
@@ -42,6 +136,12 @@ pub(crate) fn classify_poll_error<C: ConsumerContext>(
         }),
         RDKafkaErrorCode::AutoOffsetReset => Err(Error::NoValidOffset {
             reason: error.to_string(),
+        }),
+        RDKafkaErrorCode::SSL
+        | RDKafkaErrorCode::Authentication
+        | RDKafkaErrorCode::SaslAuthenticationFailed => Err(Error::Connection {
+            code: format!("{code:?}"),
+            reason: last_failure.unwrap_or_else(|| error.to_string()),
         }),
         RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown => {
             // Already logged by librdkafka (through the client context's log).
@@ -78,4 +178,54 @@ fn missing_topic<C: ConsumerContext>(
         .map(str::to_string)
         .unwrap_or_else(|| config.topics.join(","));
     missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offset::TopicPartition;
+
+    fn fetch_error(code: RDKafkaErrorCode) -> FetchError {
+        let partition: TopicPartition = ("page-views".into(), 3);
+        FetchError {
+            partition,
+            error: KafkaError::MessageConsumption(code),
+        }
+    }
+
+    /// The zstd stall of issue 30: librdkafka reports every fetch of a batch it cannot
+    /// decompress on the partition's queue, and the consumer used to log it and go on
+    /// waiting. Such errors now end the consumer naming the partition; transient ones are
+    /// counted every time and logged once.
+    #[test]
+    fn an_unreadable_batch_ends_the_consumer_and_a_transient_error_is_counted() {
+        let config = ConsumerConfig::builder("127.0.0.1:1", "g", ["page-views"])
+            .instance_id("i-0")
+            .build()
+            .unwrap();
+        // Never connects: only its position (unknown here) is asked for.
+        let consumer: BaseConsumer = config.admin().create().unwrap();
+        let stats = StatsInner::default();
+        let mut seen = FetchErrorsSeen::default();
+        for code in [
+            RDKafkaErrorCode::NotImplemented,
+            RDKafkaErrorCode::BadCompression,
+            RDKafkaErrorCode::BadMessage,
+            RDKafkaErrorCode::InvalidRecord,
+        ] {
+            let err = classify_fetch_error(&consumer, &config, fetch_error(code), (&stats, &mut seen))
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::Fetch { topic, partition: 3, offset: -1, .. } if topic == "page-views"),
+                "{err}"
+            );
+            assert!(err.to_string().contains("page-views[3]"), "{err}");
+        }
+        for _ in 0..3 {
+            let transient = fetch_error(RDKafkaErrorCode::RequestTimedOut);
+            classify_fetch_error(&consumer, &config, transient, (&stats, &mut seen)).unwrap();
+        }
+        assert_eq!(seen.len(), 1, "logged once");
+        assert_eq!(stats.fetch_errors.load(Ordering::Relaxed), 7);
+    }
 }

@@ -1,6 +1,7 @@
 //! The public consumer: wires configuration, codecs and the handler to the poll loop.
 
 mod commit;
+mod connect;
 mod context;
 mod errors;
 mod poll_loop;
@@ -119,6 +120,13 @@ where
     /// and client errors.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let subscription = Subscription::new(&self.config.topics)?;
+        let c = self.config.clone();
+        tokio::task::spawn_blocking(move || connect::check_connection(&c))
+            .await
+            .map_err(|_| Error::Fatal {
+                code: "Panic".into(),
+                reason: "connection check panicked".into(),
+            })??;
         let c = self.config.clone();
         let topics: Vec<String> = subscription.literal_topics().map(str::to_string).collect();
         let counts = tokio::task::spawn_blocking(move || partition_counts(&c, &topics))

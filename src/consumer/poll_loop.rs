@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::commit;
 use super::context::{complete_unassign, LoopContext, RevokePhase};
-use super::errors::classify_poll_error;
+use super::errors::{classify_fetch_error, classify_poll_error, FetchErrorsSeen};
+use crate::partition::source::FetchError;
 use crate::codec::Codec;
 use crate::config::{CloseBehavior, ConsumerConfig};
 use crate::error::Error;
@@ -45,7 +46,9 @@ pub(crate) struct PollLoop<KC: Codec, VC: Codec, H: Handler<KC::Item, VC::Item>>
     pub(crate) shutdown: CancellationToken,
     pub(crate) failures: mpsc::UnboundedReceiver<Error>,
     /// Errors librdkafka reported on partition queues, from their workers.
-    pub(crate) partition_errors: mpsc::UnboundedReceiver<rdkafka::error::KafkaError>,
+    pub(crate) partition_errors: mpsc::UnboundedReceiver<FetchError>,
+    /// Partition errors already logged, so a retried one is logged once.
+    fetch_errors_seen: FetchErrorsSeen,
     rejoin: Rejoin,
     /// Consecutive assignments that contained foreign partitions.
     foreign_streak: u32,
@@ -64,7 +67,7 @@ where
         shutdown: CancellationToken,
         (failures, partition_errors): (
             mpsc::UnboundedReceiver<Error>,
-            mpsc::UnboundedReceiver<rdkafka::error::KafkaError>,
+            mpsc::UnboundedReceiver<FetchError>,
         ),
     ) -> Self {
         Self {
@@ -73,6 +76,7 @@ where
             shutdown,
             failures,
             partition_errors,
+            fetch_errors_seen: Default::default(),
             rejoin: Rejoin::Idle,
             foreign_streak: 0,
             metrics: Default::default(),
@@ -109,7 +113,12 @@ where
                 return Err(err);
             }
             while let Ok(error) = self.partition_errors.try_recv() {
-                classify_poll_error(&self.consumer, &self.config, error)?;
+                classify_fetch_error(
+                    &self.consumer,
+                    &self.config,
+                    error,
+                    (&self.consumer.context().stats, &mut self.fetch_errors_seen),
+                )?;
             }
             self.poll_batch()?;
             self.drive_revoke();
@@ -149,7 +158,10 @@ where
                 Some(Err(error)) => {
                     return self
                         .check_fatal()
-                        .and_then(|()| classify_poll_error(&self.consumer, &self.config, error));
+                        .and_then(|()| {
+                            let failure = self.ctx().last_failure();
+                            classify_poll_error(&self.consumer, &self.config, error, failure)
+                        });
                 }
             }
             timeout = Duration::ZERO;

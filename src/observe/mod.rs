@@ -155,6 +155,10 @@ pub struct StatsSnapshot {
     pub standbys: BTreeMap<(String, i32), crate::StandbyStats>,
     /// Partitions assigned here that were standby replicas (warm when assigned).
     pub standby_promotions: u64,
+    /// Errors librdkafka reported while fetching a partition (each retry counts). Those that
+    /// cannot heal (an unreadable batch, an offset out of range without a reset policy, a
+    /// refused topic) end [`run`](crate::StatefulConsumer::run) with an error.
+    pub fetch_errors: u64,
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +172,7 @@ pub(crate) struct StatsInner {
     global_tables: Mutex<Option<Arc<crate::table::GlobalTables>>>,
     standbys: Mutex<BTreeMap<(String, i32), crate::StandbyStats>>,
     pub(crate) standby_promotions: AtomicU64,
+    pub(crate) fetch_errors: AtomicU64,
 }
 
 impl StatsInner {
@@ -329,6 +334,7 @@ impl Stats {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             standby_promotions: load(&inner.standby_promotions),
+            fetch_errors: load(&inner.fetch_errors),
         }
     }
 }

@@ -26,6 +26,7 @@ use rdkafka::error::KafkaError;
 use tokio::sync::{mpsc, Notify};
 
 use crate::batch::RecordBatch;
+use crate::offset::TopicPartition;
 
 /// Records (and bytes, at most the partition's queue budget) taken from a queue before the
 /// worker handles them.
@@ -55,13 +56,23 @@ impl<C: ConsumerContext + 'static> FetchQueue for PartitionQueue<C> {
     }
 }
 
+/// An error librdkafka reported on a partition's queue (a batch it cannot decompress or
+/// parse, an offset out of range, a refused topic…), for the poll loop, which owns the
+/// consumer and so can tell the offset the partition is stuck at.
+#[derive(Debug)]
+pub(crate) struct FetchError {
+    pub(crate) partition: TopicPartition,
+    pub(crate) error: KafkaError,
+}
+
 /// A worker's end of its partition's records.
 pub(crate) enum Source {
     /// The partition's split librdkafka queue; errors go to the poll loop, which decides.
     Kafka {
         queue: Box<dyn FetchQueue>,
         wake: Arc<Notify>,
-        errors: mpsc::UnboundedSender<KafkaError>,
+        errors: mpsc::UnboundedSender<FetchError>,
+        partition: TopicPartition,
         /// Bytes taken at once: at most the partition's queue budget.
         max_bytes: usize,
     },
@@ -84,7 +95,8 @@ impl Source {
     /// A source on `queue`, woken by its non-empty callback.
     pub(crate) fn kafka<C: ConsumerContext + 'static>(
         mut queue: PartitionQueue<C>,
-        errors: mpsc::UnboundedSender<KafkaError>,
+        partition: TopicPartition,
+        errors: mpsc::UnboundedSender<FetchError>,
         queue_bytes: usize,
     ) -> Self {
         let wake = Arc::new(Notify::new());
@@ -94,6 +106,7 @@ impl Source {
             queue: Box::new(queue),
             wake,
             errors,
+            partition,
             max_bytes: queue_bytes.min(MAX_BYTES),
         }
     }
@@ -109,6 +122,7 @@ impl Source {
                 queue,
                 wake,
                 errors,
+                partition,
                 max_bytes,
             } => loop {
                 let woken = wake.notified();
@@ -116,7 +130,12 @@ impl Source {
                 woken.as_mut().enable();
                 let mut batch = RecordBatch::default();
                 if let Err(error) = queue.fill(&mut batch, *max_bytes) {
-                    let _ = errors.send(error);
+                    // The poll loop decides (end the consumer, or count and log once); the
+                    // records taken before the error are handled first.
+                    let _ = errors.send(FetchError {
+                        partition: partition.clone(),
+                        error,
+                    });
                 }
                 if !batch.records.is_empty() {
                     return Some(batch);

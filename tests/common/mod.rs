@@ -442,10 +442,17 @@ pub struct DurableBroker {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<std::process::Child>,
+    /// More `nisshi broker` arguments (TLS, authentication), from the next `resume` on.
+    pub args: Vec<String>,
 }
 
 impl DurableBroker {
     pub async fn start(binary: std::path::PathBuf) -> Self {
+        Self::start_with(binary, Vec::new()).await
+    }
+
+    /// A broker started with more `nisshi broker` arguments.
+    pub async fn start_with(binary: std::path::PathBuf, args: Vec<String>) -> Self {
         // Ask the OS for a free port; the tiny window before nisshi binds it is acceptable.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -457,9 +464,25 @@ impl DurableBroker {
             dir: tempfile::tempdir().unwrap(),
             port,
             child: None,
+            args,
         };
         broker.resume().await;
         broker
+    }
+
+    /// Runs `nisshi` with `args` (a subcommand such as `user create`) and checks it succeeded.
+    pub fn command(&self, args: &[&str]) {
+        let out = std::process::Command::new(&self.binary)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run nisshi");
+        assert!(
+            out.status.success(),
+            "nisshi {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn bootstrap(&self) -> String {
@@ -489,6 +512,7 @@ impl DurableBroker {
             ])
             .args(["--storage-engine", "sqlite://nisshi.db"])
             .args(["--group-initial-rebalance-delay", "0s"])
+            .args(&self.args)
             .current_dir(self.dir.path())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -581,6 +605,9 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<ReadRecord> {
 mod kill;
 #[allow(unused_imports)]
 pub use kill::*;
+mod tls;
+#[allow(unused_imports)]
+pub use tls::*;
 mod weights;
 #[allow(unused_imports)]
 pub use weights::*;
