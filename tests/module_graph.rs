@@ -13,7 +13,7 @@
 //!   `pub use` re-exports (a re-export itself is not an edge);
 //! - a file's reference to one of its ancestor modules' files does not count (a child reads
 //!   its parent's items), but one to a sibling through the parent's re-export does;
-//! - comments and inline `#[cfg(test)] mod tests { .. }` blocks are ignored.
+//! - comments, string literals and inline `#[cfg(test)] mod tests { .. }` blocks are ignored.
 
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,9 +31,14 @@ fn module_of(file: &str) -> Vec<String> {
     parts
 }
 
-/// The code of a file without comments and inline test modules.
+/// The code of a file without comments, string contents and inline test modules.
 fn strip(text: &str) -> String {
-    let text = Regex::new(r"//[^\n]*").unwrap().replace_all(text, "");
+    let noise = Regex::new(r#"//[^\n]*|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)'"#).unwrap();
+    let text = noise.replace_all(text, |c: &regex::Captures<'_>| match &c[0][..1] {
+        "/" => "",
+        "'" => "' '",
+        _ => "\"\"",
+    });
     let mut out = String::new();
     let mut rest: &str = &text;
     while let Some(at) = rest.find("#[cfg(test)]\nmod tests {") {
@@ -73,7 +78,7 @@ fn expand(prefix: &[String], tree: &str, out: &mut Vec<Vec<String>>) {
     items.push(&tree[start..]);
     for item in items.into_iter().filter(|i| !i.is_empty()) {
         let (head, inner) = match item.split_once('{') {
-            Some((head, inner)) => (head, Some(&inner[..inner.rfind('}').unwrap()])),
+            Some((head, inner)) => (head, Some(inner.rfind('}').map_or(inner, |i| &inner[..i]))),
             None => (item, None),
         };
         let mut path = prefix.to_vec();
@@ -133,7 +138,7 @@ impl Crate {
 
 /// The import graph of a crate given as `(path relative to src/, contents)` pairs.
 fn build_graph(sources: &[(String, String)]) -> Graph {
-    let use_re = Regex::new(r"(pub(?:\([^)]*\))?\s+)?use\s+([^;]+);").unwrap();
+    let use_re = Regex::new(r"\b(pub(?:\([^)]*\))?\s+)?\buse\s+([^;]+);").unwrap();
     let def_re = Regex::new(
         r"\b(?:struct|enum|trait|fn|type|const|static|union|macro_rules!)\s+([A-Za-z_]\w*)",
     )
@@ -200,7 +205,7 @@ fn cycles(graph: &Graph) -> Vec<String> {
                 if next == start {
                     let mut path = vec![node];
                     while let Some(prev) = came_from.get(path.last().unwrap()) {
-                        path.push(prev);
+                        path.push(*prev);
                     }
                     path.reverse();
                     let lines: Vec<String> = path
@@ -264,9 +269,14 @@ fn the_checker_finds_a_cycle_through_a_reexport() {
 #[test]
 fn parents_comments_and_test_modules_make_no_cycle() {
     let sources = files(&[
-        ("lib.rs", "mod a;"),
-        ("a/mod.rs", "mod child; pub struct A;\n#[cfg(test)]\nmod tests {\n use super::child::C;\n}"),
-        ("a/child.rs", "use super::A; // see crate::a::child::C\npub struct C;"),
+        ("lib.rs", "mod a; mod b;"),
+        (
+            "a/mod.rs",
+            "mod child;\nuse child::C; // not crate::b::B\npub struct A(C);\n\
+             #[cfg(test)]\nmod tests {\n    use crate::b::B;\n}\n",
+        ),
+        ("a/child.rs", "use super::A;\npub struct C;"),
+        ("b.rs", "use crate::a::A;\npub struct B(A);"),
     ]);
     assert!(cycles(&build_graph(&sources)).is_empty());
 }
