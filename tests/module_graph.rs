@@ -24,7 +24,11 @@ type Graph = BTreeMap<String, BTreeMap<String, String>>;
 
 /// Module path of a file relative to `src/`: `state/db.rs` → `[state, db]`.
 fn module_of(file: &str) -> Vec<String> {
-    let mut parts: Vec<String> = file.trim_end_matches(".rs").split('/').map(String::from).collect();
+    let mut parts: Vec<String> = file
+        .trim_end_matches(".rs")
+        .split('/')
+        .map(String::from)
+        .collect();
     if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
         parts.pop();
     }
@@ -147,24 +151,36 @@ fn build_graph(sources: &[(String, String)]) -> Graph {
     let inline_re = Regex::new(r"\b(?:crate|super|self)(?:::[A-Za-z_]\w*)+").unwrap();
     let code: Vec<(String, String)> = sources.iter().map(|(f, t)| (f.clone(), strip(t))).collect();
     let mut krate = Crate {
-        files: code.iter().map(|(f, _)| (module_of(f), f.clone())).collect(),
+        files: code
+            .iter()
+            .map(|(f, _)| (module_of(f), f.clone()))
+            .collect(),
         defined: BTreeMap::new(),
         reexported: BTreeMap::new(),
     };
     // Every import of every file, with the path as written; re-exports recorded, not imported.
     let mut imports: Vec<(&String, Vec<String>, String)> = Vec::new();
     for (file, text) in &code {
-        let names = def_re.captures_iter(text).map(|c| c[1].to_string()).collect();
+        let names = def_re
+            .captures_iter(text)
+            .map(|c| c[1].to_string())
+            .collect();
         krate.defined.insert(file.clone(), names);
         let module = module_of(file);
         for cap in use_re.captures_iter(text) {
             let mut paths = Vec::new();
             expand(&[], &alias_re.replace_all(&cap[2], ""), &mut paths);
             for path in paths {
-                let Some(abs) = krate.absolute(&module, &path) else { continue };
+                let Some(abs) = krate.absolute(&module, &path) else {
+                    continue;
+                };
                 if cap.get(1).is_some() {
                     let name = abs.last().cloned().unwrap_or_default();
-                    krate.reexported.entry(file.clone()).or_default().insert(name, abs);
+                    krate
+                        .reexported
+                        .entry(file.clone())
+                        .or_default()
+                        .insert(name, abs);
                 } else {
                     imports.push((file, abs, path.join("::")));
                 }
@@ -179,11 +195,17 @@ fn build_graph(sources: &[(String, String)]) -> Graph {
     }
     let mut graph = Graph::new();
     for (file, abs, written) in imports {
-        let Some(target) = krate.resolve(&abs, 0) else { continue };
+        let Some(target) = krate.resolve(&abs, 0) else {
+            continue;
+        };
         let (from, to) = (module_of(file), module_of(target));
         let is_ancestor = to.len() < from.len() && from.starts_with(&to);
         if target != file && !is_ancestor {
-            graph.entry(file.clone()).or_default().entry(target.clone()).or_insert(written);
+            graph
+                .entry(file.clone())
+                .or_default()
+                .entry(target.clone())
+                .or_insert(written);
         }
     }
     graph
@@ -234,7 +256,11 @@ fn read_sources(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
         if path.is_dir() {
             read_sources(&path, root, out);
         } else if path.extension().is_some_and(|e| e == "rs") {
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
             out.push((rel, std::fs::read_to_string(&path).unwrap()));
         }
     }
@@ -246,11 +272,18 @@ fn source_files_import_each_other_without_cycles() {
     let mut sources = Vec::new();
     read_sources(&src, &src, &mut sources);
     let found = cycles(&build_graph(&sources));
-    assert!(found.is_empty(), "{} import cycle(s):\n{}", found.len(), found.join("\n\n"));
+    assert!(
+        found.is_empty(),
+        "{} import cycle(s):\n{}",
+        found.len(),
+        found.join("\n\n")
+    );
 }
 
 fn files(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter().map(|(f, t)| (f.to_string(), t.to_string())).collect()
+    list.iter()
+        .map(|(f, t)| (f.to_string(), t.to_string()))
+        .collect()
 }
 
 #[test]
@@ -263,7 +296,11 @@ fn the_checker_finds_a_cycle_through_a_reexport() {
     ]);
     let found = cycles(&build_graph(&sources));
     assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].contains("b.rs -> a/mod.rs (crate::a::A)"), "{}", found[0]);
+    assert!(
+        found[0].contains("b.rs -> a/mod.rs (crate::a::A)"),
+        "{}",
+        found[0]
+    );
 }
 
 #[test]

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rocksdb::{ColumnFamilyDescriptor, ErrorKind, IteratorMode, WriteBatch, WriteOptions, DB};
-use super::memory::RocksMemory;
 use super::checkpoint::StoreCheckpoint;
+use super::memory::RocksMemory;
 use super::{KeyValues, StateError, StoreSpec};
+use rocksdb::{ColumnFamilyDescriptor, ErrorKind, IteratorMode, WriteBatch, WriteOptions, DB};
 
 const META_CF: &str = "kafka-stateful.meta";
 

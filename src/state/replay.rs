@@ -30,7 +30,7 @@
 
 use std::collections::BTreeSet;
 
-use super::checkpoint::{DoneSet, SourcePosition, StoreCheckpoint};
+use super::checkpoint::{SourcePosition, StoreCheckpoint};
 
 /// `(key, value)`; `None` is a tombstone.
 pub(crate) type KeyValue = (Vec<u8>, Option<Vec<u8>>);

@@ -20,10 +20,10 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::checkpoint::SourcePosition;
 use super::db::PartitionDb;
 use super::flush::{judge_gap, FlushPlan, GapVerdict};
 use super::overlay::Entries;
-use super::checkpoint::SourcePosition;
 use super::replay::{Entry, Stamp};
 use super::replica::Replica;
 use super::restore::{restore, ChangelogPartition};

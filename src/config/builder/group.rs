@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::ConsumerConfigBuilder;
-use crate::config::{Membership, AssignmentStrategy, MissingTopics, CloseBehavior};
+use crate::config::{AssignmentStrategy, CloseBehavior, Membership, MissingTopics};
 
 impl ConsumerConfigBuilder {
     /// Membership (default: static, instance id from `$HOSTNAME`).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ConsumerConfigBuilder;
-use crate::config::{ConsumerConfig, ConfigError};
+use crate::config::{ConfigError, ConsumerConfig};
 
 impl ConsumerConfigBuilder {
     /// Root directory of local state; required when stores are declared.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::ConsumerConfigBuilder;
-use crate::config::{ConsumerConfig, ConfigError};
+use crate::config::{ConfigError, ConsumerConfig};
 
 impl ConsumerConfigBuilder {
     /// Declares a co-partitioned table ([`crate::table`]): for each input partition `p`,
