@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::offset::PartitionProgress;
+use crate::table::GlobalTableCounters;
 
 mod listener;
 pub mod metrics;
@@ -130,17 +131,17 @@ pub(crate) struct StatsInner {
     pub(crate) revoked: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
-    global_tables: Mutex<Option<Arc<crate::table::GlobalTables>>>,
+    global_tables: Mutex<Vec<Arc<GlobalTableCounters>>>,
     standbys: Mutex<BTreeMap<(String, i32), crate::StandbyStats>>,
     pub(crate) standby_promotions: AtomicU64,
 }
 
 impl StatsInner {
-    pub(crate) fn set_global_tables(&self, tables: Arc<crate::table::GlobalTables>) {
+    pub(crate) fn set_global_tables(&self, tables: Vec<Arc<GlobalTableCounters>>) {
         *self
             .global_tables
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tables);
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = tables;
     }
 
     fn global_table_stats(&self) -> BTreeMap<String, GlobalTableStats> {
@@ -152,16 +153,15 @@ impl StatsInner {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         tables
             .iter()
-            .flat_map(|g| g.tables.iter())
             .map(|t| {
                 let stats = GlobalTableStats {
-                    topic: t.spec.topic.clone(),
+                    topic: t.topic.clone(),
                     partitions: load(&t.partitions),
                     bootstrapped: load(&t.bootstrapped),
                     applied: load(&t.applied),
                     skipped: load(&t.skipped),
                 };
-                (t.spec.name.clone(), stats)
+                (t.name.clone(), stats)
             })
             .collect()
     }
