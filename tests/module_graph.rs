@@ -37,7 +37,8 @@ fn module_of(file: &str) -> Vec<String> {
 
 /// The code of a file without comments, string contents and inline test modules.
 fn strip(text: &str) -> String {
-    let noise = Regex::new(r#"//[^\n]*|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)'"#).unwrap();
+    let noise =
+        Regex::new(r##"//[^\n]*|r#"(?s:.*?)"#|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)'"##).unwrap();
     let text = noise.replace_all(text, |c: &regex::Captures<'_>| match &c[0][..1] {
         "/" => "",
         "'" => "' '",
@@ -211,7 +212,8 @@ fn build_graph(sources: &[(String, String)]) -> Graph {
     graph
 }
 
-/// One cycle per strongly connected part of the graph, each edge with the path that made it.
+/// Cycles of the graph, each the shortest through a file no earlier one passed, each edge
+/// with the path that made it (empty: no cycle at all).
 fn cycles(graph: &Graph) -> Vec<String> {
     let mut reported = BTreeSet::new();
     let mut found = Vec::new();
