@@ -1,6 +1,7 @@
 //! Checkpoints: how far a store's state stands in its changelog and in the source partition.
-//! Plain values, written to RocksDB by `db`, to changelog markers by `flush`, and computed by
-//! `replay`; kept apart from all three so they all read it and it reads none of them.
+//! Plain values: `db` stores them, changelog markers and headers carry them
+//! (`changelog::format`), `replay` computes them and `offset` tracks done records with them;
+//! kept apart so that all of those read this file and it reads none of them.
 
 use serde::{Deserialize, Serialize};
 
