@@ -16,6 +16,9 @@
 //! Modules follow that flow: [`config`] → `consumer` (poll loop, rebalance glue) →
 //! `partition` (source, worker, scheduler, supervisor) → [`table`], [`state`] (RocksDB,
 //! overlay, restore) → `changelog` → `offset`.
+//! Imports point one way along it: no file reaches itself through the files it imports
+//! (`tests/module_graph.rs` checks), so a setting or stats type lives in a plain file of its
+//! feature that both `config`/`observe` and the feature read.
 #![warn(
     missing_docs,
     missing_debug_implementations,

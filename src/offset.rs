@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::state::replay::{DoneSet, SourcePosition};
+use crate::state::checkpoint::{DoneSet, SourcePosition};
 
 /// How far a partition's records are finished. A worker handles its records one at a time,
 /// in offset order, so the next offset to commit is one past the last finished record;

@@ -23,7 +23,8 @@
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use super::ChangelogError;
-use crate::state::replay::{DoneSet, Entry, SourcePosition, Stamp};
+use crate::state::checkpoint::{DoneSet, SourcePosition};
+use crate::state::replay::{Entry, Stamp};
 
 /// The format version this crate writes and reads.
 pub(crate) const FORMAT_VERSION: u32 = 2;

@@ -7,8 +7,9 @@ use super::format::{
 };
 use super::reader::ReaderPool;
 use super::{headers_of, ChangelogError, ChangelogWriter, OutRef};
+use crate::state::checkpoint::SourcePosition;
 use crate::state::log::{Appended, EntryRef, StateLog};
-use crate::state::replay::{Entry, SourcePosition, Stamp};
+use crate::state::replay::{Entry, Stamp};
 use crate::state::StateError;
 
 /// Changelog topics by store index, written with the consumer's producer and read with its

@@ -204,7 +204,7 @@ where
             ),
         };
         if let Some(env) = &tables {
-            self.stats.inner.set_global_tables(env.global.clone());
+            self.stats.inner.set_global_tables(env.global.counters());
         }
         // Standby replicas of the source topic's partitions (stores have exactly one).
         let standbys = match (&config.standby, &state_env) {

@@ -6,46 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::offset::PartitionProgress;
+use crate::table::GlobalTableCounters;
 
+mod listener;
 pub mod metrics;
 
-/// Called on rebalances, on the poll-loop thread: return quickly (no I/O), or heartbeats and
-/// other partitions' routing wait.
-pub trait RebalanceListener: Send + Sync + 'static {
-    /// Partitions were assigned; their workers restore state, then process.
-    fn on_assigned(&self, _partitions: &[(String, i32)]) {}
-    /// Partitions were revoked, after their in-flight records finished, their state was
-    /// flushed and their offsets were committed.
-    fn on_revoked(&self, _partitions: &[(String, i32)]) {}
-}
-
-/// Called during state restore, on the restoring partition's blocking thread. Return quickly.
-pub trait RestoreListener: Send + Sync + 'static {
-    /// Restore of a partition starts; `records` changelog records are to be read.
-    fn on_restore_start(&self, _topic: &str, _partition: i32, _records: u64) {}
-    /// A batch was applied.
-    fn on_restore_progress(&self, _topic: &str, _partition: i32, _restored: u64, _remaining: u64) {}
-    /// Restore finished; the partition's worker starts processing.
-    fn on_restore_end(&self, _topic: &str, _partition: i32, _restored: u64, _elapsed: Duration) {}
-    /// A partition this member kept as a standby replica was assigned to it, and its
-    /// restore finished: `restored` changelog records were read on top of the replica
-    /// (after [`on_restore_end`](Self::on_restore_end)).
-    fn on_standby_promoted(
-        &self,
-        _topic: &str,
-        _partition: i32,
-        _restored: u64,
-        _elapsed: Duration,
-    ) {
-    }
-}
-
-/// A listener that does nothing.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoopListener;
-
-impl RebalanceListener for NoopListener {}
-impl RestoreListener for NoopListener {}
+pub use listener::{NoopListener, RebalanceListener, RestoreListener};
 
 /// Figures of one assigned partition.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,18 +135,18 @@ pub(crate) struct StatsInner {
     pub(crate) revoked: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
-    global_tables: Mutex<Option<Arc<crate::table::GlobalTables>>>,
+    global_tables: Mutex<Vec<Arc<GlobalTableCounters>>>,
     standbys: Mutex<BTreeMap<(String, i32), crate::StandbyStats>>,
     pub(crate) standby_promotions: AtomicU64,
     pub(crate) fetch_errors: AtomicU64,
 }
 
 impl StatsInner {
-    pub(crate) fn set_global_tables(&self, tables: Arc<crate::table::GlobalTables>) {
+    pub(crate) fn set_global_tables(&self, tables: Vec<Arc<GlobalTableCounters>>) {
         *self
             .global_tables
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tables);
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = tables;
     }
 
     fn global_table_stats(&self) -> BTreeMap<String, GlobalTableStats> {
@@ -192,16 +158,15 @@ impl StatsInner {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         tables
             .iter()
-            .flat_map(|g| g.tables.iter())
             .map(|t| {
                 let stats = GlobalTableStats {
-                    topic: t.spec.topic.clone(),
+                    topic: t.topic.clone(),
                     partitions: load(&t.partitions),
                     bootstrapped: load(&t.bootstrapped),
                     applied: load(&t.applied),
                     skipped: load(&t.skipped),
                 };
-                (t.spec.name.clone(), stats)
+                (t.name.clone(), stats)
             })
             .collect()
     }

@@ -16,7 +16,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::batch::{RawRecord, RecordBatch};
-use crate::state::replay::{DoneSet, SourcePosition};
+use crate::state::checkpoint::{DoneSet, SourcePosition};
 
 /// A record's key as the scheduler orders by it: a 64-bit hash of its bytes (0 for a
 /// record without a key). Two keys that hash alike are only kept in order with each other,

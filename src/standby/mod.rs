@@ -25,6 +25,11 @@
 mod group;
 mod keeper;
 mod placement;
+mod settings;
+mod stats;
+
+pub use settings::StandbyReplicas;
+pub use stats::StandbyStats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -38,64 +43,6 @@ use crate::state::StateEnv;
 const POLL: Duration = Duration::from_millis(200);
 /// A replica that failed (to open, or to read) is tried again after this long.
 const RETRY: Duration = Duration::from_secs(5);
-
-/// Standby replicas: how many warm copies of each partition the group keeps besides its
-/// owner, and how this member keeps its share. Set with
-/// [`ConsumerConfigBuilder::standby_replicas`](crate::ConsumerConfigBuilder::standby_replicas).
-///
-/// ```
-/// use std::time::Duration;
-/// use kafka_stateful::StandbyReplicas;
-/// let standbys = StandbyReplicas::new(1).cleanup_delay(Duration::from_secs(600));
-/// # let _ = standbys;
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StandbyReplicas {
-    pub(crate) replicas: usize,
-    pub(crate) cleanup_delay: Duration,
-    pub(crate) refresh: Duration,
-}
-
-impl StandbyReplicas {
-    /// `replicas` warm copies of each partition on other members (like Kafka Streams'
-    /// `num.standby.replicas`). Defaults: stale directories deleted after 10 minutes, the
-    /// group's membership read every 5 seconds.
-    pub fn new(replicas: usize) -> Self {
-        Self {
-            replicas,
-            cleanup_delay: Duration::from_secs(600),
-            refresh: Duration::from_secs(5),
-        }
-    }
-
-    /// How long the directory of a partition this member neither owns nor keeps stays on
-    /// disk (it may come back). Kafka Streams' `state.cleanup.delay.ms`.
-    pub fn cleanup_delay(mut self, delay: Duration) -> Self {
-        self.cleanup_delay = delay;
-        self
-    }
-
-    /// How often the group's members and owners are read to recompute the replicas (they
-    /// are also recomputed whenever this member's assignment changes).
-    pub fn refresh_interval(mut self, interval: Duration) -> Self {
-        self.refresh = interval;
-        self
-    }
-}
-
-/// A standby replica's figures (see [`StatsSnapshot::standbys`](crate::StatsSnapshot)).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StandbyStats {
-    /// Changelog records behind the changelogs' ends, all stores: what a promotion would
-    /// read now.
-    pub lag: u64,
-    /// Changelog records read since the replica was opened.
-    pub records_read: u64,
-    /// Changelog data records it did not apply because the restore rules make them void: a
-    /// zombie's writes after its successor took over, or a flush that never completed.
-    pub void_records: u64,
-}
 
 /// Partitions a worker claimed, and the replicas the keeper holds.
 #[derive(Default)]

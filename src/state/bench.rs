@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use super::db::{PartitionDb, StoreCheckpoint};
+use super::checkpoint::{SourcePosition, StoreCheckpoint};
+use super::db::PartitionDb;
 use super::overlay::{Entries, Lookup, Overlay};
-use super::replay::SourcePosition;
 use super::StoreSpec;
 use crate::offset::OffsetTracker;
 

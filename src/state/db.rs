@@ -7,82 +7,15 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rocksdb::{ColumnFamilyDescriptor, ErrorKind, IteratorMode, WriteBatch, WriteOptions, DB};
-use serde::{Deserialize, Serialize};
-
+use super::checkpoint::StoreCheckpoint;
 use super::memory::RocksMemory;
-use super::replay::DoneSet;
 use super::{KeyValues, StateError, StoreSpec};
+use rocksdb::{ColumnFamilyDescriptor, ErrorKind, IteratorMode, WriteBatch, WriteOptions, DB};
 
 const META_CF: &str = "kafka-stateful.meta";
 
 fn store_cf(name: &str) -> String {
     format!("store.{name}")
-}
-
-/// Where a store's state stands relative to its changelog and the source partition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct StoreCheckpoint {
-    /// Next changelog offset to read: everything before it is in RocksDB. It always follows
-    /// a marker (flush or epoch) of this store.
-    pub(crate) changelog_next: i64,
-    /// Epoch of that marker's writer.
-    pub(crate) epoch: u64,
-    /// Flush sequence number of the last flush applied.
-    pub(crate) seq: u64,
-    /// Next source offset: every source record before it is reflected in the state.
-    pub(crate) source_next: i64,
-    /// Timestamp of the source record before `source_next` (-1: unknown).
-    #[serde(default = "unknown")]
-    pub(crate) source_timestamp: i64,
-    /// The partition's stream time at `source_next` (-1: none).
-    #[serde(default = "unknown")]
-    pub(crate) stream_time: i64,
-    /// Source records after `source_next` reflected too (see `SourcePosition::done`).
-    #[serde(default, skip_serializing_if = "DoneSet::is_empty")]
-    pub(crate) source_done: DoneSet,
-    /// The last flush applied was complete but not yet confirmed by a later record of this
-    /// store (a standby replica applies it early, see `replay::release_complete`): an epoch
-    /// marker that voids it means this state must be rebuilt.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub(crate) unsettled: bool,
-}
-
-fn unknown() -> i64 {
-    -1
-}
-
-impl StoreCheckpoint {
-    /// No local state: replay the whole changelog.
-    pub(crate) const EMPTY: Self = Self {
-        changelog_next: 0,
-        epoch: 0,
-        seq: 0,
-        source_next: -1,
-        source_timestamp: -1,
-        stream_time: -1,
-        source_done: DoneSet::EMPTY,
-        unsettled: false,
-    };
-
-    /// The checkpoint after the marker at `changelog_next - 1`, written by `(epoch, seq)`,
-    /// for a state that reflects the source up to `source`.
-    pub(crate) fn at(
-        changelog_next: i64,
-        (epoch, seq): (u64, u64),
-        source: &super::replay::SourcePosition,
-    ) -> Self {
-        Self {
-            changelog_next,
-            epoch,
-            seq,
-            source_next: source.next,
-            source_timestamp: source.last_timestamp,
-            stream_time: source.stream_time,
-            source_done: source.done.clone(),
-            unsettled: false,
-        }
-    }
 }
 
 /// Writes to apply atomically: store entries (`None` deletes) and checkpoints.

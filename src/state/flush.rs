@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::db::StoreCheckpoint;
+use super::checkpoint::{SourcePosition, StoreCheckpoint};
 use super::overlay::Entries;
-use super::replay::{Entry, SourcePosition, Stamp};
+use super::replay::{Entry, Stamp};
 
 /// A flush of the entries of some stores.
 #[derive(Debug)]
@@ -197,7 +197,7 @@ mod tests {
         next: 100,
         last_timestamp: 7,
         stream_time: 7,
-        done: crate::state::replay::DoneSet::EMPTY,
+        done: crate::state::checkpoint::DoneSet::EMPTY,
     };
 
     #[test]

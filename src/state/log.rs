@@ -8,7 +8,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use super::replay::{Entry, SourcePosition, Stamp};
+use super::checkpoint::SourcePosition;
+use super::replay::{Entry, Stamp};
 use super::restore::ChangelogPartition;
 use super::StateError;
 

@@ -47,6 +47,7 @@
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod bench;
+pub(crate) mod checkpoint;
 mod db;
 mod flush;
 pub(crate) mod log;

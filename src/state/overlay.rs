@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 use super::KeyValues;
 
+/// A staged write: store index, key, value (`None`: a delete).
+pub(crate) type Write = (usize, Vec<u8>, Option<Vec<u8>>);
+
 /// `None` is a delete.
 pub(crate) type Entries = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
 
@@ -79,7 +82,7 @@ impl Overlay {
     }
 
     /// Writes of a record that succeeded join the overlay, in order.
-    pub(crate) fn commit(&mut self, writes: impl IntoIterator<Item = super::slot::Write>) {
+    pub(crate) fn commit(&mut self, writes: impl IntoIterator<Item = Write>) {
         use std::collections::hash_map::Entry;
         for (store, key, value) in writes {
             let added = size(&key, &value);
@@ -171,7 +174,7 @@ impl Overlay {
         store: usize,
         prefix: &[u8],
         base: KeyValues,
-        extra: &[super::slot::Write],
+        extra: &[Write],
     ) -> KeyValues {
         // Overlay entries under the prefix, newest layer last: flushing, pending, staged.
         let mut written: Vec<(&[u8], Option<&[u8]>)> = Vec::new();

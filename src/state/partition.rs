@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::checkpoint::SourcePosition;
 use super::db::PartitionDb;
 use super::flush::{judge_gap, FlushPlan, Gap, GapVerdict};
 use super::log::{EntryRef, LogPartition, StateLog};
 use super::overlay::Overlay;
-use super::replay::{SourcePosition, Stamp};
+use super::replay::Stamp;
 use super::restore::{restore, Restored};
 use super::StateError;
 use crate::config::ConsumerConfig;
@@ -199,7 +200,10 @@ impl PartitionState {
 
     /// The writes of a record that succeeded while others ran (key-level concurrency) join
     /// the overlay; no timers are staged that way.
-    pub(crate) fn commit_writes(&mut self, writes: impl IntoIterator<Item = super::slot::Write>) {
+    pub(crate) fn commit_writes(
+        &mut self,
+        writes: impl IntoIterator<Item = super::overlay::Write>,
+    ) {
         self.overlay.commit(writes);
     }
 

@@ -18,8 +18,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::db::{PartitionDb, StateBatch, StoreCheckpoint};
-use super::replay::{resolve, Entry, Resolution, SourcePosition, Stamp, StoreReplay};
+use super::checkpoint::{SourcePosition, StoreCheckpoint};
+use super::db::{PartitionDb, StateBatch};
+use super::replay::{resolve, Entry, Resolution, Stamp, StoreReplay};
 use super::{StateError, StoreSpec};
 
 /// Restored records are written to RocksDB in batches of about this many bytes.

@@ -20,10 +20,11 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::checkpoint::SourcePosition;
 use super::db::PartitionDb;
 use super::flush::{judge_gap, FlushPlan, GapVerdict};
 use super::overlay::Entries;
-use super::replay::{Entry, SourcePosition, Stamp};
+use super::replay::{Entry, Stamp};
 use super::replica::Replica;
 use super::restore::{restore, ChangelogPartition};
 use super::{StateError, StoreSpec};
@@ -180,7 +181,7 @@ impl Owner {
             next: self.next as i64,
             last_timestamp: self.next as i64 - 1,
             stream_time: self.next as i64 - 1,
-            done: super::replay::DoneSet::EMPTY,
+            done: super::checkpoint::DoneSet::EMPTY,
         };
         let entries = std::mem::replace(
             &mut self.overlay,

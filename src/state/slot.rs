@@ -5,10 +5,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::overlay::Write;
 use super::PartitionState;
-
-/// A staged write: store index, key, value (`None`: a delete).
-pub(crate) type Write = (usize, Vec<u8>, Option<Vec<u8>>);
 
 /// A partition's state as a context holds it.
 // One slot per context, made once per partition (or record in flight): the owned variant

@@ -9,6 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::bootstrap::{bootstrap, Bootstrapped, Part, Run, SendBlocking};
 use super::source::TableSource;
+use super::stats::GlobalTableCounters;
 use super::store::{sort_out, TableStore};
 use super::{TableError, TableSpec};
 use crate::batch::RecordBatch;
@@ -29,11 +30,7 @@ pub(crate) type DeadLetters = Arc<
 pub(crate) struct GlobalTable {
     pub(crate) spec: TableSpec,
     pub(crate) store: Arc<TableStore>,
-    /// Records read by the bootstrap at start, and applied since.
-    pub(crate) bootstrapped: AtomicU64,
-    pub(crate) applied: AtomicU64,
-    pub(crate) skipped: AtomicU64,
-    pub(crate) partitions: AtomicU64,
+    pub(crate) counters: Arc<GlobalTableCounters>,
 }
 
 /// The global tables of a consumer.
@@ -87,10 +84,14 @@ impl GlobalTables {
             tables.push(GlobalTable {
                 spec: spec.clone(),
                 store: Arc::new(store),
-                bootstrapped: AtomicU64::new(done.records),
-                applied: AtomicU64::new(0),
-                skipped: AtomicU64::new(done.bad),
-                partitions: AtomicU64::new(partitions as u64),
+                counters: Arc::new(GlobalTableCounters {
+                    name: spec.name.clone(),
+                    topic: spec.topic.clone(),
+                    bootstrapped: AtomicU64::new(done.records),
+                    applied: AtomicU64::new(0),
+                    skipped: AtomicU64::new(done.bad),
+                    partitions: AtomicU64::new(partitions as u64),
+                }),
             });
         }
         Ok(Self {
@@ -98,6 +99,11 @@ impl GlobalTables {
             policy: config.error_policy.clone(),
             dead_letters,
         })
+    }
+
+    /// The counters `observe` reports, one per table.
+    pub(crate) fn counters(&self) -> Vec<Arc<GlobalTableCounters>> {
+        self.tables.iter().map(|t| t.counters.clone()).collect()
     }
 
     /// The stores handlers read.
@@ -122,7 +128,10 @@ impl GlobalTables {
             let Some(count) = partitions_of(topic) else {
                 continue;
             };
-            let before = table.partitions.swap(count as u64, Ordering::AcqRel);
+            let before = table
+                .counters
+                .partitions
+                .swap(count as u64, Ordering::AcqRel);
             if count as u64 > before && before > 0 {
                 tracing::info!(table = %table.spec.name, %topic, from = before, to = count,
                     "global table topic has new partitions: reading them");
@@ -156,7 +165,7 @@ impl GlobalTables {
             0..batch.records.len(),
             &self.policy,
         );
-        table.skipped.fetch_add(
+        table.counters.skipped.fetch_add(
             sorted.skipped + sorted.dead_letters.len() as u64,
             Ordering::Relaxed,
         );
@@ -168,6 +177,7 @@ impl GlobalTables {
             .write(0, partition, &sorted.entries, sorted.next, true)
             .map_err(TableError::from)?;
         table
+            .counters
             .applied
             .fetch_add(sorted.entries.len() as u64, Ordering::Relaxed);
         match sorted.failed {

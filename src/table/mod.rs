@@ -68,6 +68,7 @@ mod bootstrap;
 mod feed;
 mod global;
 mod source;
+mod stats;
 mod store;
 
 use std::fmt;
@@ -88,6 +89,7 @@ pub(crate) use global::{DeadLetters, GlobalTables};
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use source::MemoryTableSource;
 pub(crate) use source::{KafkaTableSource, TableSource};
+pub(crate) use stats::GlobalTableCounters;
 pub(crate) use store::TableReads;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use store::TableStore;

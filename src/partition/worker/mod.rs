@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::handler::{Handler, PartitionContext, Record};
 use crate::observe::StatsInner;
 use crate::offset::{OffsetTracker, PartitionProgress};
-use crate::state::replay::SourcePosition;
+use crate::state::checkpoint::SourcePosition;
 use crate::state::{PartitionState, StateEnv};
 use crate::timer::{Owner, TimeKind, Timer};
 
@@ -130,7 +130,7 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     stop: StopSignal,
     tracker: OffsetTracker,
     /// Source records the restored state reflects already (their effect would be doubled).
-    applied: crate::state::replay::SourcePosition,
+    applied: crate::state::checkpoint::SourcePosition,
     since_flush: usize,
     last_flush: Instant,
     /// The flush in flight, with the source offset it makes durable.
@@ -191,7 +191,7 @@ where
             progress,
             stop,
             tracker: OffsetTracker::default(),
-            applied: crate::state::replay::SourcePosition::NONE,
+            applied: crate::state::checkpoint::SourcePosition::NONE,
             since_flush: 0,
             last_flush: Instant::now(),
             in_flight: None,

@@ -27,7 +27,7 @@ fn batch_writes_data_and_checkpoint_together() {
         source_next: 40,
         source_timestamp: 1_700_000_000_000,
         stream_time: 1_700_000_000_000,
-        source_done: crate::state::replay::DoneSet::from_ranges(vec![(42, 45)]),
+        source_done: crate::state::checkpoint::DoneSet::from_ranges(vec![(42, 45)]),
         unsettled: true,
     };
     db.write(StateBatch {

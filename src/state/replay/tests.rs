@@ -1,4 +1,5 @@
 use super::*;
+use crate::state::checkpoint::DoneSet;
 
 const NO_SOURCE: SourcePosition = SourcePosition::NONE;
 
