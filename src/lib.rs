@@ -49,8 +49,8 @@ pub mod window;
 
 pub use codec::{Codec, CodecError};
 pub use config::{
-    AssignmentStrategy, CloseBehavior, ConfigError, ConsumerConfig, ConsumerConfigBuilder,
-    ErrorPolicy, LatePolicy, Membership, MissingTopics, RetryPolicy,
+    AssignmentStrategy, CloseBehavior, Compression, ConfigError, ConsumerConfig,
+    ConsumerConfigBuilder, ErrorPolicy, LatePolicy, Membership, MissingTopics, RetryPolicy,
 };
 pub use consumer::StatefulConsumer;
 pub use error::{Error, Result};

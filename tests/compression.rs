@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{require_broker, Counter, Running};
@@ -47,7 +45,10 @@ async fn records_of_every_compression_codec_are_handled() {
                 let key = format!("{codec}-{}", i % 10);
                 // Repetitive JSON, as compressed topics usually hold; a key stays on one
                 // partition (state is per partition).
-                let value = format!(r#"{{"codec":"{codec}","n":{i},"pad":"{}"}}"#, "x".repeat(64));
+                let value = format!(
+                    r#"{{"codec":"{codec}","n":{i},"pad":"{}"}}"#,
+                    "x".repeat(64)
+                );
                 ((i % 10) % 4, key, value)
             })
             .collect();
@@ -102,107 +103,4 @@ async fn a_topic_deleted_under_the_consumer_ends_run_naming_it() {
         "{err}"
     );
     eprintln!("fetch errors counted: {}", stats.snapshot().fetch_errors);
-}
-
-/// Appends one record batch (one uncompressed record) whose CRC is off by one bit, with a
-/// Produce request (v3) written by hand — no client would produce it.
-fn produce_batch_with_a_wrong_crc(topic: &str, partition: i32, key: &[u8], value: &[u8]) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    // RecordBatch v2, from `attributes` on (what the CRC covers).
-    let mut tail = Vec::new();
-    tail.extend(0i16.to_be_bytes()); // attributes: no compression
-    tail.extend(0i32.to_be_bytes()); // last offset delta
-    tail.extend(now.to_be_bytes()); // base timestamp
-    tail.extend(now.to_be_bytes()); // max timestamp
-    tail.extend((-1i64).to_be_bytes()); // producer id
-    tail.extend((-1i16).to_be_bytes()); // producer epoch
-    tail.extend((-1i32).to_be_bytes()); // base sequence
-    tail.extend(1i32.to_be_bytes()); // record count
-    tail.extend(record(key, value));
-    let mut batch = Vec::new();
-    batch.extend(0i64.to_be_bytes()); // base offset (the broker assigns it)
-    batch.extend((4 + 1 + 4 + tail.len() as i32).to_be_bytes()); // batch length
-    batch.extend(0i32.to_be_bytes()); // partition leader epoch
-    batch.push(2); // magic
-    batch.extend((crc32c(&tail) ^ 1).to_be_bytes());
-    batch.extend(tail);
-
-    let mut body = Vec::new();
-    body.extend((-1i16).to_be_bytes()); // transactional id: null
-    body.extend(1i16.to_be_bytes()); // acks
-    body.extend(10_000i32.to_be_bytes()); // timeout
-    body.extend(1i32.to_be_bytes()); // one topic
-    body.extend((topic.len() as i16).to_be_bytes());
-    body.extend(topic.as_bytes());
-    body.extend(1i32.to_be_bytes()); // one partition
-    body.extend(partition.to_be_bytes());
-    body.extend((batch.len() as i32).to_be_bytes());
-    body.extend(batch);
-    let mut request = Vec::new();
-    request.extend(0i16.to_be_bytes()); // api key: Produce
-    request.extend(3i16.to_be_bytes()); // api version
-    request.extend(7i32.to_be_bytes()); // correlation id
-    request.extend(4i16.to_be_bytes());
-    request.extend(b"test");
-    request.extend(body);
-
-    let mut stream = TcpStream::connect(common::bootstrap()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(&(request.len() as i32).to_be_bytes())
-        .unwrap();
-    stream.write_all(&request).unwrap();
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).unwrap();
-    let mut response = vec![0u8; i32::from_be_bytes(size) as usize];
-    stream.read_exact(&mut response).unwrap();
-    // correlation id, topics (1), name, partitions (1), index, then the error code.
-    let error_at = 4 + 4 + 2 + topic.len() + 4 + 4;
-    let error = i16::from_be_bytes([response[error_at], response[error_at + 1]]);
-    assert_eq!(error, 0, "the broker refused the raw batch (error code {error})");
-}
-
-/// A record of a v2 batch: its fields, each length a zigzag varint.
-fn record(key: &[u8], value: &[u8]) -> Vec<u8> {
-    fn varint(out: &mut Vec<u8>, n: i64) {
-        let mut z = ((n << 1) ^ (n >> 63)) as u64;
-        while z >= 0x80 {
-            out.push((z as u8) | 0x80);
-            z >>= 7;
-        }
-        out.push(z as u8);
-    }
-    let mut body = vec![0u8]; // attributes
-    varint(&mut body, 0); // timestamp delta
-    varint(&mut body, 0); // offset delta
-    varint(&mut body, key.len() as i64);
-    body.extend(key);
-    varint(&mut body, value.len() as i64);
-    body.extend(value);
-    varint(&mut body, 0); // headers
-    let mut out = Vec::new();
-    varint(&mut out, body.len() as i64);
-    out.extend(body);
-    out
-}
-
-/// CRC-32C (Castagnoli), which record batches carry.
-fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }

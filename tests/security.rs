@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::{DurableBroker, Pki};
 use kafka_stateful::codec::{Bincode, Utf8};
 use kafka_stateful::{
-    ConsumerConfig, ConsumerConfigBuilder, Error, Handler, HandlerError, Output,
-    PartitionContext, Record, StatefulConsumer, StoreDef,
+    ConsumerConfig, ConsumerConfigBuilder, Error, Handler, HandlerError, Output, PartitionContext,
+    Record, StatefulConsumer, StoreDef,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -180,16 +180,21 @@ async fn job_runs_over(security: &Security) {
         output: Output::new(&output, Utf8, Utf8),
         handled: Arc::default(),
     };
-    let config = security.consumer(&group, &topic, dir.path()).build().unwrap();
+    let config = security
+        .consumer(&group, &topic, dir.path())
+        .build()
+        .unwrap();
     let consumer = StatefulConsumer::new(config, Utf8, Utf8, handler.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(consumer.run(async move {
         let _ = stop_rx.await;
     }));
     let handled = handler.handled.clone();
-    common::wait_until("every record handled over the secured listener", WAIT, || {
-        handled.load(Ordering::Relaxed) == records.len() as u64 || run.is_finished()
-    })
+    common::wait_until(
+        "every record handled over the secured listener",
+        WAIT,
+        || handled.load(Ordering::Relaxed) == records.len() as u64 || run.is_finished(),
+    )
     .await;
     let _ = stop_tx.send(());
     tokio::time::timeout(WAIT, run)
@@ -265,7 +270,16 @@ async fn a_job_logs_in_with_scram_over_tls_and_a_wrong_password_ends_run_naming_
     // restarts on the same storage with TLS and authentication required.
     let mut broker = DurableBroker::start(nisshi).await;
     let url = format!("tcp://{}", broker.bootstrap());
-    broker.command(&["user", "create", "--broker", &url, "--mechanism", "scram256", USER, PASSWORD]);
+    broker.command(&[
+        "user",
+        "create",
+        "--broker",
+        &url,
+        "--mechanism",
+        "scram256",
+        USER,
+        PASSWORD,
+    ]);
     broker.kill().await;
     broker.args = pki.broker_args("server.pem");
     broker.args.push("--authentication".into());

@@ -80,6 +80,7 @@ impl ConsumerConfig {
                 flush_max_records: 1_000_000,
                 flush_interval: Duration::from_secs(5),
                 changelog_replication: -1,
+                compression: Default::default(),
                 standby: None,
                 consumer_overrides: Vec::new(),
                 client_overrides: Vec::new(),

@@ -53,9 +53,13 @@ const OWNED_KEYS: &[(&str, &str)] = &[
 
 fn is_secret(key: &str) -> bool {
     key.contains("password")
+        || key.contains("passphrase")
         || key.contains("secret")
         || key.contains("jaas")
         || key.contains("key.pem")
+        || key == "ssl_key"
+        // Its `key=value` pairs may carry a client secret or a token.
+        || key == "sasl.oauthbearer.config"
 }
 
 impl ConsumerConfig {
@@ -69,8 +73,23 @@ impl ConsumerConfig {
         self.instance_id.as_deref()
     }
 
+    /// A client property as the user set it for every client (or else for the group
+    /// consumer); the last setting wins, as in librdkafka.
+    pub(crate) fn client_property(&self, key: &str) -> Option<&str> {
+        self.client_overrides
+            .iter()
+            .rev()
+            .chain(self.consumer_overrides.iter().rev())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     fn base_client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
+        // librdkafka's warnings too (rdkafka derives the level from the `log` crate, which
+        // this crate does not use, and would pass errors only): a failed TLS handshake or
+        // login is explained in a warning-level `FAIL` line.
+        c.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
         c.set("bootstrap.servers", &self.bootstrap_servers);
         for (k, v) in &self.client_overrides {
             c.set(k, v);
@@ -144,6 +163,7 @@ impl ConsumerConfig {
         let mut c = self.base_client();
         c.set("acks", "all")
             .set("enable.idempotence", "true")
+            .set("compression.type", self.compression.as_rdkafka())
             .set("linger.ms", "5")
             // A flush enqueues all its records at once; librdkafka's default local queue
             // (100 000 messages) would make large flushes wait on it.

@@ -8,10 +8,12 @@ use crate::state::StoreSpec;
 
 mod builder;
 mod clients;
+mod compression;
 #[cfg(test)]
 mod tests;
 
 pub use builder::ConsumerConfigBuilder;
+pub use compression::Compression;
 
 /// The configuration was rejected by [`ConsumerConfigBuilder::build`].
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +248,8 @@ pub struct ConsumerConfig {
     pub(crate) flush_max_records: usize,
     pub(crate) flush_interval: Duration,
     pub(crate) changelog_replication: i32,
+    /// How the records this consumer produces are compressed.
+    pub(crate) compression: Compression,
     pub(crate) standby: Option<crate::standby::StandbyReplicas>,
     consumer_overrides: Vec<(String, String)>,
     client_overrides: Vec<(String, String)>,

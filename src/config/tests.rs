@@ -127,13 +127,42 @@ fn a_revoke_must_fit_in_max_poll_interval() {
 
 #[test]
 fn debug_redacts_secrets() {
-    let c = builder()
-        .set_all_clients("sasl.password", "hunter2")
+    // Every librdkafka property that holds a secret (TLS, SASL, OAUTHBEARER).
+    let secrets = [
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.keystore.password",
+        "ssl.key.pem",
+        "ssl_key",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",
+        "sasl.oauthbearer.assertion.private.key.passphrase",
+        "sasl.oauthbearer.assertion.private.key.pem",
+    ];
+    let mut b = builder();
+    for (i, key) in secrets.iter().enumerate() {
+        b = match i % 2 {
+            0 => b.set_all_clients(*key, format!("hunter{i}")),
+            _ => b.set(*key, format!("hunter{i}")),
+        };
+    }
+    let printed = format!("{:?}", b.build().unwrap());
+    assert!(!printed.contains("hunter"), "{printed}");
+    for key in secrets {
+        assert!(printed.contains(key), "{key} is named: {printed}");
+    }
+}
+
+#[test]
+fn produced_records_are_compressed_as_set() {
+    let lz4 = builder().build().unwrap().producer();
+    assert_eq!(lz4.get("compression.type"), Some("lz4"));
+    let zstd = builder()
+        .compression(crate::config::Compression::Zstd)
         .build()
-        .unwrap();
-    let printed = format!("{c:?}");
-    assert!(!printed.contains("hunter2"), "{printed}");
-    assert!(printed.contains("sasl.password"));
+        .unwrap()
+        .producer();
+    assert_eq!(zstd.get("compression.type"), Some("zstd"));
 }
 
 #[test]

@@ -3,16 +3,23 @@
 //! otherwise be retried by every client forever, and the first lookup would time out
 //! saying nothing about why.
 //!
-//! librdkafka says why only in its log (facility `FAIL`); the error a request returns is
-//! a timeout. So the probe's client keeps the last such line, and a lookup that fails after
-//! one names it.
+//! librdkafka says why only in the text of its error events and log lines (facility
+//! `FAIL`); the error a request returns is a timeout. So the probe's client — a producer-type
+//! client, whose `poll` hands error events with their text to the context — keeps the last
+//! such failure, and the probe ends with it.
 
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use openssl::ssl::{HandshakeError, SslConnector, SslMethod};
+use openssl::x509::X509VerifyResult;
+
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::ConsumerConfig;
 use crate::error::Error;
@@ -26,17 +33,58 @@ const ATTEMPT: Duration = Duration::from_secs(1);
 /// when a TLS handshake or an authentication failed; other failures (a broker not up yet)
 /// are left to the lookups that follow, which report them as they do today.
 pub(crate) fn check_connection(config: &ConsumerConfig) -> Result<(), Error> {
-    let client: BaseConsumer<FailureLog> =
-        config.admin().create_with_context(FailureLog::default())?;
+    let mut settings = config.admin();
+    settings.set_log_level(RDKafkaLogLevel::Warning);
+    let client: BaseProducer<FailureLog> = settings.create_with_context(FailureLog::default())?;
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
-        let reached = client.fetch_metadata(None, ATTEMPT).is_ok();
+        let reached = client.client().fetch_metadata(None, ATTEMPT).is_ok();
+        // Error events reach the context's `error` only while the client is polled.
+        client.poll(Duration::ZERO);
         if let Some(error) = client.context().refused() {
-            return Err(error);
+            return Err(explained(config, error));
         }
         if reached || Instant::now() >= deadline {
             return Ok(());
         }
+    }
+}
+
+/// librdkafka says only "certificate verify failed": the same handshake made here, with the
+/// same CA file, tells why (expired, not yet valid, unknown issuer, wrong host…).
+fn explained(config: &ConsumerConfig, error: Error) -> Error {
+    match error {
+        Error::Connection { code, reason } if reason.contains("certificate verify failed") => {
+            let reason = match verify_failure(config) {
+                Some(why) => format!("{reason} [the broker's certificate: {why}]"),
+                None => reason,
+            };
+            Error::Connection { code, reason }
+        }
+        other => other,
+    }
+}
+
+/// Why the first bootstrap server's certificate fails verification, if it does.
+fn verify_failure(config: &ConsumerConfig) -> Option<String> {
+    let server = config.bootstrap_servers.split(',').next()?.trim();
+    let server = server.rsplit("://").next()?;
+    let (host, _) = server.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let address = server.to_socket_addrs().ok()?.next()?;
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).ok()?;
+    match config.client_property("ssl.ca.location") {
+        Some(ca) => builder.set_ca_file(ca).ok()?,
+        None => builder.set_default_verify_paths().ok()?,
+    }
+    let stream = TcpStream::connect_timeout(&address, ATTEMPT).ok()?;
+    stream.set_read_timeout(Some(ATTEMPT)).ok()?;
+    match builder.build().connect(host, stream) {
+        Err(HandshakeError::Failure(handshake)) => {
+            let result = handshake.ssl().verify_result();
+            (result != X509VerifyResult::OK).then(|| result.error_string().to_string())
+        }
+        _ => None,
     }
 }
 
@@ -49,7 +97,11 @@ struct FailureLog {
 impl FailureLog {
     /// The failure, when it is one a retry cannot heal.
     fn refused(&self) -> Option<Error> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
         refusal(&last)
     }
 }
@@ -77,16 +129,34 @@ pub(crate) fn refusal(line: &str) -> Option<Error> {
     })
 }
 
-impl ClientContext for FailureLog {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        if fac == "FAIL" && is_problem(level) {
-            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(log_message.to_string());
-        }
-        tracing::debug!(target: "librdkafka", fac, "{log_message}");
+impl FailureLog {
+    fn keep(&self, failure: &str) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure.to_string());
     }
 }
 
-impl ConsumerContext for FailureLog {}
+impl ClientContext for FailureLog {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "FAIL" && is_problem(level) {
+            self.keep(log_message);
+        }
+        tracing::debug!(target: "librdkafka", fac, "{log_message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication) => {
+                self.keep(&format!("{error}: {reason}"))
+            }
+            _ => tracing::debug!(target: "librdkafka", %error, "{reason}"),
+        }
+    }
+}
+
+impl ProducerContext for FailureLog {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
 
 #[cfg(test)]
 mod tests {

@@ -56,9 +56,9 @@ pub(crate) fn classify_fetch_error<C: ConsumerContext>(
         reason: format!("{error}: {reason}"),
     };
     match code {
-        RDKafkaErrorCode::NotImplemented | RDKafkaErrorCode::UnsupportedCompressionType => {
-            Err(unreadable("the batch's compression codec is not supported by this build"))
-        }
+        RDKafkaErrorCode::NotImplemented | RDKafkaErrorCode::UnsupportedCompressionType => Err(
+            unreadable("the batch's compression codec is not supported by this build"),
+        ),
         RDKafkaErrorCode::BadMessage
         | RDKafkaErrorCode::BadCompression
         | RDKafkaErrorCode::InvalidMessage
@@ -213,8 +213,9 @@ mod tests {
             RDKafkaErrorCode::BadMessage,
             RDKafkaErrorCode::InvalidRecord,
         ] {
-            let err = classify_fetch_error(&consumer, &config, fetch_error(code), (&stats, &mut seen))
-                .unwrap_err();
+            let err =
+                classify_fetch_error(&consumer, &config, fetch_error(code), (&stats, &mut seen))
+                    .unwrap_err();
             assert!(
                 matches!(&err, Error::Fetch { topic, partition: 3, offset: -1, .. } if topic == "page-views"),
                 "{err}"

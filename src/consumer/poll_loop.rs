@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 use super::commit;
 use super::context::{complete_unassign, LoopContext, RevokePhase};
 use super::errors::{classify_fetch_error, classify_poll_error, FetchErrorsSeen};
-use crate::partition::source::FetchError;
 use crate::codec::Codec;
 use crate::config::{CloseBehavior, ConsumerConfig};
 use crate::error::Error;
 use crate::handler::Handler;
+use crate::partition::source::FetchError;
 use crate::partition::supervisor::StopMode;
 
 /// Upper bound of one blocking poll: how quickly shutdown, worker failures and commits are
@@ -156,12 +156,10 @@ where
                     );
                 }
                 Some(Err(error)) => {
-                    return self
-                        .check_fatal()
-                        .and_then(|()| {
-                            let failure = self.ctx().last_failure();
-                            classify_poll_error(&self.consumer, &self.config, error, failure)
-                        });
+                    return self.check_fatal().and_then(|()| {
+                        let failure = self.ctx().last_failure();
+                        classify_poll_error(&self.consumer, &self.config, error, failure)
+                    });
                 }
             }
             timeout = Duration::ZERO;

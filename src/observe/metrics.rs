@@ -142,8 +142,11 @@ fn publish_partition(topic: &str, partition: i32, p: &PartitionProgress, rate: f
 /// One more error librdkafka reported while fetching a partition.
 pub(crate) fn fetch_error(topic: &str, partition: i32, code: &str) {
     let [topic, partition] = labels(topic, partition);
-    counter!("kafka_stateful_fetch_errors_total", &[topic, partition, ("code", code.to_string())])
-        .increment(1);
+    counter!(
+        "kafka_stateful_fetch_errors_total",
+        &[topic, partition, ("code", code.to_string())]
+    )
+    .increment(1);
 }
 
 pub(crate) fn standby_lag(topic: &str, partition: i32, lag: u64) {

@@ -98,6 +98,14 @@ impl ConsumerConfigBuilder {
         self
     }
 
+    /// How the records this consumer produces — changelog records and markers, dead letters,
+    /// output records — are compressed (default [`Compression::Lz4`]: little CPU, changelogs
+    /// several times smaller to store and to restore). What it reads may use any codec.
+    pub fn compression(mut self, compression: crate::config::Compression) -> Self {
+        self.config.compression = compression;
+        self
+    }
+
     /// Keep warm standby replicas of partitions this member does not own, so that a member
     /// lost for good is replaced without a full restore (see the README's "Standby
     /// replicas"). Needs stores and static membership.
