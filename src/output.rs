@@ -2,17 +2,26 @@
 //!
 //! An [`Output`] names a topic and the codecs of its keys and values. A handler sends with
 //! [`PartitionContext::send`](crate::PartitionContext::send); the records are staged with
-//! the record being handled, like its state writes, and produced when its handler returns
-//! `Ok`. The record counts as processed — its state writes are kept and its offset may be
-//! committed — only once every one of its output records is acknowledged (`acks=all`,
-//! idempotent producer, so order per output partition follows the order of sends). A send
-//! that fails is an error of the record: the [`ErrorPolicy`](crate::ErrorPolicy) decides,
-//! and its state writes are discarded. Output is therefore never lost, and at-least-once: a
-//! crash or a lost partition after the acknowledgement and before the commit hands the
-//! record to a handler again, which sends again.
+//! the record being handled, like its state writes, and handed to the producer when its
+//! handler returns `Ok` — handling goes on at once, without waiting for the broker. The
+//! record counts as processed — its offset may be committed — only once its state writes
+//! and every one of its output records are durable: the flush that makes the record's
+//! offset durable first waits for the acknowledgements of the output records sent before
+//! it (`acks=all`, idempotent producer, so order per output partition follows the order of
+//! sends). Output is therefore never lost, and at-least-once: a crash or a lost partition
+//! after the acknowledgement and before the commit hands the record to a handler again,
+//! which sends again.
 //!
-//! Cost: one acknowledgement round trip per record that sends (a few milliseconds with
-//! `linger.ms=5`); jobs that send on every record should expect that rate.
+//! A send the producer refuses at once (a record too large, an unknown partition) is an
+//! error of the record: the [`ErrorPolicy`](crate::ErrorPolicy) decides, and its state writes
+//! are discarded. An acknowledgement that never comes (the producer gave up after
+//! `delivery.timeout.ms`, the topic was deleted, access was refused) ends `run()` with
+//! [`Error::Output`](crate::Error::Output) naming the first record whose output was lost:
+//! nothing from it on is committed. What waits in the producer is bounded by its queue
+//! (half a share of the memory budget).
+//!
+//! Cost: one acknowledgement wait per flush (every `flush_interval`, and before each
+//! commit), not per record.
 
 use std::fmt;
 use std::sync::Arc;

@@ -181,8 +181,11 @@ async fn main() -> anyhow::Result<()> {
     let exit_when_idle = args.exit_when_idle;
     // From the first assignment until every partition has its table and is processing.
     let ready_after = Arc::new(OnceLock::<Duration>::new());
+    // When the first orders were seen handled and when the count last grew (sampled).
+    let handling = Arc::new(Mutex::new(None::<(Instant, u64, Instant, u64)>));
     let shutdown = {
         let (last, ready_after, without) = (last.clone(), ready_after.clone(), without.clone());
+        let (handling, counted) = (handling.clone(), handled.clone());
         async move {
             let mut ticks = 0u64;
             loop {
@@ -192,6 +195,14 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let s = stats.snapshot();
                 ticks += 1;
+                let n = counted.load(Ordering::Relaxed);
+                let mut h = handling.lock().unwrap_or_else(|p| p.into_inner());
+                match h.as_mut() {
+                    None if n > 0 => *h = Some((Instant::now(), n, Instant::now(), n)),
+                    Some((_, _, grew, seen)) if n > *seen => (*grew, *seen) = (Instant::now(), n),
+                    _ => {}
+                }
+                drop(h);
                 if let Some(at) = assigned.0.get() {
                     if !s.partitions.is_empty() && s.partitions.values().all(|p| p.ready) {
                         let _ = ready_after.set(at.elapsed());
@@ -226,6 +237,16 @@ async fn main() -> anyhow::Result<()> {
     match ready {
         Some(s) => println!("  ready after the assignment:   {s:.2} s"),
         None => println!("  ready after the assignment:   -"),
+    }
+    // From the sample that first saw orders handled to the one that saw the last (50 ms
+    // apart): a lower bound on the rate for short runs.
+    if let Some((first, at_first, grew, seen)) = *handling.lock().unwrap_or_else(|p| p.into_inner())
+    {
+        if seen > at_first {
+            let span = (grew - first).as_secs_f64();
+            let rate = (seen - at_first) as f64 / span;
+            println!("  handled at:                   {rate:.0} orders/s");
+        }
     }
     println!(
         "  state on disk:                {state:.1} MB in {}",

@@ -176,15 +176,7 @@ impl ChangelogWriter {
         &self,
         records: Vec<OutRecord>,
     ) -> Result<Vec<i64>, ChangelogError> {
-        let refs = records.iter().map(|r| OutRef {
-            topic: &r.topic,
-            partition: r.partition,
-            key: r.key.as_deref(),
-            value: r.value.as_deref(),
-            headers: (!r.headers.is_empty())
-                .then(|| headers_of(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))),
-        });
-        self.send(refs).await
+        self.send(refs_of(&records)).await
     }
 
     /// Produces `records` and waits until every one is acknowledged; returns their offsets
@@ -197,6 +189,19 @@ impl ChangelogWriter {
         &self,
         records: impl IntoIterator<Item = OutRef<'a>>,
     ) -> Result<Vec<i64>, ChangelogError> {
+        self.enqueue(records).await?.wait().await
+    }
+
+    /// Hands `records` to the producer (in order; waiting only while its local queue is
+    /// full) without waiting for their acknowledgements, which [`Pending::wait`] gives.
+    ///
+    /// # Errors
+    /// A record the producer refused at once (too large, unknown partition…); those before
+    /// it are in flight and their acknowledgements go nowhere.
+    pub(crate) async fn enqueue<'a>(
+        &self,
+        records: impl IntoIterator<Item = OutRef<'a>>,
+    ) -> Result<Pending, ChangelogError> {
         let mut records: Vec<OutRef<'a>> = records.into_iter().collect();
         let acks = Arc::new(Acks::default());
         {
@@ -247,11 +252,40 @@ impl ChangelogWriter {
                         base = returned;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    // Records sent before stay in flight; their acks go nowhere.
                     Err((source, _)) => return Err(produce_err(source)),
                 }
             }
         }
+        Ok(Pending { acks })
+    }
+}
+
+/// Records handed to the producer whose acknowledgements may still be on their way.
+#[must_use = "records are durable only once their acknowledgements arrived"]
+pub(crate) struct Pending {
+    acks: Arc<Acks>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    /// Already acknowledged (a sink without a producer behind it).
+    pub(crate) fn acknowledged() -> Self {
+        Self {
+            acks: Arc::default(),
+        }
+    }
+
+    /// Waits until every record is acknowledged; their offsets in input order.
+    ///
+    /// # Errors
+    /// The first record that was not acknowledged.
+    pub(crate) async fn wait(self) -> Result<Vec<i64>, ChangelogError> {
+        let acks = self.acks;
         loop {
             let notified = acks.done.notified();
             {
@@ -282,9 +316,44 @@ pub(crate) trait RecordSink: Send + Sync + 'static {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Vec<i64>, ChangelogError>> + Send + '_>,
     >;
+
+    /// Produces `records` without waiting for their acknowledgements (a sink that has
+    /// nothing to wait for sends them at once).
+    fn enqueue_records(
+        &self,
+        records: Vec<OutRecord>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Pending, ChangelogError>> + Send + '_>,
+    > {
+        Box::pin(async move {
+            self.send_records(records).await?;
+            Ok(Pending::acknowledged())
+        })
+    }
+}
+
+/// Borrowed views of owned records, for [`ChangelogWriter::send`].
+fn refs_of(records: &[OutRecord]) -> impl Iterator<Item = OutRef<'_>> {
+    records.iter().map(|r| OutRef {
+        topic: &r.topic,
+        partition: r.partition,
+        key: r.key.as_deref(),
+        value: r.value.as_deref(),
+        headers: (!r.headers.is_empty())
+            .then(|| headers_of(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))),
+    })
 }
 
 impl RecordSink for ChangelogWriter {
+    fn enqueue_records(
+        &self,
+        records: Vec<OutRecord>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Pending, ChangelogError>> + Send + '_>,
+    > {
+        Box::pin(async move { self.enqueue(refs_of(&records)).await })
+    }
+
     fn send_records(
         &self,
         records: Vec<OutRecord>,

@@ -167,7 +167,14 @@ impl ConsumerConfig {
             .set("linger.ms", "5")
             // A flush enqueues all its records at once; librdkafka's default local queue
             // (100 000 messages) would make large flushes wait on it.
-            .set("queue.buffering.max.messages", "1000000");
+            .set("queue.buffering.max.messages", "1000000")
+            // Output records are produced while handling goes on: what waits in the
+            // producer is bounded in bytes (half a share of the memory budget; librdkafka's
+            // default is 1 GiB), and a full queue makes the next send wait.
+            .set(
+                "queue.buffering.max.kbytes",
+                (self.budget_share() / 2 / 1024).max(4096).to_string(),
+            );
         c
     }
 

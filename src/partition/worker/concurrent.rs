@@ -46,7 +46,8 @@ pub(super) struct Finished {
 
 /// How a record in flight ended.
 enum Ended {
-    Handled,
+    /// Handled; its output records' acknowledgements, if it sent any.
+    Handled(Option<crate::changelog::Pending>),
     /// Failed, and skipped or dead-lettered as the error policy says.
     Skipped,
     DeadLettered,
@@ -240,7 +241,10 @@ where
         c.tally.held_bytes -= pending.batch.record_bytes(raw);
         let stream_time = record_ctx.stream_time();
         let finish = match ended {
-            Ended::Handled => {
+            Ended::Handled(sent) => {
+                if let Some(sent) = sent {
+                    self.outputs.push(raw.offset, sent);
+                }
                 record_ctx.commit_staged();
                 ctx.set_stream_time(ctx.stream_time().max(stream_time));
                 c.tally.handled += 1;
@@ -295,7 +299,7 @@ where
     let batch = pending.batch.clone();
     let raw = pending.raw();
     let ended = match attempt(&shared, &stop, (&batch, raw), &mut ctx, None).await {
-        Attempted::Handled => Ended::Handled,
+        Attempted::Handled(sent) => Ended::Handled(sent),
         Attempted::Cancelled => Ended::Cancelled,
         Attempted::Failed(failure) => {
             let (topic, partition, offset) = (ctx.topic().to_string(), ctx.partition(), raw.offset);

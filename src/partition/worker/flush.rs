@@ -2,6 +2,10 @@
 //! its own task while processing goes on, and completing it (publishing durable offsets).
 
 use super::*;
+use crate::partition::outputs::Sent;
+use crate::state::FlushDone;
+
+use crate::state::FlushJob as StateFlush;
 
 impl<KC, VC, H> Worker<KC, VC, H>
 where
@@ -39,28 +43,59 @@ where
         let Some(position) = self.committable() else {
             return Ok(());
         };
-        match ctx
+        let job = ctx
             .with_state(|state| state.start_flush(position.clone()))
-            .flatten()
-        {
-            Some(job) => {
-                self.flush_started = Instant::now();
-                // Its own task: it makes progress (acknowledgements, the RocksDB write) while
-                // this worker is busy with a batch, not only between batches.
-                let task = AbortOnDropHandle::new(tokio::spawn(job));
-                self.in_flight = Some((task, position.next));
-            }
-            None => self.progress.set_durable(position.next),
+            .flatten();
+        let outputs = self.outputs.take();
+        if job.is_none() && outputs.is_empty() {
+            self.progress.set_durable(position.next);
+            return Ok(());
         }
+        self.flush_started = Instant::now();
+        // Its own task: it makes progress (acknowledgements, the RocksDB write) while this
+        // worker is busy with a batch, not only between batches.
+        let flush = self.flush_job(outputs, job);
+        self.in_flight = Some((AbortOnDropHandle::new(tokio::spawn(flush)), position.next));
         Ok(())
+    }
+
+    /// Waits for the output records' acknowledgements, then flushes the state: a flush
+    /// makes a record durable only with its outputs, and writes nothing if one was lost.
+    fn flush_job(
+        &self,
+        outputs: Sent,
+        job: Option<StateFlush>,
+    ) -> impl std::future::Future<Output = Result<Option<FlushDone>, Error>> + Send + 'static {
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        async move {
+            outputs
+                .acknowledged()
+                .await
+                .map_err(|(offset, error)| Error::Output {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    key: None,
+                    source: Box::new(error),
+                })?;
+            match job {
+                Some(job) => Ok(Some(job.await?)),
+                None => Ok(None),
+            }
+        }
     }
 
     pub(super) fn complete_flush(
         &mut self,
-        done: crate::state::FlushDone,
+        done: Option<FlushDone>,
         next: i64,
         ctx: &mut PartitionContext,
     ) -> Result<(), Error> {
+        let Some(done) = done else {
+            // Only output records were waited for.
+            self.progress.set_durable(next);
+            return Ok(());
+        };
         let elapsed = self.flush_started.elapsed();
         self.progress
             .last_flush_us
@@ -156,11 +191,11 @@ where
         };
         // The state is locked only to start and to finish the flush (records in flight
         // share it under key-level concurrency), never while waiting for it.
-        if let Some(job) = ctx
+        let job = ctx
             .with_state(|state| state.start_flush(position.clone()))
-            .flatten()
-        {
-            let done = job.await?;
+            .flatten();
+        let outputs = self.outputs.take();
+        if let Some(done) = self.flush_job(outputs, job).await? {
             ctx.with_state(|state| state.finish_flush(done))
                 .transpose()?;
         }
@@ -169,30 +204,32 @@ where
     }
 }
 
-/// A flush running as its own task; aborted if the worker goes away first.
-pub(super) type InFlight = AbortOnDropHandle<Result<crate::state::FlushDone, crate::StateError>>;
+/// A flush running as its own task (outputs' acknowledgements, then the state's flush, if
+/// the partition has state); aborted if the worker goes away first.
+pub(super) type InFlight = AbortOnDropHandle<Result<Option<FlushDone>, Error>>;
 
 /// Resolves when the flush in flight finished; never while there is none.
 pub(super) async fn finished(
     in_flight: &mut Option<(InFlight, i64)>,
-) -> Result<crate::state::FlushDone, crate::StateError> {
+) -> Result<Option<FlushDone>, Error> {
     match in_flight {
         Some((task, _)) => flatten(task.await),
         None => std::future::pending().await,
     }
 }
 
-pub(super) async fn settle(task: InFlight) -> Result<crate::state::FlushDone, crate::StateError> {
+pub(super) async fn settle(task: InFlight) -> Result<Option<FlushDone>, Error> {
     flatten(task.await)
 }
 
 pub(super) fn flatten(
-    joined: Result<Result<crate::state::FlushDone, crate::StateError>, tokio::task::JoinError>,
-) -> Result<crate::state::FlushDone, crate::StateError> {
+    joined: Result<Result<Option<FlushDone>, Error>, tokio::task::JoinError>,
+) -> Result<Option<FlushDone>, Error> {
     joined.unwrap_or_else(|e| {
         Err(crate::StateError::CorruptMetadata {
             path: std::path::PathBuf::new(),
             reason: format!("flush task ended abnormally: {e}"),
-        })
+        }
+        .into())
     })
 }

@@ -18,7 +18,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::policy::{dead_letter, panic_message, Failure};
 use super::source::Source;
 use crate::batch::{RawRecord, RecordBatch};
-use crate::changelog::RecordSink;
+use crate::changelog::{Pending, RecordSink};
 use crate::codec::{Codec, CodecError};
 use crate::config::{ConsumerConfig, ErrorPolicy};
 use crate::error::Error;
@@ -135,6 +135,8 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     last_flush: Instant,
     /// The flush in flight, with the source offset it makes durable.
     in_flight: Option<(InFlight, i64)>,
+    /// Output records sent since the last flush started (acknowledged by the next one).
+    outputs: super::outputs::OutputsInFlight,
     /// When the flush in flight started.
     flush_started: Instant,
     /// Records seen, for sampling the handler-duration histogram.
@@ -151,7 +153,7 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
 
 /// What woke the worker.
 enum Event {
-    Flushed(Result<crate::state::FlushDone, crate::StateError>),
+    Flushed(Result<Option<crate::state::FlushDone>, Error>),
     Batch(Option<RecordBatch>),
     /// A record in flight (key-level concurrency) ended.
     Finished(Box<concurrent::Finished>),
@@ -195,6 +197,7 @@ where
             since_flush: 0,
             last_flush: Instant::now(),
             in_flight: None,
+            outputs: Default::default(),
             flush_started: Instant::now(),
             sampled: 0,
             handler_duration: crate::observe::metrics::handler_histogram(&topic_label, partition),

@@ -84,7 +84,10 @@ where
             .then_some(&self.handler_duration);
         let attempted = attempt(&self.shared, &self.stop, (batch, raw), ctx, timed).await;
         match attempted {
-            Attempted::Handled => {
+            Attempted::Handled(sent) => {
+                if let Some(sent) = sent {
+                    self.outputs.push(raw.offset, sent);
+                }
                 ctx.commit_staged();
                 if ctx.take_late() {
                     self.late(batch, raw).await?;
@@ -167,9 +170,10 @@ where
 
 /// How a record's attempts ended.
 pub(super) enum Attempted {
-    /// The handler succeeded and its output records were acknowledged; its state writes
-    /// are still staged in its context (the caller keeps them).
-    Handled,
+    /// The handler succeeded and its output records were handed to the producer (their
+    /// acknowledgements are in `Sent`, for the flush to wait for); its state writes are
+    /// still staged in its context (the caller keeps them).
+    Handled(Option<Pending>),
     /// The worker is stopping: the record stays uncommitted (its writes are dropped).
     Cancelled,
     /// It failed (decode, handler, panic, output) after the retries the policy allows; its
@@ -228,9 +232,10 @@ where
             return Attempted::Cancelled;
         };
         let error = match result {
-            // Its output first: the record counts only once that is acknowledged.
-            Ok(Ok(())) => match send_outbox(shared, ctx).await {
-                Ok(()) => return Attempted::Handled,
+            // Its output is produced now and acknowledged by the flush that makes the
+            // record durable; one the producer refuses at once is the record's error.
+            Ok(Ok(())) => match enqueue_outbox(shared, ctx).await {
+                Ok(sent) => return Attempted::Handled(sent),
                 Err(error) => {
                     ctx.discard_staged();
                     return Attempted::Failed(Failure::Output(error));
@@ -356,8 +361,24 @@ pub(super) async fn send_dead_letter<KC, VC, H>(
     Ok(())
 }
 
+/// Hands the output records the current record staged to the producer; their
+/// acknowledgements are waited for by the next flush (see `partition::outputs`).
+pub(super) async fn enqueue_outbox<KC, VC, H>(
+    shared: &Shared<KC, VC, H>,
+    ctx: &mut PartitionContext,
+) -> Result<Option<Pending>, crate::changelog::ChangelogError> {
+    let outbox = ctx.take_outbox();
+    if outbox.is_empty() {
+        return Ok(None);
+    }
+    let Some(producer) = &shared.producer else {
+        unreachable!("every consumer has a producer");
+    };
+    producer.enqueue_records(outbox).await.map(Some)
+}
+
 /// Produces the output records the current record staged and waits for their
-/// acknowledgements.
+/// acknowledgements (lifecycle hooks and timers, which have no record to commit after).
 pub(super) async fn send_outbox<KC, VC, H>(
     shared: &Shared<KC, VC, H>,
     ctx: &mut PartitionContext,

@@ -1,0 +1,59 @@
+//! Output records in flight. A record's output records are handed to the producer when its
+//! handler returns, and handling goes on at once; their acknowledgements are waited for by
+//! the flush that makes the record's offset durable (before its changelog records, so a
+//! flush that finds an output lost writes nothing). A record's offset is therefore
+//! committable only once its state writes and its output records are both durable — one
+//! watermark for both — and a partition pays one acknowledgement wait per flush, not one
+//! broker round trip per record.
+//!
+//! An acknowledgement that never comes (the producer gave up: topic deleted, not
+//! authorized, `delivery.timeout.ms` passed) ends the partition with `Error::Output`
+//! naming the first record whose outputs were lost: nothing from it on is committed, and
+//! the next owner handles it again. Skipping it instead is not possible: its state writes
+//! and the records after it were applied already.
+//!
+//! Memory: what waits in the producer is bounded by its local queue
+//! (`queue.buffering.max.kbytes`, from the memory budget); a full queue makes the next
+//! send wait.
+
+use crate::changelog::{ChangelogError, Pending};
+
+/// Output records sent since the last flush started, with the source offset of the record
+/// that sent them.
+#[derive(Debug, Default)]
+pub(crate) struct OutputsInFlight {
+    sent: Vec<(i64, Pending)>,
+}
+
+impl OutputsInFlight {
+    /// The record at `offset` sent output records.
+    pub(crate) fn push(&mut self, offset: i64, pending: Pending) {
+        self.sent.push((offset, pending));
+    }
+
+    /// Everything sent so far, for a flush to wait for.
+    pub(crate) fn take(&mut self) -> Sent {
+        Sent(std::mem::take(&mut self.sent))
+    }
+}
+
+/// Output records a flush waits for.
+#[derive(Debug, Default)]
+pub(crate) struct Sent(Vec<(i64, Pending)>);
+
+impl Sent {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Waits for every acknowledgement, in send order.
+    ///
+    /// # Errors
+    /// The source offset of the first record whose output was not acknowledged, and why.
+    pub(crate) async fn acknowledged(self) -> Result<(), (i64, ChangelogError)> {
+        for (offset, pending) in self.0 {
+            pending.wait().await.map_err(|error| (offset, error))?;
+        }
+        Ok(())
+    }
+}
