@@ -105,3 +105,60 @@ async fn a_failed_records_output_is_never_sent_nor_its_offset_committed() {
     }
     assert_eq!(last, common::expected_counts(&records));
 }
+
+/// Outputs are produced while handling goes on, so an output can be lost after its record's
+/// handler returned (here: the output topic does not exist and the producer gives up on it).
+/// The flush that would make the record durable finds that first: `run()` ends with
+/// `Error::Output` naming the record, and nothing — no offset, no changelog record — is
+/// committed past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_output_lost_after_its_handler_returned_ends_run_and_nothing_is_committed_past_it() {
+    require_broker!();
+    common::init_tracing();
+    let (topic, missing, group, dir) = (
+        common::unique("out-src"),
+        common::unique("never-created"),
+        common::unique("g"),
+        tempfile::tempdir().unwrap(),
+    );
+    common::create_topic(&topic, 1).await;
+    let records = common::records(1, 4, 20);
+    common::produce(&topic, &records).await;
+    let handler = CountAndEmit {
+        store: StoreDef::new("counts", Utf8, Bincode::new()),
+        output: Output::new(&missing, Utf8, Json::new()),
+        fail_at: None,
+    };
+    let config = ConsumerConfig::builder(common::bootstrap(), &group, [&topic])
+        .instance_id("out-lost-0")
+        .commit_interval(Duration::from_millis(200))
+        .state_dir(dir.path())
+        .store(&handler.store)
+        // The producer may not create the topic, and gives up on it soon.
+        .set_all_clients("allow.auto.create.topics", "false")
+        .set_all_clients("topic.metadata.propagation.max.ms", "1000")
+        .build()
+        .unwrap();
+    let running = Running::start(StatefulConsumer::new(config, Utf8, Utf8, handler));
+    let err = tokio::time::timeout(WAIT, running.join)
+        .await
+        .expect("run() ends when an output is lost")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Output { offset: 0, .. }),
+        "the first record's output was lost: {err}"
+    );
+    assert!(err.to_string().contains(&missing), "{err}");
+    assert!(
+        common::committed(&group, &topic, 1)[0] <= 0,
+        "nothing committed past the record whose output was lost"
+    );
+    let changelog = format!("{group}-counts-changelog");
+    let flushed = common::read_all(&changelog, 1)
+        .iter()
+        // Marker keys (epoch, flush) start with a NUL byte; data keys are the store's.
+        .filter(|(key, _, _)| key.as_ref().is_some_and(|k| k.first() != Some(&0)))
+        .count();
+    assert_eq!(flushed, 0, "no state flushed past it");
+}
