@@ -177,6 +177,13 @@ pub struct CountSum {
     pub delay: Option<Duration>,
     pub delay_every: i64,
     pub probe: Option<Arc<Probe>>,
+    /// Sends `"<partition>:<offset>"` of every record to this output (see [`echo_topic`]).
+    pub echo: Option<kafka_stateful::Output<String, String>>,
+}
+
+/// The output topic a [`CountSum`] with `echo` sends to for the workload on `topic`.
+pub fn echo_topic(topic: &str) -> String {
+    format!("{topic}-echo")
 }
 
 impl CountSum {
@@ -191,6 +198,7 @@ impl CountSum {
             delay: None,
             delay_every: 1,
             probe: None,
+            echo: None,
         }
     }
 }
@@ -229,6 +237,13 @@ impl Handler<String, String> for CountSum {
             .lock()
             .unwrap()
             .insert(key.clone(), weight);
+        if let Some(echo) = &self.echo {
+            ctx.send(
+                echo,
+                Some(&key),
+                Some(&format!("{}:{}", r.partition, r.offset)),
+            )?;
+        }
         self.last.lock().unwrap().insert(key, (count, sum));
         if let Some(probe) = &self.probe {
             if r.offset % PROBE_EVERY == 0 {
