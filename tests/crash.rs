@@ -80,7 +80,7 @@ async fn crash_child() {
         delay: Some(Duration::from_millis(1)),
         delay_every: 3,
         probe: Some(probe.clone()),
-        echo: Some(echo(&topic)),
+        echo: Some(common::echo(&topic)),
         ..CountSum::new(&topic)
     };
     let config = child_config(&topic, &group, &dir, concurrency);
@@ -309,7 +309,7 @@ async fn crash_rounds(concurrency: usize) {
     // One record per key last, so the final in-process run observes every key's state.
     common::produce(&topic, &workload.one_per_key()).await;
     let handler = CountSum {
-        echo: Some(echo(&topic)),
+        echo: Some(common::echo(&topic)),
         ..CountSum::new(&topic)
     };
     let final_started = Instant::now();
@@ -360,42 +360,13 @@ async fn crash_rounds(concurrency: usize) {
         wrong.len(),
         wrong.join("\n")
     );
-    let duplicates = every_record_echoed_at_least_once(&topic);
+    let duplicates = common::every_record_echoed_at_least_once(&topic, PARTITIONS);
     println!(
         "crash: {} records, every key's count and sum exact, committed == end, every record's \
          output sent ({duplicates} repeated after kills); {:.1} s",
         workload.produced.len(),
         test_started.elapsed().as_secs_f64()
     );
-}
-
-/// Output records are at-least-once under SIGKILL although they are produced while
-/// handling goes on: every input record's output is on the output topic (its offset was
-/// committed, or its effect restored, only after that output was acknowledged). Returns
-/// how many were sent more than once (records handled again after a kill).
-fn every_record_echoed_at_least_once(topic: &str) -> usize {
-    let ends = common::end_offsets(topic, PARTITIONS);
-    let echoed = common::read_all(&common::echo_topic(topic), PARTITIONS);
-    let mut seen = std::collections::HashMap::<String, usize>::new();
-    for (_, value, _) in &echoed {
-        let value = String::from_utf8(value.clone().unwrap_or_default()).unwrap();
-        *seen.entry(value).or_default() += 1;
-    }
-    let missing: Vec<String> = (0..PARTITIONS)
-        .flat_map(|p| (0..ends[p as usize]).map(move |o| format!("{p}:{o}")))
-        .filter(|record| !seen.contains_key(record))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} input records have no output record, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    echoed.len() - seen.len()
-}
-
-fn echo(topic: &str) -> kafka_stateful::Output<String, String> {
-    kafka_stateful::Output::new(&common::echo_topic(topic), Utf8, Utf8)
 }
 
 /// Waits (polling the probe every 2 ms) until the child starts reading a table partition

@@ -771,3 +771,33 @@ pub fn self_exe() -> std::path::PathBuf {
         std::env::current_exe().unwrap()
     }
 }
+
+/// Output records are at-least-once under SIGKILL although they are produced while
+/// handling goes on: every input record's output is on the output topic (its offset was
+/// committed, or its effect restored, only after that output was acknowledged). Returns
+/// how many were sent more than once (records handled again after a kill).
+pub fn every_record_echoed_at_least_once(topic: &str, partitions: i32) -> usize {
+    let ends = super::end_offsets(topic, partitions);
+    let echoed = super::read_all(&echo_topic(topic), partitions);
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for (_, value, _) in &echoed {
+        let value = String::from_utf8(value.clone().unwrap_or_default()).unwrap();
+        *seen.entry(value).or_default() += 1;
+    }
+    let missing: Vec<String> = (0..partitions)
+        .flat_map(|p| (0..ends[p as usize]).map(move |o| format!("{p}:{o}")))
+        .filter(|record| !seen.contains_key(record))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} input records have no output record, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    echoed.len() - seen.len()
+}
+
+/// The output a [`CountSum`] echoes to on `topic`.
+pub fn echo(topic: &str) -> kafka_stateful::Output<String, String> {
+    kafka_stateful::Output::new(&echo_topic(topic), Utf8, Utf8)
+}
