@@ -207,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             } else {
-                let _ = tokio::signal::ctrl_c().await;
+                kafka_stateful::shutdown_signal().await;
                 *last.lock().unwrap_or_else(|p| p.into_inner()) = stats.snapshot();
             }
         }

@@ -39,6 +39,7 @@ pub mod observe;
 mod offset;
 pub mod output;
 mod partition;
+mod shutdown;
 mod standby;
 pub mod state;
 pub mod table;
@@ -59,6 +60,7 @@ pub use handler::{
 };
 pub use observe::{RebalanceListener, RestoreListener, Stats, StatsSnapshot};
 pub use output::Output;
+pub use shutdown::shutdown_signal;
 pub use standby::{StandbyReplicas, StandbyStats};
 pub use state::{StateError, Store, StoreDef};
 pub use table::{Table, TableDef, TableError};

@@ -188,10 +188,13 @@ async fn main() -> anyhow::Result<()> {
         let (handling, counted) = (handling.clone(), handled.clone());
         async move {
             let mut ticks = 0u64;
+            // Listening from now on (a signal between two turns of the loop is not lost).
+            let stop = kafka_stateful::shutdown_signal();
+            tokio::pin!(stop);
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    _ = tokio::signal::ctrl_c() => break,
+                    () = &mut stop => break,
                 }
                 let s = stats.snapshot();
                 ticks += 1;

@@ -53,7 +53,7 @@ use poll_loop::PollLoop;
 /// # async fn demo() -> kafka_stateful::Result<()> {
 /// let config = ConsumerConfig::builder("127.0.0.1:9092", "printer", ["events"]).instance_id("printer-0").build()?;
 /// StatefulConsumer::new(config, Utf8, Utf8, Print)
-///     .run(async { let _ = tokio::signal::ctrl_c().await; })
+///     .run(kafka_stateful::shutdown_signal())
 ///     .await
 /// # }
 /// ```
