@@ -20,12 +20,28 @@ struct Reader {
     topic: String,
     values: HashMap<(String, String), f64>,
     samples: HashMap<String, usize>,
+    /// Consumer-wide counters (summed: a snapshot takes what accumulated since the last)
+    /// and histograms (sample counts), by name and `kind` label.
+    global: HashMap<String, f64>,
 }
 
 impl Reader {
     fn refresh(&mut self) {
         for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
             let labels: Vec<_> = key.key().labels().collect();
+            if !labels.iter().any(|l| l.key() == "topic") {
+                let name = match labels.iter().find(|l| l.key() == "kind") {
+                    Some(kind) => format!("{}{{kind={}}}", key.key().name(), kind.value()),
+                    None => key.key().name().to_string(),
+                };
+                let value = match value {
+                    DebugValue::Counter(c) => c as f64,
+                    DebugValue::Histogram(h) => h.len() as f64,
+                    DebugValue::Gauge(_) => 0.0,
+                };
+                *self.global.entry(name).or_default() += value;
+                continue;
+            }
             if !labels
                 .iter()
                 .any(|l| l.key() == "topic" && l.value() == self.topic)
@@ -102,6 +118,7 @@ async fn metrics_report_handled_records_lag_flushes_and_handler_time_per_partiti
         topic: topic.clone(),
         values: HashMap::new(),
         samples: HashMap::new(),
+        global: HashMap::new(),
     };
     common::wait_until(
         "400 handled, all committed, lag 0",
@@ -135,4 +152,17 @@ async fn metrics_report_handled_records_lag_flushes_and_handler_time_per_partiti
         .values()
         .all(|p| p.last_flush_records > 0 && p.last_flush_duration > Duration::ZERO));
     running.stop().await.unwrap();
+    // Consumer-wide figures (no topic label): rebalances by kind, commit latency.
+    metrics.refresh();
+    let global = &metrics.global;
+    assert!(
+        global["kafka_stateful_rebalances_total{kind=assigned}"] >= 1.0,
+        "{global:?}"
+    );
+    assert!(global["kafka_stateful_rebalance_partitions_total{kind=assigned}"] >= 2.0);
+    assert!(global["kafka_stateful_rebalance_partitions_total{kind=revoked}"] >= 2.0);
+    assert!(
+        global["kafka_stateful_commit_duration_seconds"] >= 1.0,
+        "commits timed"
+    );
 }

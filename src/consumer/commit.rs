@@ -17,6 +17,7 @@
 //! polling until the result is known or a deadline passes.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -53,6 +54,7 @@ pub(crate) fn submit<C: ConsumerContext>(
             for (progress, next) in &sent {
                 progress.commit_submitted(*next);
             }
+            COMMIT_SUBMITTED.with(|at| at.set(Some(Instant::now())));
             tracing::debug!(offsets = ?tpl, "commit submitted");
             sent.len()
         }
@@ -66,6 +68,11 @@ pub(crate) fn submit<C: ConsumerContext>(
     }
 }
 
+thread_local! {
+    /// When the poll thread submitted the commit whose result is awaited.
+    static COMMIT_SUBMITTED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
 /// Applies a commit result to the partitions' progress: confirmed offsets become the
 /// committed position; failures are logged with topic, partition and offset, and counted.
 pub(crate) fn record_result(
@@ -74,6 +81,10 @@ pub(crate) fn record_result(
     offsets: &TopicPartitionList,
 ) {
     tracing::debug!(?result, ?offsets, "commit result");
+    // Submits and results both happen on the poll thread, one commit in flight at a time.
+    if let Some(at) = COMMIT_SUBMITTED.with(|at| at.take()) {
+        crate::observe::metrics::commit_finished(at.elapsed());
+    }
     for element in offsets.elements() {
         let Offset::Offset(next) = element.offset() else {
             continue;

@@ -158,6 +158,7 @@ where
 
     fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let all = partitions_of(tpl);
+        crate::observe::metrics::rebalance("assigned", all.len());
         let (own, foreign): (Vec<_>, Vec<_>) = all
             .iter()
             .cloned()
@@ -223,6 +224,8 @@ where
         let partitions = partitions_of(tpl);
         let lost = consumer.assignment_lost();
         tracing::info!(?partitions, lost, "partitions revoked; draining");
+        let kind = if lost { "lost" } else { "revoked" };
+        crate::observe::metrics::rebalance(kind, partitions.len());
         self.rebalance_state()
             .foreign
             .retain(|tp| !partitions.contains(tp));

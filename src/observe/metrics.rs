@@ -139,6 +139,36 @@ fn publish_partition(topic: &str, partition: i32, p: &PartitionProgress, rate: f
 }
 
 /// A standby replica's lag after a pass (0 once it is dropped or promoted).
+/// A rebalance event of `kind` (`assigned`, `revoked`, `lost`) moved `partitions`.
+pub(crate) fn rebalance(kind: &'static str, partitions: usize) {
+    counter!("kafka_stateful_rebalances_total", "kind" => kind).increment(1);
+    counter!("kafka_stateful_rebalance_partitions_total", "kind" => kind)
+        .increment(partitions as u64);
+}
+
+/// A handler call failed (every attempt counts, retried or not).
+pub(crate) fn handler_error(topic: &str, partition: i32) {
+    counter!(
+        "kafka_stateful_handler_errors_total",
+        &labels(topic, partition)
+    )
+    .increment(1);
+}
+
+/// A failed record is tried again.
+pub(crate) fn handler_retry(topic: &str, partition: i32) {
+    counter!(
+        "kafka_stateful_handler_retries_total",
+        &labels(topic, partition)
+    )
+    .increment(1);
+}
+
+/// From submitting offsets to the broker's answer.
+pub(crate) fn commit_finished(elapsed: Duration) {
+    histogram!("kafka_stateful_commit_duration_seconds").record(elapsed.as_secs_f64());
+}
+
 /// One more error librdkafka reported while fetching a partition.
 pub(crate) fn fetch_error(topic: &str, partition: i32, code: &str) {
     let [topic, partition] = labels(topic, partition);

@@ -244,15 +244,18 @@ where
             Ok(Err(e)) => e,
             Err(payload) => {
                 ctx.discard_staged();
+                crate::observe::metrics::handler_error(ctx.topic(), partition);
                 let message = format!("handler panicked: {}", panic_message(payload.as_ref()));
                 return Attempted::Failed(Failure::Panic(message));
             }
         };
         ctx.discard_staged();
+        crate::observe::metrics::handler_error(ctx.topic(), partition);
         if attempt >= retry.max_retries || crate::handler::is_fatal(&error) {
             return Attempted::Failed(Failure::Handler(error));
         }
         attempt += 1;
+        crate::observe::metrics::handler_retry(ctx.topic(), partition);
         tracing::warn!(topic = ctx.topic(), partition, offset, attempt, %error, "handler failed; retrying");
         // A revoke or shutdown interrupts the retries: the record is then neither skipped,
         // dead-lettered nor failed, but left uncommitted for the next owner.
