@@ -8,7 +8,11 @@ use std::process::Command;
 
 fn promtool(args: &[&str]) -> Option<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/prometheus");
-    match Command::new("promtool").args(args).current_dir(&dir).output() {
+    match Command::new("promtool")
+        .args(args)
+        .current_dir(&dir)
+        .output()
+    {
         Ok(out) => {
             let text = format!(
                 "{}{}",
