@@ -18,7 +18,8 @@
 //! and ranges, as `cargo bench --bench throughput` does) with the baseline's ratios and
 //! `vs_baseline` (this run's rate ratio / the baseline's; `cpu_vs_baseline` likewise), then
 //! a verdict line: `"REGRESSION"` (and exit status 1) when a figure's rate ratio is below
-//! 0.9× the baseline's or its CPU ratio above 1.1×, `"ok"` otherwise. Ratios, not absolute
+//! 0.8× the baseline's or its CPU ratio above 1.25×, `"ok"` otherwise (on a 2-core machine
+//! the same build's ratios spread by ±15% run to run; 1a07555's regression was 0.63–0.67×). Ratios, not absolute
 //! rates, are compared: the raw consumer of the same run absorbs the machine's speed.
 
 // Shared with the throughput bench, which uses all of it; this bench only part.
@@ -45,9 +46,9 @@ const TOPIC: &str = "bench-regression-views";
 const PARTITIONS: i32 = 4;
 const PAGES: u64 = 1_000;
 /// A figure regressed when its rate ratio falls below this share of the baseline's...
-const RATE_FLOOR: f64 = 0.9;
+const RATE_FLOOR: f64 = 0.8;
 /// ...or its CPU ratio rises above this multiple of the baseline's.
-const CPU_CEILING: f64 = 1.1;
+const CPU_CEILING: f64 = 1.25;
 
 /// Partitions and records (high minus low watermarks) of the topic, if it exists.
 fn topic_state(bootstrap: &str) -> Option<(usize, u64)> {
