@@ -19,8 +19,9 @@
 //! `vs_baseline` (this run's rate ratio / the baseline's; `cpu_vs_baseline` likewise), then
 //! a verdict line: `"REGRESSION"` (and exit status 1) when a figure's rate ratio is below
 //! 0.8× the baseline's or its CPU ratio above 1.25×, `"ok"` otherwise (on a 2-core machine
-//! the same build's ratios spread by ±15% run to run; 1a07555's regression was 0.63–0.67×). Ratios, not absolute
-//! rates, are compared: the raw consumer of the same run absorbs the machine's speed.
+//! the same build's ratios spread by ±15% run to run; 1a07555's regression was 0.63–0.67×).
+//! Ratios, not absolute rates, are compared: the raw consumer of the same run absorbs the
+//! machine's speed.
 
 // Shared with the throughput bench, which uses all of it; this bench only part.
 #[allow(dead_code)]
