@@ -160,8 +160,9 @@ impl PartitionContext {
     }
 
     /// Sends a record to `output`'s topic (partitioned by its key, by the producer's default
-    /// partitioner) once the current record's handler returns `Ok`; the current record
-    /// counts as processed only when it is acknowledged. See [`crate::output`].
+    /// partitioner) when the current record's handler returns `Ok`, without waiting for the
+    /// broker; the record's offset is committed only once it is acknowledged (the flush that
+    /// makes the record durable waits for it). See [`crate::output`].
     ///
     /// # Errors
     /// The codecs' errors.
