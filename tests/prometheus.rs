@@ -86,8 +86,8 @@ impl Prometheus {
         }
     }
 
-    /// The value of the one series `query` returns, if it returns exactly one.
-    fn value(&self, query: &str) -> Option<f64> {
+    /// Prometheus' answer to `query` (`status` and `data`, or `error`).
+    fn query(&self, query: &str) -> Option<serde_json::Value> {
         let encoded: String = query
             .bytes()
             .map(|b| match b {
@@ -97,7 +97,12 @@ impl Prometheus {
             .collect();
         let response = get(self.addr, &format!("/api/v1/query?query={encoded}"));
         let body = response.split("\r\n\r\n").nth(1)?;
-        let json: serde_json::Value = serde_json::from_str(body).ok()?;
+        serde_json::from_str(body).ok()
+    }
+
+    /// The value of the one series `query` returns, if it returns exactly one.
+    fn value(&self, query: &str) -> Option<f64> {
+        let json = self.query(query)?;
         let result = json["data"]["result"].as_array()?;
         match result.as_slice() {
             [one] => one["value"][1].as_str()?.parse().ok(),
