@@ -6,6 +6,9 @@
 //! watermark for both — and a partition pays one acknowledgement wait per flush, not one
 //! broker round trip per record.
 //!
+//! Records handled one at a time only: a record in flight under key-level concurrency waits
+//! for its own outputs before it finishes (see `worker::records::attempt`).
+//!
 //! An acknowledgement that never comes (the producer gave up: topic deleted, not
 //! authorized, `delivery.timeout.ms` passed) ends the partition with `Error::Output`
 //! naming the first record whose outputs were lost: nothing from it on is committed, and

@@ -298,7 +298,7 @@ where
 {
     let batch = pending.batch.clone();
     let raw = pending.raw();
-    let ended = match attempt(&shared, &stop, (&batch, raw), &mut ctx, None).await {
+    let ended = match attempt(&shared, &stop, (&batch, raw), &mut ctx, (None, false)).await {
         Attempted::Handled(sent) => Ended::Handled(sent),
         Attempted::Cancelled => Ended::Cancelled,
         Attempted::Failed(failure) => {
