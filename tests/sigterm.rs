@@ -78,28 +78,24 @@ async fn sigterm_flushes_commits_and_the_restart_restores_and_repeats_nothing() 
 
     let mut job = CHILD.spawn(dir.path(), "job", &[&topic, &group, &state_dir]);
     // Stop it in the middle of the backlog, while records are being handled.
-    let started = Instant::now();
-    while common::read_probe(&job.probe).processing.len() < 10 {
+    common::wait_until("the job handles records", Duration::from_secs(60), || {
         job.assert_alive("the job");
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the job never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        common::read_probe(&job.probe).processing.len() >= 10
+    })
+    .await;
     job.signal("TERM");
     let signalled = Instant::now();
-    let status = loop {
-        if let Some(status) = job.process.child().try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(20),
-            "the job did not exit within 20 s of SIGTERM:\n{}",
-            job.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut status = None;
+    common::wait_until(
+        "the job exits after SIGTERM",
+        Duration::from_secs(20),
+        || {
+            status = job.process.child().try_wait().unwrap();
+            status.is_some()
+        },
+    )
+    .await;
+    let status = status.expect("exited");
     assert!(status.success(), "exit {status}:\n{}", job.stderr_tail());
     let committed = common::committed(&group, &topic, PARTITIONS);
     let ends = common::end_offsets(&topic, PARTITIONS);
