@@ -70,7 +70,7 @@ impl PartitionContext {
         &'a self,
         table: &'a TableDef<K, V>,
     ) -> Result<Table<'a, K, V>, TableError> {
-        Table::open(table, &self.tables)
+        Table::open(table, &self.tables, self.event_time)
     }
 
     /// Opens a declared window store of this partition for the current record.

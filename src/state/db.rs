@@ -445,26 +445,51 @@ impl PartitionDb {
     }
 
     /// A partition metadata value written with [`write_with_meta`](Self::write_with_meta)
-    /// or [`write_entries`](Self::write_entries).
+    /// or [`write_stores`](Self::write_stores).
     pub(crate) fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         self.db
             .get_cf(self.cf(META_CF)?, key)
             .map_err(self.db_err())
     }
 
-    /// Writes `entries` of one store (`None` deletes) and metadata in one atomic batch;
+    /// Writes entries of several stores (`None` deletes) and metadata in one atomic batch;
     /// without the write-ahead log unless `logged` (see
     /// [`write_unlogged`](Self::write_unlogged) for what a crash then loses).
-    pub(crate) fn write_entries<'a>(
+    pub(crate) fn write_stores<'a>(
         &self,
-        store: usize,
-        entries: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        stores: &[(usize, Vec<(&'a [u8], Option<&'a [u8]>)>)],
         meta: &[(&str, Vec<u8>)],
         logged: bool,
     ) -> Result<(), StateError> {
         let mut pending = self.batch(StateBatch::default(), meta)?;
-        self.put_entries(&mut pending.wb, store, entries)?;
+        for (store, entries) in stores {
+            self.put_entries(&mut pending.wb, *store, entries.iter().copied())?;
+        }
         self.commit(pending, logged)
+    }
+
+    /// `f` of the value of the last key `≤ bound` of `store`, if that key starts with
+    /// `prefix`: one backward seek (a versioned table's "value as of a time").
+    pub(crate) fn last_at_or_before_with<T>(
+        &self,
+        store: usize,
+        prefix: &[u8],
+        bound: &[u8],
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>, StateError> {
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(prefix.to_vec());
+        let mut iter = self
+            .db
+            .raw_iterator_cf_opt(self.cf(&self.stores[store])?, options);
+        iter.seek_for_prev(bound);
+        if let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if key.starts_with(prefix) {
+                return Ok(Some(f(value)));
+            }
+        }
+        iter.status().map_err(self.db_err())?;
+        Ok(None)
     }
 
     /// Applies `batch` atomically without the write-ahead log, for restores: a crash loses

@@ -70,9 +70,11 @@ mod global;
 mod source;
 mod stats;
 mod store;
+mod versions;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::changelog::ChangelogError;
 use crate::codec::{Codec, CodecError};
@@ -113,6 +115,7 @@ pub struct TableDef<K: Send + 'static, V: Send + 'static> {
     topic: Arc<str>,
     key: Arc<dyn Codec<Item = K>>,
     value: Arc<dyn Codec<Item = V>>,
+    history: Option<Duration>,
 }
 
 impl<K: Send + 'static, V: Send + 'static> Clone for TableDef<K, V> {
@@ -122,6 +125,7 @@ impl<K: Send + 'static, V: Send + 'static> Clone for TableDef<K, V> {
             topic: self.topic.clone(),
             key: self.key.clone(),
             value: self.value.clone(),
+            history: self.history,
         }
     }
 }
@@ -131,6 +135,7 @@ impl<K: Send + 'static, V: Send + 'static> fmt::Debug for TableDef<K, V> {
         f.debug_struct("TableDef")
             .field("name", &self.name)
             .field("topic", &self.topic)
+            .field("history", &self.history)
             .finish_non_exhaustive()
     }
 }
@@ -149,7 +154,22 @@ impl<K: Send + 'static, V: Send + 'static> TableDef<K, V> {
             topic: topic.into(),
             key: Arc::new(key),
             value: Arc::new(value),
+            history: None,
         }
+    }
+
+    /// Keeps every value each key had, by timestamp, so that handlers can read the table
+    /// *as of* a record's time ([`Table::at_record_time`], [`Table::as_of`]): the same
+    /// answer on the first handling and on every replay, whether the version came from the
+    /// bootstrap, the live feed or a restore. Versions older than `history` behind the
+    /// newest timestamp of the table partition are pruned as their keys are written again
+    /// (the newest of them stays: it answers up to the next version); a lookup before that
+    /// horizon fails with [`TableError::TooOld`]. Co-partitioned tables only. Making a table
+    /// versioned reads its topic again, once, to fill the history.
+    #[must_use]
+    pub fn versioned(mut self, history: Duration) -> Self {
+        self.history = Some(history);
+        self
     }
 
     /// The table's name.
@@ -174,6 +194,7 @@ impl<K: Send + 'static, V: Send + 'static> TableDef<K, V> {
                 self.value.name()
             ),
             global,
+            history: self.history,
             check: Arc::new(move |k: Option<&[u8]>, v: Option<&[u8]>| {
                 k.map(|k| key.decode(k)).transpose()?;
                 v.map(|v| value.decode(v)).transpose()?;
@@ -214,6 +235,8 @@ pub(crate) struct TableSpec {
     /// Codec names, topic and version, recorded in the local store.
     pub(crate) format: String,
     pub(crate) global: bool,
+    /// A versioned table's history retention.
+    pub(crate) history: Option<Duration>,
     pub(crate) check: RecordCheck,
 }
 
@@ -232,6 +255,15 @@ impl TableSpec {
         crate::state::StoreSpec {
             name: self.name.clone(),
             format: self.format.clone(),
+            expiry: None,
+        }
+    }
+
+    /// The column family of a versioned table's versions (`#` cannot be in a table name).
+    pub(crate) fn versions_spec(&self) -> crate::state::StoreSpec {
+        crate::state::StoreSpec {
+            name: format!("{}#versions", self.name),
+            format: format!("{};versions=1", self.format),
             expiry: None,
         }
     }
@@ -292,6 +324,25 @@ pub enum TableError {
         /// The codec's error.
         source: CodecError,
     },
+    /// An as-of lookup on a table not declared with [`TableDef::versioned`].
+    #[error("table {0:?} keeps no versions: declare it with TableDef::versioned to read it as of a time")]
+    NotVersioned(String),
+    /// An as-of lookup at a time the table's history no longer covers.
+    #[error(
+        "table {table}: a lookup as of {time} is older than the history the table keeps \
+         (it answers from {oldest} on; raise TableDef::versioned's history)"
+    )]
+    TooOld {
+        /// The table.
+        table: String,
+        /// The time asked for (milliseconds since the epoch).
+        time: i64,
+        /// The earliest time the table answers for now.
+        oldest: i64,
+    },
+    /// [`Table::at_record_time`] for a record without a timestamp.
+    #[error("table {0}: the record has no timestamp to read the table as of")]
+    NoRecordTime(String),
     /// The table's local store failed.
     #[error(transparent)]
     State(#[from] StateError),
@@ -304,6 +355,8 @@ pub enum TableError {
 pub struct Table<'a, K: Send + 'static, V: Send + 'static> {
     def: &'a TableDef<K, V>,
     reads: store::TableRef<'a>,
+    /// The event time of the record being handled.
+    record_time: Option<i64>,
 }
 
 impl<K: Send + 'static, V: Send + 'static> fmt::Debug for Table<'_, K, V> {
@@ -315,11 +368,19 @@ impl<K: Send + 'static, V: Send + 'static> fmt::Debug for Table<'_, K, V> {
 }
 
 impl<'a, K: Send + 'static, V: Send + 'static> Table<'a, K, V> {
-    pub(crate) fn open(def: &'a TableDef<K, V>, reads: &'a TableReads) -> Result<Self, TableError> {
+    pub(crate) fn open(
+        def: &'a TableDef<K, V>,
+        reads: &'a TableReads,
+        record_time: Option<i64>,
+    ) -> Result<Self, TableError> {
         let reads = reads
             .find(&def.name)
             .ok_or_else(|| TableError::Unknown(def.name.to_string()))?;
-        Ok(Self { def, reads })
+        Ok(Self {
+            def,
+            reads,
+            record_time,
+        })
     }
 
     fn codec_err(&self) -> impl Fn(CodecError) -> TableError + '_ {
@@ -339,6 +400,46 @@ impl<'a, K: Send + 'static, V: Send + 'static> Table<'a, K, V> {
             .get_with(&key, |v| self.def.value.decode(v))?
             .transpose()
             .map_err(self.codec_err())
+    }
+
+    /// The value `key` had at the current record's event time
+    /// ([`Handler::event_time`](crate::Handler::event_time), by default its timestamp): the
+    /// latest version with a timestamp `≤` it, `None` when there was none or the latest was
+    /// a tombstone. See [`as_of`](Self::as_of).
+    ///
+    /// # Errors
+    /// As [`as_of`](Self::as_of); [`TableError::NoRecordTime`] for a record without a time.
+    pub fn at_record_time(&self, key: &K) -> Result<Option<V>, TableError> {
+        let time = self
+            .record_time
+            .ok_or_else(|| TableError::NoRecordTime(self.def.name.to_string()))?;
+        self.as_of(key, time)
+    }
+
+    /// The value `key` had at `time` (milliseconds since the epoch): the latest version with
+    /// a timestamp `≤ time` that the table holds (`None`: none, or a tombstone). Unlike
+    /// [`get`](Self::get), the answer does not depend on how far the table was read: a
+    /// record handled again after a crash reads what it read the first time, unless an
+    /// update *older* than `time` was produced to the table topic in between.
+    ///
+    /// # Errors
+    /// [`TableError::NotVersioned`] unless the table was declared with
+    /// [`TableDef::versioned`]; [`TableError::TooOld`] for a time before its history;
+    /// codec or RocksDB errors.
+    pub fn as_of(&self, key: &K, time: i64) -> Result<Option<V>, TableError> {
+        let encoded = self.def.key.encode(key).map_err(self.codec_err())?;
+        match self
+            .reads
+            .as_of_with(&encoded, time, |v| self.def.value.decode(v))?
+        {
+            store::AsOf::Found(value) => value.transpose().map_err(self.codec_err()),
+            store::AsOf::TooOld { oldest } => Err(TableError::TooOld {
+                table: self.def.name.to_string(),
+                time,
+                oldest,
+            }),
+            store::AsOf::NotVersioned => Err(TableError::NotVersioned(self.def.name.to_string())),
+        }
     }
 
     /// Entries whose *encoded* key starts with `prefix`, in encoded-key order (meaningful
@@ -363,6 +464,8 @@ impl<'a, K: Send + 'static, V: Send + 'static> Table<'a, K, V> {
 
 #[cfg(test)]
 mod driven;
+#[cfg(test)]
+mod driven_asof;
 
 /// The meta key of a table partition's checkpoint (its next offset).
 fn checkpoint_key(table: &str, partition: i32) -> String {

@@ -2,11 +2,13 @@
 //! checkpoint (its next offset) in the same atomic batches as the data, and the rules for
 //! records that cannot be decoded.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{checkpoint_key, TableError, TableSpec};
+use super::{checkpoint_key, versions, TableError, TableSpec};
 use crate::batch::RecordBatch;
 use crate::changelog::OutRecord;
 use crate::codec::CodecError;
@@ -19,7 +21,61 @@ use crate::state::{KeyValues, PartitionDb, StateError};
 #[derive(Debug)]
 pub(crate) struct TableStore {
     db: PartitionDb,
-    names: Vec<String>,
+    tables: Vec<Layout>,
+}
+
+/// Where one table lives in its database.
+#[derive(Debug)]
+struct Layout {
+    name: String,
+    /// The column family of latest values.
+    latest: usize,
+    /// A versioned table's history.
+    versions: Option<History>,
+}
+
+/// A versioned table's column family of versions ([`super::versions`]).
+#[derive(Debug)]
+struct History {
+    store: usize,
+    retention_ms: i64,
+    /// The newest timestamp written (`i64::MIN`: none), persisted with each batch.
+    newest: AtomicI64,
+}
+
+impl Layout {
+    /// The meta key of the partition's checkpoint. A versioned table has its own: a table
+    /// that becomes versioned reads its topic again to fill its history.
+    fn checkpoint_key(&self, partition: i32) -> String {
+        match self.versions {
+            None => checkpoint_key(&self.name, partition),
+            Some(_) => checkpoint_key(&format!("{}#versions", self.name), partition),
+        }
+    }
+
+    fn newest_key(&self) -> String {
+        format!("table/{}/newest", self.name)
+    }
+}
+
+/// A record to apply to a table: key, value (`None`: a tombstone) and timestamp.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry<'b> {
+    pub(crate) key: &'b [u8],
+    pub(crate) value: Option<&'b [u8]>,
+    /// The record's timestamp (0 when it has none).
+    pub(crate) time: i64,
+}
+
+/// What an as-of lookup found.
+pub(crate) enum AsOf<T> {
+    /// The version at or before the time (`None`: absent or deleted then).
+    Found(Option<T>),
+    /// The time is before the history the table keeps: `oldest` is the earliest time it
+    /// answers for.
+    TooOld { oldest: i64 },
+    /// The table keeps no versions.
+    NotVersioned,
 }
 
 impl TableStore {
@@ -31,11 +87,33 @@ impl TableStore {
         wait: Duration,
         memory: &RocksMemory,
     ) -> Result<Self, StateError> {
-        let stores: Vec<_> = specs.iter().map(TableSpec::store_spec).collect();
-        Ok(Self {
-            db: PartitionDb::open(path, &stores, wait, memory)?,
-            names: specs.iter().map(|s| s.name.clone()).collect(),
-        })
+        let mut stores: Vec<_> = specs.iter().map(TableSpec::store_spec).collect();
+        let mut tables = Vec::with_capacity(specs.len());
+        for (latest, spec) in specs.iter().enumerate() {
+            let versions = spec.history.map(|retention| {
+                stores.push(spec.versions_spec());
+                History {
+                    store: stores.len() - 1,
+                    retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
+                    newest: AtomicI64::new(i64::MIN),
+                }
+            });
+            tables.push(Layout {
+                name: spec.name.clone(),
+                latest,
+                versions,
+            });
+        }
+        let db = PartitionDb::open(path, &stores, wait, memory)?;
+        for table in &tables {
+            if let Some(history) = &table.versions {
+                if let Some(bytes) = db.meta(&table.newest_key())? {
+                    let newest = read_i64(&db, &table.newest_key(), bytes)?;
+                    history.newest.store(newest, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(Self { db, tables })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -44,42 +122,115 @@ impl TableStore {
 
     /// The next offset of `table`'s `partition` to apply: 0 when it has none.
     pub(crate) fn checkpoint(&self, table: usize, partition: i32) -> Result<i64, StateError> {
-        let key = checkpoint_key(&self.names[table], partition);
+        let key = self.tables[table].checkpoint_key(partition);
         match self.db.meta(&key)? {
             None => Ok(0),
-            Some(bytes) => {
-                bytes
-                    .try_into()
-                    .map(i64::from_be_bytes)
-                    .map_err(|_| StateError::CorruptMetadata {
-                        path: self.db.path().to_path_buf(),
-                        reason: format!("checkpoint {key} is not 8 bytes"),
-                    })
-            }
+            Some(bytes) => read_i64(&self.db, &key, bytes),
         }
     }
 
-    /// Writes `entries` of `table` with the partition's new checkpoint `next`, atomically;
-    /// without the write-ahead log unless `logged` (a bootstrap syncs once at its end).
+    /// Writes `entries` of `table` (and their versions, if it keeps them) with the
+    /// partition's new checkpoint `next`, atomically; without the write-ahead log unless
+    /// `logged` (a bootstrap syncs once at its end).
     pub(crate) fn write(
         &self,
         table: usize,
         partition: i32,
-        entries: &[(&[u8], Option<&[u8]>)],
+        entries: &[Entry<'_>],
         next: i64,
         logged: bool,
     ) -> Result<(), StateError> {
-        let key = checkpoint_key(&self.names[table], partition);
+        let layout = &self.tables[table];
+        let mut meta = vec![(
+            layout.checkpoint_key(partition),
+            next.to_be_bytes().to_vec(),
+        )];
         // RocksDB's memtable inserts keys in order faster (see `state::restore`); the sort is
         // stable, so of two records of one key the later stays later.
         let mut order: Vec<usize> = (0..entries.len()).collect();
-        order.sort_by(|&a, &b| entries[a].0.cmp(entries[b].0));
-        self.db.write_entries(
-            table,
-            order.iter().map(|&i| entries[i]),
-            &[(key.as_str(), next.to_be_bytes().to_vec())],
-            logged,
-        )
+        order.sort_by(|&a, &b| entries[a].key.cmp(entries[b].key));
+        let latest: Vec<_> = order
+            .iter()
+            .map(|&i| (entries[i].key, entries[i].value))
+            .collect();
+        let mut newest = None;
+        let versions = match &layout.versions {
+            None => Vec::new(),
+            Some(history) => {
+                let top = entries
+                    .iter()
+                    .map(|e| e.time)
+                    .fold(history.newest.load(Ordering::Relaxed), i64::max);
+                newest = Some(top);
+                meta.push((layout.newest_key(), top.to_be_bytes().to_vec()));
+                let horizon = top.saturating_sub(history.retention_ms);
+                self.version_writes(history.store, &order, entries, horizon)?
+            }
+        };
+        let mut stores = vec![(layout.latest, latest)];
+        if let Some(history) = &layout.versions {
+            let refs = versions
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .collect();
+            stores.push((history.store, refs));
+        }
+        let meta: Vec<(&str, Vec<u8>)> =
+            meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        self.db.write_stores(&stores, &meta, logged)?;
+        if let (Some(history), Some(top)) = (&layout.versions, newest) {
+            // Lookups see the new horizon only once the versions it prunes are gone.
+            history.newest.fetch_max(top, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The version puts and deletes for `entries` (visited in key order, `order`): each
+    /// written key's versions, old and new, pruned to what lookups from `horizon` on need.
+    fn version_writes(
+        &self,
+        store: usize,
+        order: &[usize],
+        entries: &[Entry<'_>],
+        horizon: i64,
+    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, StateError> {
+        let mut writes = Vec::with_capacity(order.len());
+        let mut i = 0;
+        while i < order.len() {
+            let key = entries[order[i]].key;
+            let run = order[i..]
+                .iter()
+                .take_while(|&&j| entries[j].key == key)
+                .count();
+            let prefix = versions::prefix(key);
+            // time → the version's bytes, whether RocksDB holds that time, and whether
+            // this batch writes it (the later record of one time wins).
+            let mut by_time: BTreeMap<i64, (Vec<u8>, bool, bool)> = BTreeMap::new();
+            for (k, v) in self.db.prefix(store, &prefix)? {
+                if let Some(t) = versions::time_of(&k) {
+                    by_time.insert(t, (v, true, false));
+                }
+            }
+            for &j in &order[i..i + run] {
+                let e = entries[j];
+                let in_db = by_time.get(&e.time).is_some_and(|v| v.1);
+                by_time.insert(e.time, (versions::encode(e.value), in_db, true));
+            }
+            let times: Vec<(i64, bool)> = by_time
+                .iter()
+                .map(|(&t, (v, _, _))| (t, versions::decode(v).is_none()))
+                .collect();
+            let kept = versions::first_kept(&times, horizon);
+            for (n, (time, (bytes, in_db, written))) in by_time.into_iter().enumerate() {
+                if n < kept && in_db {
+                    writes.push((versions::key(key, time), None));
+                } else if n >= kept && written {
+                    writes.push((versions::key(key, time), Some(bytes)));
+                }
+            }
+            i += run;
+        }
+        Ok(writes)
     }
 
     /// Closes the database and deletes it (a table topic recreated under it).
@@ -93,20 +244,80 @@ impl TableStore {
         key: &[u8],
         f: impl FnOnce(&[u8]) -> T,
     ) -> Result<Option<T>, StateError> {
-        self.db.get_with(table, key, f)
+        self.db.get_with(self.tables[table].latest, key, f)
+    }
+
+    /// `f` of the value `key` had at `time` in a versioned table.
+    pub(crate) fn as_of_with<T>(
+        &self,
+        table: usize,
+        key: &[u8],
+        time: i64,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<AsOf<T>, StateError> {
+        let Some(history) = &self.tables[table].versions else {
+            return Ok(AsOf::NotVersioned);
+        };
+        let newest = history.newest.load(Ordering::Relaxed);
+        if newest != i64::MIN {
+            let oldest = newest.saturating_sub(history.retention_ms);
+            if time < oldest {
+                return Ok(AsOf::TooOld { oldest });
+            }
+        }
+        let found = self.db.last_at_or_before_with(
+            history.store,
+            &versions::prefix(key),
+            &versions::key(key, time),
+            |stored| versions::decode(stored).map(f),
+        )?;
+        Ok(AsOf::Found(found.flatten()))
     }
 
     /// Every entry of a table, in key order (the test driver reads tables back).
     #[cfg(any(test, feature = "testing"))]
     pub(crate) fn entries(&self, table: usize) -> Result<KeyValues, StateError> {
-        self.db.prefix(table, b"")
+        self.db.prefix(self.tables[table].latest, b"")
     }
+
+    /// The stored versions of a versioned table's `key`: `(time, value)` in time order.
+    #[cfg(test)]
+    pub(crate) fn versions_of(
+        &self,
+        table: usize,
+        key: &[u8],
+    ) -> Result<Vec<(i64, Option<Vec<u8>>)>, StateError> {
+        let Some(history) = &self.tables[table].versions else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .db
+            .prefix(history.store, &versions::prefix(key))?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    versions::time_of(&k)?,
+                    versions::decode(&v).map(<[u8]>::to_vec),
+                ))
+            })
+            .collect())
+    }
+}
+
+fn read_i64(db: &PartitionDb, key: &str, bytes: Vec<u8>) -> Result<i64, StateError> {
+    bytes
+        .try_into()
+        .map(i64::from_be_bytes)
+        .map_err(|_| StateError::CorruptMetadata {
+            path: db.path().to_path_buf(),
+            reason: format!("{key} is not 8 bytes"),
+        })
 }
 
 /// What applying a run of table records comes to.
 pub(crate) struct Sorted<'b> {
     /// Entries to write (`None`: a tombstone).
-    pub(crate) entries: Vec<(&'b [u8], Option<&'b [u8]>)>,
+    pub(crate) entries: Vec<Entry<'b>>,
     /// Bad records to produce to the dead-letter topic before the checkpoint passes them.
     pub(crate) dead_letters: Vec<OutRecord>,
     /// Bad records left out under `Skip`.
@@ -143,7 +354,11 @@ pub(crate) fn sort_out<'b>(
             }
         };
         match (checked, policy) {
-            (Ok(()), _) => sorted.entries.push((key.unwrap_or_default(), value)),
+            (Ok(()), _) => sorted.entries.push(Entry {
+                key: key.unwrap_or_default(),
+                value,
+                time: r.timestamp.unwrap_or(0),
+            }),
             (Err(source), ErrorPolicy::Fail) => {
                 sorted.next = r.offset;
                 sorted.failed = Some(TableError::BadRecord {
@@ -193,7 +408,7 @@ pub(crate) struct TableRef<'a> {
 impl TableReads {
     pub(crate) fn find(&self, name: &str) -> Option<TableRef<'_>> {
         if let Some(store) = &self.partition {
-            if let Some(index) = store.names.iter().position(|n| n == name) {
+            if let Some(index) = store.tables.iter().position(|t| t.name == name) {
                 return Some(TableRef { store, index });
             }
         }
@@ -213,7 +428,19 @@ impl TableRef<'_> {
         Ok(self.store.get_with(self.index, key, f)?)
     }
 
+    pub(crate) fn as_of_with<T>(
+        &self,
+        key: &[u8],
+        time: i64,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<AsOf<T>, TableError> {
+        Ok(self.store.as_of_with(self.index, key, time, f)?)
+    }
+
     pub(crate) fn prefix(&self, prefix: &[u8]) -> Result<KeyValues, TableError> {
-        Ok(self.store.db.prefix(self.index, prefix)?)
+        Ok(self
+            .store
+            .db
+            .prefix(self.store.tables[self.index].latest, prefix)?)
     }
 }

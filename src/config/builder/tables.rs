@@ -73,6 +73,14 @@ pub(super) fn validate_tables(c: &ConsumerConfig) -> Result<(), ConfigError> {
                     "two tables read the same topic: declare it once and read it from both places",
             });
         }
+        if table.global && table.history.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "global table",
+                value: table.name.clone(),
+                reason: "is versioned: as-of reads need a table aligned with the input's time; \
+                         declare it with `table` (co-partitioned) or drop `versioned`",
+            });
+        }
         if c.topics.contains(&table.topic) {
             return Err(ConfigError::Invalid {
                 name: "table topic",
