@@ -84,6 +84,7 @@ impl Bench {
             state_dir: dir,
             stores,
             table: None,
+            as_of: false,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Count {
     pub count: Option<StoreDef<String, u64>>,
     pub sum: Option<StoreDef<String, u64>>,
     pub join: Option<TableDef<String, Vec<u8>>>,
+    /// Joins as of the record's time (a versioned table) instead of the latest value.
+    pub as_of: bool,
 }
 
 impl Handler<String, Vec<u8>> for Count {
@@ -32,7 +34,11 @@ impl Handler<String, Vec<u8>> for Count {
     ) -> Result<(), HandlerError> {
         if let Some(key) = &r.key {
             if let Some(table) = &self.join {
-                std::hint::black_box(ctx.table(table)?.get(key)?);
+                let table = ctx.table(table)?;
+                match self.as_of {
+                    true => std::hint::black_box(table.at_record_time(key)?),
+                    false => std::hint::black_box(table.get(key)?),
+                };
             }
             if let Some(store) = &self.count {
                 let mut s = ctx.store(store)?;
@@ -60,6 +66,8 @@ pub struct Job<'a> {
     pub stores: usize,
     /// The co-partitioned table topic to join with.
     pub table: Option<&'a str>,
+    /// Join as of each record's time (a versioned table).
+    pub as_of: bool,
 }
 
 pub struct Run {
@@ -74,7 +82,11 @@ pub async fn stateful(job: &Job<'_>, n: u64) -> Run {
     let sum = (job.stores >= 2).then(|| StoreDef::new("sums", Utf8, Bincode::<u64>::new()));
     let join = job
         .table
-        .map(|topic| TableDef::new("customers", topic, Utf8, RawBytes));
+        .map(|topic| TableDef::new("customers", topic, Utf8, RawBytes))
+        .map(|def| match job.as_of {
+            true => def.versioned(std::time::Duration::from_secs(30 * 86_400)),
+            false => def,
+        });
     let mut builder = ConsumerConfig::builder(job.bootstrap, &job.group, [job.topic])
         .instance_id("bench-0")
         .state_dir(job.state_dir);
@@ -89,6 +101,7 @@ pub async fn stateful(job: &Job<'_>, n: u64) -> Run {
         count,
         sum,
         join,
+        as_of: job.as_of,
     };
     let consumer = StatefulConsumer::new(builder.build().unwrap(), Utf8, RawBytes, handler.clone());
     run(consumer, &handler.seen, n).await

@@ -14,29 +14,47 @@ pub async fn tables(b: &Bench) {
     // Both produced with the same (librdkafka's default) partitioner: co-partitioned.
     fill(&b.bootstrap, &table, 4, rows, customers, 100).await;
     fill(&b.bootstrap, &orders, 4, n, customers, 100).await;
-    let (mut count, mut join) = (Samples::default(), Samples::default());
-    let (mut ratio, mut cold_rates, mut cold_rows) = (Vec::new(), Vec::new(), 0);
+    let (mut count, mut join, mut as_of) =
+        (Samples::default(), Samples::default(), Samples::default());
+    let (mut ratio, mut as_of_ratio, mut cold_rates, mut cold_rows) =
+        (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut last = None;
     for _ in 0..runs() {
         let raw_run = raw(&b.bootstrap, &orders, n).await;
         let (group, dir) = b.fresh("count");
-        let counted = stateful(&order_job(b, &orders, &table, group, &dir, false), n)
+        let counted = stateful(&order_job(b, &orders, &table, group, &dir, Join::None), n)
             .await
             .figure;
         let (group, dir) = b.fresh("join");
-        let run = stateful(&order_job(b, &orders, &table, group.clone(), &dir, true), n).await;
+        let run = stateful(
+            &order_job(b, &orders, &table, group.clone(), &dir, Join::Latest),
+            n,
+        )
+        .await;
         let parts = run.last.partitions.values();
         cold_rates.push(parts.clone().map(|p| p.table_bootstrap_rate).sum::<f64>());
         cold_rows = parts.map(|p| p.table_bootstrapped).sum::<u64>();
         ratio.push(run.figure.cpu_us() / counted.cpu_us() * 1000.0);
         count.push(raw_run, counted);
         join.push(raw_run, run.figure);
+        let (as_of_group, as_of_dir) = b.fresh("asof");
+        let versioned = stateful(
+            &order_job(b, &orders, &table, as_of_group, &as_of_dir, Join::AsOf),
+            n,
+        )
+        .await;
+        as_of_ratio.push(versioned.figure.cpu_us() / counted.cpu_us() * 1000.0);
+        as_of.push(raw_run, versioned.figure);
         last = Some((group, dir));
     }
     count.print("kafka_stateful_orders_count_per_key", "");
     join.print(
         "kafka_stateful_orders_join_and_count",
         &spread("join_cpu_per_mille_of_count", ratio),
+    );
+    as_of.print(
+        "kafka_stateful_orders_as_of_join_and_count",
+        &spread("join_cpu_per_mille_of_count", as_of_ratio),
     );
     // Partitions bootstrap in parallel: the rate is the sum of theirs.
     println!(
@@ -58,7 +76,7 @@ pub async fn tables(b: &Bench) {
         })
         .await;
         let run = stateful(
-            &order_job(b, &orders, &table, group.clone(), &dir, true),
+            &order_job(b, &orders, &table, group.clone(), &dir, Join::Latest),
             1_000,
         )
         .await;
@@ -78,16 +96,27 @@ pub async fn tables(b: &Bench) {
     );
 }
 
-/// Count per key over `orders`, joined with `table` when `join`.
+/// How an order job reads the table.
+#[derive(Clone, Copy, PartialEq)]
+enum Join {
+    None,
+    /// `get`: the latest value.
+    Latest,
+    /// `at_record_time` on a versioned table.
+    AsOf,
+}
+
+/// Count per key over `orders`, joined with `table` as `join` says.
 fn order_job<'a>(
     b: &'a Bench,
     orders: &'a str,
     table: &'a str,
     group: String,
     dir: &'a std::path::Path,
-    join: bool,
+    join: Join,
 ) -> Job<'a> {
     let mut job = b.job(orders, group, dir, 1);
-    job.table = join.then_some(table);
+    job.table = (join != Join::None).then_some(table);
+    job.as_of = join == Join::AsOf;
     job
 }

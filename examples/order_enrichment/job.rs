@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kafka_stateful::codec::{Bincode, Json, Utf8};
 use kafka_stateful::table::TableDef;
@@ -66,6 +67,9 @@ pub struct OrderEnrichment {
     pub handled: Arc<AtomicU64>,
     /// Orders whose customer was not in the table (unknown or deleted).
     pub without_customer: Arc<AtomicU64>,
+    /// Orders whose customer as of the order's time differs from the member's latest copy
+    /// (what a latest-value `get` would have joined them with).
+    pub older_version: Arc<AtomicU64>,
     /// The five customers with the highest totals among those that ordered in this run.
     pub top: Arc<Mutex<Vec<TopCustomer>>>,
 }
@@ -81,11 +85,15 @@ impl OrderEnrichment {
     pub fn new(customers_topic: &str, output_topic: &str) -> Self {
         Self {
             // The producer writes keys as UTF-8 and values as JSON: the same codecs here.
-            customers: TableDef::new("customers", customers_topic, Utf8, Json::new()),
+            // Versioned: each order joins the customer as it was at the order's time, on
+            // its first handling and on any replay; a month of history is kept.
+            customers: TableDef::new("customers", customers_topic, Utf8, Json::new())
+                .versioned(Duration::from_secs(30 * 86_400)),
             totals: StoreDef::new("totals", Utf8, Bincode::new()),
             output: Output::new(output_topic, Utf8, Json::new()),
             handled: Arc::default(),
             without_customer: Arc::default(),
+            older_version: Arc::default(),
             top: Arc::default(),
         }
     }
@@ -114,8 +122,12 @@ impl Handler<String, Order> for OrderEnrichment {
         let Some(order) = record.value else {
             return Ok(());
         };
-        // The table as of the order's timestamp: updates up to it were applied before it.
-        let customer = ctx.table(&self.customers)?.get(&order.customer)?;
+        // The customer as of the order's timestamp, wherever that version was read from.
+        let table = ctx.table(&self.customers)?;
+        let customer = table.at_record_time(&order.customer)?;
+        if customer != table.get(&order.customer)? {
+            self.older_version.fetch_add(1, Ordering::Relaxed);
+        }
         let mut enriched = EnrichedOrder {
             id: order.id,
             customer: order.customer,

@@ -166,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         handler.without_customer.clone(),
         handler.top.clone(),
     );
+    let older = handler.older_version.clone();
     let config = ConsumerConfig::builder(&args.brokers, &args.group, [&args.orders])
         .instance_id("order-enrichment-0")
         .state_dir(&args.state_dir)
@@ -236,7 +237,11 @@ async fn main() -> anyhow::Result<()> {
     println!("summary");
     println!("  orders handled this run:      {handled}");
     println!("  orders without customer:      {without}");
-    println!("  table records bootstrapped:   {bootstrapped}");
+    println!(
+        "  joined as of the order time:  {handled} ({} read an older customer version than the latest, which `get` would have joined)",
+        older.load(Ordering::Relaxed)
+    );
+    println!("  table records bootstrapped:   {bootstrapped} (customer records read before the first order: the whole topic with a fresh state directory, those added since with an intact one)");
     match ready {
         Some(s) => println!("  ready after the assignment:   {s:.2} s"),
         None => println!("  ready after the assignment:   -"),

@@ -18,6 +18,9 @@ fn store_cf(name: &str) -> String {
     format!("store.{name}")
 }
 
+/// A store's entries to write, borrowed (`None` deletes).
+pub(crate) type StoreWrites<'a> = (usize, Vec<(&'a [u8], Option<&'a [u8]>)>);
+
 /// Writes to apply atomically: store entries (`None` deletes) and checkpoints.
 #[derive(Debug, Default)]
 pub(crate) struct StateBatch {
@@ -457,7 +460,7 @@ impl PartitionDb {
     /// [`write_unlogged`](Self::write_unlogged) for what a crash then loses).
     pub(crate) fn write_stores<'a>(
         &self,
-        stores: &[(usize, Vec<(&'a [u8], Option<&'a [u8]>)>)],
+        stores: &[StoreWrites<'a>],
         meta: &[(&str, Vec<u8>)],
         logged: bool,
     ) -> Result<(), StateError> {

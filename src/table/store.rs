@@ -58,6 +58,13 @@ impl Layout {
     }
 }
 
+/// A stored version: its time and value (`None`: a tombstone).
+#[cfg(test)]
+type Version = (i64, Option<Vec<u8>>);
+
+/// A version key to write, with its stored bytes (`None`: delete it).
+type VersionWrite = (Vec<u8>, Option<Vec<u8>>);
+
 /// A record to apply to a table: key, value (`None`: a tombstone) and timestamp.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry<'b> {
@@ -193,7 +200,7 @@ impl TableStore {
         order: &[usize],
         entries: &[Entry<'_>],
         horizon: i64,
-    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, StateError> {
+    ) -> Result<Vec<VersionWrite>, StateError> {
         let mut writes = Vec::with_capacity(order.len());
         let mut i = 0;
         while i < order.len() {
@@ -282,11 +289,7 @@ impl TableStore {
 
     /// The stored versions of a versioned table's `key`: `(time, value)` in time order.
     #[cfg(test)]
-    pub(crate) fn versions_of(
-        &self,
-        table: usize,
-        key: &[u8],
-    ) -> Result<Vec<(i64, Option<Vec<u8>>)>, StateError> {
+    pub(crate) fn versions_of(&self, table: usize, key: &[u8]) -> Result<Vec<Version>, StateError> {
         let Some(history) = &self.tables[table].versions else {
             return Ok(Vec::new());
         };

@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn version_keys_sort_by_key_then_time_whatever_the_key_bytes() {
-        let mut keys = vec![
+        let mut keys = [
             key(b"a", 5),
             key(b"a\0", -3),
             key(b"a", -7),
