@@ -277,3 +277,31 @@ fn versions_are_pruned_to_the_history_as_keys_are_written() {
         super::store::AsOf::Found(Some(v)) if v == b"x"
     ));
 }
+
+#[test]
+fn the_head_answers_newer_lookups_and_an_out_of_order_version_is_found_by_seeking() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = customers(DAY).spec(false);
+    let store =
+        super::TableStore::open(dir.path(), &[spec], Duration::ZERO, &Default::default()).unwrap();
+    let entry = |value: &'static [u8], time| super::store::Entry {
+        key: b"a",
+        value: Some(value),
+        time,
+    };
+    store.write(0, 0, &[entry(b"x", 100)], 1, true).unwrap();
+    // Older than the newest: the head stays at 100.
+    store.write(0, 0, &[entry(b"y", 50)], 2, true).unwrap();
+    let read = |t| match store.as_of_with(0, b"a", t, <[u8]>::to_vec).unwrap() {
+        super::store::AsOf::Found(v) => v,
+        _ => panic!("not found"),
+    };
+    assert_eq!(read(150), Some(b"x".to_vec()));
+    assert_eq!(read(100), Some(b"x".to_vec()));
+    assert_eq!(read(75), Some(b"y".to_vec()));
+    assert_eq!(read(10), None);
+    assert!(matches!(
+        store.as_of_with(0, b"other", 150, <[u8]>::to_vec).unwrap(),
+        super::store::AsOf::Found(None)
+    ));
+}

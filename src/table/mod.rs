@@ -37,6 +37,15 @@
 //!   that it holds every update that was in the table topic when the record's time had come
 //!   — so an update produced before an order is applied before that order, even when the
 //!   order was fetched first.
+//! - **As-of reads.** A table declared with [`TableDef::versioned`] also keeps every value
+//!   each key had, by timestamp; [`Table::at_record_time`] reads the version of the current
+//!   record's time and [`Table::as_of`] that of any time. Unlike [`Table::get`] (the
+//!   member's copy *now*, which after a bootstrap holds updates later than a backlog's
+//!   records), the answer does not depend on how far the table was read: a backlog and a
+//!   replay after a crash read what a live first handling read. The versions are a second
+//!   column family (key, timestamp → value) in the partition's table database; those older
+//!   than the history retention behind the newest timestamp are pruned as their keys are
+//!   written again, and a lookup before that horizon is [`TableError::TooOld`].
 //! - **Crash safety.** Each applied batch of table records is written to RocksDB together
 //!   with the table's checkpoint (its next offset), so after a crash the table equals the
 //!   topic up to the checkpoint and only the rest is read.

@@ -214,14 +214,26 @@ impl TableStore {
             // this batch writes it (the later record of one time wins).
             let mut by_time: BTreeMap<i64, (Vec<u8>, bool, bool)> = BTreeMap::new();
             for (k, v) in self.db.prefix(store, &prefix)? {
-                if let Some(t) = versions::time_of(&k) {
-                    by_time.insert(t, (v, true, false));
+                match versions::time_of(&k) {
+                    Some(_) if versions::is_head(&k) => {}
+                    Some(t) => {
+                        by_time.insert(t, (v, true, false));
+                    }
+                    None => {}
                 }
             }
             for &j in &order[i..i + run] {
                 let e = entries[j];
-                let in_db = by_time.get(&e.time).is_some_and(|v| v.1);
-                by_time.insert(e.time, (versions::encode(e.value), in_db, true));
+                let time = versions::clamp(e.time);
+                let in_db = by_time.get(&time).is_some_and(|v| v.1);
+                by_time.insert(time, (versions::encode(e.value), in_db, true));
+            }
+            // The newest version changed: the head follows (see `versions`).
+            if let Some((&time, (bytes, _, true))) = by_time.last_key_value() {
+                writes.push((
+                    versions::head_key(key),
+                    Some(versions::encode_head(time, bytes)),
+                ));
             }
             let times: Vec<(i64, bool)> = by_time
                 .iter()
@@ -260,7 +272,7 @@ impl TableStore {
         table: usize,
         key: &[u8],
         time: i64,
-        f: impl FnOnce(&[u8]) -> T,
+        f: impl Fn(&[u8]) -> T,
     ) -> Result<AsOf<T>, StateError> {
         let Some(history) = &self.tables[table].versions else {
             return Ok(AsOf::NotVersioned);
@@ -272,13 +284,32 @@ impl TableStore {
                 return Ok(AsOf::TooOld { oldest });
             }
         }
-        let found = self.db.last_at_or_before_with(
-            history.store,
-            &versions::prefix(key),
-            &versions::key(key, time),
-            |stored| versions::decode(stored).map(f),
-        )?;
-        Ok(AsOf::Found(found.flatten()))
+        // The head answers for times at or after the key's newest version (and says when a
+        // key has no version at all); earlier times seek.
+        let head =
+            self.db
+                .get_with(history.store, &versions::head_key(key), |head| {
+                    match versions::decode_head(head) {
+                        Some((newest, stored)) if newest <= time => {
+                            Ok(versions::decode(stored).map(&f))
+                        }
+                        _ => Err(()),
+                    }
+                })?;
+        let found = match head {
+            None => None,
+            Some(Ok(found)) => found,
+            Some(Err(())) => self
+                .db
+                .last_at_or_before_with(
+                    history.store,
+                    &versions::prefix(key),
+                    &versions::key(key, time),
+                    |stored| versions::decode(stored).map(&f),
+                )?
+                .flatten(),
+        };
+        Ok(AsOf::Found(found))
     }
 
     /// Every entry of a table, in key order (the test driver reads tables back).
@@ -297,6 +328,7 @@ impl TableStore {
             .db
             .prefix(history.store, &versions::prefix(key))?
             .into_iter()
+            .filter(|(k, _)| !versions::is_head(k))
             .filter_map(|(k, v)| {
                 Some((
                     versions::time_of(&k)?,
@@ -435,7 +467,7 @@ impl TableRef<'_> {
         &self,
         key: &[u8],
         time: i64,
-        f: impl FnOnce(&[u8]) -> T,
+        f: impl Fn(&[u8]) -> T,
     ) -> Result<AsOf<T>, TableError> {
         Ok(self.store.as_of_with(self.index, key, time, f)?)
     }

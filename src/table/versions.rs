@@ -9,6 +9,12 @@
 //! are one version: the later in the topic wins, as a `put` with the same timestamp does in
 //! Kafka Streams' versioned stores (KIP-889).
 //!
+//! **The head.** Each key also has one entry at the reserved time `i64::MAX` (times are
+//! clamped below it): its newest version, with that version's time. Most lookups are for a
+//! time at or after a key's newest version (live records, and replays of records newer than
+//! the key's last change): they cost one point read, which the bloom filters answer for keys
+//! without versions; only a lookup before the newest version seeks.
+//!
 //! **History retention.** Versions older than the retention behind the newest timestamp
 //! the table partition has seen are pruned when their key is written again, except the
 //! newest of them (it is still the answer for times up to the next version). A lookup at a
@@ -24,11 +30,44 @@ pub(crate) fn prefix(key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The version key of `key` at `time`.
+/// The version key of `key` at `time` (clamped below the head's time).
 pub(crate) fn key(key: &[u8], time: i64) -> Vec<u8> {
     let mut out = prefix(key);
-    push_time(&mut out, time);
+    push_time(&mut out, clamp(time));
     out
+}
+
+/// A version's time: below `i64::MAX`, which the head uses.
+pub(crate) fn clamp(time: i64) -> i64 {
+    time.min(HEAD_TIME - 1)
+}
+
+const HEAD_TIME: i64 = i64::MAX;
+
+/// The key of `key`'s head entry (its newest version).
+pub(crate) fn head_key(key: &[u8]) -> Vec<u8> {
+    let mut out = prefix(key);
+    push_time(&mut out, HEAD_TIME);
+    out
+}
+
+/// Whether a key under a prefix is the head.
+pub(crate) fn is_head(version_key: &[u8]) -> bool {
+    time_of(version_key) == Some(HEAD_TIME)
+}
+
+/// A head's stored bytes: the newest version's time, then its stored bytes.
+pub(crate) fn encode_head(time: i64, stored: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + stored.len());
+    out.extend_from_slice(&time.to_be_bytes());
+    out.extend_from_slice(stored);
+    out
+}
+
+/// The newest version's time and stored bytes from a head.
+pub(crate) fn decode_head(head: &[u8]) -> Option<(i64, &[u8])> {
+    let (time, stored) = head.split_at_checked(8)?;
+    Some((i64::from_be_bytes(time.try_into().ok()?), stored))
 }
 
 /// Appends `time` so that byte order is time order.
@@ -107,13 +146,26 @@ mod tests {
                 (b"".to_vec(), 0),
                 (b"a".to_vec(), -7),
                 (b"a".to_vec(), 5),
-                (b"a".to_vec(), i64::MAX),
+                // Clamped below the head's time.
+                (b"a".to_vec(), i64::MAX - 1),
                 (b"a\0".to_vec(), -3),
                 (b"ab".to_vec(), 1),
             ]
         );
         assert!(key(b"a", 9).starts_with(&prefix(b"a")));
         assert!(!key(b"ab", 9).starts_with(&prefix(b"a")));
+    }
+
+    #[test]
+    fn the_head_sorts_after_every_version_of_its_key_only() {
+        assert!(head_key(b"a") > key(b"a", i64::MAX));
+        assert!(head_key(b"a") < key(b"a\0", i64::MIN));
+        assert!(is_head(&head_key(b"a")) && !is_head(&key(b"a", i64::MAX)));
+        let head = encode_head(-5, &encode(Some(b"v")));
+        assert_eq!(
+            decode_head(&head).map(|(t, s)| (t, decode(s))),
+            Some((-5, Some(&b"v"[..])))
+        );
     }
 
     #[test]
