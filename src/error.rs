@@ -259,6 +259,26 @@ pub enum Error {
         reason: String,
     },
 
+    /// [`Handler::stored_offset`](crate::Handler::stored_offset) returned an offset behind
+    /// the first record fetched for the partition (the group's committed offset): the
+    /// records between were committed to the group but are not in the sink. Reset the
+    /// group's offset to the stored one (`kafka-consumer-groups --reset-offsets`) or repair
+    /// the sink.
+    #[error(
+        "{topic}/{partition}: the sink stored offset {stored} but the group continues at \
+         {fetched}; records {stored}..{fetched} are missing from the sink"
+    )]
+    StoredOffsetBehind {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// The offset the sink stored.
+        stored: i64,
+        /// The first offset fetched.
+        fetched: i64,
+    },
+
     /// `auto.offset.reset=error` was set and a partition has no valid committed offset.
     #[error("a partition has no valid committed offset and auto.offset.reset=error: {reason}")]
     NoValidOffset {

@@ -108,6 +108,49 @@ pub trait Handler<K, V>: Send + Sync + 'static {
         ctx: &mut PartitionContext,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
+    /// In batch mode ([`ConsumerConfigBuilder::batches`](crate::ConsumerConfigBuilder::batches)):
+    /// handles a run of one partition's records at once, in offset order — a sink writing
+    /// many rows in one call. The batch's state writes join the state together when it
+    /// returns `Ok`, and its records become committable then (once its output records are
+    /// acknowledged); an `Err` drops its writes and outputs, and the batch is retried as the
+    /// [`RetryPolicy`](crate::RetryPolicy) says, then split in halves until the record that
+    /// fails is found, which the error policy handles alone. So a sink must tolerate a
+    /// record handed to it again (idempotent writes, or offsets stored with the data: see
+    /// [`stored_offset`](Self::stored_offset)). Windows and `Table::at_record_time` need a
+    /// record's own time and are not available here (`Table::as_of` with each record's
+    /// timestamp is). The default hands the records to [`handle`](Self::handle) one by one.
+    fn handle_batch(
+        &self,
+        records: Vec<Record<K, V>>,
+        ctx: &mut PartitionContext,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send
+    where
+        K: Send,
+        V: Send,
+    {
+        async move {
+            for record in records {
+                self.handle(record, ctx).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Offsets stored with the data: where a sink that writes each partition's next offset
+    /// in its own transaction with its rows says `topic`/`partition` continues. Called when
+    /// the partition is assigned, before its first record: records before the returned
+    /// offset are not handed to the handler again, whatever the group's committed offset
+    /// (which the consumer still commits, for lag). `Ok(None)` (the default): start from
+    /// the committed offset. A stored offset *behind* the committed one cannot be honoured
+    /// (those records are not fetched again) and ends `run()` with an error naming both.
+    fn stored_offset(
+        &self,
+        _topic: &str,
+        _partition: i32,
+    ) -> impl Future<Output = Result<Option<i64>, HandlerError>> + Send {
+        async { Ok(None) }
+    }
+
     /// The record's event time in milliseconds since the epoch: by default the Kafka
     /// timestamp. Override it to take the time from the value (`None`: the record has no
     /// event time and does not move stream time). Stream time, the highest event time of the

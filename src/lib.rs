@@ -60,6 +60,7 @@ pub use handler::{
 };
 pub use observe::{RebalanceListener, RestoreListener, Stats, StatsSnapshot};
 pub use output::Output;
+pub use partition::batches::BatchSettings;
 pub use shutdown::shutdown_signal;
 pub use standby::{StandbyReplicas, StandbyStats};
 pub use state::{StateError, Store, StoreDef};

@@ -76,6 +76,7 @@ impl ConsumerConfig {
                 tables: Vec::new(),
                 table_sync_wait: Duration::ZERO,
                 key_concurrency: 1,
+                batches: None,
                 concurrency_lookahead: 10_000,
                 flush_max_records: 1_000_000,
                 flush_interval: Duration::from_secs(5),
@@ -177,6 +178,18 @@ fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
             format!("{} / {}", c.key_concurrency, c.concurrency_lookahead),
             "must be at least 1",
         );
+    }
+    if let Some(batches) = c.batches {
+        if batches.max_records == 0 {
+            return invalid("batches.max_records", "0".into(), "must be at least 1");
+        }
+        if c.key_concurrency > 1 {
+            return invalid(
+                "batches",
+                format!("with key_concurrency {}", c.key_concurrency),
+                "a batch is a run of a partition's records in offset order: use one or the other",
+            );
+        }
     }
     if c.key_concurrency > 1 {
         let serial_only = c.stores.iter().find_map(|s| {

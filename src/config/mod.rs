@@ -242,6 +242,8 @@ pub struct ConsumerConfig {
     pub(crate) table_sync_wait: Duration,
     /// Records of one partition in flight at once (different keys only); 1: one at a time.
     pub(crate) key_concurrency: usize,
+    /// Batch mode ([`ConsumerConfigBuilder::batches`]): `None` hands records one at a time.
+    pub(crate) batches: Option<crate::partition::batches::BatchSettings>,
     /// With key-level concurrency: how far past the lowest unfinished offset a record may
     /// start.
     pub(crate) concurrency_lookahead: usize,

@@ -3,6 +3,7 @@
 //! key-level concurrency, the [`scheduler`] beside it), and the supervisor that starts and
 //! stops workers on rebalances ([`supervisor`]).
 
+pub(crate) mod batches;
 pub(crate) mod outputs;
 pub(crate) mod policy;
 pub(crate) mod scheduler;

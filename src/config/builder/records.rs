@@ -43,6 +43,19 @@ impl ConsumerConfigBuilder {
         self
     }
 
+    /// Batch mode: the worker hands each partition's records to
+    /// [`Handler::handle_batch`](crate::Handler::handle_batch) in runs of up to
+    /// `settings.max_records`, gathering for at most `settings.max_wait` after a batch's
+    /// first record (and never more bytes than the partition's queue budget) — for sinks
+    /// where one call with 500 rows costs about what one row costs. Defaults
+    /// ([`BatchSettings::default`](crate::BatchSettings)): 500 records, 100 ms. See the
+    /// README's "Batches and sinks" for errors (a failing batch is split to find the record
+    /// that fails) and for storing offsets with the data. Not with key concurrency.
+    pub fn batches(mut self, settings: crate::BatchSettings) -> Self {
+        self.config.batches = Some(settings);
+        self
+    }
+
     /// With [`key_concurrency`](Self::key_concurrency): a record starts only if its offset is
     /// less than this many past the lowest unfinished offset of its partition (default
     /// 10 000), so a stuck key bounds the records held and replayed after a crash.

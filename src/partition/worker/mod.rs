@@ -29,6 +29,7 @@ use crate::state::checkpoint::SourcePosition;
 use crate::state::{PartitionState, StateEnv};
 use crate::timer::{Owner, TimeKind, Timer};
 
+mod batches;
 mod concurrent;
 mod flush;
 mod records;
@@ -131,6 +132,9 @@ pub(crate) struct Worker<KC: Codec, VC: Codec, H> {
     tracker: OffsetTracker,
     /// Source records the restored state reflects already (their effect would be doubled).
     applied: crate::state::checkpoint::SourcePosition,
+    /// The offset the handler's sink stored with its data, until the first record is
+    /// checked against it (see [`Handler::stored_offset`]).
+    stored_next: Option<i64>,
     since_flush: usize,
     last_flush: Instant,
     /// The flush in flight, with the source offset it makes durable.
@@ -194,6 +198,7 @@ where
             stop,
             tracker: OffsetTracker::default(),
             applied: crate::state::checkpoint::SourcePosition::NONE,
+            stored_next: None,
             since_flush: 0,
             last_flush: Instant::now(),
             in_flight: None,
@@ -246,6 +251,7 @@ where
         if !self.open_tables(&mut ctx).await? {
             return Ok(()); // revoked while bootstrapping tables
         }
+        self.load_stored_offset().await?;
         self.run_hook(Hook::Assigned, &mut ctx).await?;
         let config = self.shared.config.clone();
         if config.key_concurrency > 1 {
@@ -298,6 +304,17 @@ where
                 Event::Finished(ended) => {
                     self.finished(*ended, &mut ctx).await?;
                     self.after_concurrent(&mut ctx).await?;
+                }
+                Event::Batch(Some(batch)) if config.batches.is_some() => {
+                    let (outcome, closed) =
+                        self.gather_and_handle(batch, &mut source, &mut ctx).await?;
+                    if matches!(outcome, Outcome::Cancelled) || closed {
+                        break;
+                    }
+                    self.tables_arrived(&source).await?;
+                    if self.flush_due(&mut ctx) {
+                        self.start_flush(&mut ctx).await?;
+                    }
                 }
                 Event::Batch(Some(batch)) => {
                     let queue = self.progress.queue.clone();

@@ -34,6 +34,13 @@ where
                 }
             }
         }
+        self.after_records(handled, ctx);
+        Ok(outcome)
+    }
+
+    /// After a run of records: counts the handled ones and publishes how far the
+    /// partition got (committable, and durable when nothing is left unflushed).
+    pub(super) fn after_records(&mut self, handled: u64, ctx: &mut PartitionContext) {
         self.shared
             .stats
             .processed
@@ -53,7 +60,6 @@ where
                 self.progress.set_durable(position.next);
             }
         }
-        Ok(outcome)
     }
 
     pub(super) fn finish(&mut self, record: &RawRecord, stream_time: i64) {
