@@ -44,13 +44,8 @@ struct History {
 }
 
 impl Layout {
-    /// The meta key of the partition's checkpoint. A versioned table has its own: a table
-    /// that becomes versioned reads its topic again to fill its history.
     fn checkpoint_key(&self, partition: i32) -> String {
-        match self.versions {
-            None => checkpoint_key(&self.name, partition),
-            Some(_) => checkpoint_key(&format!("{}#versions", self.name), partition),
-        }
+        checkpoint_key(&self.name, partition)
     }
 
     fn newest_key(&self) -> String {
@@ -111,7 +106,25 @@ impl TableStore {
                 versions,
             });
         }
-        let db = PartitionDb::open(path, &stores, wait, memory)?;
+        let db = match PartitionDb::open(path, &stores, wait, memory) {
+            // Tables are copies of their topics: one declared with other codecs, or made
+            // versioned (or plain), is read again from its topic.
+            Err(StateError::FormatMismatch {
+                store,
+                found,
+                expected,
+                ..
+            }) => {
+                tracing::warn!(path = %path.display(), %store, %found, %expected,
+                    "a table's declaration changed: reading its topic again");
+                std::fs::remove_dir_all(path).map_err(|source| StateError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                PartitionDb::open(path, &stores, wait, memory)?
+            }
+            opened => opened?,
+        };
         for table in &tables {
             if let Some(history) = &table.versions {
                 if let Some(bytes) = db.meta(&table.newest_key())? {
@@ -156,13 +169,9 @@ impl TableStore {
         // stable, so of two records of one key the later stays later.
         let mut order: Vec<usize> = (0..entries.len()).collect();
         order.sort_by(|&a, &b| entries[a].key.cmp(entries[b].key));
-        let latest: Vec<_> = order
-            .iter()
-            .map(|&i| (entries[i].key, entries[i].value))
-            .collect();
         let mut newest = None;
-        let versions = match &layout.versions {
-            None => Vec::new(),
+        let (heads, versions) = match &layout.versions {
+            None => (Vec::new(), Vec::new()),
             Some(history) => {
                 let top = entries
                     .iter()
@@ -173,6 +182,17 @@ impl TableStore {
                 let horizon = top.saturating_sub(history.retention_ms);
                 self.version_writes(history.store, &order, entries, horizon)?
             }
+        };
+        // A versioned table's latest values are its heads (see `versions`).
+        let latest: Vec<_> = match layout.versions {
+            None => order
+                .iter()
+                .map(|&i| (entries[i].key, entries[i].value))
+                .collect(),
+            Some(_) => heads
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .collect(),
         };
         let mut stores = vec![(layout.latest, latest)];
         if let Some(history) = &layout.versions {
@@ -200,8 +220,9 @@ impl TableStore {
         order: &[usize],
         entries: &[Entry<'_>],
         horizon: i64,
-    ) -> Result<Vec<VersionWrite>, StateError> {
+    ) -> Result<(Vec<VersionWrite>, Vec<VersionWrite>), StateError> {
         let mut writes = Vec::with_capacity(order.len());
+        let mut heads = Vec::new();
         let mut i = 0;
         while i < order.len() {
             let key = entries[order[i]].key;
@@ -214,26 +235,19 @@ impl TableStore {
             // this batch writes it (the later record of one time wins).
             let mut by_time: BTreeMap<i64, (Vec<u8>, bool, bool)> = BTreeMap::new();
             for (k, v) in self.db.prefix(store, &prefix)? {
-                match versions::time_of(&k) {
-                    Some(_) if versions::is_head(&k) => {}
-                    Some(t) => {
-                        by_time.insert(t, (v, true, false));
-                    }
-                    None => {}
+                if let Some(t) = versions::time_of(&k) {
+                    by_time.insert(t, (v, true, false));
                 }
             }
             for &j in &order[i..i + run] {
                 let e = entries[j];
-                let time = versions::clamp(e.time);
+                let time = e.time;
                 let in_db = by_time.get(&time).is_some_and(|v| v.1);
                 by_time.insert(time, (versions::encode(e.value), in_db, true));
             }
             // The newest version changed: the head follows (see `versions`).
             if let Some((&time, (bytes, _, true))) = by_time.last_key_value() {
-                writes.push((
-                    versions::head_key(key),
-                    Some(versions::encode_head(time, bytes)),
-                ));
+                heads.push((key.to_vec(), Some(versions::encode_head(time, bytes))));
             }
             let times: Vec<(i64, bool)> = by_time
                 .iter()
@@ -249,7 +263,24 @@ impl TableStore {
             }
             i += run;
         }
-        Ok(writes)
+        Ok((heads, writes))
+    }
+
+    /// Latest values whose key starts with `prefix` (a versioned table's heads decoded, its
+    /// deleted keys left out).
+    fn prefix(&self, table: usize, prefix: &[u8]) -> Result<KeyValues, StateError> {
+        let layout = &self.tables[table];
+        let entries = self.db.prefix(layout.latest, prefix)?;
+        Ok(match layout.versions {
+            None => entries,
+            Some(_) => entries
+                .into_iter()
+                .filter_map(|(k, head)| {
+                    let value = versions::decode(versions::decode_head(&head)?.1)?.to_vec();
+                    Some((k, value))
+                })
+                .collect(),
+        })
     }
 
     /// Closes the database and deletes it (a table topic recreated under it).
@@ -257,13 +288,26 @@ impl TableStore {
         self.db.destroy()
     }
 
+    /// `f` of `key`'s latest value: applied last, or on a versioned table the version with
+    /// the highest timestamp.
     pub(crate) fn get_with<T>(
         &self,
         table: usize,
         key: &[u8],
         f: impl FnOnce(&[u8]) -> T,
     ) -> Result<Option<T>, StateError> {
-        self.db.get_with(self.tables[table].latest, key, f)
+        let layout = &self.tables[table];
+        match layout.versions {
+            None => self.db.get_with(layout.latest, key, f),
+            Some(_) => Ok(self
+                .db
+                .get_with(layout.latest, key, |head| {
+                    versions::decode_head(head)
+                        .and_then(|(_, stored)| versions::decode(stored))
+                        .map(f)
+                })?
+                .flatten()),
+        }
     }
 
     /// `f` of the value `key` had at `time` in a versioned table.
@@ -287,15 +331,16 @@ impl TableStore {
         // The head answers for times at or after the key's newest version (and says when a
         // key has no version at all); earlier times seek.
         let head =
-            self.db
-                .get_with(history.store, &versions::head_key(key), |head| {
-                    match versions::decode_head(head) {
-                        Some((newest, stored)) if newest <= time => {
-                            Ok(versions::decode(stored).map(&f))
-                        }
-                        _ => Err(()),
+            self.db.get_with(
+                self.tables[table].latest,
+                key,
+                |head| match versions::decode_head(head) {
+                    Some((newest, stored)) if newest <= time => {
+                        Ok(versions::decode(stored).map(&f))
                     }
-                })?;
+                    _ => Err(()),
+                },
+            )?;
         let found = match head {
             None => None,
             Some(Ok(found)) => found,
@@ -315,7 +360,7 @@ impl TableStore {
     /// Every entry of a table, in key order (the test driver reads tables back).
     #[cfg(any(test, feature = "testing"))]
     pub(crate) fn entries(&self, table: usize) -> Result<KeyValues, StateError> {
-        self.db.prefix(self.tables[table].latest, b"")
+        self.prefix(table, b"")
     }
 
     /// The stored versions of a versioned table's `key`: `(time, value)` in time order.
@@ -328,7 +373,6 @@ impl TableStore {
             .db
             .prefix(history.store, &versions::prefix(key))?
             .into_iter()
-            .filter(|(k, _)| !versions::is_head(k))
             .filter_map(|(k, v)| {
                 Some((
                     versions::time_of(&k)?,
@@ -473,9 +517,6 @@ impl TableRef<'_> {
     }
 
     pub(crate) fn prefix(&self, prefix: &[u8]) -> Result<KeyValues, TableError> {
-        Ok(self
-            .store
-            .db
-            .prefix(self.store.tables[self.index].latest, prefix)?)
+        Ok(self.store.prefix(self.index, prefix)?)
     }
 }

@@ -9,11 +9,12 @@
 //! are one version: the later in the topic wins, as a `put` with the same timestamp does in
 //! Kafka Streams' versioned stores (KIP-889).
 //!
-//! **The head.** Each key also has one entry at the reserved time `i64::MAX` (times are
-//! clamped below it): its newest version, with that version's time. Most lookups are for a
-//! time at or after a key's newest version (live records, and replays of records newer than
-//! the key's last change): they cost one point read, which the bloom filters answer for keys
-//! without versions; only a lookup before the newest version seeks.
+//! **The head.** The table's column family of latest values holds, per key, its newest
+//! version with that version's time (so on a versioned table [`get`](super::Table::get)
+//! reads the version with the highest timestamp, as Kafka Streams' versioned stores do).
+//! Most lookups are for a time at or after a key's newest version (live records, and
+//! replays of records newer than the key's last change): they cost one point read of the
+//! head, the same as `get`; only a lookup before the newest version seeks in the history.
 //!
 //! **History retention.** Versions older than the retention behind the newest timestamp
 //! the table partition has seen are pruned when their key is written again, except the
@@ -30,30 +31,11 @@ pub(crate) fn prefix(key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The version key of `key` at `time` (clamped below the head's time).
+/// The version key of `key` at `time`.
 pub(crate) fn key(key: &[u8], time: i64) -> Vec<u8> {
     let mut out = prefix(key);
-    push_time(&mut out, clamp(time));
+    push_time(&mut out, time);
     out
-}
-
-/// A version's time: below `i64::MAX`, which the head uses.
-pub(crate) fn clamp(time: i64) -> i64 {
-    time.min(HEAD_TIME - 1)
-}
-
-const HEAD_TIME: i64 = i64::MAX;
-
-/// The key of `key`'s head entry (its newest version).
-pub(crate) fn head_key(key: &[u8]) -> Vec<u8> {
-    let mut out = prefix(key);
-    push_time(&mut out, HEAD_TIME);
-    out
-}
-
-/// Whether a key under a prefix is the head.
-pub(crate) fn is_head(version_key: &[u8]) -> bool {
-    time_of(version_key) == Some(HEAD_TIME)
 }
 
 /// A head's stored bytes: the newest version's time, then its stored bytes.
@@ -146,8 +128,7 @@ mod tests {
                 (b"".to_vec(), 0),
                 (b"a".to_vec(), -7),
                 (b"a".to_vec(), 5),
-                // Clamped below the head's time.
-                (b"a".to_vec(), i64::MAX - 1),
+                (b"a".to_vec(), i64::MAX),
                 (b"a\0".to_vec(), -3),
                 (b"ab".to_vec(), 1),
             ]
@@ -157,15 +138,14 @@ mod tests {
     }
 
     #[test]
-    fn the_head_sorts_after_every_version_of_its_key_only() {
-        assert!(head_key(b"a") > key(b"a", i64::MAX));
-        assert!(head_key(b"a") < key(b"a\0", i64::MIN));
-        assert!(is_head(&head_key(b"a")) && !is_head(&key(b"a", i64::MAX)));
-        let head = encode_head(-5, &encode(Some(b"v")));
+    fn a_head_holds_the_newest_versions_time_and_bytes() {
+        let decoded =
+            |head: &[u8]| decode_head(head).map(|(t, s)| (t, decode(s).map(<[u8]>::to_vec)));
         assert_eq!(
-            decode_head(&head).map(|(t, s)| (t, decode(s))),
-            Some((-5, Some(&b"v"[..])))
+            decoded(&encode_head(-5, &encode(Some(b"v")))),
+            Some((-5, Some(b"v".to_vec())))
         );
+        assert_eq!(decoded(&encode_head(7, &encode(None))), Some((7, None)));
     }
 
     #[test]
