@@ -197,10 +197,12 @@ impl<K: Send + 'static, V: Send + 'static> TableDef<K, V> {
             name: self.name.to_string(),
             topic: self.topic.to_string(),
             format: format!(
-                "table;topic={};key={};value={};version=1",
+                "table;topic={};key={};value={};version=1{}",
                 self.topic,
                 self.key.name(),
-                self.value.name()
+                self.value.name(),
+                // A versioned table's latest values are heads (time and version).
+                if self.history.is_some() { ";heads" } else { "" }
             ),
             global,
             history: self.history,
