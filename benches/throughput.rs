@@ -29,6 +29,8 @@
 //!   and a stream-table join (read the order's customer, then count per key) next to count
 //!   per key alone over 1 000 000 orders;
 //! - `large`: 20 000 records of 10 KB;
+//! - `sink` (only with `BENCH_ONLY=sink`): a batch sink that costs 5 ms per call plus 5 µs
+//!   per row, in batch mode and one record per call, see `throughput/sink.rs`.
 //! - `slow` (only with `BENCH_ONLY=slow` or `slow_cpu`): key-level concurrency with a
 //!   handler that waits 20 ms, see `throughput/slow.rs`.
 //!
@@ -43,6 +45,8 @@ mod count;
 mod measure;
 #[path = "throughput/quix.rs"]
 mod quix;
+#[path = "throughput/sink.rs"]
+mod sink;
 #[path = "throughput/slow.rs"]
 mod slow;
 #[path = "throughput/tables.rs"]
@@ -326,6 +330,10 @@ async fn main() {
         return;
     }
     if let Ok(only) = std::env::var("BENCH_ONLY") {
+        if only == "sink" {
+            sink::sink(&b.bootstrap, b.id).await;
+            return;
+        }
         if only.starts_with("slow") {
             // `slow_cpu`: only the CPU per record at limit 1 and 64.
             slow::slow_handlers(&b.bootstrap, b.id, b.dir.path(), only == "slow_cpu").await;
