@@ -117,8 +117,8 @@ pub trait Handler<K, V>: Send + Sync + 'static {
     /// fails is found, which the error policy handles alone. So a sink must tolerate a
     /// record handed to it again (idempotent writes, or offsets stored with the data: see
     /// [`stored_offset`](Self::stored_offset)). Windows and `Table::at_record_time` need a
-    /// record's own time and are not available here (`Table::as_of` with each record's
-    /// timestamp is). The default hands the records to [`handle`](Self::handle) one by one.
+    /// record's own time: a consumer with window stores refuses batch mode, and
+    /// `at_record_time` fails here (`Table::as_of` with each record's timestamp works). The default hands the records to [`handle`](Self::handle) one by one.
     fn handle_batch(
         &self,
         records: Vec<Record<K, V>>,

@@ -183,6 +183,13 @@ fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
         if batches.max_records == 0 {
             return invalid("batches.max_records", "0".into(), "must be at least 1");
         }
+        if c.stores.iter().any(|s| s.format.starts_with("window;")) {
+            return invalid(
+                "batches",
+                "with window stores".into(),
+                "a window takes each record by its own event time, which a batch handler does not have: handle windows one record at a time",
+            );
+        }
         if c.key_concurrency > 1 {
             return invalid(
                 "batches",

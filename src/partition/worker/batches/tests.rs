@@ -174,3 +174,23 @@ fn batch_mode_is_refused_with_key_concurrency() {
         .to_string();
     assert!(error.contains("batches"), "{error}");
 }
+
+#[test]
+fn batch_mode_is_refused_with_windows() {
+    let window: crate::window::WindowDef<String, u64> = crate::window::WindowDef::tumbling(
+        "per-minute",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        Utf8,
+        Bincode::new(),
+    );
+    let error = ConsumerConfig::builder("unused:9092", "g", ["pages"])
+        .instance_id("i")
+        .state_dir("/nonexistent")
+        .window(&window)
+        .batches(BatchSettings::default())
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("window"), "{error}");
+}
