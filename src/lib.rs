@@ -39,6 +39,7 @@ pub mod observe;
 mod offset;
 pub mod output;
 mod partition;
+pub mod query;
 mod shutdown;
 mod standby;
 pub mod state;
@@ -61,6 +62,7 @@ pub use handler::{
 pub use observe::{RebalanceListener, RestoreListener, Stats, StatsSnapshot};
 pub use output::Output;
 pub use partition::batches::BatchSettings;
+pub use query::StateQuery;
 pub use shutdown::shutdown_signal;
 pub use standby::{StandbyReplicas, StandbyStats};
 pub use state::{StateError, Store, StoreDef};

@@ -254,6 +254,7 @@ where
             failures: failures_tx,
             clock_offset_ms: Default::default(),
             standbys: None,
+            queries: Arc::default(),
         });
         let mut driver = Self {
             shared,

@@ -13,6 +13,9 @@
 //! cargo run --example unique_visitors -- --brokers 127.0.0.1:9092 --produce 20000 --exit-when-idle
 //! ```
 //!
+//! `--http 127.0.0.1:8080` serves the counts while it runs (`curl
+//! 127.0.0.1:8080/pages/page-7`: the page's open minutes on this member; see `http.rs`).
+//!
 //! `--produce N` first fills the topic with N views over ten simulated minutes: 1000 pages, a
 //! long tail of users, some views out of order and some late. Run it again with the same
 //! instance id: it resumes with 0 changelog records restored. Delete the state directory and
@@ -32,6 +35,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
+mod http;
 mod job;
 
 use job::{produce_views, UniqueVisitors, View};
@@ -44,6 +48,8 @@ struct Args {
     state_dir: String,
     produce: usize,
     exit_when_idle: bool,
+    /// Serve the per-page counts over HTTP on this address.
+    http: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -55,6 +61,7 @@ fn parse_args() -> anyhow::Result<Args> {
         state_dir: "./unique-visitors-state".into(),
         produce: 0,
         exit_when_idle: false,
+        http: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,8 +74,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--state-dir" => args.state_dir = value()?,
             "--produce" => args.produce = value()?.parse()?,
             "--exit-when-idle" => args.exit_when_idle = true,
+            "--http" => args.http = Some(value()?),
             other => anyhow::bail!(
-                "unknown flag {other}; flags: --brokers --topic --output --group --state-dir --produce N --exit-when-idle"
+                "unknown flag {other}; flags: --brokers --topic --output --group --state-dir --produce N --exit-when-idle --http ADDR"
             ),
         }
     }
@@ -250,6 +258,16 @@ async fn main() -> anyhow::Result<()> {
         .with_rebalance_listener(readiness.clone())
         .with_restore_listener(readiness.clone());
     let stats = consumer.stats();
+    if let Some(addr) = &args.http {
+        // Reads the state while the consumer runs: GET /pages/<page>, GET /partitions.
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        println!(
+            "serving per-page counts on http://{}/pages/<page>",
+            listener.local_addr()?
+        );
+        let counts = UniqueVisitors::new(&args.output).counts;
+        tokio::spawn(http::serve(listener, consumer.query(), counts));
+    }
     let last = Arc::new(Mutex::new(StatsSnapshot::default()));
     let exit_when_idle = args.exit_when_idle;
     let shutdown = {

@@ -65,6 +65,7 @@ pub struct StatefulConsumer<KC: Codec, VC: Codec, H> {
     rebalance_listener: Arc<dyn RebalanceListener>,
     restore_listener: Arc<dyn RestoreListener>,
     stats: Stats,
+    queries: Arc<crate::query::registry::QueryRegistry>,
 }
 
 impl<KC: Codec, VC: Codec, H> std::fmt::Debug for StatefulConsumer<KC, VC, H> {
@@ -91,6 +92,7 @@ where
             rebalance_listener: Arc::new(NoopListener),
             restore_listener: Arc::new(NoopListener),
             stats: Stats::default(),
+            queries: Arc::default(),
         }
     }
 
@@ -104,6 +106,12 @@ where
     pub fn with_restore_listener(mut self, listener: impl RestoreListener) -> Self {
         self.restore_listener = Arc::new(listener);
         self
+    }
+
+    /// A read-only handle on this member's state, usable from any task while the consumer
+    /// runs (interactive queries): see [`crate::query`].
+    pub fn query(&self) -> crate::StateQuery {
+        crate::StateQuery::new(self.queries.clone(), self.config.clone())
     }
 
     /// A handle to this consumer's figures, readable while it runs.
@@ -234,6 +242,7 @@ where
             failures: failures_tx,
             clock_offset_ms: Default::default(),
             standbys,
+            queries: self.queries.clone(),
         });
         let supervisor = Supervisor::new(shared, tokio::runtime::Handle::current());
         let (errors_tx, errors_rx) = mpsc::unbounded_channel();

@@ -67,6 +67,17 @@ impl GroupReader {
         })
     }
 
+    /// The partition count of `topic` (`None`: it does not exist).
+    pub(crate) fn partition_count(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
+        let metadata = self.client.fetch_metadata(Some(topic), TIMEOUT)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|&n| n > 0))
+    }
+
     /// The owner named on the last record of each partition's changelog.
     fn owners(
         &self,

@@ -22,7 +22,7 @@
 //! been neither for `cleanup_delay` (only when standbys are on: without them nothing is
 //! deleted automatically).
 
-mod group;
+pub(crate) mod group;
 mod keeper;
 mod placement;
 mod settings;

@@ -471,6 +471,35 @@ impl PartitionDb {
         self.commit(pending, logged)
     }
 
+    /// Entries of a window store whose window starts in `from..=to` and whose key after the
+    /// start is `key`: `(start, value)` in start order (queries).
+    pub(crate) fn range_with_suffix(
+        &self,
+        store: usize,
+        (from, to): (i64, i64),
+        key: &[u8],
+    ) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+        let lower = super::window_keys::start_prefix(from);
+        let iter = self.db.iterator_cf(
+            self.cf(&self.stores[store])?,
+            IteratorMode::From(&lower, rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item.map_err(self.db_err())?;
+            let Some(start) = super::window_keys::start_of(&k) else {
+                continue;
+            };
+            if start > to {
+                break;
+            }
+            if &k[8..] == key {
+                out.push((start, v.into_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// `f` of the value of the last key `≤ bound` of `store`, if that key starts with
     /// `prefix`: one backward seek (a versioned table's "value as of a time").
     pub(crate) fn last_at_or_before_with<T>(

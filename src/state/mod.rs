@@ -48,7 +48,7 @@
 #[doc(hidden)]
 pub mod bench;
 pub(crate) mod checkpoint;
-mod db;
+pub(crate) mod db;
 mod flush;
 pub(crate) mod log;
 pub(crate) mod memory;

@@ -76,6 +76,11 @@ pub(crate) fn partition_dir(
 }
 
 impl PartitionState {
+    /// The partition's database, for queries (they read what is flushed).
+    pub(crate) fn db(&self) -> Arc<PartitionDb> {
+        self.db.clone()
+    }
+
     /// Opens the partition's database, restores it from the changelogs and takes ownership
     /// of them with a new epoch. Blocking. `Ok(None)` when `stop` abandoned the restore
     /// (the partition was revoked meanwhile).

@@ -84,13 +84,13 @@ impl<K: Send + 'static, V: Send + 'static> StoreDef<K, V> {
         &self.name
     }
 
-    /// Decodes a raw entry of this store (the test driver reads stores back).
-    #[cfg(any(test, feature = "testing"))]
-    pub(crate) fn decode(
-        &self,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<(K, V), crate::codec::CodecError> {
+    /// Encodes a key as the store keeps it (queries).
+    pub(crate) fn encode_key(&self, key: &K) -> Result<Vec<u8>, crate::codec::CodecError> {
+        self.key.encode(key)
+    }
+
+    /// Decodes a stored value (queries): a TTL store's write time is taken off.
+    pub(crate) fn decode_value(&self, value: &[u8]) -> Result<V, crate::codec::CodecError> {
         let value = match self.expiry {
             Some(_) => {
                 ttl::unstamp(value)
@@ -99,7 +99,16 @@ impl<K: Send + 'static, V: Send + 'static> StoreDef<K, V> {
             }
             None => value,
         };
-        Ok((self.key.decode(key)?, self.value.decode(value)?))
+        self.value.decode(value)
+    }
+
+    /// Decodes a raw entry of this store (the test driver and queries read stores back).
+    pub(crate) fn decode(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(K, V), crate::codec::CodecError> {
+        Ok((self.key.decode(key)?, self.decode_value(value)?))
     }
 
     pub(crate) fn spec(&self) -> StoreSpec {

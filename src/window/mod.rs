@@ -196,6 +196,16 @@ impl<K: Send + 'static, V: Send + 'static> WindowDef<K, V> {
         ))
     }
 
+    /// A key as the window store encodes it after the window start (queries).
+    pub(crate) fn query_key(&self, key: &K) -> Result<Vec<u8>, CodecError> {
+        self.key.encode(key)
+    }
+
+    /// Decodes a stored aggregate (queries).
+    pub(crate) fn decode_value(&self, value: &[u8]) -> Result<V, CodecError> {
+        self.value.decode(value)
+    }
+
     fn encode_key(&self, window: Window, key: &K) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::with_capacity(32);
         out.extend_from_slice(&start_prefix(window.start));

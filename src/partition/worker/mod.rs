@@ -57,6 +57,8 @@ pub(crate) struct Shared<KC, VC, H> {
     /// The standby keeper, when standby replicas are on: a worker claims its partition from
     /// it before opening the state.
     pub(crate) standbys: Option<Arc<crate::standby::Standbys>>,
+    /// The partitions queries can read ([`crate::query`]).
+    pub(crate) queries: Arc<crate::query::registry::QueryRegistry>,
 }
 
 /// Tells a worker to stop: a flag checked between records (an atomic load) and a token for
@@ -245,6 +247,12 @@ where
     }
 
     async fn run_inner(&mut self, mut source: Source) -> Result<(), Error> {
+        // Queries see the partition as opening until its state is restored, and not at all
+        // once this worker ends.
+        let queries = self
+            .shared
+            .queries
+            .opening(self.topic.clone(), self.partition);
         let Some(mut ctx) = self.open_state().await? else {
             return Ok(()); // revoked while restoring
         };
@@ -252,6 +260,9 @@ where
             return Ok(()); // revoked while bootstrapping tables
         }
         self.load_stored_offset().await?;
+        if let Some(db) = ctx.with_state(|state| state.db()) {
+            queries.ready(db);
+        }
         self.run_hook(Hook::Assigned, &mut ctx).await?;
         let config = self.shared.config.clone();
         if config.key_concurrency > 1 {
