@@ -217,7 +217,10 @@ async fn crash_rounds(concurrency: usize) {
                 child.assert_alive(&who);
                 assert!(
                     started.elapsed() < Duration::from_secs(60),
-                    "{who} did not reach offset {target} of partition {p}"
+                    "{who} did not reach offset {target} of partition {p} in 60 s (from {from}); \
+                     its probe ends:\n{}\nits stderr ends:\n{}",
+                    common::tail_lines(&child.probe, 15),
+                    child.stderr_tail()
                 );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

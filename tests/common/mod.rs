@@ -311,6 +311,13 @@ impl Handler<String, String> for Recorder {
     }
 }
 
+/// The last `n` lines of the file at `path` (a probe or a log), for failure messages.
+pub fn tail_lines(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 pub fn counts_store() -> StoreDef<String, u64> {
     StoreDef::new("counts", Utf8, Bincode::new())
 }
