@@ -14,8 +14,9 @@
 //! ```
 //!
 //! Modules follow that flow: [`config`] → `consumer` (poll loop, rebalance glue) →
-//! `partition` (source, worker, scheduler, supervisor) → [`table`], [`state`] (RocksDB,
-//! overlay, restore) → `changelog` → `offset`.
+//! `partition` (source, worker and its batch mode, scheduler, supervisor) → [`table`],
+//! [`state`] (RocksDB, overlay, restore) → `changelog` → `offset`. [`query`] reads the
+//! flushed state from outside, beside that flow.
 //! Imports point one way along it: no file reaches itself through the files it imports
 //! (`tests/module_graph.rs` checks), so a setting or stats type lives in a plain file of its
 //! feature that both `config`/`observe` and the feature read.
