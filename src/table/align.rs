@@ -206,6 +206,12 @@ impl PartitionTables {
                 Err(error) => return Err(error),
                 Ok(None) => return Ok(None),
                 Ok(Some(done)) => {
+                    if done.records > 0 {
+                        // Lookups read the bootstrapped rows from SST files (bloom filters,
+                        // block cache) rather than from large memtables: a point read in a
+                        // memtable of 100k+ entries is a long skip-list search.
+                        store.flush_memtables()?;
+                    }
                     listener.on_restore_end(label, partition, done.records, done.elapsed);
                     tracing::info!(
                         records = done.records,

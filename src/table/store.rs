@@ -283,6 +283,11 @@ impl TableStore {
         })
     }
 
+    /// Writes the memtables to SST files (after a bootstrap).
+    pub(crate) fn flush_memtables(&self) -> Result<(), StateError> {
+        self.db.sync()
+    }
+
     /// Closes the database and deletes it (a table topic recreated under it).
     pub(crate) fn destroy(self) -> Result<(), StateError> {
         self.db.destroy()
