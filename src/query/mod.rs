@@ -279,10 +279,13 @@ impl StateQuery {
             None => Err(QueryError::NotOwned {
                 topic: topic.to_string(),
                 partition,
-                owner: self.owner_of(topic, partition).await.unwrap_or_else(|error| {
-                    tracing::debug!(%topic, partition, %error, "no owner found");
-                    None
-                }),
+                owner: self
+                    .owner_of(topic, partition)
+                    .await
+                    .unwrap_or_else(|error| {
+                        tracing::debug!(%topic, partition, %error, "no owner found");
+                        None
+                    }),
             }),
         }
     }
