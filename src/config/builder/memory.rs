@@ -56,9 +56,7 @@ impl ConsumerConfigBuilder {
     /// the partitions of the subscribed topics (known at start), unless set with
     /// [`queue_bytes`](Self::queue_bytes), [`total_queue_bytes`](Self::total_queue_bytes) or
     /// [`overlay_bytes`](Self::overlay_bytes): a consumer of 64 partitions does not hold 64
-    /// times the memory of one. With co-partitioned tables, half of the block cache's share
-    /// goes to the tables' read caches instead (recently read rows, divided among the
-    /// partitions). The process also has librdkafka's and the runtime's own
+    /// times the memory of one. The process also has librdkafka's and the runtime's own
     /// memory (some tens of MB).
     pub fn memory_budget(mut self, bytes: usize) -> Self {
         self.config.memory_budget = bytes;
