@@ -60,9 +60,6 @@ impl ConsumerConfig {
                 queue_bytes: 16 << 20,
                 total_queue_bytes: 256 << 20,
                 overlay_bytes: 64 << 20,
-                // Until `sized_for` divides the budget among the partitions (the test
-                // driver keeps this).
-                table_cache_bytes: 4 << 20,
                 memory_budget: DEFAULT_MEMORY_BUDGET,
                 sizes_set: SizesSet::default(),
                 assignment: AssignmentStrategy::default(),

@@ -176,19 +176,9 @@ impl ConsumerConfig {
         self.memory_budget / 4
     }
 
-    /// RocksDB's shared block cache (see [`crate::ConsumerConfigBuilder::memory_budget`]):
-    /// its share, less half of it for the tables' read caches when co-partitioned tables
-    /// are declared.
+    /// RocksDB's shared block cache (see [`crate::ConsumerConfigBuilder::memory_budget`]).
     pub(crate) fn rocks_cache_bytes(&self) -> usize {
-        self.budget_share() - self.table_cache_share()
-    }
-
-    /// Half of the block cache's share when co-partitioned tables are declared.
-    fn table_cache_share(&self) -> usize {
-        match self.tables.iter().any(|t| !t.global) {
-            true => self.budget_share() / 2,
-            false => 0,
-        }
+        self.budget_share()
     }
 
     /// RocksDB's memtables, all partitions together.
@@ -212,7 +202,6 @@ impl ConsumerConfig {
         if !c.sizes_set.overlay_bytes {
             c.overlay_bytes = per_partition.clamp(1 << 20, 64 << 20);
         }
-        c.table_cache_bytes = c.table_cache_share() / partitions.max(1);
         c
     }
 }
@@ -232,9 +221,6 @@ pub struct ConsumerConfig {
     pub(crate) queue_bytes: usize,
     pub(crate) total_queue_bytes: usize,
     pub(crate) overlay_bytes: usize,
-    /// The read cache of each input partition's co-partitioned tables (see `table::cache`),
-    /// carved out of RocksDB's block cache share.
-    pub(crate) table_cache_bytes: usize,
     /// The consumer's memory budget, and which of the sizes above the user set (the others
     /// are derived from the budget when the partition count is known).
     pub(crate) memory_budget: usize,

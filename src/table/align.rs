@@ -161,8 +161,7 @@ impl PartitionTables {
         let wait = config.revoke_timeout + config.flush_timeout;
         let _span = tracing::info_span!("table bootstrap", %topic, partition).entered();
         for attempt in 0..2 {
-            let store = TableStore::open(&path, &specs, wait, &env.memory)?
-                .with_read_cache(config.table_cache_bytes);
+            let store = TableStore::open(&path, &specs, wait, &env.memory)?;
             let parts: Vec<Part<'_>> = specs
                 .iter()
                 .enumerate()

@@ -74,7 +74,6 @@
 
 mod align;
 mod bootstrap;
-mod cache;
 mod feed;
 mod global;
 mod source;

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::cache::ReadCache;
 use super::{checkpoint_key, versions, TableError, TableSpec};
 use crate::batch::RecordBatch;
 use crate::changelog::OutRecord;
@@ -33,8 +32,6 @@ struct Layout {
     latest: usize,
     /// A versioned table's history.
     versions: Option<History>,
-    /// Recently read latest values (co-partitioned tables).
-    cache: Option<ReadCache>,
 }
 
 /// A versioned table's column family of versions ([`super::versions`]).
@@ -107,7 +104,6 @@ impl TableStore {
                 name: spec.name.clone(),
                 latest,
                 versions,
-                cache: None,
             });
         }
         let db = match PartitionDb::open(path, &stores, wait, memory) {
@@ -142,37 +138,6 @@ impl TableStore {
 
     pub(crate) fn path(&self) -> &Path {
         self.db.path()
-    }
-
-    /// Puts a read cache of `bytes` in all (shared out among the tables) in front of each
-    /// table's latest values; 0: none.
-    #[must_use]
-    pub(crate) fn with_read_cache(mut self, bytes: usize) -> Self {
-        let each = bytes / self.tables.len().max(1);
-        for table in &mut self.tables {
-            table.cache = ReadCache::new(each);
-        }
-        self
-    }
-
-    /// `f` of `key`'s raw latest value (a versioned table's head), through the read cache.
-    fn latest_raw<T>(
-        &self,
-        table: usize,
-        key: &[u8],
-        f: impl FnOnce(Option<&[u8]>) -> T,
-    ) -> Result<T, StateError> {
-        let layout = &self.tables[table];
-        if let Some(cache) = &layout.cache {
-            return cache.read(key, || self.db.get(layout.latest, key), f);
-        }
-        let mut f = Some(f);
-        let mut call = |v: Option<&[u8]>| f.take().map(|f| f(v));
-        let found = self.db.get_with(layout.latest, key, |v| call(Some(v)))?;
-        Ok(match found.flatten() {
-            Some(found) => found,
-            None => call(None).expect("called once"),
-        })
     }
 
     /// The next offset of `table`'s `partition` to apply: 0 when it has none.
@@ -239,13 +204,7 @@ impl TableStore {
         }
         let meta: Vec<(&str, Vec<u8>)> =
             meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        match &layout.cache {
-            // Readers never see a value the write replaced (see `cache`).
-            Some(cache) => cache.write(stores[0].1.iter().map(|(k, _)| *k), || {
-                self.db.write_stores(&stores, &meta, logged)
-            })?,
-            None => self.db.write_stores(&stores, &meta, logged)?,
-        }
+        self.db.write_stores(&stores, &meta, logged)?;
         if let (Some(history), Some(top)) = (&layout.versions, newest) {
             // Lookups see the new horizon only once the versions it prunes are gone.
             history.newest.fetch_max(top, Ordering::Relaxed);
@@ -342,14 +301,18 @@ impl TableStore {
         key: &[u8],
         f: impl FnOnce(&[u8]) -> T,
     ) -> Result<Option<T>, StateError> {
-        let versioned = self.tables[table].versions.is_some();
-        self.latest_raw(table, key, |raw| match (raw, versioned) {
-            (None, _) => None,
-            (Some(value), false) => Some(f(value)),
-            (Some(head), true) => versions::decode_head(head)
-                .and_then(|(_, stored)| versions::decode(stored))
-                .map(f),
-        })
+        let layout = &self.tables[table];
+        match layout.versions {
+            None => self.db.get_with(layout.latest, key, f),
+            Some(_) => Ok(self
+                .db
+                .get_with(layout.latest, key, |head| {
+                    versions::decode_head(head)
+                        .and_then(|(_, stored)| versions::decode(stored))
+                        .map(f)
+                })?
+                .flatten()),
+        }
     }
 
     /// `f` of the value `key` had at `time` in a versioned table.
@@ -372,12 +335,17 @@ impl TableStore {
         }
         // The head answers for times at or after the key's newest version (and says when a
         // key has no version at all); earlier times seek.
-        let head = self.latest_raw(table, key, |head| {
-            head.map(|head| match versions::decode_head(head) {
-                Some((newest, stored)) if newest <= time => Ok(versions::decode(stored).map(&f)),
-                _ => Err(()),
-            })
-        })?;
+        let head =
+            self.db.get_with(
+                self.tables[table].latest,
+                key,
+                |head| match versions::decode_head(head) {
+                    Some((newest, stored)) if newest <= time => {
+                        Ok(versions::decode(stored).map(&f))
+                    }
+                    _ => Err(()),
+                },
+            )?;
         let found = match head {
             None => None,
             Some(Ok(found)) => found,
