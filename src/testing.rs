@@ -127,7 +127,12 @@ pub struct CapturedRecord {
 }
 
 #[derive(Default)]
-struct Capture(Mutex<Vec<OutRecord>>, std::sync::atomic::AtomicBool);
+struct Capture(
+    Mutex<Vec<OutRecord>>,
+    std::sync::atomic::AtomicBool,
+    /// While set, enqueued records wait for their acknowledgement (see `hold_acks`).
+    Mutex<Option<Vec<crate::changelog::HeldAck>>>,
+);
 
 impl RecordSink for Capture {
     fn send_records(
@@ -157,6 +162,34 @@ impl RecordSink for Capture {
         let offsets = (first..first + records.len() as i64).collect();
         captured.extend(records);
         Box::pin(async move { Ok(offsets) })
+    }
+
+    fn enqueue_records(
+        &self,
+        records: Vec<OutRecord>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = std::result::Result<crate::changelog::Pending, ChangelogError>,
+                > + Send
+                + '_,
+        >,
+    > {
+        let mut held = self.2.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(held) = held.as_mut() else {
+            drop(held);
+            return Box::pin(async move {
+                self.send_records(records).await?;
+                Ok(crate::changelog::Pending::acknowledged())
+            });
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(records);
+        let (pending, ack) = crate::changelog::Pending::held();
+        held.push(ack);
+        Box::pin(async move { Ok(pending) })
     }
 }
 
@@ -608,6 +641,20 @@ where
                 headers: r.headers.clone(),
             })
             .collect()
+    }
+
+    /// While `hold` is set, output records sent by handlers (not dead letters) are captured
+    /// at once but acknowledged only when it is cleared: what a slow broker does to
+    /// pipelined outputs. A crash meanwhile loses their acknowledgements.
+    pub fn hold_acks(&self, hold: bool) {
+        let mut held = self.capture.2.lock().unwrap_or_else(|p| p.into_inner());
+        match (hold, held.take()) {
+            (true, previous) => *held = Some(previous.unwrap_or_default()),
+            (false, Some(acks)) => acks
+                .into_iter()
+                .for_each(crate::changelog::HeldAck::release),
+            (false, None) => {}
+        }
     }
 
     /// From now on, sends of output records and dead letters fail (`true`) or succeed again.

@@ -212,7 +212,14 @@ async fn crash_rounds(concurrency: usize) {
             };
             let from = handled(&common::read_probe(&child.probe));
             let left = (ends[p as usize] - from).max(0) as u64;
-            let target = from + rng.below(left * 3 / 4 + 1) as i64;
+            // Probes are written every PROBE_EVERY offsets: a target between two probe
+            // points past the last one the backlog has would never be seen (the child may
+            // have handled the whole backlog before `from` was read).
+            let last_probe =
+                (ends[p as usize] - 1).max(0) / common::PROBE_EVERY * common::PROBE_EVERY;
+            let target = (from + rng.below(left * 3 / 4 + 1) as i64).min(last_probe)
+                / common::PROBE_EVERY
+                * common::PROBE_EVERY;
             while handled(&common::read_probe(&child.probe)) < target {
                 child.assert_alive(&who);
                 assert!(

@@ -20,6 +20,8 @@ mod writer;
 pub(crate) use kafka::KafkaStateLog;
 pub(crate) use reader::{is_transient, PooledReader, ReaderPool};
 pub(crate) use topics::{ensure_changelogs, partition_count, source_partition_count};
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use writer::HeldAck;
 pub(crate) use writer::{headers_of, ChangelogWriter, OutRecord, OutRef, Pending, RecordSink};
 
 use rdkafka::error::KafkaError;

@@ -280,6 +280,18 @@ impl Pending {
         }
     }
 
+    /// Not acknowledged until the returned handle is released (the test driver withholds
+    /// acknowledgements).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn held() -> (Self, HeldAck) {
+        let acks = Arc::new(Acks::default());
+        acks.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remaining = 1;
+        (Self { acks: acks.clone() }, HeldAck(acks))
+    }
+
     /// Waits until every record is acknowledged; their offsets in input order.
     ///
     /// # Errors
@@ -303,6 +315,22 @@ impl Pending {
             }
             notified.await;
         }
+    }
+}
+
+/// The acknowledgement of a [`Pending::held`], given by [`HeldAck::release`].
+#[cfg(any(test, feature = "testing"))]
+pub(crate) struct HeldAck(Arc<Acks>);
+
+#[cfg(any(test, feature = "testing"))]
+impl HeldAck {
+    pub(crate) fn release(self) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remaining = 0;
+        self.0.done.notify_one();
     }
 }
 

@@ -6,8 +6,8 @@
 //! watermark for both — and a partition pays one acknowledgement wait per flush, not one
 //! broker round trip per record.
 //!
-//! Records handled one at a time only: a record in flight under key-level concurrency waits
-//! for its own outputs before it finishes (see `worker::records::attempt`).
+//! The same holds under key-level concurrency: a record in flight that finishes joins the
+//! outputs the next flush waits for.
 //!
 //! An acknowledgement that never comes (the producer gave up: topic deleted, not
 //! authorized, `delivery.timeout.ms` passed) ends the partition with `Error::Output`
@@ -32,6 +32,11 @@ impl OutputsInFlight {
     /// The record at `offset` sent output records.
     pub(crate) fn push(&mut self, offset: i64, pending: Pending) {
         self.sent.push((offset, pending));
+    }
+
+    /// Whether no output record waits for a flush.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sent.is_empty()
     }
 
     /// Everything sent so far, for a flush to wait for.

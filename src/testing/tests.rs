@@ -134,6 +134,54 @@ async fn a_record_counts_only_once_its_output_is_acknowledged() {
     assert_eq!(d.sent_to("counts-out").len(), 1);
 }
 
+/// Sends one output record per record and writes no state.
+#[derive(Clone, Default)]
+struct Forward {
+    output: Option<crate::Output<String, String>>,
+    calls: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Handler<String, String> for Forward {
+    async fn handle(
+        &self,
+        r: Record<String, String>,
+        ctx: &mut PartitionContext,
+    ) -> std::result::Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(output) = &self.output {
+            ctx.send(output, r.key.as_ref(), r.value.as_ref())?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_only_sends_is_not_committed_before_its_output_is_acknowledged() {
+    let handler = Forward {
+        output: Some(crate::Output::new("forwarded", Utf8, Utf8)),
+        ..Forward::default()
+    };
+    let config = ConsumerConfig::builder("unused:9092", "g", ["t"])
+        .instance_id("i")
+        .build()
+        .unwrap();
+    let mut d = TestDriver::new(config, Utf8, Utf8, handler.clone())
+        .await
+        .unwrap();
+    d.hold_acks(true);
+    d.send(rec("a", "x")).await.unwrap();
+    d.send(rec("b", "y")).await.unwrap();
+    // Killed before the broker acknowledged the outputs: both records come again.
+    d.crash().await.unwrap();
+    assert_eq!(handler.calls.load(Ordering::Relaxed), 4);
+    d.hold_acks(false);
+    d.send(rec("c", "z")).await.unwrap();
+    d.flush().await.unwrap();
+    d.crash().await.unwrap();
+    // Acknowledged and flushed: nothing comes again.
+    assert_eq!(handler.calls.load(Ordering::Relaxed), 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_panics_surface_as_each_policy_says() {
     let mut d = driver(ErrorPolicy::Fail).await;

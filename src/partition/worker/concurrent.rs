@@ -162,8 +162,9 @@ where
             return;
         };
         self.progress.processed_next.store(next, Ordering::Relaxed);
-        // Nothing unflushed: the records' effects (none in state) are durable already.
-        if ctx.with_state(|s| s.dirty_keys() == 0).unwrap_or(true) {
+        // Nothing unflushed, no flush in flight, no output unacknowledged: the records'
+        // effects are durable already.
+        if self.nothing_pending(ctx) {
             self.progress.set_durable(next);
         }
     }
@@ -298,7 +299,7 @@ where
 {
     let batch = pending.batch.clone();
     let raw = pending.raw();
-    let ended = match attempt(&shared, &stop, (&batch, raw), &mut ctx, (None, false)).await {
+    let ended = match attempt(&shared, &stop, (&batch, raw), &mut ctx, None).await {
         Attempted::Handled(sent) => Ended::Handled(sent),
         Attempted::Cancelled => Ended::Cancelled,
         Attempted::Failed(failure) => {

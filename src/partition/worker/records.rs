@@ -55,11 +55,22 @@ where
             self.progress
                 .processed_next
                 .store(position.next, Ordering::Relaxed);
-            // Nothing unflushed: the records' effects (none in state) are already durable.
-            if ctx.state().is_none_or(|s| s.dirty_keys() == 0) {
+            // Nothing unflushed, no flush in flight, no output unacknowledged: the records'
+            // effects are already durable.
+            if self.nothing_pending(ctx) {
                 self.progress.set_durable(position.next);
             }
         }
+    }
+
+    /// Whether every effect of the records handled so far is durable: no state write waits
+    /// for a flush, no flush is in flight (its writes are not in RocksDB yet, though no
+    /// longer counted as dirty) and no output record waits for its acknowledgement. Only
+    /// then may the position move without a flush.
+    pub(super) fn nothing_pending(&self, ctx: &mut PartitionContext) -> bool {
+        self.in_flight.is_none()
+            && self.outputs.is_empty()
+            && ctx.with_state(|s| s.dirty_keys() == 0).unwrap_or(true)
     }
 
     pub(super) fn finish(&mut self, record: &RawRecord, stream_time: i64) {
@@ -88,7 +99,7 @@ where
             .sampled
             .is_multiple_of(crate::observe::metrics::HANDLER_SAMPLE)
             .then_some(&self.handler_duration);
-        let attempted = attempt(&self.shared, &self.stop, (batch, raw), ctx, (timed, true)).await;
+        let attempted = attempt(&self.shared, &self.stop, (batch, raw), ctx, timed).await;
         match attempted {
             Attempted::Handled(sent) => {
                 if let Some(sent) = sent {
@@ -195,7 +206,7 @@ pub(super) async fn attempt<KC, VC, H>(
     stop: &StopSignal,
     (batch, raw): (&RecordBatch, &RawRecord),
     ctx: &mut PartitionContext,
-    (timed, pipelined): (Option<&metrics::Histogram>, bool),
+    timed: Option<&metrics::Histogram>,
 ) -> Attempted
 where
     KC: Codec,
@@ -241,17 +252,6 @@ where
             // Its output is produced now and acknowledged by the flush that makes the
             // record durable; one the producer refuses at once is the record's error.
             Ok(Ok(())) => match enqueue_outbox(shared, ctx).await {
-                // Records in flight under key-level concurrency wait for their own outputs
-                // (their waits overlap), as before outputs were pipelined: the crash harness
-                // with one output per record and 16 records in flight once lost counts after
-                // SIGKILLs on a loaded machine with pipelining, not yet explained (issue 25).
-                Ok(Some(sent)) if !pipelined => match sent.wait().await {
-                    Ok(_) => return Attempted::Handled(None),
-                    Err(error) => {
-                        ctx.discard_staged();
-                        return Attempted::Failed(Failure::Output(error));
-                    }
-                },
                 Ok(sent) => return Attempted::Handled(sent),
                 Err(error) => {
                     ctx.discard_staged();
