@@ -139,12 +139,7 @@ impl StateQuery {
         self.store_index(store.name())?;
         let encoded = store.encode_key(key).map_err(codec_err(store.name()))?;
         let (topic, partition) = self.locate(&encoded).await?;
-        self.read(store, (&topic, partition), |db, index| {
-            db.get_with(index, &encoded, |v| store.decode_value(v))
-        })
-        .await?
-        .transpose()
-        .map_err(codec_err(store.name()))
+        self.get_in(store, (&topic, partition), key).await
     }
 
     /// The value of `key` in `store` of `(topic, partition)`.
