@@ -99,7 +99,7 @@ impl ConsumerConfigBuilder {
     }
 
     /// How the records this consumer produces — changelog records and markers, dead letters,
-    /// output records — are compressed (default [`Compression::Lz4`]: little CPU, changelogs
+    /// output records — are compressed (default [`Compression::Lz4`](crate::config::Compression::Lz4): little CPU, changelogs
     /// several times smaller to store and to restore). What it reads may use any codec.
     pub fn compression(mut self, compression: crate::config::Compression) -> Self {
         self.config.compression = compression;
