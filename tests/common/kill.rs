@@ -211,11 +211,17 @@ impl Handler<String, String> for CountSum {
     ) -> Result<(), HandlerError> {
         let key = r.key.ok_or("record without key")?;
         let n: u64 = r.value.ok_or("record without value")?.parse()?;
-        let weight: u64 = ctx
-            .table(&self.weights)?
+        let weights = ctx.table(&self.weights)?;
+        let weight: u64 = weights
             .get(&key)?
             .ok_or_else(|| format!("no weight for {key}: the table is incomplete"))?
             .parse()?;
+        // Every key's first weight is produced before any record: a version at the
+        // record's time exists whatever was read, restored or replayed.
+        weights
+            .at_record_time(&key)?
+            .ok_or_else(|| format!("no weight for {key} as of the record's time"))?
+            .parse::<u64>()?;
         if let Some(d) = self.delay {
             if r.offset % self.delay_every.max(1) == 0 {
                 tokio::time::sleep(d).await;

@@ -2,7 +2,9 @@
 //! which [`CountSum`](super::CountSum) reads for every record (a missing weight fails the
 //! record, and under `ErrorPolicy::Fail` the consumer), so those tests also prove that a
 //! table is complete before its partition's first record, across crashes, moves and
-//! zombies, and that it ends equal to its topic.
+//! zombies, and that it ends equal to its topic. The table is versioned, and the handler
+//! also reads it as of each record's time, so version writes, heads and their restores run
+//! under the same SIGKILLs.
 #![allow(dead_code, unreachable_pub)]
 
 use super::*;
@@ -14,6 +16,7 @@ pub fn weights_topic(topic: &str) -> String {
 
 pub fn weights_table(topic: &str) -> TableDef<String, String> {
     TableDef::new("weights", &weights_topic(topic), Utf8, Utf8)
+        .versioned(std::time::Duration::from_secs(3_600))
 }
 
 /// The input topic and its weights topic, both with `partitions` partitions.
