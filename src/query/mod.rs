@@ -139,7 +139,7 @@ impl StateQuery {
         self.store_index(store.name())?;
         let encoded = store.encode_key(key).map_err(codec_err(store.name()))?;
         let (topic, partition) = self.locate(&encoded).await?;
-        self.get_in(store, (&topic, partition), key).await
+        self.get_encoded(store, (&topic, partition), &encoded).await
     }
 
     /// The value of `key` in `store` of `(topic, partition)`.
@@ -153,8 +153,17 @@ impl StateQuery {
         key: &K,
     ) -> Result<Option<V>, QueryError> {
         let encoded = store.encode_key(key).map_err(codec_err(store.name()))?;
-        self.read(store, (topic, partition), |db, index| {
-            db.get_with(index, &encoded, |v| store.decode_value(v))
+        self.get_encoded(store, (topic, partition), &encoded).await
+    }
+
+    async fn get_encoded<K: Send + 'static, V: Send + 'static>(
+        &self,
+        store: &StoreDef<K, V>,
+        tp: (&str, i32),
+        encoded: &[u8],
+    ) -> Result<Option<V>, QueryError> {
+        self.read(store, tp, |db, index| {
+            db.get_with(index, encoded, |v| store.decode_value(v))
         })
         .await?
         .transpose()
