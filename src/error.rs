@@ -97,6 +97,16 @@ pub enum Error {
         message: String,
     },
 
+    /// Exactly-once: the member's open transaction was aborted (a producer fenced by a newer
+    /// incarnation, offsets refused for an old group generation, a lost partition, a flush
+    /// that failed). Its changelog records, outputs and offsets are gone; the next start
+    /// resumes from the last committed transaction.
+    #[error("the transaction was aborted: {reason}")]
+    Transaction {
+        /// Why.
+        reason: String,
+    },
+
     /// A lifecycle hook of the handler (`on_assigned`, `on_revoked`) failed, panicked or
     /// outlasted the revoke timeout.
     #[error("{hook} failed for {topic}/{partition}: {message}")]

@@ -53,7 +53,8 @@ pub mod window;
 pub use codec::{Codec, CodecError};
 pub use config::{
     AssignmentStrategy, CloseBehavior, Compression, ConfigError, ConsumerConfig,
-    ConsumerConfigBuilder, ErrorPolicy, LatePolicy, Membership, MissingTopics, RetryPolicy,
+    ConsumerConfigBuilder, ErrorPolicy, LatePolicy, Membership, MissingTopics, ProcessingGuarantee,
+    RetryPolicy,
 };
 pub use consumer::StatefulConsumer;
 pub use error::{Error, Result};

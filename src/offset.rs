@@ -43,6 +43,13 @@ impl OffsetTracker {
     }
 }
 
+/// Transactions of an exactly-once member, committed and aborted.
+#[derive(Debug, Default)]
+pub(crate) struct TransactionCounts {
+    pub(crate) committed: AtomicU64,
+    pub(crate) aborted: AtomicU64,
+}
+
 /// A topic and partition.
 pub(crate) type TopicPartition = (String, i32);
 

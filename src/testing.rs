@@ -288,6 +288,7 @@ where
             clock_offset_ms: Default::default(),
             standbys: None,
             queries: Arc::default(),
+            transactions: None,
         });
         let mut driver = Self {
             shared,

@@ -22,6 +22,10 @@ pub(crate) struct KafkaStateLog {
     pub(crate) topics: Vec<String>,
     /// This member's `group.instance.id`, written on its markers.
     pub(crate) owner: Option<String>,
+    /// Under exactly-once: the member's transactions. A flush appends inside the unit its
+    /// worker entered; [`append_blocking`](StateLog::append_blocking) (an epoch marker when a
+    /// partition opens) enters a unit of its own.
+    pub(crate) transactions: Option<std::sync::Arc<super::transaction::Transactions>>,
 }
 
 impl KafkaStateLog {
@@ -179,6 +183,18 @@ impl StateLog for KafkaStateLog {
         partition: i32,
         records: Vec<(usize, Stamp, EntryRef<'_>)>,
     ) -> Result<Vec<i64>, StateError> {
-        tokio::runtime::Handle::current().block_on(self.append(partition, records))
+        let unit = match &self.transactions {
+            Some(txn) => Some(
+                txn.enter_blocking()
+                    .map_err(|failed| StateError::from(super::transaction::aborted(&[], failed)))?,
+            ),
+            None => None,
+        };
+        let offsets =
+            tokio::runtime::Handle::current().block_on(self.append(partition, records))?;
+        if let Some(unit) = unit {
+            unit.finish();
+        }
+        Ok(offsets)
     }
 }

@@ -15,6 +15,7 @@ pub(crate) mod format;
 mod kafka;
 mod reader;
 mod topics;
+pub(crate) mod transaction;
 mod writer;
 
 pub(crate) use kafka::KafkaStateLog;
@@ -81,6 +82,16 @@ pub enum ChangelogError {
         partition: i32,
         /// The consumer's error.
         source: KafkaError,
+    },
+    /// Records could not be produced: the member's transactions stopped (exactly-once).
+    #[error("cannot write {topic}/{partition}: the transaction was aborted: {reason}")]
+    Transaction {
+        /// The topic.
+        topic: String,
+        /// The partition (-1: chosen by the partitioner).
+        partition: i32,
+        /// Why the transaction was aborted.
+        reason: String,
     },
     /// A changelog record lacks the crate's headers (written by something else?).
     #[error("changelog {topic}/{partition}@{offset} is malformed: {reason}")]

@@ -8,7 +8,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
@@ -64,13 +65,35 @@ pub(crate) fn with_retries<T>(
 
 /// A consumer outside any group, for reading partitions from an offset.
 pub(crate) struct Reader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
 }
+
+/// librdkafka also reports each end of partition as a client error, which rdkafka's default
+/// context logs at error level: here it is the expected end of a read.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(target: "librdkafka", %error, "{reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
 
 impl Reader {
     fn new(config: &ConsumerConfig) -> Result<Self, KafkaError> {
+        let mut settings = config.restore_consumer();
+        // A read ends at the partition's end even when no record sits at `to - 1`: a
+        // transaction's commit marker takes the last offset of a changelog written
+        // transactionally, and `read_committed` ends at the last stable offset.
+        settings.set("enable.partition.eof", "true");
         Ok(Self {
-            consumer: config.restore_consumer().create()?,
+            consumer: settings.create_with_context(ReaderContext)?,
         })
     }
 
@@ -93,7 +116,9 @@ impl Reader {
 
     /// Calls `apply` for every record in `[from, to)`, in order. `should_stop` is checked
     /// between polls so a revoke can abandon a long read; `Ok(false)` then. Records missing
-    /// from the range (compaction) are skipped; a read stalled for a minute fails.
+    /// from the range (compaction, transaction markers, aborted records) are skipped; the
+    /// read ends at the partition's end if that comes first; a read stalled for a minute
+    /// fails.
     pub(crate) fn read<E>(
         &self,
         topic: &str,
@@ -153,6 +178,9 @@ impl Reader {
                         return Ok(true);
                     }
                 }
+                // Nothing more to read now: every record up to `to` (or up to the last stable
+                // offset, past which nothing is committed) was handed over.
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(true),
                 Some(Err(error)) if is_transient(&error) => {
                     tracing::warn!(%error, "changelog read failed; retrying");
                     std::thread::sleep(backoff);

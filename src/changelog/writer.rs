@@ -142,6 +142,11 @@ pub(crate) fn headers_of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])
 }
 
 impl ChangelogWriter {
+    /// The producer (for its transactional calls).
+    pub(crate) fn producer(&self) -> &ThreadedProducer<AckContext> {
+        &self.producer
+    }
+
     /// # Errors
     /// When librdkafka rejects the configuration.
     pub(crate) fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
@@ -256,7 +261,10 @@ impl ChangelogWriter {
                 }
             }
         }
-        Ok(Pending { acks })
+        Ok(Pending {
+            acks,
+            deferred: Vec::new(),
+        })
     }
 }
 
@@ -264,6 +272,9 @@ impl ChangelogWriter {
 #[must_use = "records are durable only once their acknowledgements arrived"]
 pub(crate) struct Pending {
     acks: Arc<Acks>,
+    /// Records not handed to the producer yet: under exactly-once a record's outputs are
+    /// produced by the flush that commits its offset, in the same transaction.
+    deferred: Vec<OutRecord>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -277,7 +288,29 @@ impl Pending {
     pub(crate) fn acknowledged() -> Self {
         Self {
             acks: Arc::default(),
+            deferred: Vec::new(),
         }
+    }
+
+    /// Records to be produced later, by whoever takes them ([`take_deferred`](Self::take_deferred)).
+    pub(crate) fn deferred(records: Vec<OutRecord>) -> Self {
+        Self {
+            acks: Arc::default(),
+            deferred: records,
+        }
+    }
+
+    /// Key and value bytes of the records not produced yet.
+    pub(crate) fn deferred_bytes(&self) -> usize {
+        self.deferred
+            .iter()
+            .map(|r| r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+
+    /// The records not produced yet.
+    pub(crate) fn take_deferred(&mut self) -> Vec<OutRecord> {
+        std::mem::take(&mut self.deferred)
     }
 
     /// Not acknowledged until the returned handle is released (the test driver withholds
@@ -289,7 +322,13 @@ impl Pending {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remaining = 1;
-        (Self { acks: acks.clone() }, HeldAck(acks))
+        (
+            Self {
+                acks: acks.clone(),
+                deferred: Vec::new(),
+            },
+            HeldAck(acks),
+        )
     }
 
     /// Waits until every record is acknowledged; their offsets in input order.
@@ -297,6 +336,13 @@ impl Pending {
     /// # Errors
     /// The first record that was not acknowledged.
     pub(crate) async fn wait(self) -> Result<Vec<i64>, ChangelogError> {
+        if let Some(record) = self.deferred.first() {
+            return Err(ChangelogError::Produce {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                source: KafkaError::Canceled,
+            });
+        }
         let acks = self.acks;
         loop {
             let notified = acks.done.notified();
@@ -361,7 +407,7 @@ pub(crate) trait RecordSink: Send + Sync + 'static {
 }
 
 /// Borrowed views of owned records, for [`ChangelogWriter::send`].
-fn refs_of(records: &[OutRecord]) -> impl Iterator<Item = OutRef<'_>> {
+pub(crate) fn refs_of(records: &[OutRecord]) -> impl Iterator<Item = OutRef<'_>> {
     records.iter().map(|r| OutRef {
         topic: &r.topic,
         partition: r.partition,

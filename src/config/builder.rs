@@ -26,6 +26,8 @@ pub struct ConsumerConfigBuilder {
     membership: Membership,
     /// Whether `flush_interval` was set; otherwise it follows `commit_interval`.
     flush_interval_set: bool,
+    /// Whether `commit_interval` was set; otherwise exactly-once shortens it.
+    commit_interval_set: bool,
     assignment_set: bool,
 }
 
@@ -44,6 +46,7 @@ impl ConsumerConfig {
         ConsumerConfigBuilder {
             membership: Membership::StaticFromEnv("HOSTNAME".into()),
             flush_interval_set: false,
+            commit_interval_set: false,
             assignment_set: false,
             config: ConsumerConfig {
                 bootstrap_servers: bootstrap_servers.into(),
@@ -83,6 +86,7 @@ impl ConsumerConfig {
                 changelog_replication: -1,
                 compression: Default::default(),
                 standby: None,
+                guarantee: ProcessingGuarantee::default(),
                 consumer_overrides: Vec::new(),
                 client_overrides: Vec::new(),
             },
@@ -100,6 +104,9 @@ impl ConsumerConfigBuilder {
     /// of properties the library owns.
     pub fn build(self) -> Result<ConsumerConfig, ConfigError> {
         let mut config = self.config;
+        if config.guarantee.is_exactly_once() && !self.commit_interval_set {
+            config.commit_interval = EXACTLY_ONCE_COMMIT_INTERVAL;
+        }
         if !self.flush_interval_set {
             config.flush_interval = config.commit_interval;
         }

@@ -46,8 +46,12 @@ const OWNED_KEYS: &[(&str, &str)] = &[
         "the classic group protocol is required for static membership here",
     ),
     (
+        "isolation.level",
+        "records are read committed: aborted transactions' records are never state or input",
+    ),
+    (
         "transactional.id",
-        "changelog writes are not transactional; see the crate docs",
+        "use ConsumerConfigBuilder::processing_guarantee(ProcessingGuarantee::ExactlyOnce)",
     ),
 ];
 
@@ -104,6 +108,9 @@ impl ConsumerConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
+            // librdkafka's default, said here because exactly-once depends on it: records of
+            // aborted transactions (a zombie's, a crashed member's) are never handled.
+            .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
             .set(
                 "partition.assignment.strategy",
@@ -187,6 +194,32 @@ impl ConsumerConfig {
         c
     }
 
+    /// The transactional producer of an exactly-once consumer: [`producer`](Self::producer)
+    /// with a transactional id and the transaction timeout.
+    pub(crate) fn transactional_producer(&self, transactional_id: &str) -> ClientConfig {
+        let mut c = self.producer();
+        c.set("transactional.id", transactional_id).set(
+            "transaction.timeout.ms",
+            millis(super::TRANSACTION_TIMEOUT.max(self.commit_interval * 10)),
+        );
+        c
+    }
+
+    /// `<group>-<instance id>` for a static member: the same member after a restart fences
+    /// the producer of its previous incarnation (a zombie's open transaction is aborted).
+    /// A dynamic member gets a fresh id per call; the group generation fences it.
+    pub(crate) fn transactional_id(&self) -> String {
+        match &self.instance_id {
+            Some(id) => format!("{}-{id}", self.group_id),
+            None => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                format!("{}-{}-{nanos:x}", self.group_id, std::process::id())
+            }
+        }
+    }
+
     /// A consumer without a group, for reading changelogs and watermarks.
     pub(crate) fn restore_consumer(&self) -> ClientConfig {
         let mut c = self.base_client();
@@ -196,6 +229,8 @@ impl ConsumerConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
+            // Changelogs written in transactions: an aborted flush is never restored.
+            .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
             // A read ends at a known offset, and librdkafka has already asked for what follows:
             // a fetch that the broker holds for up to this long, which the next read on this
@@ -285,6 +320,7 @@ impl fmt::Debug for ConsumerConfig {
             .field("table_sync_wait", &self.table_sync_wait)
             .field("key_concurrency", &self.key_concurrency)
             .field("standby", &self.standby)
+            .field("guarantee", &self.guarantee)
             .field("concurrency_lookahead", &self.concurrency_lookahead)
             .field("flush_max_records", &self.flush_max_records)
             .field("flush_interval", &self.flush_interval)

@@ -9,11 +9,14 @@ use crate::state::StoreSpec;
 mod builder;
 mod clients;
 mod compression;
+mod guarantee;
 #[cfg(test)]
 mod tests;
 
 pub use builder::ConsumerConfigBuilder;
 pub use compression::Compression;
+pub use guarantee::ProcessingGuarantee;
+pub(crate) use guarantee::{EXACTLY_ONCE_COMMIT_INTERVAL, TRANSACTION_TIMEOUT};
 
 /// The configuration was rejected by [`ConsumerConfigBuilder::build`].
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +256,8 @@ pub struct ConsumerConfig {
     /// How the records this consumer produces are compressed.
     pub(crate) compression: Compression,
     pub(crate) standby: Option<crate::standby::StandbyReplicas>,
+    /// At-least-once, or exactly-once through Kafka transactions.
+    pub(crate) guarantee: ProcessingGuarantee,
     consumer_overrides: Vec<(String, String)>,
     client_overrides: Vec<(String, String)>,
 }

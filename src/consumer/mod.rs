@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::changelog::transaction::{KafkaTxnClient, TransactionalSink, Transactions};
 use crate::changelog::{
     changelog_topic, ensure_changelogs, partition_count, source_partition_count, ChangelogWriter,
     KafkaStateLog, ReaderPool,
@@ -163,8 +164,25 @@ where
             config.rocks_write_bytes(),
         ));
         // Changelogs, dead letters and output records: one producer for all.
-        let writer = ChangelogWriter::new(&config.producer())?;
+        let exactly_once = config.guarantee.is_exactly_once();
+        let transactional_id = config.transactional_id();
+        let writer = match exactly_once {
+            true => ChangelogWriter::new(&config.transactional_producer(&transactional_id))?,
+            false => ChangelogWriter::new(&config.producer())?,
+        };
         writer.connect().await;
+        let transactions = match exactly_once {
+            true => Some(
+                start_transactions(
+                    &config,
+                    writer.clone(),
+                    transactional_id,
+                    self.stats.inner.transactions.clone(),
+                )
+                .await?,
+            ),
+            false => None,
+        };
         let mut source_partitions = 0;
         let state_env = match config.stores.is_empty() {
             false => {
@@ -190,6 +208,7 @@ where
                             .map(|s| changelog_topic(&config.group_id, &s.name))
                             .collect(),
                         owner: config.instance_id.clone(),
+                        transactions: transactions.clone(),
                     }),
                     listener: self.restore_listener.clone(),
                     memory: memory.clone(),
@@ -197,8 +216,31 @@ where
             }
             true => None,
         };
-        let producer: Arc<dyn crate::changelog::RecordSink> = Arc::new(writer);
+        let producer: Arc<dyn crate::changelog::RecordSink> = match &transactions {
+            Some(txn) => Arc::new(TransactionalSink {
+                transactions: txn.clone(),
+            }),
+            None => Arc::new(writer),
+        };
         let (failures_tx, failures_rx) = mpsc::unbounded_channel();
+        // Committing from here on: a table's dead letters already go into a transaction.
+        let coordinator = match &transactions {
+            Some(txn) => {
+                let failures = failures_tx.clone();
+                Some(
+                    txn.start(move |failed| {
+                        let _ = failures.send(Error::Transaction {
+                            reason: failed.0.to_string(),
+                        });
+                    })
+                    .map_err(|e| Error::Fatal {
+                        code: "Thread".into(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+            None => None,
+        };
         let tables = match config.tables.is_empty() {
             true => None,
             false => Some(
@@ -243,6 +285,7 @@ where
             clock_offset_ms: Default::default(),
             standbys,
             queries: self.queries.clone(),
+            transactions,
         });
         let supervisor = Supervisor::new(shared, tokio::runtime::Handle::current());
         let (errors_tx, errors_rx) = mpsc::unbounded_channel();
@@ -287,7 +330,14 @@ where
                 done_rx.await
             }
         };
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = thread.join();
+            // Every worker stopped: what they registered is committed, then no more.
+            if let Some(coordinator) = coordinator {
+                coordinator.stop();
+            }
+        })
+        .await;
         result.unwrap_or_else(|_| {
             Err(Error::Fatal {
                 code: "Panic".into(),
@@ -295,6 +345,36 @@ where
             })
         })
     }
+}
+
+/// Registers the transactional producer with the broker (fencing this member's previous
+/// incarnation) and sets up the member's transactions.
+async fn start_transactions(
+    config: &Arc<ConsumerConfig>,
+    writer: ChangelogWriter,
+    id: String,
+    counts: Arc<crate::offset::TransactionCounts>,
+) -> Result<Arc<Transactions>> {
+    let client = tokio::task::spawn_blocking(move || KafkaTxnClient::init(writer))
+        .await
+        .map_err(|_| Error::Fatal {
+            code: "Panic".into(),
+            reason: "init_transactions panicked".into(),
+        })?
+        .map_err(|e| Error::Transaction {
+            reason: format!(
+                "the producer with transactional id {} could not start transactions \
+                 (does the broker have them?): {}",
+                id.clone(),
+                e.message
+            ),
+        })?;
+    tracing::info!(transactional_id = %id, "exactly-once: transactions ready");
+    Ok(Arc::new(Transactions::kafka(
+        client,
+        config.commit_interval,
+        counts,
+    )))
 }
 
 /// Checks the co-partitioned tables' topics against the input topics, reads the global

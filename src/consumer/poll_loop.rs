@@ -53,6 +53,9 @@ pub(crate) struct PollLoop<KC: Codec, VC: Codec, H: Handler<KC::Item, VC::Item>>
     /// Consecutive assignments that contained foreign partitions.
     foreign_streak: u32,
     metrics: crate::observe::metrics::Publisher,
+    /// Under exactly-once: told the group's metadata after every poll (a commit sends the
+    /// offsets with the generation the member is in).
+    transactions: Option<Arc<crate::changelog::transaction::Transactions>>,
 }
 
 impl<KC, VC, H> PollLoop<KC, VC, H>
@@ -70,7 +73,9 @@ where
             mpsc::UnboundedReceiver<FetchError>,
         ),
     ) -> Self {
+        let transactions = consumer.context().supervisor().transactions();
         Self {
+            transactions,
             consumer,
             config,
             shutdown,
@@ -121,6 +126,11 @@ where
                 )?;
             }
             self.poll_batch()?;
+            if let Some(txn) = &self.transactions {
+                if let Some(metadata) = self.consumer.group_metadata() {
+                    txn.set_group_metadata(metadata);
+                }
+            }
             self.drive_revoke();
             self.ctx().supervisor().reap_lost();
             self.drive_rejoin()?;
@@ -309,7 +319,12 @@ where
     }
 
     fn stop_all(&mut self, result: &Result<(), Error>) {
-        let fatal = matches!(result, Err(Error::Fenced { .. } | Error::Fatal { .. }));
+        // Under exactly-once an aborted transaction took flushes of every partition with
+        // it: nothing more is flushed or committed either.
+        let fatal = matches!(
+            result,
+            Err(Error::Fenced { .. } | Error::Fatal { .. } | Error::Transaction { .. })
+        );
         if fatal {
             // Fenced: another process owns our identity and maybe our partitions. Write
             // nothing more on their behalf: no flush, no commit.

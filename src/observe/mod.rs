@@ -125,6 +125,11 @@ pub struct StatsSnapshot {
     /// cannot heal (an unreadable batch, an offset out of range without a reset policy, a
     /// refused topic) end [`run`](crate::StatefulConsumer::run) with an error.
     pub fetch_errors: u64,
+    /// Exactly-once: transactions committed since start.
+    pub transactions_committed: u64,
+    /// Exactly-once: transactions aborted (each ends `run` with
+    /// [`Error::Transaction`](crate::Error::Transaction)).
+    pub transactions_aborted: u64,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +144,8 @@ pub(crate) struct StatsInner {
     standbys: Mutex<BTreeMap<(String, i32), crate::StandbyStats>>,
     pub(crate) standby_promotions: AtomicU64,
     pub(crate) fetch_errors: AtomicU64,
+    /// Transactions committed and aborted (exactly-once).
+    pub(crate) transactions: Arc<crate::offset::TransactionCounts>,
 }
 
 impl StatsInner {
@@ -300,6 +307,8 @@ impl Stats {
                 .clone(),
             standby_promotions: load(&inner.standby_promotions),
             fetch_errors: load(&inner.fetch_errors),
+            transactions_committed: load(&inner.transactions.committed),
+            transactions_aborted: load(&inner.transactions.aborted),
         }
     }
 }

@@ -19,19 +19,28 @@
 //! (`queue.buffering.max.kbytes`, from the memory budget); a full queue makes the next
 //! send wait.
 
-use crate::changelog::{ChangelogError, Pending};
+use crate::changelog::{ChangelogError, OutRecord, Pending};
 
 /// Output records sent since the last flush started, with the source offset of the record
 /// that sent them.
 #[derive(Debug, Default)]
 pub(crate) struct OutputsInFlight {
     sent: Vec<(i64, Pending)>,
+    /// Bytes of the records not produced yet (deferred under exactly-once).
+    deferred_bytes: usize,
 }
 
 impl OutputsInFlight {
     /// The record at `offset` sent output records.
     pub(crate) fn push(&mut self, offset: i64, pending: Pending) {
+        self.deferred_bytes += pending.deferred_bytes();
         self.sent.push((offset, pending));
+    }
+
+    /// Bytes of the output records held here until the next flush produces them (under
+    /// exactly-once; counted against the overlay's budget).
+    pub(crate) fn deferred_bytes(&self) -> usize {
+        self.deferred_bytes
     }
 
     /// Whether no output record waits for a flush.
@@ -41,6 +50,7 @@ impl OutputsInFlight {
 
     /// Everything sent so far, for a flush to wait for.
     pub(crate) fn take(&mut self) -> Sent {
+        self.deferred_bytes = 0;
         Sent(std::mem::take(&mut self.sent))
     }
 }
@@ -52,6 +62,15 @@ pub(crate) struct Sent(Vec<(i64, Pending)>);
 impl Sent {
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The records not produced yet, with the offset of the record that sent them.
+    pub(crate) fn take_deferred(&mut self) -> Vec<(i64, Vec<OutRecord>)> {
+        self.0
+            .iter_mut()
+            .map(|(offset, pending)| (*offset, pending.take_deferred()))
+            .filter(|(_, records)| !records.is_empty())
+            .collect()
     }
 
     /// Waits for every acknowledgement, in send order.

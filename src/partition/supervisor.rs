@@ -91,6 +91,11 @@ where
     VC: Codec,
     H: Handler<KC::Item, VC::Item>,
 {
+    /// The member's transactions, under exactly-once.
+    pub(crate) fn transactions(&self) -> Option<Arc<crate::changelog::transaction::Transactions>> {
+        self.shared.transactions.clone()
+    }
+
     pub(crate) fn new(shared: Arc<Shared<KC, VC, H>>, runtime: Handle) -> Self {
         Self {
             workers: HashMap::new(),
@@ -179,6 +184,13 @@ where
 
     /// Releases lost partitions at once; their workers wind down in the background.
     pub(crate) fn lose(&mut self, partitions: &[TopicPartition]) {
+        // Under exactly-once the open transaction may hold their flushes: it must not
+        // commit on behalf of partitions another member may own by now.
+        if let Some(txn) = &self.shared.transactions {
+            if partitions.iter().any(|tp| self.workers.contains_key(tp)) {
+                txn.poison(format!("partitions lost: {partitions:?}"));
+            }
+        }
         let stopping = self.begin_stop(partitions, StopMode::Abort);
         self.release(&stopping);
         self.lost.push(stopping);

@@ -67,7 +67,7 @@ pub(crate) mod window_keys;
 pub(crate) use db::PartitionDb;
 pub use log::MemoryLog;
 pub(crate) use partition::partition_dir;
-pub(crate) use partition::{FlushDone, FlushJob, PartitionState, StateEnv};
+pub(crate) use partition::{FlushDone, FlushJob, PartitionState, StagedFlush, StateEnv};
 pub use store::{Store, StoreDef};
 
 use std::path::PathBuf;

@@ -269,6 +269,21 @@ impl PartitionState {
     /// [`finish_flush`](Self::finish_flush). `source` is how far the flushed records reach.
     /// `None`: nothing to flush. At most one job may be in flight.
     pub(crate) fn start_flush(&mut self, source: SourcePosition) -> Option<FlushJob> {
+        let run = self.flush_run(source, true)?;
+        Some(Box::pin(async move { run.append().await?.write().await }))
+    }
+
+    /// [`start_flush`](Self::start_flush) in two steps, for a flush inside a Kafka
+    /// transaction: the job appends the changelog records and hands back what writes them
+    /// to RocksDB, which must wait until the transaction committed. Offsets between this
+    /// owner's flushes are not checked for another writer's records: transaction markers
+    /// take offsets, and the transaction fences other writers.
+    pub(crate) fn start_staged_flush(&mut self, source: SourcePosition) -> Option<StagedFlush> {
+        let run = self.flush_run(source, false)?;
+        Some(Box::pin(run.append()))
+    }
+
+    fn flush_run(&mut self, source: SourcePosition, check_gaps: bool) -> Option<FlushRun> {
         if self.overlay.dirty_keys() == 0 {
             return None;
         }
@@ -285,8 +300,9 @@ impl PartitionState {
             names: self.config.stores.iter().map(|s| s.name.clone()).collect(),
             partition: self.partition,
             log_next: self.log_next.clone(),
+            check_gaps,
         };
-        Some(Box::pin(job.run()))
+        Some(job)
     }
 
     /// Applies a finished flush job: its entries are in RocksDB, the keys another writer left
@@ -323,6 +339,25 @@ impl PartitionState {
 pub(crate) type FlushJob =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<FlushDone, StateError>> + Send>>;
 
+/// The first step of a staged flush: its changelog records appended and acknowledged.
+pub(crate) type StagedFlush =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended, StateError>> + Send>>;
+
+/// A flush whose changelog records are appended; [`write`](Self::write) makes it local.
+pub(crate) struct Appended {
+    run: FlushRun,
+    repair: Vec<(usize, Vec<u8>)>,
+    checkpoints: Vec<(usize, super::checkpoint::StoreCheckpoint)>,
+}
+
+impl std::fmt::Debug for Appended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appended")
+            .field("records", &self.run.plan.records())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a finished flush job hands back.
 #[derive(Debug)]
 pub(crate) struct FlushDone {
@@ -347,10 +382,12 @@ struct FlushRun {
     names: Vec<String>,
     partition: i32,
     log_next: Vec<i64>,
+    /// Whether offsets between this owner's records are checked for another writer's.
+    check_gaps: bool,
 }
 
 impl FlushRun {
-    async fn run(mut self) -> Result<FlushDone, StateError> {
+    async fn append(mut self) -> Result<Appended, StateError> {
         let plan = &self.plan;
         let data = plan
             .data()
@@ -364,7 +401,11 @@ impl FlushRun {
             .collect();
         let marker_offsets = self.log.append(self.partition, markers).await?;
         let mut repair = Vec::new();
-        for gap in plan.gaps(&data_offsets, &marker_offsets, &self.log_next) {
+        let gaps = match self.check_gaps {
+            true => plan.gaps(&data_offsets, &marker_offsets, &self.log_next),
+            false => Vec::new(),
+        };
+        for gap in gaps {
             match self.inspect_gap(&gap).await? {
                 GapVerdict::Fenced { newer_epoch } => {
                     return Err(StateError::Fenced {
@@ -386,28 +427,47 @@ impl FlushRun {
             }
         }
         let checkpoints = plan.checkpoints(&marker_offsets, &mut self.log_next);
-        let (db, entries) = (self.db.clone(), plan.entries.clone());
+        Ok(Appended {
+            run: self,
+            repair,
+            checkpoints,
+        })
+    }
+}
+
+impl Appended {
+    /// Writes the flushed entries and the checkpoints to RocksDB in one batch.
+    pub(crate) async fn write(self) -> Result<FlushDone, StateError> {
+        let Appended {
+            run,
+            repair,
+            checkpoints,
+        } = self;
+        let plan = &run.plan;
+        let (db, entries) = (run.db.clone(), plan.entries.clone());
         tokio::task::spawn_blocking(move || db.write_flush(&entries, checkpoints))
             .await
             .map_err(|_| StateError::CorruptMetadata {
-                path: self.db.path().to_path_buf(),
+                path: run.db.path().to_path_buf(),
                 reason: "flush write panicked".into(),
             })??;
         tracing::debug!(
-            partition = self.partition,
+            partition = run.partition,
             seq = plan.stamp.seq,
             records = plan.records(),
             source_next = plan.source.next,
             "flushed state"
         );
         Ok(FlushDone {
-            log_next: self.log_next,
+            log_next: run.log_next,
             repair,
-            records: self.plan.records(),
-            source: self.plan.source,
+            records: run.plan.records(),
+            source: run.plan.source,
         })
     }
+}
 
+impl FlushRun {
     /// Reads the records in `gap` (another writer appended to the changelog partition since
     /// this owner's last record) and judges them.
     async fn inspect_gap(&self, gap: &Gap) -> Result<GapVerdict, StateError> {

@@ -179,6 +179,8 @@ pub struct CountSum {
     pub probe: Option<Arc<Probe>>,
     /// Sends `"<partition>:<offset>"` of every record to this output (see [`echo_topic`]).
     pub echo: Option<kafka_stateful::Output<String, String>>,
+    /// Reads no weights table (a consumer configured without it).
+    pub without_weights: bool,
 }
 
 /// The output topic a [`CountSum`] with `echo` sends to for the workload on `topic`.
@@ -199,6 +201,7 @@ impl CountSum {
             delay_every: 1,
             probe: None,
             echo: None,
+            without_weights: false,
         }
     }
 }
@@ -211,17 +214,23 @@ impl Handler<String, String> for CountSum {
     ) -> Result<(), HandlerError> {
         let key = r.key.ok_or("record without key")?;
         let n: u64 = r.value.ok_or("record without value")?.parse()?;
-        let weights = ctx.table(&self.weights)?;
-        let weight: u64 = weights
-            .get(&key)?
-            .ok_or_else(|| format!("no weight for {key}: the table is incomplete"))?
-            .parse()?;
-        // Every key's first weight is produced before any record: a version at the
-        // record's time exists whatever was read, restored or replayed.
-        weights
-            .at_record_time(&key)?
-            .ok_or_else(|| format!("no weight for {key} as of the record's time"))?
-            .parse::<u64>()?;
+        let weight: u64 = match self.without_weights {
+            true => 0,
+            false => {
+                let weights = ctx.table(&self.weights)?;
+                let weight = weights
+                    .get(&key)?
+                    .ok_or_else(|| format!("no weight for {key}: the table is incomplete"))?
+                    .parse()?;
+                // Every key's first weight is produced before any record: a version at the
+                // record's time exists whatever was read, restored or replayed.
+                weights
+                    .at_record_time(&key)?
+                    .ok_or_else(|| format!("no weight for {key} as of the record's time"))?
+                    .parse::<u64>()?;
+                weight
+            }
+        };
         if let Some(d) = self.delay {
             if r.offset % self.delay_every.max(1) == 0 {
                 tokio::time::sleep(d).await;

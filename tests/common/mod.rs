@@ -609,6 +609,43 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<ReadRecord> {
     out
 }
 
+/// Every record of `topic` that a `read_committed` reader sees, from the beginning to each
+/// partition's end (its last stable offset). Transaction markers take offsets no reader
+/// sees, so the read ends at the partitions' end-of-partition events, not at an offset.
+pub fn read_committed(topic: &str, partitions: i32) -> Vec<ReadRecord> {
+    use rdkafka::message::Message;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut ended = vec![false; partitions as usize];
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ended.iter().any(|e| !e) {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => out.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+                Vec::new(),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => ended[p as usize] = true,
+            _ => {}
+        }
+    }
+    out
+}
+
 mod kill;
 #[allow(unused_imports)]
 pub use kill::*;

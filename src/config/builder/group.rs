@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use super::ConsumerConfigBuilder;
-use crate::config::{AssignmentStrategy, CloseBehavior, Membership, MissingTopics};
+use crate::config::{
+    AssignmentStrategy, CloseBehavior, Membership, MissingTopics, ProcessingGuarantee,
+};
 
 impl ConsumerConfigBuilder {
     /// Membership (default: static, instance id from `$HOSTNAME`).
@@ -41,8 +43,23 @@ impl ConsumerConfigBuilder {
     /// and on shutdown. Only flushed records can be committed, so unless
     /// [`flush_interval`](Self::flush_interval) is set, state is flushed at this interval too
     /// (as Kafka Streams flushes on `commit.interval.ms`).
+    ///
+    /// Under [`ProcessingGuarantee::ExactlyOnce`] the default is 100 ms: each interval
+    /// commits one transaction, and its outputs are visible to `read_committed` readers only
+    /// then.
     pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.config.commit_interval = interval;
+        self.commit_interval_set = true;
+        self
+    }
+
+    /// At-least-once (the default) or exactly-once through Kafka transactions; see
+    /// [`ProcessingGuarantee`]. Exactly-once needs a broker with transactions; its
+    /// transactional id is `<group>-<group.instance.id>` for a static member (a restarted
+    /// member fences its previous incarnation's producer), a fresh one per run for a dynamic
+    /// member (fenced by the group generation instead, KIP-447).
+    pub fn processing_guarantee(mut self, guarantee: ProcessingGuarantee) -> Self {
+        self.config.guarantee = guarantee;
         self
     }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::partition::outputs::Sent;
+use crate::state::checkpoint::SourcePosition;
 use crate::state::FlushDone;
 
 use crate::state::FlushJob as StateFlush;
@@ -17,6 +18,7 @@ where
         let config = &self.shared.config;
         self.since_flush >= config.flush_max_records
             || self.last_flush.elapsed() >= config.flush_interval
+            || self.outputs.deferred_bytes() >= config.overlay_bytes
             || ctx
                 .with_state(|s| s.overlay_bytes() >= config.overlay_bytes)
                 .unwrap_or(false)
@@ -43,20 +45,50 @@ where
         let Some(position) = self.committable() else {
             return Ok(());
         };
-        let job = ctx
-            .with_state(|state| state.start_flush(position.clone()))
-            .flatten();
-        let outputs = self.outputs.take();
-        if job.is_none() && outputs.is_empty() {
+        let Some(flush) = self.begin_flush(ctx, &position, false) else {
             self.progress.set_durable(position.next);
             return Ok(());
-        }
+        };
         self.flush_started = Instant::now();
         // Its own task: it makes progress (acknowledgements, the RocksDB write) while this
         // worker is busy with a batch, not only between batches.
-        let flush = self.flush_job(outputs, job);
         self.in_flight = Some((AbortOnDropHandle::new(tokio::spawn(flush)), position.next));
         Ok(())
+    }
+
+    /// The flush of everything up to `position`: the state's unflushed writes and the
+    /// outputs sent since the last flush. `None` when there is nothing to flush. Under
+    /// exactly-once it is a unit of the member's transaction; `urgent` asks for that
+    /// transaction to be committed without waiting for the interval.
+    fn begin_flush(
+        &mut self,
+        ctx: &mut PartitionContext,
+        position: &SourcePosition,
+        urgent: bool,
+    ) -> Option<FlushFuture> {
+        let outputs = self.outputs.take();
+        if let Some(txn) = self.shared.transactions.clone() {
+            let job = ctx
+                .with_state(|state| state.start_staged_flush(position.clone()))
+                .flatten();
+            if job.is_none() && outputs.is_empty() {
+                return None;
+            }
+            return Some(Box::pin(self.transactional_flush_job(
+                txn,
+                outputs,
+                job,
+                position.next,
+                urgent,
+            )));
+        }
+        let job = ctx
+            .with_state(|state| state.start_flush(position.clone()))
+            .flatten();
+        if job.is_none() && outputs.is_empty() {
+            return None;
+        }
+        Some(Box::pin(self.flush_job(outputs, job)))
     }
 
     /// Waits for the output records' acknowledgements, then flushes the state: a flush
@@ -191,18 +223,20 @@ where
         };
         // The state is locked only to start and to finish the flush (records in flight
         // share it under key-level concurrency), never while waiting for it.
-        let job = ctx
-            .with_state(|state| state.start_flush(position.clone()))
-            .flatten();
-        let outputs = self.outputs.take();
-        if let Some(done) = self.flush_job(outputs, job).await? {
-            ctx.with_state(|state| state.finish_flush(done))
-                .transpose()?;
+        if let Some(flush) = self.begin_flush(ctx, &position, true) {
+            if let Some(done) = flush.await? {
+                ctx.with_state(|state| state.finish_flush(done))
+                    .transpose()?;
+            }
         }
         self.progress.set_durable(position.next);
         Ok(())
     }
 }
+
+/// A flush, before it runs.
+type FlushFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<FlushDone>, Error>> + Send>>;
 
 /// A flush running as its own task (outputs' acknowledgements, then the state's flush, if
 /// the partition has state); aborted if the worker goes away first.

@@ -35,6 +35,7 @@ mod flush;
 mod records;
 mod tables;
 mod timers;
+mod transactional;
 
 use flush::{finished, InFlight};
 
@@ -59,6 +60,8 @@ pub(crate) struct Shared<KC, VC, H> {
     pub(crate) standbys: Option<Arc<crate::standby::Standbys>>,
     /// The partitions queries can read ([`crate::query`]).
     pub(crate) queries: Arc<crate::query::registry::QueryRegistry>,
+    /// Under exactly-once: the member's transactions, which every flush enters.
+    pub(crate) transactions: Option<Arc<crate::changelog::transaction::Transactions>>,
 }
 
 /// Tells a worker to stop: a flag checked between records (an atomic load) and a token for
