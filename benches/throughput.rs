@@ -29,6 +29,9 @@
 //!   and a stream-table join (read the order's customer, then count per key) next to count
 //!   per key alone over 1 000 000 orders;
 //! - `large`: 20 000 records of 10 KB;
+//! - `outputs`: count per key with one output record per input, pipelined (at-least-once)
+//!   and exactly-once, next to count per key alone, on the broker with transactions
+//!   (`$KAFKA_TXN_BOOTSTRAP`, `scripts/txn-broker.sh`), see `throughput/outputs.rs`;
 //! - `sink` (only with `BENCH_ONLY=sink`): a batch sink that costs 5 ms per call plus 5 µs
 //!   per row, in batch mode and one record per call, see `throughput/sink.rs`.
 //! - `slow` (only with `BENCH_ONLY=slow` or `slow_cpu`): key-level concurrency with a
@@ -43,6 +46,8 @@ use std::path::Path;
 mod count;
 #[path = "throughput/measure.rs"]
 mod measure;
+#[path = "throughput/outputs.rs"]
+mod outputs;
 #[path = "throughput/quix.rs"]
 mod quix;
 #[path = "throughput/sink.rs"]
@@ -89,6 +94,8 @@ impl Bench {
             stores,
             table: None,
             as_of: false,
+            output: None,
+            guarantee: Default::default(),
         }
     }
 }
@@ -357,5 +364,8 @@ async fn main() {
     }
     if selected("large") {
         large_values(&b).await;
+    }
+    if selected("outputs") {
+        outputs::outputs(&b).await;
     }
 }

@@ -13,6 +13,10 @@
 //!                                                    ──► RocksDB WriteBatch + checkpoint
 //! ```
 //!
+//! Under exactly-once, each flush is a unit of the member's open transaction (outputs,
+//! changelog records, offsets), a coordinator thread commits it every interval, and
+//! "durable" means committed: RocksDB is written after the commit (`changelog::transaction`).
+//!
 //! Modules follow that flow: [`config`] → `consumer` (poll loop, rebalance glue) →
 //! `partition` (source, worker and its batch mode, scheduler, supervisor) → [`table`],
 //! [`state`] (RocksDB, overlay, restore) → `changelog` → `offset`. [`query`] reads the

@@ -162,3 +162,42 @@ async fn an_output_lost_after_its_handler_returned_ends_run_and_nothing_is_commi
         .count();
     assert_eq!(flushed, 0, "no state flushed past it");
 }
+
+/// Exactly-once on a broker without transactions (nisshi refuses them on purpose) is a
+/// clear error at start, not a consumer that runs at-least-once or hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_on_a_broker_without_transactions_ends_run_saying_so() {
+    require_broker!();
+    common::init_tracing();
+    let (topic, group) = (common::unique("out-eos"), common::unique("g"));
+    common::create_topic(&topic, 1).await;
+    let handler = CountAndEmit {
+        store: StoreDef::new("counts", Utf8, Bincode::new()),
+        output: Output::new(&common::unique("out-eos-out"), Utf8, Json::new()),
+        fail_at: None,
+    };
+    let config = ConsumerConfig::builder(common::bootstrap(), &group, [&topic])
+        .instance_id("out-eos-0")
+        .processing_guarantee(kafka_stateful::ProcessingGuarantee::ExactlyOnce)
+        .build()
+        .unwrap();
+    let mut running = Running::start(StatefulConsumer::new(config, Utf8, Utf8, handler));
+    let ended = tokio::time::timeout(Duration::from_secs(30), &mut running.join).await;
+    let Ok(ended) = ended else {
+        // An Apache Kafka (docker compose) has transactions: the consumer simply runs.
+        println!(
+            "the broker at {} has transactions: nothing to refuse",
+            common::bootstrap()
+        );
+        running.stop().await.unwrap();
+        return;
+    };
+    let err = ended.unwrap().unwrap_err();
+    match &err {
+        Error::Transaction { reason } => assert!(
+            reason.contains("could not start transactions"),
+            "names the cause: {reason}"
+        ),
+        other => panic!("expected Error::Transaction, got {other}"),
+    }
+}

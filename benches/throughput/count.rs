@@ -9,7 +9,8 @@ use std::time::Duration;
 use kafka_stateful::codec::{Bincode, RawBytes, Utf8};
 use kafka_stateful::table::TableDef;
 use kafka_stateful::{
-    ConsumerConfig, Handler, HandlerError, PartitionContext, Record, StatefulConsumer, StoreDef,
+    ConsumerConfig, Handler, HandlerError, Output, PartitionContext, ProcessingGuarantee, Record,
+    StatefulConsumer, StoreDef,
 };
 
 use super::measure::{Figure, Watch};
@@ -24,6 +25,8 @@ pub struct Count {
     pub join: Option<TableDef<String, Vec<u8>>>,
     /// Joins as of the record's time (a versioned table) instead of the latest value.
     pub as_of: bool,
+    /// Sends each record's key and value here (one output record per input).
+    pub echo: Option<Output<String, Vec<u8>>>,
 }
 
 impl Handler<String, Vec<u8>> for Count {
@@ -52,6 +55,9 @@ impl Handler<String, Vec<u8>> for Count {
                 s.put(key, &n)?;
             }
         }
+        if let Some(echo) = &self.echo {
+            ctx.send(echo, r.key.as_ref(), r.value.as_ref())?;
+        }
         self.seen.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -68,6 +74,9 @@ pub struct Job<'a> {
     pub table: Option<&'a str>,
     /// Join as of each record's time (a versioned table).
     pub as_of: bool,
+    /// The topic each record is sent to (one output record per input).
+    pub output: Option<&'a str>,
+    pub guarantee: ProcessingGuarantee,
 }
 
 pub struct Run {
@@ -89,7 +98,8 @@ pub async fn stateful(job: &Job<'_>, n: u64) -> Run {
         });
     let mut builder = ConsumerConfig::builder(job.bootstrap, &job.group, [job.topic])
         .instance_id("bench-0")
-        .state_dir(job.state_dir);
+        .state_dir(job.state_dir)
+        .processing_guarantee(job.guarantee);
     for store in count.iter().chain(&sum) {
         builder = builder.store(store);
     }
@@ -102,6 +112,7 @@ pub async fn stateful(job: &Job<'_>, n: u64) -> Run {
         sum,
         join,
         as_of: job.as_of,
+        echo: job.output.map(|topic| Output::new(topic, Utf8, RawBytes)),
     };
     let consumer = StatefulConsumer::new(builder.build().unwrap(), Utf8, RawBytes, handler.clone());
     run(consumer, &handler.seen, n).await

@@ -213,6 +213,12 @@ impl ChangelogWriter {
             // The whole plan is in place before the first delivery report can arrive.
             let mut state = acks.state.lock().unwrap_or_else(|p| p.into_inner());
             for (index, record) in records.iter().enumerate() {
+                // A record the partitioner places is reported with the partition it got,
+                // which no queue could name: its offset is not asked for (output records),
+                // and skipping it here keeps a send of one output record cheap.
+                if record.partition < 0 {
+                    continue;
+                }
                 let position = state
                     .queues
                     .iter()

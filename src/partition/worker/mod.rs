@@ -427,15 +427,13 @@ where
             tokio::time::timeout(timeout, call).await
         };
         let error = match result {
-            Ok(Ok(Ok(()))) if !matches!(hook, Hook::Lost) => {
-                match records::send_outbox(&self.shared, ctx).await {
-                    Ok(()) => {
-                        ctx.commit_staged();
-                        return Ok(());
-                    }
-                    Err(error) => Some(format!("its output was not acknowledged: {error}")),
+            Ok(Ok(Ok(()))) if !matches!(hook, Hook::Lost) => match self.send_outbox(ctx).await {
+                Ok(()) => {
+                    ctx.commit_staged();
+                    return Ok(());
                 }
-            }
+                Err(error) => Some(format!("its output was not acknowledged: {error}")),
+            },
             Ok(Ok(Ok(()))) => None,
             Ok(Ok(Err(e))) => Some(e.to_string()),
             Ok(Err(payload)) => Some(format!("panicked: {}", panic_message(payload.as_ref()))),

@@ -49,9 +49,7 @@ where
                 }
             };
             let outcome = match outcome {
-                Ok(()) => records::send_outbox(&self.shared, ctx)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(()) => self.send_outbox(ctx).await.map_err(|e| e.to_string()),
                 failed => failed,
             };
             match outcome {

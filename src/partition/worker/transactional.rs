@@ -22,6 +22,26 @@ where
     VC: Codec,
     H: Handler<KC::Item, VC::Item>,
 {
+    /// Sends what a timer or a lifecycle hook staged. Under at-least-once it is produced and
+    /// acknowledged now (there is no record whose commit could wait for it). Under
+    /// exactly-once it joins the next flush, in the transaction that also holds the timer's
+    /// or hook's state writes: a firing's outputs are never committed without its effects.
+    pub(super) async fn send_outbox(
+        &mut self,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), crate::changelog::ChangelogError> {
+        if self.shared.transactions.is_none() {
+            return records::send_outbox(&self.shared, ctx).await;
+        }
+        let outbox = ctx.take_outbox();
+        if !outbox.is_empty() {
+            let offset = self.committable().map_or(-1, |p| p.next - 1);
+            self.outputs
+                .push(offset, crate::changelog::Pending::deferred(outbox));
+        }
+        Ok(())
+    }
+
     /// The flush of `outputs` and the state's `job`, reaching source offset `next`. An error
     /// before the unit finished drops it, which aborts the transaction: nothing of a failed
     /// flush is ever committed.
