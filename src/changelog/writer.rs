@@ -274,6 +274,69 @@ impl ChangelogWriter {
     }
 }
 
+impl ChangelogWriter {
+    /// Produces `records` as part of `group`'s acknowledgements when they can join it (every
+    /// record placed by the partitioner, whose offsets nobody asks for): `Ok(None)`, and
+    /// waiting for `group` waits for them too. Otherwise on their own, like
+    /// [`enqueue`](Self::enqueue). A record refused at once is an error; those before it
+    /// are in flight.
+    pub(crate) async fn enqueue_joining(
+        &self,
+        records: Vec<OutRecord>,
+        group: Option<Pending>,
+    ) -> Result<Option<Pending>, ChangelogError> {
+        let group = match group {
+            Some(group) if group.deferred.is_empty() && records.iter().all(|r| r.partition < 0) => {
+                group
+            }
+            _ => return self.enqueue(refs_of(&records)).await.map(Some),
+        };
+        let total = records.len();
+        group
+            .acks
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remaining += total;
+        for (sent, record) in refs_of(&records).enumerate() {
+            let mut base = BaseRecord::with_opaque_to(record.topic, group.acks.clone());
+            if let Some(key) = record.key {
+                base = base.key(key);
+            }
+            if let Some(value) = record.value {
+                base = base.payload(value);
+            }
+            loop {
+                match self.producer.send(base) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        base = returned;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((source, _)) => {
+                        // The records not sent will never be acknowledged.
+                        let finished = {
+                            let mut state =
+                                group.acks.state.lock().unwrap_or_else(|p| p.into_inner());
+                            state.remaining = state.remaining.saturating_sub(total - sent);
+                            state.remaining == 0
+                        };
+                        if finished {
+                            group.acks.done.notify_one();
+                        }
+                        return Err(ChangelogError::Produce {
+                            topic: record.topic.to_string(),
+                            partition: record.partition,
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Records handed to the producer whose acknowledgements may still be on their way.
 #[must_use = "records are durable only once their acknowledgements arrived"]
 pub(crate) struct Pending {
@@ -294,6 +357,15 @@ impl Pending {
     pub(crate) fn acknowledged() -> Self {
         Self {
             acks: Arc::default(),
+            deferred: Vec::new(),
+        }
+    }
+
+    /// Another handle on the same acknowledgements (records may join them with
+    /// [`ChangelogWriter::enqueue_joining`]); a deferred record is not shared.
+    pub(crate) fn share(&self) -> Self {
+        Self {
+            acks: self.acks.clone(),
             deferred: Vec::new(),
         }
     }
@@ -410,6 +482,20 @@ pub(crate) trait RecordSink: Send + Sync + 'static {
             Ok(Pending::acknowledged())
         })
     }
+
+    /// Produces `records` without waiting, joining `group`'s acknowledgements where the sink
+    /// can (`Ok(None)`: waiting for `group` covers them); else as
+    /// [`enqueue_records`](Self::enqueue_records) does.
+    fn enqueue_joining(
+        &self,
+        records: Vec<OutRecord>,
+        group: Option<Pending>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<Pending>, ChangelogError>> + Send + '_>,
+    > {
+        let _ = group;
+        Box::pin(async move { self.enqueue_records(records).await.map(Some) })
+    }
 }
 
 /// Borrowed views of owned records, for [`ChangelogWriter::send`].
@@ -425,6 +511,16 @@ pub(crate) fn refs_of(records: &[OutRecord]) -> impl Iterator<Item = OutRef<'_>>
 }
 
 impl RecordSink for ChangelogWriter {
+    fn enqueue_joining(
+        &self,
+        records: Vec<OutRecord>,
+        group: Option<Pending>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<Pending>, ChangelogError>> + Send + '_>,
+    > {
+        Box::pin(ChangelogWriter::enqueue_joining(self, records, group))
+    }
+
     fn enqueue_records(
         &self,
         records: Vec<OutRecord>,

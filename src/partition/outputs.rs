@@ -37,6 +37,14 @@ impl OutputsInFlight {
         self.sent.push((offset, pending));
     }
 
+    /// The acknowledgement group the next record's outputs may join: the last one pushed,
+    /// until a flush takes it. (Under key-level concurrency records do not join: one still
+    /// in flight when a flush took the group would join a group that flush already waits
+    /// for, and no later flush would wait for its outputs.)
+    pub(crate) fn open_group(&self) -> Option<Pending> {
+        self.sent.last().map(|(_, pending)| pending.share())
+    }
+
     /// Bytes of the output records held here until the next flush produces them (under
     /// exactly-once; counted against the overlay's budget).
     pub(crate) fn deferred_bytes(&self) -> usize {

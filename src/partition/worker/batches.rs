@@ -257,7 +257,7 @@ where
                     ctx.set_stream_time(stream_time_before);
                     return Ran::Cancelled;
                 }
-                Some(Ok(Ok(()))) => match enqueue_outbox(&shared, ctx).await {
+                Some(Ok(Ok(()))) => match enqueue_outbox(&shared, ctx, None).await {
                     Ok(sent) => return Ran::Handled(sent),
                     Err(error) => {
                         ctx.discard_staged();

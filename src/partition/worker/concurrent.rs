@@ -299,7 +299,7 @@ where
 {
     let batch = pending.batch.clone();
     let raw = pending.raw();
-    let ended = match attempt(&shared, &stop, (&batch, raw), &mut ctx, None).await {
+    let ended = match attempt(&shared, &stop, (&batch, raw), &mut ctx, (None, None)).await {
         Attempted::Handled(sent) => Ended::Handled(sent),
         Attempted::Cancelled => Ended::Cancelled,
         Attempted::Failed(failure) => {

@@ -99,7 +99,10 @@ where
             .sampled
             .is_multiple_of(crate::observe::metrics::HANDLER_SAMPLE)
             .then_some(&self.handler_duration);
-        let attempted = attempt(&self.shared, &self.stop, (batch, raw), ctx, timed).await;
+        // Records handled one after another join one acknowledgement group until the next
+        // flush takes it (one shared count, not one per record).
+        let group = self.outputs.open_group();
+        let attempted = attempt(&self.shared, &self.stop, (batch, raw), ctx, (timed, group)).await;
         match attempted {
             Attempted::Handled(sent) => {
                 if let Some(sent) = sent {
@@ -206,7 +209,7 @@ pub(super) async fn attempt<KC, VC, H>(
     stop: &StopSignal,
     (batch, raw): (&RecordBatch, &RawRecord),
     ctx: &mut PartitionContext,
-    timed: Option<&metrics::Histogram>,
+    (timed, group): (Option<&metrics::Histogram>, Option<Pending>),
 ) -> Attempted
 where
     KC: Codec,
@@ -251,7 +254,7 @@ where
         let error = match result {
             // Its output is produced now and acknowledged by the flush that makes the
             // record durable; one the producer refuses at once is the record's error.
-            Ok(Ok(())) => match enqueue_outbox(shared, ctx).await {
+            Ok(Ok(())) => match enqueue_outbox(shared, ctx, group.as_ref().map(Pending::share)).await {
                 Ok(sent) => return Attempted::Handled(sent),
                 Err(error) => {
                     ctx.discard_staged();
@@ -383,9 +386,11 @@ pub(super) async fn send_dead_letter<KC, VC, H>(
 
 /// Hands the output records the current record staged to the producer; their
 /// acknowledgements are waited for by the next flush (see `partition::outputs`).
+/// `None` also when they joined `group` (see `RecordSink::enqueue_joining`).
 pub(super) async fn enqueue_outbox<KC, VC, H>(
     shared: &Shared<KC, VC, H>,
     ctx: &mut PartitionContext,
+    group: Option<Pending>,
 ) -> Result<Option<Pending>, crate::changelog::ChangelogError> {
     let outbox = ctx.take_outbox();
     if outbox.is_empty() {
@@ -394,7 +399,7 @@ pub(super) async fn enqueue_outbox<KC, VC, H>(
     let Some(producer) = &shared.producer else {
         unreachable!("every consumer has a producer");
     };
-    producer.enqueue_records(outbox).await.map(Some)
+    producer.enqueue_joining(outbox, group).await
 }
 
 /// Produces the output records the current record staged and waits for their
