@@ -39,6 +39,11 @@ const CHILD: ChildTest = ChildTest {
     var: "KS_EOS_CHILD",
 };
 
+/// One scenario at a time: while a member of one group is frozen, tansu 0.6 answers other
+/// groups' joins late (seen as children that never got partitions when the scenarios ran
+/// in parallel).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Every helper of `common` (and every child) talks to the transactional broker.
 fn use_txn_broker() {
     let bootstrap =
@@ -96,10 +101,32 @@ async fn eos_child() {
         handler,
     )
     .with_restore_listener(common::ProbeListener(probe));
-    consumer.run(std::future::pending()).await.unwrap();
+    // SIGTERM stops it gracefully (its last transaction committed); SIGKILL does not.
+    consumer
+        .run(kafka_stateful::shutdown_signal())
+        .await
+        .unwrap();
+}
+
+/// Stops a child gracefully and waits until it exited. tansu 0.6 never aborts a transaction
+/// its producer left open (no transaction timeout): a dynamic member SIGKILLed last would
+/// leave its changelog's last stable offset stuck (restores would wait, see
+/// `Reader::stable_watermarks`), so the scenarios with dynamic members end with SIGTERM.
+async fn stop_gracefully(child: &mut child::Child, who: &str) {
+    child.signal("TERM");
+    common::wait_until(
+        &format!("{who} stopped after SIGTERM"),
+        Duration::from_secs(60),
+        || !child.process.alive(),
+    )
+    .await;
 }
 
 struct Scenario {
+    /// One record per batch: tansu 0.6 answers a ListOffsets with one past the first offset
+    /// of a partition's last batch, and a restore checks its checkpoint against the source
+    /// partition's end (a checkpoint past it means the topic was recreated).
+    producer: rdkafka::producer::FutureProducer,
     topic: String,
     group: String,
     dir: tempfile::TempDir,
@@ -115,8 +142,14 @@ impl Scenario {
         common::create_topic(&topic, PARTITIONS).await;
         common::create_topic(&common::echo_topic(&topic), PARTITIONS).await;
         let mut workload = common::Workload::new(PARTITIONS, KEYS, seed);
-        common::produce(&topic, &workload.batch(INITIAL_RECORDS)).await;
+        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", common::bootstrap())
+            .set("batch.num.messages", "1")
+            .create()
+            .unwrap();
+        common::produce_with(&producer, &topic, &workload.batch(INITIAL_RECORDS)).await;
         Self {
+            producer,
             topic,
             group: common::unique("g"),
             dir: common::test_dir(),
@@ -144,7 +177,8 @@ impl Scenario {
     }
 
     async fn produce_round(&mut self) {
-        common::produce(&self.topic, &self.workload.batch(RECORDS_PER_ROUND)).await;
+        let records = self.workload.batch(RECORDS_PER_ROUND);
+        common::produce_with(&self.producer, &self.topic, &records).await;
     }
 
     /// Each partition's end offset: the records produced to it (the input topic is not
@@ -169,7 +203,8 @@ impl Scenario {
     /// committed; then the checks of the module docs. `instance` picks whose state
     /// directory it starts from.
     async fn finish(mut self, instance: &str) {
-        common::produce(&self.topic, &self.workload.one_per_key()).await;
+        let records = self.workload.one_per_key();
+        common::produce_with(&self.producer, &self.topic, &records).await;
         let handler = CountSum {
             echo: Some(common::echo(&self.topic)),
             without_weights: true,
@@ -247,6 +282,7 @@ async fn sigkilled_at_random_moments_every_output_appears_once_and_state_is_exac
     if CHILD.in_child() {
         return;
     }
+    let _alone = ONE_AT_A_TIME.lock().await;
     common::init_tracing();
     let started = Instant::now();
     let rounds: u64 = std::env::var("KS_EOS_ROUNDS")
@@ -300,6 +336,7 @@ async fn a_zombie_resumed_after_its_partitions_moved_sends_nothing_twice() {
     if CHILD.in_child() {
         return;
     }
+    let _alone = ONE_AT_A_TIME.lock().await;
     common::init_tracing();
     let started = Instant::now();
     let mut s = Scenario::new().await;
@@ -341,10 +378,79 @@ async fn a_zombie_resumed_after_its_partitions_moved_sends_nothing_twice() {
         a.stderr_tail()
     );
     a.kill();
-    b.kill();
+    stop_gracefully(&mut b, "B").await;
     s.finish("dynamic-b").await;
     println!(
         "exactly-once zombie test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A second member joins while the first handles a backlog: the first's partitions are
+/// revoked (eager), its last flushes commit in a transaction inside the revoke, and the
+/// partitions the second member gets continue from there: no output repeated or missing.
+/// (Dynamic members: tansu 0.6 never evicts a static member that stopped answering, and the
+/// final run must get the killed members' partitions.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revokes_hand_partitions_over_without_a_repeated_or_missing_output() {
+    use_txn_broker();
+    common::require_broker!();
+    if CHILD.in_child() {
+        return;
+    }
+    let _alone = ONE_AT_A_TIME.lock().await;
+    common::init_tracing();
+    let started = Instant::now();
+    let mut s = Scenario::new().await;
+    let mut a = s.spawn("a", "dynamic-a");
+    common::wait_until("A processing", Duration::from_secs(60), || {
+        a.assert_alive("A");
+        !common::read_probe(&a.probe).processing.is_empty()
+    })
+    .await;
+    s.produce_round().await;
+    let mut b = s.spawn("b", "dynamic-b");
+    common::wait_until(
+        "a rebalance: A revoked and both members processing",
+        Duration::from_secs(90),
+        || {
+            a.assert_alive("A");
+            b.assert_alive("B");
+            let (log_a, log_b) = (common::read_probe(&a.probe), common::read_probe(&b.probe));
+            log_a.ownership.iter().any(|(_, _, what)| what == "revoked")
+                && !log_b.processing.is_empty()
+        },
+    )
+    .await;
+    s.produce_round().await;
+    common::wait_until(
+        "A and B handled everything",
+        Duration::from_secs(120),
+        || {
+            a.assert_alive("A");
+            b.assert_alive("B");
+            s.all_committed()
+        },
+    )
+    .await;
+    let revoked: Vec<i32> = common::read_probe(&a.probe)
+        .ownership
+        .iter()
+        .filter(|(_, _, what)| what == "revoked")
+        .map(|(_, p, _)| *p)
+        .collect();
+    println!(
+        "A's partitions revoked: {revoked:?}; everything committed after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // A last backlog; the final run (A's directory) restores the partition B wrote from
+    // its changelog.
+    s.produce_round().await;
+    stop_gracefully(&mut a, "A").await;
+    stop_gracefully(&mut b, "B").await;
+    s.finish("dynamic-a").await;
+    println!(
+        "exactly-once revoke test: {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

@@ -93,6 +93,24 @@ pub enum ChangelogError {
         /// Why the transaction was aborted.
         reason: String,
     },
+    /// Exactly-once: a transaction of another producer stayed open on a changelog
+    /// partition longer than a restore waits (its records from `stable` to `high` are
+    /// neither committed nor aborted).
+    #[error(
+        "changelog {topic}/{partition} has a transaction open from offset {stable} (end \
+         {high}) that did not end in time; its producer died or froze, and the broker aborts \
+         it after its transaction.timeout.ms"
+    )]
+    PendingTransaction {
+        /// The changelog topic.
+        topic: String,
+        /// The changelog partition.
+        partition: i32,
+        /// Its last stable offset.
+        stable: i64,
+        /// Its high watermark.
+        high: i64,
+    },
     /// A changelog record lacks the crate's headers (written by something else?).
     #[error("changelog {topic}/{partition}@{offset} is malformed: {reason}")]
     Malformed {

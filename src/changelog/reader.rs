@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::ChangelogError;
 use crate::config::ConsumerConfig;
@@ -66,7 +66,16 @@ pub(crate) fn with_retries<T>(
 /// A consumer outside any group, for reading partitions from an offset.
 pub(crate) struct Reader {
     consumer: BaseConsumer<ReaderContext>,
+    /// Its settings reading uncommitted records, for the high watermark next to the last
+    /// stable offset (created when first asked, under exactly-once only).
+    uncommitted_settings: ClientConfig,
+    uncommitted: std::sync::OnceLock<BaseConsumer<ReaderContext>>,
 }
+
+/// How long a restore waits for another producer's open transaction on a changelog
+/// partition to end (the broker aborts it after its `transaction.timeout.ms`: 10 s for this
+/// crate's producers, 60 s by default for others).
+const PENDING_TRANSACTION_WAIT: Duration = Duration::from_secs(90);
 
 /// librdkafka also reports each end of partition as a client error, which rdkafka's default
 /// context logs at error level: here it is the expected end of a read.
@@ -92,8 +101,12 @@ impl Reader {
         // transaction's commit marker takes the last offset of a changelog written
         // transactionally, and `read_committed` ends at the last stable offset.
         settings.set("enable.partition.eof", "true");
+        let mut uncommitted_settings = settings.clone();
+        uncommitted_settings.set("isolation.level", "read_uncommitted");
         Ok(Self {
             consumer: settings.create_with_context(ReaderContext)?,
+            uncommitted_settings,
+            uncommitted: std::sync::OnceLock::new(),
         })
     }
 
@@ -114,6 +127,53 @@ impl Reader {
         })
     }
 
+    /// Low watermark and last stable offset of a partition once no transaction is open on
+    /// it: a restore under exactly-once that ended at the last stable offset while another
+    /// producer's transaction is open (a member that died or froze mid-transaction) would
+    /// miss what was committed after it. Waits (up to [`PENDING_TRANSACTION_WAIT`]) until
+    /// the broker committed or aborted it.
+    ///
+    /// # Errors
+    /// The transaction stayed open; reading the watermarks failed.
+    pub(crate) fn stable_watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(i64, i64), ChangelogError> {
+        let read_err = |source| ChangelogError::Read {
+            topic: topic.to_string(),
+            partition,
+            source,
+        };
+        let uncommitted = self.uncommitted_client(topic, partition)?;
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            let (low, stable) = self.watermarks(topic, partition)?;
+            let (_, high) = with_retries("reading watermarks", || {
+                uncommitted.fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
+            })
+            .map_err(read_err)?;
+            if stable >= high {
+                return Ok((low, stable));
+            }
+            if started.elapsed() >= PENDING_TRANSACTION_WAIT {
+                return Err(ChangelogError::PendingTransaction {
+                    topic: topic.to_string(),
+                    partition,
+                    stable,
+                    high,
+                });
+            }
+            if !told {
+                tracing::warn!(%topic, partition, stable, high,
+                    "a transaction is open on this changelog partition; waiting for it to end before restoring");
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Calls `apply` for every record in `[from, to)`, in order. `should_stop` is checked
     /// between polls so a revoke can abandon a long read; `Ok(false)` then. Records missing
     /// from the range (compaction, transaction markers, aborted records) are skipped; the
@@ -131,27 +191,89 @@ impl Reader {
     where
         E: From<ChangelogError>,
     {
+        if from >= to {
+            return Ok(true);
+        }
+        self.read_with(
+            &self.consumer,
+            (topic, partition),
+            (from, to),
+            should_stop,
+            apply,
+        )
+    }
+
+    /// One record (`at`), read with `read_uncommitted` (a record this consumer handled is
+    /// committed whatever the isolation level, and the read then does not wait for the last
+    /// stable offset), for at most `limit`. `Ok(false)`: not read within it.
+    pub(crate) fn read_one_uncommitted<E>(
+        &self,
+        (topic, partition): (&str, i32),
+        at: i64,
+        limit: Duration,
+        apply: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
+    ) -> Result<bool, E>
+    where
+        E: From<ChangelogError>,
+    {
+        let client = self.uncommitted_client(topic, partition).map_err(E::from)?;
+        let deadline = Instant::now() + limit;
+        let out_of_time = || Instant::now() >= deadline;
+        self.read_with(
+            client,
+            (topic, partition),
+            (at, at + 1),
+            &out_of_time,
+            apply,
+        )
+    }
+
+    fn uncommitted_client(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<&BaseConsumer<ReaderContext>, ChangelogError> {
+        if let Some(client) = self.uncommitted.get() {
+            return Ok(client);
+        }
+        let client = self
+            .uncommitted_settings
+            .create_with_context(ReaderContext)
+            .map_err(|source| ChangelogError::Read {
+                topic: topic.to_string(),
+                partition,
+                source,
+            })?;
+        Ok(self.uncommitted.get_or_init(|| client))
+    }
+
+    fn read_with<E>(
+        &self,
+        consumer: &BaseConsumer<ReaderContext>,
+        (topic, partition): (&str, i32),
+        (from, to): (i64, i64),
+        should_stop: &dyn Fn() -> bool,
+        apply: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
+    ) -> Result<bool, E>
+    where
+        E: From<ChangelogError>,
+    {
         let read_err = |source| ChangelogError::Read {
             topic: topic.to_string(),
             partition,
             source,
         };
-        if from >= to {
-            return Ok(true);
-        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(from))
             .map_err(|e| E::from(read_err(e)))?;
-        self.consumer
-            .assign(&tpl)
-            .map_err(|e| E::from(read_err(e)))?;
-        let result = self.read_assigned(to, should_stop, apply, &read_err);
-        let _ = self.consumer.unassign();
+        consumer.assign(&tpl).map_err(|e| E::from(read_err(e)))?;
+        let result = Self::read_assigned(consumer, to, should_stop, apply, &read_err);
+        let _ = consumer.unassign();
         result
     }
 
     fn read_assigned<E>(
-        &self,
+        consumer: &BaseConsumer<ReaderContext>,
         to: i64,
         should_stop: &dyn Fn() -> bool,
         apply: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
@@ -166,7 +288,7 @@ impl Reader {
             if should_stop() {
                 return Ok(false);
             }
-            match self.consumer.poll(Duration::from_millis(100)) {
+            match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(msg)) => {
                     if msg.offset() >= to {
                         return Ok(true);
@@ -188,10 +310,15 @@ impl Reader {
                 }
                 Some(Err(error)) => return Err(read_err(error).into()),
                 None if last_progress.elapsed() > STALL_TIMEOUT => {
+                    tracing::error!(
+                        to,
+                        position = ?consumer.position().ok(),
+                        "a read saw no record and no end of partition for a minute"
+                    );
                     return Err(read_err(KafkaError::MessageConsumption(
                         RDKafkaErrorCode::OperationTimedOut,
                     ))
-                    .into())
+                    .into());
                 }
                 None => {}
             }

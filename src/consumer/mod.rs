@@ -374,6 +374,7 @@ async fn start_transactions(
         client,
         config.commit_interval,
         counts,
+        config.session_timeout,
     )))
 }
 

@@ -173,6 +173,9 @@ pub(crate) struct Transactions {
     wake: Condvar,
     outcome: watch::Sender<Outcome>,
     interval: Duration,
+    /// A coordinator that did not run for longer than this (the process was frozen, or
+    /// starved) must assume its member was evicted: the session timeout.
+    unresponsive_after: Duration,
     counts: Arc<TransactionCounts>,
 }
 
@@ -203,23 +206,33 @@ impl Transactions {
             wake: Condvar::new(),
             outcome: watch::Sender::new(Outcome::default()),
             interval,
+            unresponsive_after: Duration::MAX,
             counts: Arc::default(),
         }
     }
 
-    /// Transactions of the Kafka producer `client`, counted in `counts`.
+    /// Transactions of the Kafka producer `client`, counted in `counts`, of a member with
+    /// this session timeout.
     pub(crate) fn kafka(
         client: KafkaTxnClient,
         interval: Duration,
         counts: Arc<TransactionCounts>,
+        session_timeout: Duration,
     ) -> Self {
         let writer = client.writer.clone();
         let client = Arc::new(client);
         Self {
             kafka: Some(client.clone()),
             counts,
-            ..Self::new(client, Some(writer), interval)
+            ..Self::new(client, Some(writer), interval).unresponsive_after(session_timeout)
         }
+    }
+
+    /// Aborts instead of committing after the coordinator did not run for longer than
+    /// `limit` (see [`run`](Self::run)).
+    pub(crate) fn unresponsive_after(mut self, limit: Duration) -> Self {
+        self.unresponsive_after = limit;
+        self
     }
 
     /// The consumer's current group metadata (the poll loop sets it after every poll, so a
@@ -326,9 +339,30 @@ impl Transactions {
             return self.fail(format!("begin transaction: {}", error.message), on_failure);
         }
         let mut last = Instant::now();
+        let mut turn_ended = Instant::now();
         loop {
             self.wait_for_turn(last);
             last = Instant::now();
+            // A turn comes at least every interval. A much longer silence means the process
+            // was frozen (SIGSTOP, a VM pause) or starved past the session timeout: the group
+            // has evicted this member and another may own its partitions, while librdkafka
+            // has not noticed yet. Committing now would publish a zombie's work (a broker
+            // that checks the generation refuses its offsets; one that does not, and whose
+            // transaction did not time out, would not), so it is aborted instead.
+            // (Measured between turns only: inside one, a long wait for the gate is units
+            // producing, not a freeze. A freeze that lands inside a turn is left to the
+            // broker: the generation check and the transaction timeout.)
+            let silent = last.saturating_duration_since(turn_ended);
+            if silent > self.unresponsive_after {
+                return self.abort(
+                    format!(
+                        "this member did not run for {silent:?}, longer than its session \
+                         timeout ({:?}): its partitions may belong to another member by now",
+                        self.unresponsive_after
+                    ),
+                    on_failure,
+                );
+            }
             let _exclusive = futures::executor::block_on(self.gate.clone().write_owned());
             let (seq, offsets, entered, poisoned, stopping) = {
                 let mut open = self.lock();
@@ -368,6 +402,7 @@ impl Transactions {
                     "transaction committed"
                 );
             }
+            turn_ended = Instant::now();
             if stopping {
                 // A unit entering from now on would wait for a commit that never comes.
                 self.outcome.send_modify(|o| {

@@ -142,3 +142,44 @@ async fn a_commit_waits_for_units_inside_and_lost_partitions_poison_it() {
     assert!(outcome.unwrap_err().0.contains("partitions lost"));
     assert_eq!(fake.calls(), ["begin", "abort"]);
 }
+
+#[tokio::test]
+async fn a_coordinator_that_did_not_run_for_longer_than_the_session_timeout_aborts() {
+    let fake = Arc::new(Fake::default());
+    let txn = Arc::new(
+        Transactions::new(fake.clone(), None, Duration::from_millis(10))
+            .unresponsive_after(Duration::from_millis(200)),
+    );
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let failures = heard.clone();
+    let _coordinator = txn
+        .start(move |failed| failures.lock().unwrap().push(failed.0.to_string()))
+        .unwrap();
+    let within = Duration::from_secs(10);
+    let seq = txn.enter().await.unwrap().finish();
+    let first = tokio::time::timeout(within, txn.committed(seq)).await;
+    assert!(first.expect("in time").is_ok(), "a turn on time commits");
+    // The coordinator cannot take its next turn for 300 ms (as in a frozen process): it
+    // waits for its turns with this lock. (Frozen again if the freeze happened to land
+    // inside a turn, which is not a silence between turns.)
+    let mut outcome = Ok(());
+    for _ in 0..3 {
+        let seq = txn.enter().await.unwrap().finish();
+        {
+            let _frozen = txn.lock();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        outcome = tokio::time::timeout(within, txn.committed(seq))
+            .await
+            .expect("an outcome in time");
+        if outcome.is_err() {
+            break;
+        }
+    }
+    let reason = outcome
+        .expect_err("the work of a frozen member is aborted")
+        .0;
+    assert!(reason.contains("did not run for"), "{reason}");
+    assert_eq!(fake.calls().last().map(String::as_str), Some("abort"));
+    assert_eq!(heard.lock().unwrap().len(), 1);
+}

@@ -254,13 +254,15 @@ where
         let error = match result {
             // Its output is produced now and acknowledged by the flush that makes the
             // record durable; one the producer refuses at once is the record's error.
-            Ok(Ok(())) => match enqueue_outbox(shared, ctx, group.as_ref().map(Pending::share)).await {
-                Ok(sent) => return Attempted::Handled(sent),
-                Err(error) => {
-                    ctx.discard_staged();
-                    return Attempted::Failed(Failure::Output(error));
+            Ok(Ok(())) => {
+                match enqueue_outbox(shared, ctx, group.as_ref().map(Pending::share)).await {
+                    Ok(sent) => return Attempted::Handled(sent),
+                    Err(error) => {
+                        ctx.discard_staged();
+                        return Attempted::Failed(Failure::Output(error));
+                    }
                 }
-            },
+            }
             Ok(Err(e)) => e,
             Err(payload) => {
                 ctx.discard_staged();
