@@ -108,6 +108,15 @@ async fn eos_child() {
         .unwrap();
 }
 
+/// Waits until `child` handles records.
+async fn wait_processing(child: &mut child::Child, who: &str, within: Duration) {
+    common::wait_until(&format!("{who} processing"), within, || {
+        child.assert_alive(who);
+        !common::read_probe(&child.probe).processing.is_empty()
+    })
+    .await;
+}
+
 /// Stops a child gracefully and waits until it exited. tansu 0.6 never aborts a transaction
 /// its producer left open (no transaction timeout): a dynamic member SIGKILLed last would
 /// leave its changelog's last stable offset stuck (restores would wait, see
@@ -341,11 +350,7 @@ async fn a_zombie_resumed_after_its_partitions_moved_sends_nothing_twice() {
     let started = Instant::now();
     let mut s = Scenario::new().await;
     let mut a = s.spawn("a", "dynamic-a");
-    common::wait_until("A processing", Duration::from_secs(60), || {
-        a.assert_alive("A");
-        !common::read_probe(&a.probe).processing.is_empty()
-    })
-    .await;
+    wait_processing(&mut a, "A", Duration::from_secs(60)).await;
     s.produce_round().await;
     a.signal("STOP");
     common::wait_until("A stopped", Duration::from_secs(5), || a.stopped()).await;
@@ -353,11 +358,7 @@ async fn a_zombie_resumed_after_its_partitions_moved_sends_nothing_twice() {
     // B takes A's partitions once A's session timed out, and handles what A left.
     let mut b = s.spawn("b", "dynamic-b");
     s.produce_round().await;
-    common::wait_until("B processing", Duration::from_secs(90), || {
-        b.assert_alive("B");
-        !common::read_probe(&b.probe).processing.is_empty()
-    })
-    .await;
+    wait_processing(&mut b, "B", Duration::from_secs(90)).await;
     println!(
         "A frozen for {:.1} s while B took over; resuming A",
         frozen.elapsed().as_secs_f64()
@@ -403,11 +404,7 @@ async fn revokes_hand_partitions_over_without_a_repeated_or_missing_output() {
     let started = Instant::now();
     let mut s = Scenario::new().await;
     let mut a = s.spawn("a", "dynamic-a");
-    common::wait_until("A processing", Duration::from_secs(60), || {
-        a.assert_alive("A");
-        !common::read_probe(&a.probe).processing.is_empty()
-    })
-    .await;
+    wait_processing(&mut a, "A", Duration::from_secs(60)).await;
     s.produce_round().await;
     let mut b = s.spawn("b", "dynamic-b");
     common::wait_until(

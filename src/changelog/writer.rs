@@ -237,40 +237,47 @@ impl ChangelogWriter {
             state.remaining = records.len();
         }
         for record in &mut records {
-            let produce_err = |source| ChangelogError::Produce {
-                topic: record.topic.to_string(),
-                partition: record.partition,
-                source,
-            };
-            let mut base = BaseRecord::with_opaque_to(record.topic, acks.clone());
-            if record.partition >= 0 {
-                base = base.partition(record.partition);
-            }
-            if let Some(key) = record.key {
-                base = base.key(key);
-            }
-            if let Some(value) = record.value {
-                base = base.payload(value);
-            }
-            if let Some(headers) = record.headers.take() {
-                base = base.headers(headers);
-            }
-            loop {
-                match self.producer.send(base) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                        // The local queue is full: let librdkafka send some, then retry.
-                        base = returned;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((source, _)) => return Err(produce_err(source)),
-                }
-            }
+            self.produce(record, &acks)
+                .await
+                .map_err(|source| ChangelogError::Produce {
+                    topic: record.topic.to_string(),
+                    partition: record.partition,
+                    source,
+                })?;
         }
         Ok(Pending {
             acks,
             deferred: Vec::new(),
         })
+    }
+
+    /// Hands one record to the producer, its delivery report going to `acks`; waits (and
+    /// retries) while the producer's local queue is full.
+    async fn produce(&self, record: &mut OutRef<'_>, acks: &Arc<Acks>) -> Result<(), KafkaError> {
+        let mut base = BaseRecord::with_opaque_to(record.topic, acks.clone());
+        if record.partition >= 0 {
+            base = base.partition(record.partition);
+        }
+        if let Some(key) = record.key {
+            base = base.key(key);
+        }
+        if let Some(value) = record.value {
+            base = base.payload(value);
+        }
+        if let Some(headers) = record.headers.take() {
+            base = base.headers(headers);
+        }
+        loop {
+            match self.producer.send(base) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    // The local queue is full: let librdkafka send some, then retry.
+                    base = returned;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((source, _)) => return Err(source),
+            }
+        }
     }
 }
 
@@ -298,39 +305,22 @@ impl ChangelogWriter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remaining += total;
-        for (sent, record) in refs_of(&records).enumerate() {
-            let mut base = BaseRecord::with_opaque_to(record.topic, group.acks.clone());
-            if let Some(key) = record.key {
-                base = base.key(key);
-            }
-            if let Some(value) = record.value {
-                base = base.payload(value);
-            }
-            loop {
-                match self.producer.send(base) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                        base = returned;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((source, _)) => {
-                        // The records not sent will never be acknowledged.
-                        let finished = {
-                            let mut state =
-                                group.acks.state.lock().unwrap_or_else(|p| p.into_inner());
-                            state.remaining = state.remaining.saturating_sub(total - sent);
-                            state.remaining == 0
-                        };
-                        if finished {
-                            group.acks.done.notify_one();
-                        }
-                        return Err(ChangelogError::Produce {
-                            topic: record.topic.to_string(),
-                            partition: record.partition,
-                            source,
-                        });
-                    }
+        for (sent, mut record) in refs_of(&records).enumerate() {
+            if let Err(source) = self.produce(&mut record, &group.acks).await {
+                // The records not sent will never be acknowledged.
+                let finished = {
+                    let mut state = group.acks.state.lock().unwrap_or_else(|p| p.into_inner());
+                    state.remaining = state.remaining.saturating_sub(total - sent);
+                    state.remaining == 0
+                };
+                if finished {
+                    group.acks.done.notify_one();
                 }
+                return Err(ChangelogError::Produce {
+                    topic: record.topic.to_string(),
+                    partition: record.partition,
+                    source,
+                });
             }
         }
         Ok(None)
