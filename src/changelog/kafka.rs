@@ -172,14 +172,15 @@ impl StateLog for KafkaStateLog {
         // A sanity check: a record that cannot be read in time (seen on tansu 0.6, whose
         // fetches of a partition sometimes return nothing for a while) is not a reason to
         // stop the partition; the check is skipped, with a warning.
-        let read =
-            reader.read_one_uncommitted((topic, partition), last, VERIFY_LIMIT, &mut |msg| {
-                use rdkafka::message::Message;
-                if msg.offset() == last {
-                    timestamp = msg.timestamp().to_millis();
-                }
-                Ok::<(), StateError>(())
-            })?;
+        let deadline = std::time::Instant::now() + VERIFY_LIMIT;
+        let out_of_time = || std::time::Instant::now() >= deadline;
+        let read = reader.read(topic, partition, last, last + 1, &out_of_time, &mut |msg| {
+            use rdkafka::message::Message;
+            if msg.offset() == last {
+                timestamp = msg.timestamp().to_millis();
+            }
+            Ok::<(), StateError>(())
+        })?;
         if !read {
             tracing::warn!(%topic, partition, offset = last,
                 "the source record before the checkpoint could not be read in time; \

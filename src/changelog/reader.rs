@@ -203,31 +203,6 @@ impl Reader {
         )
     }
 
-    /// One record (`at`), read with `read_uncommitted` (a record this consumer handled is
-    /// committed whatever the isolation level, and the read then does not wait for the last
-    /// stable offset), for at most `limit`. `Ok(false)`: not read within it.
-    pub(crate) fn read_one_uncommitted<E>(
-        &self,
-        (topic, partition): (&str, i32),
-        at: i64,
-        limit: Duration,
-        apply: &mut dyn FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
-    ) -> Result<bool, E>
-    where
-        E: From<ChangelogError>,
-    {
-        let client = self.uncommitted_client(topic, partition).map_err(E::from)?;
-        let deadline = Instant::now() + limit;
-        let out_of_time = || Instant::now() >= deadline;
-        self.read_with(
-            client,
-            (topic, partition),
-            (at, at + 1),
-            &out_of_time,
-            apply,
-        )
-    }
-
     fn uncommitted_client(
         &self,
         topic: &str,

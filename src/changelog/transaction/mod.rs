@@ -164,9 +164,8 @@ struct Outcome {
 /// The member's transactions: the gate units enter, and the coordinator that commits them.
 pub(crate) struct Transactions {
     client: Arc<dyn TxnClient>,
-    /// Produces a unit's deferred records (`None` only in unit tests).
-    writer: Option<ChangelogWriter>,
-    /// Group metadata goes to the Kafka client (`None` in unit tests).
+    /// The Kafka client: group metadata goes to it, and its producer produces a unit's
+    /// records (`None` only in unit tests, whose units produce nothing).
     kafka: Option<Arc<KafkaTxnClient>>,
     gate: Arc<RwLock<()>>,
     open: Mutex<Open>,
@@ -189,14 +188,9 @@ impl std::fmt::Debug for Transactions {
 
 impl Transactions {
     /// Transactions through `client`, committed every `interval`.
-    pub(crate) fn new(
-        client: Arc<dyn TxnClient>,
-        writer: Option<ChangelogWriter>,
-        interval: Duration,
-    ) -> Self {
+    pub(crate) fn new(client: Arc<dyn TxnClient>, interval: Duration) -> Self {
         Self {
             client,
-            writer,
             kafka: None,
             gate: Arc::default(),
             open: Mutex::new(Open {
@@ -219,12 +213,11 @@ impl Transactions {
         counts: Arc<TransactionCounts>,
         session_timeout: Duration,
     ) -> Self {
-        let writer = client.writer.clone();
         let client = Arc::new(client);
         Self {
             kafka: Some(client.clone()),
             counts,
-            ..Self::new(client, Some(writer), interval).unresponsive_after(session_timeout)
+            ..Self::new(client, interval).unresponsive_after(session_timeout)
         }
     }
 
@@ -499,10 +492,10 @@ impl Unit {
     /// # Errors
     /// A record the producer refused at once.
     pub(crate) async fn send(&self, records: Vec<OutRecord>) -> Result<Pending, ChangelogError> {
-        let Some(writer) = &self.txn.writer else {
+        let Some(kafka) = &self.txn.kafka else {
             return Ok(Pending::acknowledged());
         };
-        writer.enqueue(refs_of(&records)).await
+        kafka.writer.enqueue(refs_of(&records)).await
     }
 
     /// The records of `topic`/`partition` before `next` are done once this transaction

@@ -46,11 +46,7 @@ impl TxnClient for Fake {
 }
 
 fn started(fake: &Arc<Fake>) -> (Arc<Transactions>, Coordinator, Arc<Mutex<Vec<String>>>) {
-    let txn = Arc::new(Transactions::new(
-        fake.clone(),
-        None,
-        Duration::from_secs(3600),
-    ));
+    let txn = Arc::new(Transactions::new(fake.clone(), Duration::from_secs(3600)));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let heard = failures.clone();
     let coordinator = txn
@@ -147,7 +143,7 @@ async fn a_commit_waits_for_units_inside_and_lost_partitions_poison_it() {
 async fn a_coordinator_that_did_not_run_for_longer_than_the_session_timeout_aborts() {
     let fake = Arc::new(Fake::default());
     let txn = Arc::new(
-        Transactions::new(fake.clone(), None, Duration::from_millis(10))
+        Transactions::new(fake.clone(), Duration::from_millis(10))
             .unresponsive_after(Duration::from_millis(200)),
     );
     let heard = Arc::new(Mutex::new(Vec::new()));
