@@ -11,7 +11,7 @@ use crate::state::slot::StateSlot;
 use crate::state::{PartitionState, StateError, Store, StoreDef};
 use crate::table::{Table, TableDef, TableError, TableReads};
 use crate::timer::TimeKind;
-use crate::window::{WindowDef, WindowStore};
+use crate::window::{SessionDef, SessionStore, SlidingDef, SlidingStore, WindowDef, WindowStore};
 
 /// The partition a handler works on, its state stores, and its output.
 pub struct PartitionContext {
@@ -81,13 +81,48 @@ impl PartitionContext {
         &'a mut self,
         window: &'a WindowDef<K, V>,
     ) -> Result<WindowStore<'a, K, V>, StateError> {
-        let (stream_time, event_time) = (self.stream_time, self.event_time);
+        let (state, stream_time, event_time, late) = self.windowed(window.name())?;
+        WindowStore::open(window, state, stream_time, event_time, late)
+    }
+
+    /// Opens a declared session window store ([`crate::window::SessionDef`]) for the
+    /// current record.
+    ///
+    /// # Errors
+    /// [`StateError::UnknownStore`] when `sessions` was not declared on the builder.
+    pub fn session_window<'a, K: Send + 'static, V: Send + 'static>(
+        &'a mut self,
+        sessions: &'a SessionDef<K, V>,
+    ) -> Result<SessionStore<'a, K, V>, StateError> {
+        let (state, stream_time, event_time, late) = self.windowed(sessions.name())?;
+        SessionStore::open(sessions, state, stream_time, event_time, late)
+    }
+
+    /// Opens a declared sliding window store ([`crate::window::SlidingDef`]) for the
+    /// current record.
+    ///
+    /// # Errors
+    /// [`StateError::UnknownStore`] when `sliding` was not declared on the builder.
+    pub fn sliding_window<'a, K: Send + 'static, V: Send + 'static>(
+        &'a mut self,
+        sliding: &'a SlidingDef<K, V>,
+    ) -> Result<SlidingStore<'a, K, V>, StateError> {
+        let (state, stream_time, event_time, late) = self.windowed(sliding.name())?;
+        SlidingStore::open(sliding, state, stream_time, event_time, late)
+    }
+
+    /// What every window store reads: the partition's state, stream time, the record's
+    /// event time, and its late flag.
+    fn windowed(
+        &mut self,
+        store: &str,
+    ) -> Result<(&mut PartitionState, i64, Option<i64>, &mut bool), StateError> {
         match &mut self.state {
             Some(StateSlot::Owned(state)) => {
-                WindowStore::open(window, state, stream_time, event_time, &mut self.late)
+                Ok((state, self.stream_time, self.event_time, &mut self.late))
             }
             Some(StateSlot::Shared { .. }) => Err(StateError::NotWithConcurrency("windows")),
-            None => Err(StateError::UnknownStore(window.name().to_string())),
+            None => Err(StateError::UnknownStore(store.to_string())),
         }
     }
 

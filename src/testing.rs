@@ -505,13 +505,46 @@ where
         let raw = self.read_raw(window.name()).await?;
         raw.iter()
             .map(|(k, v)| {
-                window.decode_entry(k, v).map_err(|source| {
-                    Error::from(crate::StateError::Codec {
-                        store: window.name().to_string(),
-                        source,
-                    })
-                })
+                window
+                    .decode_entry(k, v)
+                    .map_err(|e| codec_error(window.name(), e))
             })
+            .collect()
+    }
+
+    /// Every session of a session store (its bounds, key and aggregate), ordered by key,
+    /// then end. Flushes first (see [`flush`](Self::flush)).
+    ///
+    /// # Errors
+    /// Flush, RocksDB and codec errors.
+    pub async fn read_sessions<K: Send + 'static, V: Send + 'static>(
+        &mut self,
+        sessions: &crate::window::SessionDef<K, V>,
+    ) -> Result<Vec<(crate::window::Window, K, V)>> {
+        let raw = self.read_raw(sessions.name()).await?;
+        let name = sessions.name();
+        raw.iter()
+            .map(|(k, v)| {
+                sessions
+                    .decode_entry(k, v)
+                    .map_err(|e| codec_error(name, e))
+            })
+            .collect()
+    }
+
+    /// Every record a sliding window store still keeps (its time, key and value), ordered
+    /// by key, then time. Flushes first (see [`flush`](Self::flush)).
+    ///
+    /// # Errors
+    /// Flush, RocksDB and codec errors.
+    pub async fn read_sliding<K: Send + 'static, V: Send + 'static>(
+        &mut self,
+        sliding: &crate::window::SlidingDef<K, V>,
+    ) -> Result<Vec<(i64, K, V)>> {
+        let raw = self.read_raw(sliding.name()).await?;
+        let name = sliding.name();
+        raw.iter()
+            .map(|(k, v)| sliding.decode_entry(k, v).map_err(|e| codec_error(name, e)))
             .collect()
     }
 
@@ -683,3 +716,10 @@ mod tables;
 mod tests;
 
 pub use many::Progress;
+
+fn codec_error(store: &str, source: crate::CodecError) -> Error {
+    Error::from(crate::StateError::Codec {
+        store: store.to_string(),
+        source,
+    })
+}

@@ -190,7 +190,7 @@ fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
         if batches.max_records == 0 {
             return invalid("batches.max_records", "0".into(), "must be at least 1");
         }
-        if c.stores.iter().any(|s| s.format.starts_with("window;")) {
+        if c.stores.iter().any(crate::state::StoreSpec::is_windowed) {
             return invalid(
                 "batches",
                 "with window stores".into(),
@@ -209,7 +209,7 @@ fn validate_ranges(c: &ConsumerConfig) -> Result<(), ConfigError> {
         let serial_only = c.stores.iter().find_map(|s| {
             if s.name == crate::timer::TIMER_STORE {
                 Some("timers and windows (a window closes on a timer)")
-            } else if s.format.starts_with("window;") {
+            } else if s.is_windowed() {
                 Some("windows")
             } else if s.expiry.is_some() {
                 Some("TTL stores (their sweeps are timers)")

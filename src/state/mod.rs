@@ -105,14 +105,27 @@ impl StoreSpec {
 
     /// A number recorded in a window store's format (`window;…;name=value;…`).
     fn window_field(&self, name: &str) -> Option<i64> {
+        self.field("window", name)
+    }
+
+    /// A number recorded in the format of a store of `kind` (`kind;…;name=value;…`).
+    pub(crate) fn field(&self, kind: &str, name: &str) -> Option<i64> {
         let mut fields = self.format.split(';');
-        if fields.next() != Some("window") {
+        if fields.next() != Some(kind) {
             return None;
         }
         fields
             .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))?
             .parse()
             .ok()
+    }
+
+    /// Whether the store holds windows (tumbling, hopping, session or sliding): its
+    /// records need their own event times, handled one at a time.
+    pub(crate) fn is_windowed(&self) -> bool {
+        ["window;", "session;", "sliding;"]
+            .iter()
+            .any(|kind| self.format.starts_with(kind))
     }
 }
 

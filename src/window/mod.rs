@@ -1,5 +1,12 @@
 //! Windowed stores: aggregates per time window and key, on event time.
 //!
+//! Three kinds: tumbling and hopping windows ([`WindowDef`], below), session windows
+//! ([`SessionDef`], activity separated by an inactivity gap, see [`SessionStore`]) and
+//! sliding windows ([`SlidingDef`], a window per record bounded by a time difference, see
+//! [`SlidingStore`]). All follow the partition's stream time, close on a stream-time timer
+//! into [`Handler::on_window_closed`](crate::Handler::on_window_closed), count late records
+//! the same way, and never reopen a closed window on a restore.
+//!
 //! A [`WindowDef`] declares tumbling (`size`) or hopping (`size`, `advance`) windows with a
 //! `grace` period, and codecs for keys and values. The handler opens it with
 //! [`PartitionContext::window`](crate::PartitionContext::window), asks which windows the
@@ -51,11 +58,42 @@ mod close;
 #[cfg(test)]
 mod driven;
 #[cfg(test)]
+mod driven_session;
+mod keyed;
+mod session;
+mod sliding;
+#[cfg(test)]
 mod tests;
 
 use close::close_key;
-pub(crate) use close::closing;
 pub use close::ClosedWindow;
+pub(crate) use close::{closing, Closing};
+pub use session::{SessionDef, SessionStore};
+pub use sliding::{SlidingDef, SlidingStore};
+
+/// A window store declaration whose codecs decode its closed windows
+/// ([`ClosedWindow::entries`]): [`WindowDef`], [`SessionDef`] or [`SlidingDef`].
+pub trait WindowCodecs {
+    /// The key type.
+    type Key: Send + 'static;
+    /// The value type.
+    type Value: Send + 'static;
+    /// The key codec.
+    fn key_codec(&self) -> &dyn Codec<Item = Self::Key>;
+    /// The value codec.
+    fn value_codec(&self) -> &dyn Codec<Item = Self::Value>;
+}
+
+impl<K: Send + 'static, V: Send + 'static> WindowCodecs for WindowDef<K, V> {
+    type Key = K;
+    type Value = V;
+    fn key_codec(&self) -> &dyn Codec<Item = K> {
+        &*self.key
+    }
+    fn value_codec(&self) -> &dyn Codec<Item = V> {
+        &*self.value
+    }
+}
 
 /// A time window `[start, end)`, in milliseconds since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -320,7 +358,7 @@ impl<'a, K: Send + 'static, V: Send + 'static> WindowStore<'a, K, V> {
             TimeKind::Stream,
             window.end.saturating_add(self.def.grace),
             Owner::Window,
-            close_key(&self.def.name, window.start),
+            close_key(&self.def.name, &start_prefix(window.start)),
         );
         if self.state.timer_committed(&close) {
             // Only a committed timer is remembered: a staged one vanishes if the record fails.

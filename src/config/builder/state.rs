@@ -41,6 +41,24 @@ impl ConsumerConfigBuilder {
         self.timers()
     }
 
+    /// Declares a session window store ([`crate::window::SessionDef`]); enables timers.
+    pub fn session_window<K: Send + 'static, V: Send + 'static>(
+        mut self,
+        sessions: &crate::window::SessionDef<K, V>,
+    ) -> Self {
+        self.config.stores.push(sessions.spec());
+        self.timers()
+    }
+
+    /// Declares a sliding window store ([`crate::window::SlidingDef`]); enables timers.
+    pub fn sliding_window<K: Send + 'static, V: Send + 'static>(
+        mut self,
+        sliding: &crate::window::SlidingDef<K, V>,
+    ) -> Self {
+        self.config.stores.push(sliding.spec());
+        self.timers()
+    }
+
     /// Enables timers ([`crate::timer`]): an internal store `ks.timers` with its changelog
     /// (`<group>-ks.timers-changelog`). Needs a state directory; windows call it for you.
     pub fn timers(mut self) -> Self {

@@ -19,6 +19,7 @@ where
         while let Some(entry) = ctx.state().and_then(|s| s.next_timer(kind, now)) {
             ctx.stage_timer(false, entry.clone())?;
             let (_, at, owner, key) = entry.clone();
+            let mut closing = None;
             let outcome = match owner {
                 Owner::Handler => {
                     let timer = Timer { kind, at, key };
@@ -31,7 +32,11 @@ where
                         }
                     }
                 }
-                Owner::Window => self.close_window(&key, at, ctx).await,
+                Owner::Window => {
+                    let (outcome, closed) = self.close_window(&key, at, ctx).await;
+                    closing = closed;
+                    outcome
+                }
                 Owner::Expiry => {
                     let now = match kind {
                         TimeKind::Stream => ctx.stream_time(),
@@ -69,6 +74,11 @@ where
                     tracing::warn!(topic = %self.topic, partition = self.partition, at, %message,
                         "timer failed; dropping it");
                     ctx.stage_timer(false, entry)?;
+                    // A dropped close still deletes what it closes: a session or sliding
+                    // record left behind would never close again.
+                    if let (Some(closing), Some(state)) = (&closing, ctx.state_mut()) {
+                        closing.retire(state);
+                    }
                     ctx.commit_staged();
                 }
             }
@@ -77,27 +87,41 @@ where
     }
 
     /// Closes a window whose close timer fired: the handler's callback with its final
-    /// entries.
+    /// entries, and the deletion of what the close retires (staged with the callback's
+    /// writes). Returns what to retire even when the callback fails, for a dropped timer.
     async fn close_window(
         &self,
         key: &[u8],
         at: i64,
         ctx: &mut PartitionContext,
-    ) -> Result<(), String> {
-        let closing = match ctx.state() {
-            Some(state) => crate::window::closing(state, key, at).map_err(|e| e.to_string())?,
+    ) -> (Result<(), String>, Option<crate::window::Closing>) {
+        let closing = match ctx
+            .state()
+            .map(|state| crate::window::closing(state, key, at))
+        {
+            Some(Ok(closing)) => closing,
+            Some(Err(e)) => return (Err(e.to_string()), None),
             None => None,
         };
-        let Some(closed) = closing else {
-            return Ok(()); // the window store is no longer declared
+        let Some(mut closing) = closing else {
+            return (Ok(()), None); // the window store is no longer declared
         };
-        // The entries stay in the store until the next flush deletes every closed window
-        // by range; reads treat them as absent from now on.
-        let call = self.shared.handler.on_window_closed(closed, ctx);
-        match std::panic::AssertUnwindSafe(call).catch_unwind().await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(payload) => Err(format!("panicked: {}", panic_message(payload.as_ref()))),
+        let outcome = match closing.closed.take() {
+            // Tumbling and hopping windows' entries stay in the store until the next flush
+            // deletes every closed window by range; reads treat them as absent from now on.
+            Some(closed) => {
+                let call = self.shared.handler.on_window_closed(closed, ctx);
+                match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(payload) => Err(format!("panicked: {}", panic_message(payload.as_ref()))),
+                }
+            }
+            None => Ok(()),
+        };
+        if let Some(state) = ctx.state_mut() {
+            closing.retire(state);
         }
+        (outcome, Some(closing))
     }
 }
