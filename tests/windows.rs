@@ -1,7 +1,7 @@
-//! Windows, late records and window close against a real broker: the output topic holds
-//! exactly the rows an independent computation gives, closing a window writes no changelog
-//! tombstones (the topic expires them by time), and a restore on an empty disk brings none
-//! back.
+//! Windows (tumbling, session and sliding), late records and window close against a real
+//! broker: the output topic holds exactly the rows an independent computation gives,
+//! closing a tumbling window writes no changelog tombstones (the topic expires them by
+//! time), and a restore on an empty disk brings no closed window of any kind back.
 
 mod common;
 #[path = "common/page_minutes.rs"]
@@ -68,15 +68,12 @@ async fn windows_emit_exactly_the_expected_rows_late_records_are_counted_and_clo
 
     let handler = PageMinutes::new(&out);
     let build = |dir: &std::path::Path| {
-        ConsumerConfig::builder(common::bootstrap(), &group, [&topic])
+        let builder = ConsumerConfig::builder(common::bootstrap(), &group, [&topic])
             .instance_id("w-0")
             .commit_interval(Duration::from_millis(200))
             .flush_interval(Duration::from_millis(200))
-            .state_dir(dir)
-            .window(&handler.members)
-            .window(&handler.counts)
-            .build()
-            .unwrap()
+            .state_dir(dir);
+        handler.declare(builder).build().unwrap()
     };
     let dir = tempfile::tempdir().unwrap();
     let running = Running::start(StatefulConsumer::new(
@@ -131,7 +128,7 @@ async fn windows_emit_exactly_the_expected_rows_late_records_are_counted_and_clo
         MINUTE + page_minutes::GRACE + 24 * 3600 * 1000,
         "size + grace + a day"
     );
-    let closed_starts: BTreeSet<i64> = rows.iter().map(|r| r.1).collect();
+    let closed: BTreeSet<(u8, String, i64)> = rows.iter().map(Row::window).collect();
 
     // A new owner on an empty disk restores, and no closed window comes back or closes again.
     let empty = tempfile::tempdir().unwrap();
@@ -175,7 +172,7 @@ async fn windows_emit_exactly_the_expected_rows_late_records_are_counted_and_clo
     let again: Vec<Row> = read_rows(&out);
     let new_rows: Vec<&Row> = again.iter().skip(rows.len()).collect();
     assert!(
-        new_rows.iter().all(|r| !closed_starts.contains(&r.1)),
+        new_rows.iter().all(|r| !closed.contains(&r.window())),
         "a closed window was reported again after the restore: {new_rows:?}"
     );
 }

@@ -1,9 +1,12 @@
 //! SIGKILL while windows are closing and their results are being sent.
 //!
 //! A child process (this binary re-run with `KS_WCRASH_CHILD`, see `windows_crash_child`)
-//! counts, per page and one-minute tumbling window (10 s grace) on event time from the value
-//! (`"<user>@<ts>"`), distinct users (one member entry per `(page, user)`) and views, and
-//! sends `[page, window_start, unique_users, views]` to an output topic when a window closes.
+//! runs the page-minutes job (`common/page_minutes.rs`) on event time from the value
+//! (`"<user>@<ts>"`): distinct users (one member entry per `(page, user)`) and views per page
+//! and one-minute tumbling window (10 s grace), views per page session (20 s gap; sessions
+//! merge when an out-of-order view bridges them) and per page sliding window (5 s), and
+//! sends each closed window's row to an output topic. Every third round starts on an empty
+//! state directory (a lost disk: everything restores from the changelogs).
 //! Event time advances 1 s per view, so each partition closes a window every ~30 views;
 //! some views are 8 s out of order (within grace), some 150 s late.
 //!
@@ -57,18 +60,15 @@ const MAX_DELAY_MS: u64 = 800;
 const CLOSING_WINDOW_MS: u64 = 100;
 
 fn config(topic: &str, group: &str, dir: &str, h: &PageMinutes) -> ConsumerConfig {
-    ConsumerConfig::builder(common::bootstrap(), group, [topic])
+    let builder = ConsumerConfig::builder(common::bootstrap(), group, [topic])
         .instance_id("wcrash-0")
         .session_timeout(Duration::from_secs(10))
         .commit_interval(Duration::from_millis(150))
         // Small, frequent flushes: kills land before, during and after flushes too.
         .flush_max_records(37)
         .flush_interval(Duration::from_millis(50))
-        .state_dir(dir)
-        .window(&h.members)
-        .window(&h.counts)
-        .build()
-        .unwrap()
+        .state_dir(dir);
+    h.declare(builder).build().unwrap()
 }
 
 /// The child's body; a no-op unless run as the child.
@@ -218,6 +218,10 @@ async fn sigkill_while_windows_close_loses_no_result_and_never_sends_a_wrong_one
     let mut while_closing = 0;
     for round in 0..rounds {
         let (delay, fed_before) = (views.rng.below(MAX_DELAY_MS), views.next);
+        let lose_disk = round % 3 == 2;
+        if lose_disk {
+            std::fs::remove_dir_all(&state_dir).unwrap();
+        }
         let probe = dir.path().join(format!("probe-{round}.log"));
         let stderr = dir.path().join(format!("child-{round}.stderr"));
         let child = Command::new(common::self_exe())
@@ -265,7 +269,8 @@ async fn sigkill_while_windows_close_loses_no_result_and_never_sends_a_wrong_one
             "round {round}: closed a window and flushed after {:.1} s, SIGKILL {delay} ms \
              later; fed {fed} views; windows closed by this child: {}, in the last \
              {CLOSING_WINDOW_MS} ms: {recent}, after its last completed flush: {unflushed}; \
-             flushes: {}; while closing: {landed}; warnings: {warnings:?}",
+             flushes: {}; while closing: {landed}; on an empty disk: {lose_disk}; \
+             warnings: {warnings:?}",
             ready.as_secs_f64(),
             closed.len(),
             log.flushed.len(),
@@ -279,10 +284,13 @@ async fn sigkill_while_windows_close_loses_no_result_and_never_sends_a_wrong_one
 
     common::produce(&topic, &views.close_everything()).await;
     let (rows, late, produced) = expected_rows(&topic);
+    let kinds = rows.iter().fold([0; 3], |mut kinds, row| {
+        kinds[row.window().0 as usize] += 1;
+        kinds
+    });
     assert!(
-        rows.len() > 500 && late > 10,
-        "a meaningful input: {} rows, {late} late views",
-        rows.len()
+        kinds.iter().all(|n| *n > 100) && late > 10,
+        "a meaningful input: {kinds:?} minute, session and sliding rows, {late} late views",
     );
     let handler = PageMinutes::new(&out);
     let final_started = Instant::now();
@@ -294,7 +302,9 @@ async fn sigkill_while_windows_close_loses_no_result_and_never_sends_a_wrong_one
     ));
     common::wait_until(
         "everything processed and committed",
-        Duration::from_secs(90),
+        // The backlog of six rounds (~35,000 views, each with its session and some with
+        // sliding windows) takes ~70 s in a debug build on two cores.
+        Duration::from_secs(240),
         || common::committed(&group, &topic, PARTITIONS) == common::end_offsets(&topic, PARTITIONS),
     )
     .await;
@@ -305,8 +315,8 @@ async fn sigkill_while_windows_close_loses_no_result_and_never_sends_a_wrong_one
         .collect();
     let distinct: BTreeSet<Row> = sent.iter().cloned().collect();
     println!(
-        "windows_crash: {produced} views ({late} late), {} windows, {} rows sent ({} \
-         duplicates); final run {:.1} s, total {:.1} s",
+        "windows_crash: {produced} views ({late} late), {} windows ({kinds:?} minute, session \
+         and sliding), {} rows sent ({} duplicates); final run {:.1} s, total {:.1} s",
         rows.len(),
         sent.len(),
         sent.len() - distinct.len(),

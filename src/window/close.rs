@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{keyed, session, sliding, start_of, start_prefix, Window, WindowCodecs};
+use super::{keyed, session, sliding, start_of, start_prefix, Entries, Window, WindowCodecs};
 use crate::codec::CodecError;
 use crate::state::{KeyValues, PartitionState, StateError};
 
@@ -55,7 +55,7 @@ impl ClosedWindow {
     ///
     /// # Errors
     /// Codec errors.
-    pub fn entries<D: WindowCodecs>(&self, def: &D) -> Result<Vec<(D::Key, D::Value)>, CodecError> {
+    pub fn entries<D: WindowCodecs>(&self, def: &D) -> Result<Entries<D>, CodecError> {
         let malformed = || CodecError::new("window", "malformed entry key");
         self.entries
             .iter()
@@ -129,11 +129,13 @@ pub(crate) fn closing(
         retire,
     };
     if let Some(difference) = spec.field("sliding", "difference") {
-        let Some((window, entries, retire)) = sliding::closing(state, index, what, difference)?
-        else {
-            return Err(malformed());
-        };
-        return Ok(Some(closing(window, entries, Layout::Framed, retire)));
+        let close = sliding::closing(state, index, what, difference)?.ok_or_else(malformed)?;
+        return Ok(Some(closing(
+            close.window,
+            close.inside,
+            Layout::Framed,
+            close.retire,
+        )));
     }
     if spec.format.starts_with("session;") {
         let window = session::session_of(what).ok_or_else(malformed)?;

@@ -84,6 +84,9 @@ pub trait WindowCodecs {
     fn value_codec(&self) -> &dyn Codec<Item = Self::Value>;
 }
 
+/// A closed window's decoded entries ([`ClosedWindow::entries`]).
+pub type Entries<D> = Vec<(<D as WindowCodecs>::Key, <D as WindowCodecs>::Value)>;
+
 impl<K: Send + 'static, V: Send + 'static> WindowCodecs for WindowDef<K, V> {
     type Key = K;
     type Value = V;

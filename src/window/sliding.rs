@@ -164,15 +164,25 @@ fn timer_suffix(framed_key: &[u8], t: i64, side: Side) -> Vec<u8> {
     suffix
 }
 
+/// What a sliding window close timer closes.
+pub(super) struct Close {
+    pub(super) window: Window,
+    /// The window's records; empty when there is no window to report.
+    pub(super) inside: KeyValues,
+    /// The records the close deletes.
+    pub(super) retire: Vec<Vec<u8>>,
+}
+
 /// A closing sliding window: what the close timer `suffix` of a store with `difference`
 /// closes, from the key's logged records, and the entries it retires (a right window's
-/// close deletes the records at its time, which no open window holds any more).
+/// close deletes the records at its time, which no open window holds any more). `None` for
+/// a malformed suffix.
 pub(super) fn closing(
     state: &PartitionState,
     index: usize,
     suffix: &[u8],
     difference: i64,
-) -> Result<Option<(Window, KeyValues, Vec<Vec<u8>>)>, StateError> {
+) -> Result<Option<Close>, StateError> {
     let (Some((encoded, rest)), Some(t)) = (split(suffix), time_at(suffix, 0)) else {
         return Ok(None);
     };
@@ -191,31 +201,24 @@ pub(super) fn closing(
             .map(|(k, _)| k.clone())
             .collect(),
     };
-    let inside: KeyValues = logged
+    let mut inside: KeyValues = logged
         .into_iter()
         .filter(|(k, _)| time_at(k, 0).is_some_and(|at| (from..=to).contains(&at)))
         .collect();
     // A right window is the next records' set; the same window as a left one ending at
-    // its end is that one's, and an empty one is no window.
-    let duplicate = side == Side::Right && inside.iter().any(|(k, _)| time_at(k, 0) == Some(to));
-    if inside.is_empty() || duplicate {
-        return Ok(Some((
-            Window {
-                start: from,
-                end: to + 1,
-            },
-            Vec::new(),
-            retire,
-        )));
+    // its end is that one's.
+    if side == Side::Right && inside.iter().any(|(k, _)| time_at(k, 0) == Some(to)) {
+        inside.clear();
     }
-    Ok(Some((
-        Window {
-            start: from,
-            end: to + 1,
-        },
+    let window = Window {
+        start: from,
+        end: to.saturating_add(1),
+    };
+    Ok(Some(Close {
+        window,
         inside,
         retire,
-    )))
+    }))
 }
 
 /// A sliding window store of the current partition, opened with
