@@ -14,7 +14,7 @@ use common::{require_broker, Running};
 use kafka_stateful::changelog::changelog_topic;
 use kafka_stateful::codec::Utf8;
 use kafka_stateful::{ConsumerConfig, StatefulConsumer};
-use page_minutes::{expected, PageMinutes, Row, MINUTE};
+use page_minutes::{expected, open_sessions, PageMinutes, Row, MINUTE};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -66,6 +66,7 @@ async fn windows_emit_exactly_the_expected_rows_late_records_are_counted_and_clo
         rows.len()
     );
 
+    let open = open_sessions(events.iter().cloned());
     let handler = PageMinutes::new(&out);
     let build = |dir: &std::path::Path| {
         let builder = ConsumerConfig::builder(common::bootstrap(), &group, [&topic])
@@ -76,12 +77,9 @@ async fn windows_emit_exactly_the_expected_rows_late_records_are_counted_and_clo
         handler.declare(builder).build().unwrap()
     };
     let dir = tempfile::tempdir().unwrap();
-    let running = Running::start(StatefulConsumer::new(
-        build(dir.path()),
-        Utf8,
-        Utf8,
-        handler.clone(),
-    ));
+    let consumer = StatefulConsumer::new(build(dir.path()), Utf8, Utf8, handler.clone());
+    let query = consumer.query();
+    let running = Running::start(consumer);
     common::wait_until("every row of a closed window sent", WAIT, || {
         read_rows(&out).len() >= rows.len()
     })
@@ -90,6 +88,32 @@ async fn windows_emit_exactly_the_expected_rows_late_records_are_counted_and_clo
         common::committed(&group, &topic, 2) == common::end_offsets(&topic, 2)
     })
     .await;
+    // The sessions still open, read from outside the handler once flushed.
+    let page = open.keys().next().unwrap().clone();
+    let want: Vec<(i64, i64, u64)> = open[&page].clone();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        // Pages are produced to partition `<page number> % 2`, not by the partitioner.
+        let partition = page[1..].parse::<i32>().unwrap() % 2;
+        let got = query
+            .sessions(&handler.sessions, (&topic, partition), &page)
+            .await
+            .map(|sessions| {
+                let got: Vec<(i64, i64, u64)> = sessions
+                    .into_iter()
+                    .map(|(w, v)| (w.start, w.end, v))
+                    .collect();
+                got
+            });
+        if matches!(&got, Ok(got) if *got == want) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{page}'s open sessions as queried: {got:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let counted_late: u64 = running
         .stats
         .snapshot()

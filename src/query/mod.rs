@@ -17,13 +17,16 @@
 //!   keyed like its input topic with the producers' [`Partitioner`] (librdkafka's CRC-32 by
 //!   default; [`with_partitioner`](StateQuery::with_partitioner) for Java producers' murmur2).
 //!   [`get_in`](StateQuery::get_in), [`prefix`](StateQuery::prefix) and
-//!   [`windows`](StateQuery::windows) take the partition.
+//!   [`windows`](StateQuery::windows) take the partition;
+//!   [`windows_of`](StateQuery::windows_of) and [`sessions_of`](StateQuery::sessions_of)
+//!   locate it like `get`.
 //!
 //! TTL stores answer with entries not swept yet (expired ones included until their sweep);
 //! standby replicas are not read.
 
 mod partitioner;
 pub(crate) mod registry;
+mod sessions;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -124,8 +124,18 @@ impl<K: Send + 'static, V: Send + 'static> SessionDef<K, V> {
         }
     }
 
-    /// Decodes a raw store entry (the test driver reads session stores back).
-    #[cfg(any(test, feature = "testing"))]
+    /// A key as the store encodes it (queries locate its partition with it).
+    pub(crate) fn query_key(&self, key: &K) -> Result<Vec<u8>, CodecError> {
+        self.key.encode(key)
+    }
+
+    /// The prefix of an encoded key's sessions (queries).
+    pub(crate) fn query_prefix(encoded: &[u8]) -> Vec<u8> {
+        framed(encoded)
+    }
+
+    /// Decodes a raw store entry: the session, its key and aggregate (queries and the test
+    /// driver).
     pub(crate) fn decode_entry(
         &self,
         key: &[u8],

@@ -176,7 +176,7 @@ fn batch_mode_is_refused_with_key_concurrency() {
 }
 
 #[test]
-fn batch_mode_is_refused_with_windows() {
+fn batch_mode_is_refused_with_windows_of_every_kind() {
     let window: crate::window::WindowDef<String, u64> = crate::window::WindowDef::tumbling(
         "per-minute",
         Duration::from_secs(60),
@@ -193,4 +193,25 @@ fn batch_mode_is_refused_with_windows() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("window"), "{error}");
+    let minute = Duration::from_secs(60);
+    let sessions: crate::window::SessionDef<String, u64> =
+        crate::window::SessionDef::new("sessions", minute, minute, Utf8, Bincode::new());
+    let sliding: crate::window::SlidingDef<String, u64> =
+        crate::window::SlidingDef::new("sliding", minute, minute, Utf8, Bincode::new());
+    let builder = || {
+        ConsumerConfig::builder("unused:9092", "g", ["pages"])
+            .instance_id("i")
+            .state_dir("/nonexistent")
+    };
+    for builder in [
+        builder().session_window(&sessions),
+        builder().sliding_window(&sliding),
+    ] {
+        let error = builder
+            .batches(BatchSettings::default())
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("window"), "{error}");
+    }
 }
