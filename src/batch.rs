@@ -49,16 +49,32 @@ impl RecordBatch {
 
     /// Copies a fetched record in.
     pub(crate) fn push(&mut self, msg: &BorrowedMessage<'_>) {
-        let key = self.put(msg.key());
-        let value = self.put(msg.payload());
-        let headers = msg.headers().map(|hs| {
-            hs.iter()
-                .map(|h| (h.key.to_string(), self.put(h.value)))
+        let headers = msg
+            .headers()
+            .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value)));
+        let timestamp = msg.timestamp().to_millis();
+        self.push_parts(msg.offset(), timestamp, msg.key(), msg.payload(), headers);
+    }
+
+    /// Copies a fetched record in from its parts (`headers`: `None` for a record without
+    /// any).
+    pub(crate) fn push_parts<'h>(
+        &mut self,
+        offset: i64,
+        timestamp: Option<i64>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: Option<impl Iterator<Item = (String, Option<&'h [u8]>)>>,
+    ) {
+        let key = self.put(key);
+        let value = self.put(value);
+        let headers = headers.map(|hs| {
+            hs.map(|(name, value)| (name, self.put(value)))
                 .collect::<Box<[_]>>()
         });
         let record = RawRecord {
-            offset: msg.offset(),
-            timestamp: msg.timestamp().to_millis(),
+            offset,
+            timestamp,
             key,
             value,
             headers,

@@ -120,10 +120,10 @@ where
         let consumer = Arc::downgrade(consumer);
         let errors = self.errors.clone();
         let _ = self.splitter.set(Box::new(move |topic, partition| {
-            let queue = consumer
-                .upgrade()?
-                .split_partition_queue(topic, partition)?;
+            let consumer = consumer.upgrade()?;
+            let queue = consumer.split_partition_queue(topic, partition)?;
             Some(Source::kafka(
+                &consumer,
                 queue,
                 (topic.to_string(), partition),
                 errors.clone(),

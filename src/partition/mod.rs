@@ -4,6 +4,7 @@
 //! stops workers on rebalances ([`supervisor`]).
 
 pub(crate) mod batches;
+mod fetch;
 pub(crate) mod outputs;
 pub(crate) mod policy;
 pub(crate) mod scheduler;

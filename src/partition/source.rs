@@ -21,40 +21,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use tokio::sync::{mpsc, Notify};
 
+use super::fetch::{BatchQueue, FetchQueue};
 use crate::batch::RecordBatch;
 use crate::offset::TopicPartition;
 
-/// Records (and bytes, at most the partition's queue budget) taken from a queue before the
-/// worker handles them.
-const MAX_RECORDS: usize = 1024;
+/// Bytes taken from a queue at once (at most the partition's queue budget too).
 const MAX_BYTES: usize = 1 << 20;
 /// How often an idle worker looks at its queue without a wake-up.
 const RECHECK: Duration = Duration::from_millis(100);
-
-/// A split partition queue, whatever the consumer's context type.
-pub(crate) trait FetchQueue: Send + Sync + 'static {
-    /// Moves up to [`MAX_RECORDS`] waiting records (about `max_bytes`) into `batch`,
-    /// without blocking; returns an error librdkafka reported for the partition instead, if
-    /// any.
-    fn fill(&self, batch: &mut RecordBatch, max_bytes: usize) -> Result<(), KafkaError>;
-}
-
-impl<C: ConsumerContext + 'static> FetchQueue for PartitionQueue<C> {
-    fn fill(&self, batch: &mut RecordBatch, max_bytes: usize) -> Result<(), KafkaError> {
-        while batch.records.len() < MAX_RECORDS && batch.bytes < max_bytes {
-            match self.poll(Duration::ZERO) {
-                None => break,
-                Some(Ok(msg)) => batch.push(&msg),
-                Some(Err(error)) => return Err(error),
-            }
-        }
-        Ok(())
-    }
-}
 
 /// An error librdkafka reported on a partition's queue (a batch it cannot decompress or
 /// parse, an offset out of range, a refused topic…), for the poll loop, which owns the
@@ -92,8 +70,10 @@ impl std::fmt::Debug for Source {
 }
 
 impl Source {
-    /// A source on `queue`, woken by its non-empty callback.
+    /// A source on `queue`, split off `consumer`'s queue for `partition`, woken by its
+    /// non-empty callback and read in batches.
     pub(crate) fn kafka<C: ConsumerContext + 'static>(
+        consumer: &BaseConsumer<C>,
         mut queue: PartitionQueue<C>,
         partition: TopicPartition,
         errors: mpsc::UnboundedSender<FetchError>,
@@ -102,8 +82,17 @@ impl Source {
         let wake = Arc::new(Notify::new());
         let notify = wake.clone();
         queue.set_nonempty_callback(move || notify.notify_one());
+        let queue: Box<dyn FetchQueue> =
+            match BatchQueue::new(consumer, queue, &partition.0, partition.1) {
+                Ok(batches) => Box::new(batches),
+                Err(queue) => {
+                    tracing::warn!(topic = %partition.0, partition = partition.1,
+                        "no second handle on the partition's queue: reading one record at a time");
+                    Box::new(queue)
+                }
+            };
         Self::Kafka {
-            queue: Box::new(queue),
+            queue,
             wake,
             errors,
             partition,
