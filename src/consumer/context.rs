@@ -285,6 +285,11 @@ impl<KC: Codec, VC: Codec, H: Send + Sync + 'static> ClientContext for LoopConte
         if fac == "FAIL" && super::connect::is_problem(level) {
             *lock(&self.last_failure) = Some(log_message.to_string());
         }
+        if fac == "ERROR" {
+            if let Some(error) = super::errors::partition_error_logged(log_message) {
+                let _ = self.errors.send(error);
+            }
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert

@@ -180,9 +180,80 @@ fn missing_topic<C: ConsumerContext>(
     missing
 }
 
+/// librdkafka's description of `code` (`rd_kafka_err2str`), as rdkafka shows it in
+/// parentheses after the code's name.
+fn describe(code: RDKafkaErrorCode) -> Option<String> {
+    let shown = code.to_string();
+    let (_, description) = shown.split_once(" (")?;
+    Some(description.strip_suffix(')')?.to_string())
+}
+
+/// A partition error librdkafka only logs when a partition queue is read in batches.
+///
+/// `rd_kafka_consume_batch_queue` (see `partition::fetch`) returns a partition's fetch
+/// errors as messages, but the errors librdkafka puts on the queue when the partition or
+/// its topic stops existing (`rd_kafka_toppar_enq_error`) go to the error callback, which
+/// rdkafka does not set, so librdkafka logs them (facility `ERROR`) as
+/// `<client>: <topic> [<partition>]: <reason> (<error description>)`. rdkafka's per-record
+/// poll returned them as error events. This reads them back from that log line, for the
+/// error codes librdkafka uses there, so they are judged like any partition error.
+pub(crate) fn partition_error_logged(log_message: &str) -> Option<FetchError> {
+    let (_client, rest) = log_message.split_once(": ")?;
+    let (topic, rest) = rest.split_once(" [")?;
+    let (partition, rest) = rest.split_once("]: ")?;
+    let partition: i32 = partition.parse().ok()?;
+    let description = rest.strip_suffix(')')?.rsplit_once(" (")?.1;
+    let code = [
+        RDKafkaErrorCode::UnknownTopicOrPartition,
+        RDKafkaErrorCode::UnknownPartition,
+        RDKafkaErrorCode::UnknownTopic,
+        RDKafkaErrorCode::TopicAuthorizationFailed,
+    ]
+    .into_iter()
+    .find(|code| describe(*code).as_deref() == Some(description))?;
+    Some(FetchError {
+        partition: (topic.to_string(), partition),
+        error: KafkaError::MessageConsumption(code),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_errors_librdkafka_only_logs_are_read_back() {
+        let logged = |reason: &str, code: RDKafkaErrorCode| {
+            let description = describe(code).unwrap();
+            format!("codec-0#consumer-12: page-views [3]: {reason} ({description})")
+        };
+        assert_eq!(
+            describe(RDKafkaErrorCode::UnknownTopicOrPartition).as_deref(),
+            Some("Broker: Unknown topic or partition"),
+            "as librdkafka logs it"
+        );
+        for (reason, code) in [
+            (
+                "topic does not exist",
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ),
+            (
+                "desired partition is no longer available",
+                RDKafkaErrorCode::UnknownPartition,
+            ),
+            (
+                "desired partition is not available",
+                RDKafkaErrorCode::TopicAuthorizationFailed,
+            ),
+        ] {
+            let error = partition_error_logged(&logged(reason, code)).unwrap();
+            assert_eq!(error.partition, ("page-views".to_string(), 3));
+            assert_eq!(error.error.rdkafka_error_code(), Some(code));
+        }
+        let other = logged("fetch failed", RDKafkaErrorCode::BrokerTransportFailure);
+        assert!(partition_error_logged(&other).is_none(), "only these codes");
+        assert!(partition_error_logged("rdkafka#consumer-1: no partition here").is_none());
+    }
     use crate::offset::TopicPartition;
 
     fn fetch_error(code: RDKafkaErrorCode) -> FetchError {
