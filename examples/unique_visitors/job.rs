@@ -47,7 +47,9 @@ impl UniqueVisitors {
     pub fn new(output_topic: &str) -> Self {
         let (minute, grace) = (Duration::from_secs(60), Duration::from_secs(10));
         Self {
-            members: WindowDef::tumbling("members", minute, grace, Bincode::new(), Bincode::new()),
+            // Its closes report nothing (the counts do): no read of its entries per close.
+            members: WindowDef::tumbling("members", minute, grace, Bincode::new(), Bincode::new())
+                .closes_silently(),
             counts: WindowDef::tumbling("counts", minute, grace, Utf8, Bincode::new()),
             output: Output::new(output_topic, Utf8, Json::new()),
             handled: Arc::default(),

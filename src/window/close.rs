@@ -149,6 +149,14 @@ pub(crate) fn closing(
         let retire = entries.iter().map(|(k, _)| k.clone()).collect();
         return Ok(Some(closing(window, entries, Layout::Framed, retire)));
     }
+    if spec.format.split(';').any(|field| field == "silent") {
+        // Nobody reads its entries: nothing to collect (the flush deletes the window).
+        return Ok(Some(Closing {
+            closed: None,
+            store: index,
+            retire: Vec::new(),
+        }));
+    }
     let start = start_of(what).ok_or_else(malformed)?;
     let entries = state.prefix(index, &start_prefix(start))?;
     let window = Window {

@@ -244,3 +244,62 @@ async fn a_record_whose_own_window_closed_still_joins_the_open_windows_after_it(
     );
     assert_eq!(d.late(), 0);
 }
+
+/// Records which stores' windows closed.
+#[derive(Clone)]
+struct Silent {
+    quiet: WindowDef<String, u64>,
+    loud: WindowDef<String, u64>,
+    closes: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Handler<String, String> for Silent {
+    async fn handle(
+        &self,
+        r: Record<String, String>,
+        ctx: &mut PartitionContext,
+    ) -> Result<(), HandlerError> {
+        let key = r.key.ok_or("no key")?;
+        for def in [&self.quiet, &self.loud] {
+            for w in ctx.window(def)?.windows() {
+                ctx.window(def)?.put(w, &key, &1)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_window_closed(
+        &self,
+        closed: ClosedWindow,
+        _ctx: &mut PartitionContext,
+    ) -> Result<(), HandlerError> {
+        self.closes.lock().unwrap().push(closed.store);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_window_store_closes_without_a_callback_and_is_still_deleted() {
+    let minute = Duration::from_secs(60);
+    let h = Silent {
+        quiet: WindowDef::tumbling("quiet", minute, Duration::ZERO, Utf8, Bincode::new())
+            .closes_silently(),
+        loud: WindowDef::tumbling("loud", minute, Duration::ZERO, Utf8, Bincode::new()),
+        closes: Default::default(),
+    };
+    let config = ConsumerConfig::builder("unused:9092", "g", ["views"])
+        .instance_id("i")
+        .state_dir("unused")
+        .window(&h.quiet)
+        .window(&h.loud)
+        .build()
+        .unwrap();
+    let mut d = TestDriver::new(config, Utf8, Utf8, h.clone())
+        .await
+        .unwrap();
+    d.send(view("a", 0)).await.unwrap();
+    d.send(view("b", 61_000)).await.unwrap();
+    assert_eq!(*h.closes.lock().unwrap(), vec!["loud".to_string()]);
+    let quiet = d.read_window(&h.quiet).await.unwrap();
+    assert_eq!(quiet, vec![(window(60_000, 120_000), "b".to_string(), 1)]);
+}

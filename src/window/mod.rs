@@ -115,6 +115,8 @@ pub struct WindowDef<K: Send + 'static, V: Send + 'static> {
     size: i64,
     advance: i64,
     grace: i64,
+    /// Closes without calling `on_window_closed` ([`WindowDef::closes_silently`]).
+    silent: bool,
 }
 
 impl<K: Send + 'static, V: Send + 'static> Clone for WindowDef<K, V> {
@@ -126,6 +128,7 @@ impl<K: Send + 'static, V: Send + 'static> Clone for WindowDef<K, V> {
             size: self.size,
             advance: self.advance,
             grace: self.grace,
+            silent: self.silent,
         }
     }
 }
@@ -175,7 +178,19 @@ impl<K: Send + 'static, V: Send + 'static> WindowDef<K, V> {
             size: millis(size).max(1),
             advance: millis(advance).clamp(1, millis(size).max(1)),
             grace: millis(grace),
+            silent: false,
         }
+    }
+
+    /// Its windows close without calling
+    /// [`Handler::on_window_closed`](crate::Handler::on_window_closed): for a store whose
+    /// final entries nobody reads (the members of a set kept next to its count). A close
+    /// then reads nothing; the window is still deleted and its late records counted.
+    /// Recorded in the store's format.
+    #[must_use]
+    pub fn closes_silently(mut self) -> Self {
+        self.silent = true;
+        self
     }
 
     /// The store's name.
@@ -208,12 +223,13 @@ impl<K: Send + 'static, V: Send + 'static> WindowDef<K, V> {
         crate::state::StoreSpec {
             name: self.name.to_string(),
             format: format!(
-                "window;key={};value={};size={};advance={};grace={}",
+                "window;key={};value={};size={};advance={};grace={}{}",
                 self.key.name(),
                 self.value.name(),
                 self.size,
                 self.advance,
-                self.grace
+                self.grace,
+                if self.silent { ";silent" } else { "" }
             ),
             expiry: None,
         }
