@@ -15,8 +15,8 @@
 //! figures. Default settings throughout, as a new user has them. Sections (`BENCH_ONLY`
 //! picks one):
 //!
-//! - `no_store`: 1 000 000 records of 100 B over 1 000 keys (`BENCH_RECORDS`), at 4 and
-//!   16 partitions: no store, count per key, count and sum per key (4 partitions);
+//! - `no_store`: 1 000 000 records of 100 B over 1 000 keys (`BENCH_RECORDS`), at 4, 16
+//!   and 64 partitions: no store, count per key, count and sum per key (4 partitions);
 //! - `keys`: count per key over 1 000 000 records and as many keys (`BENCH_WIDE_KEYS`);
 //!   then a cold restore of that store's changelog (empty state directory) and a warm
 //!   restart (intact directory);
@@ -107,7 +107,7 @@ fn selected(section: &str) -> bool {
 /// No store, count, count and sum: the library's own cost, at 4 and 16 partitions.
 async fn no_store(b: &Bench) {
     let n = env_u64("BENCH_RECORDS", 1_000_000);
-    for partitions in [4, 16] {
+    for partitions in [4, 16, 64] {
         let topic = b.topic(&format!("a{partitions}"));
         fill(&b.bootstrap, &topic, partitions, n, 1_000, 100).await;
         let jobs: &[(&str, usize)] = if partitions == 4 {
