@@ -7,7 +7,8 @@
 //!
 //! Why: commit 1a07555 made the consume path about 40% slower and nothing noticed until a
 //! bisect. This bench repeats that bisect's measurement and compares it with
-//! `benches/baseline.json`, the previous release's figures (bcf941e) measured the same way.
+//! `benches/baseline.json`, the previous release's figures measured the same way (since
+//! the batch reads of partition queues; before them, bcf941e's).
 //!
 //! Needs a broker at `$KAFKA_BOOTSTRAP` (default 127.0.0.1:9092). The topic
 //! `bench-regression-views` (4 partitions, 1 000 000 JSON page views of ~80 B over 1 000
