@@ -11,7 +11,9 @@ use crate::state::slot::StateSlot;
 use crate::state::{PartitionState, StateError, Store, StoreDef};
 use crate::table::{Table, TableDef, TableError, TableReads};
 use crate::timer::TimeKind;
-use crate::window::{SessionDef, SessionStore, SlidingDef, SlidingStore, WindowDef, WindowStore};
+use crate::window::{
+    SessionDef, SessionStore, SlidingDef, SlidingStore, WindowAccess, WindowDef, WindowStore,
+};
 
 /// The partition a handler works on, its state stores, and its output.
 pub struct PartitionContext {
@@ -81,8 +83,7 @@ impl PartitionContext {
         &'a mut self,
         window: &'a WindowDef<K, V>,
     ) -> Result<WindowStore<'a, K, V>, StateError> {
-        let (state, stream_time, event_time, late) = self.windowed(window.name())?;
-        WindowStore::open(window, state, stream_time, event_time, late)
+        Ok(WindowStore::open(window, self.windowed(window.name())?))
     }
 
     /// Opens a declared session window store ([`crate::window::SessionDef`]) for the
@@ -94,8 +95,10 @@ impl PartitionContext {
         &'a mut self,
         sessions: &'a SessionDef<K, V>,
     ) -> Result<SessionStore<'a, K, V>, StateError> {
-        let (state, stream_time, event_time, late) = self.windowed(sessions.name())?;
-        SessionStore::open(sessions, state, stream_time, event_time, late)
+        Ok(SessionStore::open(
+            sessions,
+            self.windowed(sessions.name())?,
+        ))
     }
 
     /// Opens a declared sliding window store ([`crate::window::SlidingDef`]) for the
@@ -107,20 +110,15 @@ impl PartitionContext {
         &'a mut self,
         sliding: &'a SlidingDef<K, V>,
     ) -> Result<SlidingStore<'a, K, V>, StateError> {
-        let (state, stream_time, event_time, late) = self.windowed(sliding.name())?;
-        SlidingStore::open(sliding, state, stream_time, event_time, late)
+        Ok(SlidingStore::open(sliding, self.windowed(sliding.name())?))
     }
 
     /// What every window store reads: the partition's state, stream time, the record's
     /// event time, and its late flag.
-    fn windowed(
-        &mut self,
-        store: &str,
-    ) -> Result<(&mut PartitionState, i64, Option<i64>, &mut bool), StateError> {
+    fn windowed(&mut self, store: &str) -> Result<WindowAccess<'_>, StateError> {
+        let times = (self.stream_time, self.event_time);
         match &mut self.state {
-            Some(StateSlot::Owned(state)) => {
-                Ok((state, self.stream_time, self.event_time, &mut self.late))
-            }
+            Some(StateSlot::Owned(state)) => WindowAccess::new(store, state, times, &mut self.late),
             Some(StateSlot::Shared { .. }) => Err(StateError::NotWithConcurrency("windows")),
             None => Err(StateError::UnknownStore(store.to_string())),
         }

@@ -84,17 +84,65 @@ pub trait WindowCodecs {
     fn value_codec(&self) -> &dyn Codec<Item = Self::Value>;
 }
 
+/// Each window declaration decodes with its own key and value codecs.
+macro_rules! window_codecs {
+    ($($def:ident),*) => {$(
+        impl<K: Send + 'static, V: Send + 'static> WindowCodecs for $def<K, V> {
+            type Key = K;
+            type Value = V;
+            fn key_codec(&self) -> &dyn Codec<Item = K> {
+                &*self.key
+            }
+            fn value_codec(&self) -> &dyn Codec<Item = V> {
+                &*self.value
+            }
+        }
+    )*};
+}
+window_codecs!(WindowDef, SessionDef, SlidingDef);
+
 /// A closed window's decoded entries ([`ClosedWindow::entries`]).
 pub type Entries<D> = Vec<(<D as WindowCodecs>::Key, <D as WindowCodecs>::Value)>;
 
-impl<K: Send + 'static, V: Send + 'static> WindowCodecs for WindowDef<K, V> {
-    type Key = K;
-    type Value = V;
-    fn key_codec(&self) -> &dyn Codec<Item = K> {
-        &*self.key
+/// What a window store opened for the current record works with: its store in the
+/// partition's state, the stream time, the record's event time, and its late flag.
+pub(crate) struct WindowAccess<'a> {
+    index: usize,
+    state: &'a mut PartitionState,
+    stream_time: i64,
+    event_time: Option<i64>,
+    late: &'a mut bool,
+}
+
+impl<'a> WindowAccess<'a> {
+    /// Access to the store `name` of `state`.
+    ///
+    /// # Errors
+    /// [`StateError::UnknownStore`] when it was not declared.
+    pub(crate) fn new(
+        name: &str,
+        state: &'a mut PartitionState,
+        (stream_time, event_time): (i64, Option<i64>),
+        late: &'a mut bool,
+    ) -> Result<Self, StateError> {
+        let index = state
+            .store_index(name)
+            .ok_or_else(|| StateError::UnknownStore(name.to_string()))?;
+        Ok(Self {
+            index,
+            state,
+            stream_time,
+            event_time,
+            late,
+        })
     }
-    fn value_codec(&self) -> &dyn Codec<Item = V> {
-        &*self.value
+}
+
+/// A codec error of window store `store`.
+fn codec_error(store: &str) -> impl Fn(CodecError) -> StateError + '_ {
+    move |source| StateError::Codec {
+        store: store.to_string(),
+        source,
     }
 }
 
@@ -275,11 +323,7 @@ impl<K: Send + 'static, V: Send + 'static> WindowDef<K, V> {
 /// [`PartitionContext::window`](crate::PartitionContext::window).
 pub struct WindowStore<'a, K: Send + 'static, V: Send + 'static> {
     def: &'a WindowDef<K, V>,
-    index: usize,
-    state: &'a mut PartitionState,
-    stream_time: i64,
-    event_time: Option<i64>,
-    late: &'a mut bool,
+    access: WindowAccess<'a>,
 }
 
 impl<K: Send + 'static, V: Send + 'static> fmt::Debug for WindowStore<'_, K, V> {
@@ -291,47 +335,28 @@ impl<K: Send + 'static, V: Send + 'static> fmt::Debug for WindowStore<'_, K, V> 
 }
 
 impl<'a, K: Send + 'static, V: Send + 'static> WindowStore<'a, K, V> {
-    pub(crate) fn open(
-        def: &'a WindowDef<K, V>,
-        state: &'a mut PartitionState,
-        stream_time: i64,
-        event_time: Option<i64>,
-        late: &'a mut bool,
-    ) -> Result<Self, StateError> {
-        let index = state
-            .store_index(&def.name)
-            .ok_or_else(|| StateError::UnknownStore(def.name.to_string()))?;
-        Ok(Self {
-            def,
-            index,
-            state,
-            stream_time,
-            event_time,
-            late,
-        })
+    pub(crate) fn open(def: &'a WindowDef<K, V>, access: WindowAccess<'a>) -> Self {
+        Self { def, access }
     }
 
     fn codec_err(&self) -> impl Fn(CodecError) -> StateError + '_ {
-        |source| StateError::Codec {
-            store: self.def.name.to_string(),
-            source,
-        }
+        codec_error(&self.def.name)
     }
 
     /// The still-open windows the current record falls in (by its event time). Empty for
     /// a record without an event time, and for a late record (which is then counted late).
     pub fn windows(&mut self) -> Vec<Window> {
-        let Some(time) = self.event_time else {
+        let Some(time) = self.access.event_time else {
             return Vec::new();
         };
         let open: Vec<Window> = self
             .def
             .windows_of(time)
             .into_iter()
-            .filter(|w| !self.def.is_closed(*w, self.stream_time))
+            .filter(|w| !self.def.is_closed(*w, self.access.stream_time))
             .collect();
         if open.is_empty() {
-            *self.late = true;
+            *self.access.late = true;
         }
         open
     }
@@ -341,14 +366,15 @@ impl<'a, K: Send + 'static, V: Send + 'static> WindowStore<'a, K, V> {
     /// # Errors
     /// Codec or RocksDB errors.
     pub fn get(&self, window: Window, key: &K) -> Result<Option<V>, StateError> {
-        if self.def.is_closed(window, self.stream_time) {
+        if self.def.is_closed(window, self.access.stream_time) {
             // Closed windows are deleted by range at the next flush; until then they are
             // still in the store, and must not be seen.
             return Ok(None);
         }
         let key = self.def.encode_key(window, key).map_err(self.codec_err())?;
-        self.state
-            .read_with(self.index, &key, |b| self.def.value.decode(b))?
+        self.access
+            .state
+            .read_with(self.access.index, &key, |b| self.def.value.decode(b))?
             .transpose()
             .map_err(self.codec_err())
     }
@@ -359,8 +385,8 @@ impl<'a, K: Send + 'static, V: Send + 'static> WindowStore<'a, K, V> {
     /// [`StateError::WindowClosed`] when the window is closed (the record is counted late);
     /// codec errors.
     pub fn put(&mut self, window: Window, key: &K, value: &V) -> Result<(), StateError> {
-        if self.def.is_closed(window, self.stream_time) {
-            *self.late = true;
+        if self.def.is_closed(window, self.access.stream_time) {
+            *self.access.late = true;
             return Err(StateError::WindowClosed {
                 store: self.def.name.to_string(),
                 start: window.start,
@@ -369,8 +395,12 @@ impl<'a, K: Send + 'static, V: Send + 'static> WindowStore<'a, K, V> {
         }
         let key = self.def.encode_key(window, key).map_err(self.codec_err())?;
         let value = self.def.value.encode(value).map_err(self.codec_err())?;
-        self.state.write(self.index, key, Some(value));
-        if self.state.close_known(self.index, window.start) {
+        self.access.state.write(self.access.index, key, Some(value));
+        if self
+            .access
+            .state
+            .close_known(self.access.index, window.start)
+        {
             return Ok(());
         }
         let close = (
@@ -379,11 +409,13 @@ impl<'a, K: Send + 'static, V: Send + 'static> WindowStore<'a, K, V> {
             Owner::Window,
             close_key(&self.def.name, &start_prefix(window.start)),
         );
-        if self.state.timer_committed(&close) {
+        if self.access.state.timer_committed(&close) {
             // Only a committed timer is remembered: a staged one vanishes if the record fails.
-            self.state.remember_close(self.index, window.start);
-        } else if !self.state.timer_staged(&close) {
-            self.state.stage_timer(true, close)?;
+            self.access
+                .state
+                .remember_close(self.access.index, window.start);
+        } else if !self.access.state.timer_staged(&close) {
+            self.access.state.stage_timer(true, close)?;
         }
         Ok(())
     }
@@ -394,7 +426,7 @@ impl<'a, K: Send + 'static, V: Send + 'static> WindowStore<'a, K, V> {
     /// Codec errors.
     pub fn delete(&mut self, window: Window, key: &K) -> Result<(), StateError> {
         let key = self.def.encode_key(window, key).map_err(self.codec_err())?;
-        self.state.write(self.index, key, None);
+        self.access.state.write(self.access.index, key, None);
         Ok(())
     }
 

@@ -27,16 +27,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::keyed::{framed, push_time, split, time_at};
-use super::{close_key, millis, Window, WindowCodecs};
+use super::{close_key, codec_error, millis, Window, WindowAccess};
 use crate::codec::{Codec, CodecError};
-use crate::state::{PartitionState, StateError};
+use crate::state::StateError;
 use crate::timer::{Owner, TimeKind};
 
 /// A session window store declaration. Cheap to clone.
 pub struct SessionDef<K: Send + 'static, V: Send + 'static> {
     name: Arc<str>,
-    key: Arc<dyn Codec<Item = K>>,
-    value: Arc<dyn Codec<Item = V>>,
+    pub(super) key: Arc<dyn Codec<Item = K>>,
+    pub(super) value: Arc<dyn Codec<Item = V>>,
     gap: i64,
     grace: i64,
 }
@@ -60,17 +60,6 @@ impl<K: Send + 'static, V: Send + 'static> fmt::Debug for SessionDef<K, V> {
             .field("gap_ms", &self.gap)
             .field("grace_ms", &self.grace)
             .finish_non_exhaustive()
-    }
-}
-
-impl<K: Send + 'static, V: Send + 'static> WindowCodecs for SessionDef<K, V> {
-    type Key = K;
-    type Value = V;
-    fn key_codec(&self) -> &dyn Codec<Item = K> {
-        &*self.key
-    }
-    fn value_codec(&self) -> &dyn Codec<Item = V> {
-        &*self.value
     }
 }
 
@@ -174,11 +163,7 @@ pub(super) fn session_of(entry: &[u8]) -> Option<Window> {
 /// [`PartitionContext::session_window`](crate::PartitionContext::session_window).
 pub struct SessionStore<'a, K: Send + 'static, V: Send + 'static> {
     def: &'a SessionDef<K, V>,
-    index: usize,
-    state: &'a mut PartitionState,
-    stream_time: i64,
-    event_time: Option<i64>,
-    late: &'a mut bool,
+    access: WindowAccess<'a>,
 }
 
 impl<K: Send + 'static, V: Send + 'static> fmt::Debug for SessionStore<'_, K, V> {
@@ -198,43 +183,24 @@ struct Stored {
 }
 
 impl<'a, K: Send + 'static, V: Send + 'static> SessionStore<'a, K, V> {
-    pub(crate) fn open(
-        def: &'a SessionDef<K, V>,
-        state: &'a mut PartitionState,
-        stream_time: i64,
-        event_time: Option<i64>,
-        late: &'a mut bool,
-    ) -> Result<Self, StateError> {
-        let index = state
-            .store_index(&def.name)
-            .ok_or_else(|| StateError::UnknownStore(def.name.to_string()))?;
-        Ok(Self {
-            def,
-            index,
-            state,
-            stream_time,
-            event_time,
-            late,
-        })
+    pub(crate) fn open(def: &'a SessionDef<K, V>, access: WindowAccess<'a>) -> Self {
+        Self { def, access }
     }
 
     fn codec_err(&self) -> impl Fn(CodecError) -> StateError + '_ {
-        |source| StateError::Codec {
-            store: self.def.name.to_string(),
-            source,
-        }
+        codec_error(&self.def.name)
     }
 
     /// The key's open sessions (closed ones read as absent, though the timer that deletes
     /// them may not have fired yet), earliest first.
     fn stored(&self, framed_key: &[u8]) -> Result<Vec<Stored>, StateError> {
         let mut open = Vec::new();
-        for (key, value) in self.state.prefix(self.index, framed_key)? {
+        for (key, value) in self.access.state.prefix(self.access.index, framed_key)? {
             let Some(window) = session_of(&key) else {
                 continue;
             };
             let last = window.end - 1;
-            if !self.def.is_closed(last, self.stream_time) {
+            if !self.def.is_closed(last, self.access.stream_time) {
                 open.push(Stored {
                     key,
                     first: window.start,
@@ -263,11 +229,11 @@ impl<'a, K: Send + 'static, V: Send + 'static> SessionStore<'a, K, V> {
         mut merge: impl FnMut(V, V) -> V,
         update: impl FnOnce(Option<V>) -> V,
     ) -> Result<Option<Window>, StateError> {
-        let Some(t) = self.event_time else {
+        let Some(t) = self.access.event_time else {
             return Ok(None);
         };
-        if self.def.is_closed(t, self.stream_time) {
-            *self.late = true;
+        if self.def.is_closed(t, self.access.stream_time) {
+            *self.access.late = true;
             return Ok(None);
         }
         let encoded = self.def.key.encode(key).map_err(self.codec_err())?;
@@ -294,15 +260,19 @@ impl<'a, K: Send + 'static, V: Send + 'static> SessionStore<'a, K, V> {
         let new_key = entry_key(&framed_key, first, last);
         for s in merged.iter().filter(|s| s.key != new_key) {
             // Superseded: deleted (a changelog tombstone) with its close timer.
-            self.state.write(self.index, s.key.clone(), None);
+            self.access
+                .state
+                .write(self.access.index, s.key.clone(), None);
             let close = self.close_timer(&s.key, s.last);
-            self.state.stage_timer(false, close)?;
+            self.access.state.stage_timer(false, close)?;
         }
         let kept = merged.iter().any(|s| s.key == new_key);
         let close = self.close_timer(&new_key, last);
-        self.state.write(self.index, new_key, Some(value));
+        self.access
+            .state
+            .write(self.access.index, new_key, Some(value));
         if !kept {
-            self.state.stage_timer(true, close)?;
+            self.access.state.stage_timer(true, close)?;
         }
         Ok(Some(Window {
             start: first,

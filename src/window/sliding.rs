@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::keyed::{framed, push_time, split, time_at};
-use super::{close_key, millis, Window, WindowCodecs};
+use super::{close_key, codec_error, millis, Window, WindowAccess};
 use crate::codec::{Codec, CodecError};
 use crate::state::{KeyValues, PartitionState, StateError};
 use crate::timer::{Owner, TimeKind};
@@ -39,8 +39,8 @@ use crate::timer::{Owner, TimeKind};
 /// A sliding window store declaration. Cheap to clone.
 pub struct SlidingDef<K: Send + 'static, V: Send + 'static> {
     name: Arc<str>,
-    key: Arc<dyn Codec<Item = K>>,
-    value: Arc<dyn Codec<Item = V>>,
+    pub(super) key: Arc<dyn Codec<Item = K>>,
+    pub(super) value: Arc<dyn Codec<Item = V>>,
     difference: i64,
     grace: i64,
 }
@@ -64,17 +64,6 @@ impl<K: Send + 'static, V: Send + 'static> fmt::Debug for SlidingDef<K, V> {
             .field("difference_ms", &self.difference)
             .field("grace_ms", &self.grace)
             .finish_non_exhaustive()
-    }
-}
-
-impl<K: Send + 'static, V: Send + 'static> WindowCodecs for SlidingDef<K, V> {
-    type Key = K;
-    type Value = V;
-    fn key_codec(&self) -> &dyn Codec<Item = K> {
-        &*self.key
-    }
-    fn value_codec(&self) -> &dyn Codec<Item = V> {
-        &*self.value
     }
 }
 
@@ -225,11 +214,7 @@ pub(super) fn closing(
 /// [`PartitionContext::sliding_window`](crate::PartitionContext::sliding_window).
 pub struct SlidingStore<'a, K: Send + 'static, V: Send + 'static> {
     def: &'a SlidingDef<K, V>,
-    index: usize,
-    state: &'a mut PartitionState,
-    stream_time: i64,
-    event_time: Option<i64>,
-    late: &'a mut bool,
+    access: WindowAccess<'a>,
 }
 
 impl<K: Send + 'static, V: Send + 'static> fmt::Debug for SlidingStore<'_, K, V> {
@@ -241,31 +226,12 @@ impl<K: Send + 'static, V: Send + 'static> fmt::Debug for SlidingStore<'_, K, V>
 }
 
 impl<'a, K: Send + 'static, V: Send + 'static> SlidingStore<'a, K, V> {
-    pub(crate) fn open(
-        def: &'a SlidingDef<K, V>,
-        state: &'a mut PartitionState,
-        stream_time: i64,
-        event_time: Option<i64>,
-        late: &'a mut bool,
-    ) -> Result<Self, StateError> {
-        let index = state
-            .store_index(&def.name)
-            .ok_or_else(|| StateError::UnknownStore(def.name.to_string()))?;
-        Ok(Self {
-            def,
-            index,
-            state,
-            stream_time,
-            event_time,
-            late,
-        })
+    pub(crate) fn open(def: &'a SlidingDef<K, V>, access: WindowAccess<'a>) -> Self {
+        Self { def, access }
     }
 
     fn codec_err(&self) -> impl Fn(CodecError) -> StateError + '_ {
-        |source| StateError::Codec {
-            store: self.def.name.to_string(),
-            source,
-        }
+        codec_error(&self.def.name)
     }
 
     /// Logs `value` under `key` at the current record's event time, for the windows that
@@ -275,29 +241,31 @@ impl<'a, K: Send + 'static, V: Send + 'static> SlidingStore<'a, K, V> {
     /// # Errors
     /// Codec or RocksDB errors.
     pub fn add(&mut self, key: &K, value: &V) -> Result<bool, StateError> {
-        let Some(t) = self.event_time else {
+        let Some(t) = self.access.event_time else {
             return Ok(false);
         };
         let (difference, grace) = (self.def.difference, self.def.grace);
         // The last windows that can hold a record at `t` end at `t + difference` (the left
         // window of a record there, the right window of one just before `t`).
         let last_close = close_time(Side::Left, t.saturating_add(difference), difference, grace);
-        if self.stream_time >= last_close {
-            *self.late = true;
+        if self.access.stream_time >= last_close {
+            *self.access.late = true;
             return Ok(false);
         }
-        let left_open = self.stream_time < close_time(Side::Left, t, difference, grace);
+        let left_open = self.access.stream_time < close_time(Side::Left, t, difference, grace);
         let encoded = self.def.key.encode(key).map_err(self.codec_err())?;
         let framed_key = framed(&encoded);
         let mut at_t = framed_key.clone();
         push_time(&mut at_t, t);
         // Records at the same time are numbered in arrival order: the numbering is state,
         // so a record handled again after a crash gets the same entry.
-        let seq = self.state.prefix(self.index, &at_t)?.len() as u32;
+        let seq = self.access.state.prefix(self.access.index, &at_t)?.len() as u32;
         let mut entry = at_t;
         entry.extend_from_slice(&seq.to_be_bytes());
         let value = self.def.value.encode(value).map_err(self.codec_err())?;
-        self.state.write(self.index, entry, Some(value));
+        self.access
+            .state
+            .write(self.access.index, entry, Some(value));
         for (side, needed) in [(Side::Left, left_open), (Side::Right, true)] {
             if !needed {
                 continue;
@@ -308,8 +276,9 @@ impl<'a, K: Send + 'static, V: Send + 'static> SlidingStore<'a, K, V> {
                 Owner::Window,
                 close_key(&self.def.name, &timer_suffix(&framed_key, t, side)),
             );
-            if !self.state.timer_committed(&timer) && !self.state.timer_staged(&timer) {
-                self.state.stage_timer(true, timer)?;
+            if !self.access.state.timer_committed(&timer) && !self.access.state.timer_staged(&timer)
+            {
+                self.access.state.stage_timer(true, timer)?;
             }
         }
         Ok(true)
@@ -322,8 +291,9 @@ impl<'a, K: Send + 'static, V: Send + 'static> SlidingStore<'a, K, V> {
     /// Codec or RocksDB errors.
     pub fn records(&self, key: &K) -> Result<Vec<(i64, V)>, StateError> {
         let encoded = self.def.key.encode(key).map_err(self.codec_err())?;
-        self.state
-            .prefix(self.index, &framed(&encoded))?
+        self.access
+            .state
+            .prefix(self.access.index, &framed(&encoded))?
             .into_iter()
             .filter_map(|(k, v)| Some((time_at(&k, 0)?, v)))
             .map(|(t, v)| Ok((t, self.def.value.decode(&v).map_err(self.codec_err())?)))
