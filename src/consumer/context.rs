@@ -116,7 +116,12 @@ where
     }
 
     /// Gives the context a handle on its consumer (for splitting partition queues).
-    pub(crate) fn set_consumer(&self, consumer: &Arc<BaseConsumer<Self>>, queue_bytes: usize) {
+    pub(crate) fn set_consumer(
+        &self,
+        consumer: &Arc<BaseConsumer<Self>>,
+        queue_bytes: usize,
+        batch_reads: bool,
+    ) {
         let consumer = Arc::downgrade(consumer);
         let errors = self.errors.clone();
         let _ = self.splitter.set(Box::new(move |topic, partition| {
@@ -127,7 +132,7 @@ where
                 queue,
                 (topic.to_string(), partition),
                 errors.clone(),
-                queue_bytes,
+                (queue_bytes, batch_reads),
             ))
         }));
     }

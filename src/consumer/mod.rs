@@ -297,9 +297,11 @@ where
         );
         let consumer: Arc<BaseConsumer<_>> =
             Arc::new(config.group_consumer().create_with_context(context)?);
-        consumer
-            .context()
-            .set_consumer(&consumer, config.queue_bytes);
+        consumer.context().set_consumer(
+            &consumer,
+            config.queue_bytes,
+            batch_reads(config.guarantee),
+        );
 
         let stop = CancellationToken::new();
         // If this future is dropped, the poll loop still stops and closes cleanly.
@@ -435,4 +437,13 @@ fn partition_counts(
         .iter()
         .map(|topic| Ok((topic.clone(), partition_count(config, topic)?)))
         .collect()
+}
+
+/// Whether workers read their partition queues in batches (`partition::fetch`). Not under
+/// exactly-once yet: its revoke test on tansu hung in its final run (nothing committed past
+/// a point for 120 s) in 2 of 3 full runs with batch reads and in none of 2 with one record
+/// per call; until that is understood, exactly-once keeps the per-record reads it was
+/// proven with.
+fn batch_reads(guarantee: crate::ProcessingGuarantee) -> bool {
+    guarantee != crate::ProcessingGuarantee::ExactlyOnce
 }

@@ -71,18 +71,18 @@ impl std::fmt::Debug for Source {
 
 impl Source {
     /// A source on `queue`, split off `consumer`'s queue for `partition`, woken by its
-    /// non-empty callback and read in batches.
+    /// non-empty callback and read in batches (`batch_reads`) or one record per call.
     pub(crate) fn kafka<C: ConsumerContext + 'static>(
         consumer: &BaseConsumer<C>,
         mut queue: PartitionQueue<C>,
         partition: TopicPartition,
         errors: mpsc::UnboundedSender<FetchError>,
-        queue_bytes: usize,
+        (queue_bytes, batch_reads): (usize, bool),
     ) -> Self {
         let wake = Arc::new(Notify::new());
         let notify = wake.clone();
         queue.set_nonempty_callback(move || notify.notify_one());
-        let queue: Box<dyn FetchQueue> =
+        let queue: Box<dyn FetchQueue> = if batch_reads {
             match BatchQueue::new(consumer, queue, &partition.0, partition.1) {
                 Ok(batches) => Box::new(batches),
                 Err(queue) => {
@@ -90,7 +90,10 @@ impl Source {
                         "no second handle on the partition's queue: reading one record at a time");
                     Box::new(queue)
                 }
-            };
+            }
+        } else {
+            Box::new(queue)
+        };
         Self::Kafka {
             queue,
             wake,

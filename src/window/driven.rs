@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::codec::{Bincode, Json, Utf8};
 use crate::testing::{TestDriver, TestRecord};
-use crate::timer::Timer;
+use crate::timer::{TimeKind, Timer};
 use crate::{ConsumerConfig, Output, Record, StoreDef};
 use crate::{Handler, HandlerError, PartitionContext};
 
