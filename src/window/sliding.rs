@@ -283,20 +283,4 @@ impl<'a, K: Send + 'static, V: Send + 'static> SlidingStore<'a, K, V> {
         }
         Ok(true)
     }
-
-    /// The records of `key` still logged (those an open window may hold), with their
-    /// times, earliest first.
-    ///
-    /// # Errors
-    /// Codec or RocksDB errors.
-    pub fn records(&self, key: &K) -> Result<Vec<(i64, V)>, StateError> {
-        let encoded = self.def.key.encode(key).map_err(self.codec_err())?;
-        self.access
-            .state
-            .prefix(self.access.index, &framed(&encoded))?
-            .into_iter()
-            .filter_map(|(k, v)| Some((time_at(&k, 0)?, v)))
-            .map(|(t, v)| Ok((t, self.def.value.decode(&v).map_err(self.codec_err())?)))
-            .collect()
-    }
 }
