@@ -119,11 +119,19 @@ impl Timers {
 
     /// The earliest timer of `kind` due at `now`, if any.
     pub(crate) fn next_due(&self, kind: TimeKind, now: i64) -> Option<Entry> {
+        self.first_due(kind, now).cloned()
+    }
+
+    pub(crate) fn is_due(&self, kind: TimeKind, now: i64) -> bool {
+        self.first_due(kind, now).is_some()
+    }
+
+    fn first_due(&self, kind: TimeKind, now: i64) -> Option<&Entry> {
         let first = self
             .pending
             .range((kind, i64::MIN, Owner::Handler, Vec::new())..)
             .next()?;
-        (first.0 == kind && first.1 <= now).then(|| first.clone())
+        (first.0 == kind && first.1 <= now).then_some(first)
     }
 
     pub(crate) fn len(&self) -> usize {

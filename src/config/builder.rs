@@ -78,6 +78,8 @@ impl ConsumerConfig {
                 stores: Vec::new(),
                 tables: Vec::new(),
                 table_sync_wait: Duration::ZERO,
+                // Until `sized_for` knows the partitions (tests and the driver keep this).
+                table_cache_bytes: 8 << 20,
                 key_concurrency: 1,
                 batches: None,
                 concurrency_lookahead: 10_000,

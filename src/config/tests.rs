@@ -237,3 +237,32 @@ fn standby_replicas_need_stores_and_static_membership_and_default_to_range() {
         ));
     }
 }
+
+#[test]
+fn tables_take_most_of_the_cache_share_for_their_read_caches() {
+    use crate::codec::Utf8;
+    use crate::table::TableDef;
+    let budget = 192 << 20;
+    let share = budget / 4;
+    let plain = builder()
+        .memory_budget(budget)
+        .build()
+        .unwrap()
+        .sized_for(4);
+    assert_eq!(plain.rocks_cache_bytes(), share);
+
+    let customers: TableDef<String, String> = TableDef::new("customers", "customers", Utf8, Utf8);
+    let regions: TableDef<String, String> = TableDef::new("regions", "regions", Utf8, Utf8);
+    let config = builder()
+        .memory_budget(budget)
+        .state_dir("/tmp/never-opened")
+        .table(&customers)
+        .global_table(&regions)
+        .build()
+        .unwrap()
+        .sized_for(4);
+    let caches = share / 6 * 5;
+    assert_eq!(config.rocks_cache_bytes(), share - caches);
+    // Four partitions' co-partitioned tables and one global table: five stores.
+    assert_eq!(config.table_cache_bytes, caches / 5);
+}

@@ -161,7 +161,8 @@ impl PartitionTables {
         let wait = config.revoke_timeout + config.flush_timeout;
         let _span = tracing::info_span!("table bootstrap", %topic, partition).entered();
         for attempt in 0..2 {
-            let store = TableStore::open(&path, &specs, wait, &env.memory)?;
+            let store =
+                TableStore::open(&path, &specs, wait, &env.memory, config.table_cache_bytes)?;
             let parts: Vec<Part<'_>> = specs
                 .iter()
                 .enumerate()

@@ -207,6 +207,7 @@ fn versions_are_pruned_to_the_history_as_keys_are_written() {
         std::slice::from_ref(&spec),
         Duration::ZERO,
         &Default::default(),
+        1 << 20,
     )
     .unwrap();
     let entry = |key: &'static [u8], value: Option<&'static [u8]>, time| super::store::Entry {
@@ -266,8 +267,14 @@ fn versions_are_pruned_to_the_history_as_keys_are_written() {
     assert_eq!(store.checkpoint(0, 0).unwrap(), 7);
     // Reopened: the horizon is remembered.
     drop(store);
-    let store =
-        super::TableStore::open(dir.path(), &[spec], Duration::ZERO, &Default::default()).unwrap();
+    let store = super::TableStore::open(
+        dir.path(),
+        &[spec],
+        Duration::ZERO,
+        &Default::default(),
+        1 << 20,
+    )
+    .unwrap();
     assert!(matches!(
         store.as_of_with(0, b"b", 150, |v| v.to_vec()).unwrap(),
         super::store::AsOf::TooOld { oldest: 200 }
@@ -282,8 +289,14 @@ fn versions_are_pruned_to_the_history_as_keys_are_written() {
 fn the_head_answers_newer_lookups_and_an_out_of_order_version_is_found_by_seeking() {
     let dir = tempfile::tempdir().unwrap();
     let spec = customers(DAY).spec(false);
-    let store =
-        super::TableStore::open(dir.path(), &[spec], Duration::ZERO, &Default::default()).unwrap();
+    let store = super::TableStore::open(
+        dir.path(),
+        &[spec],
+        Duration::ZERO,
+        &Default::default(),
+        1 << 20,
+    )
+    .unwrap();
     let entry = |value: &'static [u8], time| super::store::Entry {
         key: b"a",
         value: Some(value),
@@ -311,7 +324,14 @@ fn a_table_made_versioned_is_read_again_from_its_topic() {
     let dir = tempfile::tempdir().unwrap();
     let plain: TableDef<String, String> = TableDef::new("customers", "customers", Utf8, Utf8);
     let open = |spec: super::TableSpec| {
-        super::TableStore::open(dir.path(), &[spec], Duration::ZERO, &Default::default()).unwrap()
+        super::TableStore::open(
+            dir.path(),
+            &[spec],
+            Duration::ZERO,
+            &Default::default(),
+            1 << 20,
+        )
+        .unwrap()
     };
     let store = open(plain.spec(false));
     let entry = super::store::Entry {

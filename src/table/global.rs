@@ -225,7 +225,13 @@ fn open_one(
 ) -> Result<(TableStore, Bootstrapped), TableError> {
     let wait = config.revoke_timeout;
     for attempt in 0..2 {
-        let store = TableStore::open(path, std::slice::from_ref(spec), wait, memory)?;
+        let store = TableStore::open(
+            path,
+            std::slice::from_ref(spec),
+            wait,
+            memory,
+            config.table_cache_bytes,
+        )?;
         let parts: Vec<Part<'_>> = (0..partitions as i32)
             .map(|partition| Part {
                 index: 0,

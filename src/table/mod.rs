@@ -74,6 +74,7 @@
 
 mod align;
 mod bootstrap;
+mod cache;
 mod feed;
 mod global;
 mod source;

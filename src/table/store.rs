@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cache::{Cached, ReadCache};
 use super::{checkpoint_key, versions, TableError, TableSpec};
 use crate::batch::RecordBatch;
 use crate::changelog::OutRecord;
@@ -32,6 +33,8 @@ struct Layout {
     latest: usize,
     /// A versioned table's history.
     versions: Option<History>,
+    /// The latest values in memory (see [`super::cache`]); `None` when sized to nothing.
+    cache: Option<ReadCache>,
 }
 
 /// A versioned table's column family of versions ([`super::versions`]).
@@ -82,12 +85,14 @@ pub(crate) enum AsOf<T> {
 
 impl TableStore {
     /// Opens (creating if needed) the tables' database at `path`, waiting up to `wait` for
-    /// this process to release it. A damaged database is rebuilt by reading the topics again.
+    /// this process to release it, with read caches of `cache_bytes` in all. A damaged
+    /// database is rebuilt by reading the topics again.
     pub(crate) fn open(
         path: &Path,
         specs: &[TableSpec],
         wait: Duration,
         memory: &RocksMemory,
+        cache_bytes: usize,
     ) -> Result<Self, StateError> {
         let mut stores: Vec<_> = specs.iter().map(TableSpec::store_spec).collect();
         let mut tables = Vec::with_capacity(specs.len());
@@ -104,6 +109,7 @@ impl TableStore {
                 name: spec.name.clone(),
                 latest,
                 versions,
+                cache: ReadCache::new(cache_bytes / specs.len()),
             });
         }
         let db = match PartitionDb::open(path, &stores, wait, memory) {
@@ -205,6 +211,9 @@ impl TableStore {
         let meta: Vec<(&str, Vec<u8>)> =
             meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         self.db.write_stores(&stores, &meta, logged)?;
+        if let Some(cache) = &layout.cache {
+            cache.written(stores[0].1.iter().copied());
+        }
         if let (Some(history), Some(top)) = (&layout.versions, newest) {
             // Lookups see the new horizon only once the versions it prunes are gone.
             history.newest.fetch_max(top, Ordering::Relaxed);
@@ -302,16 +311,24 @@ impl TableStore {
         f: impl FnOnce(&[u8]) -> T,
     ) -> Result<Option<T>, StateError> {
         let layout = &self.tables[table];
-        match layout.versions {
-            None => self.db.get_with(layout.latest, key, f),
-            Some(_) => Ok(self
-                .db
-                .get_with(layout.latest, key, |head| {
-                    versions::decode_head(head)
-                        .and_then(|(_, stored)| versions::decode(stored))
-                        .map(f)
-                })?
-                .flatten()),
+        let Some(latest) = self.latest(table, key)? else {
+            return Ok(None);
+        };
+        Ok(match layout.versions {
+            None => Some(f(&latest)),
+            Some(_) => versions::decode_head(&latest)
+                .and_then(|(_, stored)| versions::decode(stored))
+                .map(f),
+        })
+    }
+
+    /// The bytes of `key` in `table`'s latest-value column family (a versioned table's
+    /// head), through the table's read cache.
+    fn latest(&self, table: usize, key: &[u8]) -> Result<Cached, StateError> {
+        let layout = &self.tables[table];
+        match &layout.cache {
+            Some(cache) => cache.get_or_read(key, || self.db.get(layout.latest, key)),
+            None => Ok(self.db.get(layout.latest, key)?.map(Arc::from)),
         }
     }
 
@@ -335,17 +352,12 @@ impl TableStore {
         }
         // The head answers for times at or after the key's newest version (and says when a
         // key has no version at all); earlier times seek.
-        let head =
-            self.db.get_with(
-                self.tables[table].latest,
-                key,
-                |head| match versions::decode_head(head) {
-                    Some((newest, stored)) if newest <= time => {
-                        Ok(versions::decode(stored).map(&f))
-                    }
-                    _ => Err(()),
-                },
-            )?;
+        let head = self
+            .latest(table, key)?
+            .map(|head| match versions::decode_head(&head) {
+                Some((newest, stored)) if newest <= time => Ok(versions::decode(stored).map(&f)),
+                _ => Err(()),
+            });
         let found = match head {
             None => None,
             Some(Ok(found)) => found,

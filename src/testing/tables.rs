@@ -213,8 +213,13 @@ where
                     .join(&config.group_id)
                     .join(format!("{}-0.tables", self.topic()));
                 let entries = {
-                    let store =
-                        crate::table::TableStore::open(&path, &specs, WAIT, &Default::default())?;
+                    let store = crate::table::TableStore::open(
+                        &path,
+                        &specs,
+                        WAIT,
+                        &Default::default(),
+                        0,
+                    )?;
                     store.entries(index)?
                 };
                 self.start().await?;

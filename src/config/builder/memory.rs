@@ -56,8 +56,12 @@ impl ConsumerConfigBuilder {
     /// the partitions of the subscribed topics (known at start), unless set with
     /// [`queue_bytes`](Self::queue_bytes), [`total_queue_bytes`](Self::total_queue_bytes) or
     /// [`overlay_bytes`](Self::overlay_bytes): a consumer of 64 partitions does not hold 64
-    /// times the memory of one. The process also has librdkafka's and the runtime's own
-    /// memory (some tens of MB).
+    /// times the memory of one. With [tables](Self::table) declared, five sixths of the
+    /// block cache's share go to the tables' read caches instead (their latest values in
+    /// memory, one cache per partition's co-partitioned tables and one per global table,
+    /// divided evenly): a join reads its table once per record, and a read from memory
+    /// costs a fraction of a RocksDB point read. The process also has librdkafka's and the
+    /// runtime's own memory (some tens of MB).
     pub fn memory_budget(mut self, bytes: usize) -> Self {
         self.config.memory_budget = bytes;
         self

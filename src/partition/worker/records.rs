@@ -23,9 +23,15 @@ where
             match self.process(batch, record, ctx).await? {
                 (Outcome::Done, counted) => {
                     handled += u64::from(counted);
-                    if counted {
-                        self.fire_timers(TimeKind::Stream, ctx.stream_time(), ctx)
-                            .await?;
+                    // Checked here, not only inside `fire_timers`: building that future
+                    // for every record cost 7% of a count job's profile (1M keys).
+                    let now = ctx.stream_time();
+                    if counted
+                        && ctx
+                            .state()
+                            .is_some_and(|s| s.timer_due(TimeKind::Stream, now))
+                    {
+                        self.fire_timers(TimeKind::Stream, now, ctx).await?;
                     }
                 }
                 (Outcome::Cancelled, _) => {

@@ -36,6 +36,13 @@ impl PartitionState {
         self.timers.as_ref()?.1.next_due(kind, now)
     }
 
+    /// Whether a timer of `kind` is due at `now` (without copying it out).
+    pub(crate) fn timer_due(&self, kind: crate::timer::TimeKind, now: i64) -> bool {
+        self.timers
+            .as_ref()
+            .is_some_and(|(_, timers)| timers.is_due(kind, now))
+    }
+
     /// Whether the current record staged `entry`.
     pub(crate) fn timer_staged(&self, entry: &crate::timer::Entry) -> bool {
         self.staged_timers
