@@ -86,6 +86,11 @@ impl ReadCache {
         Ok(read)
     }
 
+    /// `key`'s bytes if cached (`Some(None)`: cached as absent), without reading or caching.
+    pub(crate) fn peek(&self, key: &[u8]) -> Option<Cached> {
+        self.entries.peek(key)
+    }
+
     /// The table now holds `entries` (written to RocksDB already), in order: the later of
     /// two writes of one key wins.
     pub(crate) fn written<'a>(

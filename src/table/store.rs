@@ -186,7 +186,7 @@ impl TableStore {
                 newest = Some(top);
                 meta.push((layout.newest_key(), top.to_be_bytes().to_vec()));
                 let horizon = top.saturating_sub(history.retention_ms);
-                self.version_writes(history.store, &order, entries, horizon)?
+                self.version_writes(layout, history.store, &order, entries, horizon)?
             }
         };
         // A versioned table's latest values are its heads (see `versions`).
@@ -225,6 +225,7 @@ impl TableStore {
     /// written key's versions, old and new, pruned to what lookups from `horizon` on need.
     fn version_writes(
         &self,
+        layout: &Layout,
         store: usize,
         order: &[usize],
         entries: &[Entry<'_>],
@@ -239,13 +240,17 @@ impl TableStore {
                 .iter()
                 .take_while(|&&j| entries[j].key == key)
                 .count();
-            let prefix = versions::prefix(key);
             // time → the version's bytes, whether RocksDB holds that time, and whether
             // this batch writes it (the later record of one time wins).
             let mut by_time: BTreeMap<i64, (Vec<u8>, bool, bool)> = BTreeMap::new();
-            for (k, v) in self.db.prefix(store, &prefix)? {
-                if let Some(t) = versions::time_of(&k) {
-                    by_time.insert(t, (v, true, false));
+            // A key without a head has no versions (the newest is never pruned): a
+            // bootstrap's first write of each key skips the history seek (an iterator per
+            // key, most of a versioned bootstrap's cost).
+            if self.has_head(layout, key)? {
+                for (k, v) in self.db.prefix(store, &versions::prefix(key))? {
+                    if let Some(t) = versions::time_of(&k) {
+                        by_time.insert(t, (v, true, false));
+                    }
                 }
             }
             for &j in &order[i..i + run] {
@@ -273,6 +278,14 @@ impl TableStore {
             i += run;
         }
         Ok((heads, writes))
+    }
+
+    /// Whether a versioned table holds a head for `key` (without caching the answer).
+    fn has_head(&self, layout: &Layout, key: &[u8]) -> Result<bool, StateError> {
+        if let Some(cached) = layout.cache.as_ref().and_then(|c| c.peek(key)) {
+            return Ok(cached.is_some());
+        }
+        Ok(self.db.get_with(layout.latest, key, |_| ())?.is_some())
     }
 
     /// Latest values whose key starts with `prefix` (a versioned table's heads decoded, its
