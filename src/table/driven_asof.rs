@@ -352,3 +352,56 @@ fn a_table_made_versioned_is_read_again_from_its_topic() {
         vec![(b"a".to_vec(), b"x".to_vec())]
     );
 }
+
+#[test]
+fn versions_appended_in_time_order_skip_the_history_read_and_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = customers(Duration::from_millis(100)).spec(false);
+    let open = || {
+        super::TableStore::open(
+            dir.path(),
+            std::slice::from_ref(&spec),
+            Duration::ZERO,
+            &Default::default(),
+            1 << 20,
+        )
+        .unwrap()
+    };
+    let entry = |value: &'static [u8], time| super::store::Entry {
+        key: b"a",
+        value: Some(value),
+        time,
+    };
+    let versions = |store: &super::TableStore| -> Vec<(i64, Vec<u8>)> {
+        let all = store.versions_of(0, b"a").unwrap();
+        all.into_iter().map(|(t, v)| (t, v.unwrap())).collect()
+    };
+    let store = open();
+    // Appended (no read of the history): 50 after 10, within the retention.
+    store.write(0, 0, &[entry(b"1", 10)], 1, true).unwrap();
+    store.write(0, 0, &[entry(b"2", 50)], 2, true).unwrap();
+    // Out of order, then the same time again: these read the history.
+    store.write(0, 0, &[entry(b"3", 30)], 3, true).unwrap();
+    store.write(0, 0, &[entry(b"2'", 50)], 4, true).unwrap();
+    let v = |t, s: &[u8]| (t, s.to_vec());
+    assert_eq!(
+        versions(&store),
+        vec![v(10, b"1"), v(30, b"3"), v(50, b"2'")]
+    );
+    // Reopened, the bound on the oldest version is remembered: 60 is appended.
+    drop(store);
+    let store = open();
+    store.write(0, 0, &[entry(b"4", 60)], 5, true).unwrap();
+    assert_eq!(
+        versions(&store),
+        vec![v(10, b"1"), v(30, b"3"), v(50, b"2'"), v(60, b"4")]
+    );
+    // 200 moves the horizon to 100, past the oldest version: the history is read and
+    // pruned (60 is the newest version before the horizon and stays).
+    store.write(0, 0, &[entry(b"5", 200)], 6, true).unwrap();
+    assert_eq!(versions(&store), vec![v(60, b"4"), v(200, b"5")]);
+    assert!(matches!(
+        store.as_of_with(0, b"a", 150, |v| v.to_vec()).unwrap(),
+        super::store::AsOf::Found(Some(found)) if found == b"4"
+    ));
+}

@@ -44,6 +44,10 @@ struct History {
     retention_ms: i64,
     /// The newest timestamp written (`i64::MIN`: none), persisted with each batch.
     newest: AtomicI64,
+    /// A bound at or below every version's timestamp (`i64::MAX`: none written; `i64::MIN`:
+    /// unknown, a store from before it was kept), persisted with each batch. While the
+    /// horizon stays below it, nothing can be pruned.
+    oldest: AtomicI64,
 }
 
 impl Layout {
@@ -53,6 +57,10 @@ impl Layout {
 
     fn newest_key(&self) -> String {
         format!("table/{}/newest", self.name)
+    }
+
+    fn oldest_key(&self) -> String {
+        format!("table/{}/oldest", self.name)
     }
 }
 
@@ -103,6 +111,7 @@ impl TableStore {
                     store: stores.len() - 1,
                     retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
                     newest: AtomicI64::new(i64::MIN),
+                    oldest: AtomicI64::new(i64::MAX),
                 }
             });
             tables.push(Layout {
@@ -136,6 +145,11 @@ impl TableStore {
                 if let Some(bytes) = db.meta(&table.newest_key())? {
                     let newest = read_i64(&db, &table.newest_key(), bytes)?;
                     history.newest.store(newest, Ordering::Relaxed);
+                    let oldest = match db.meta(&table.oldest_key())? {
+                        Some(bytes) => read_i64(&db, &table.oldest_key(), bytes)?,
+                        None => i64::MIN,
+                    };
+                    history.oldest.store(oldest, Ordering::Relaxed);
                 }
             }
         }
@@ -183,10 +197,23 @@ impl TableStore {
                     .iter()
                     .map(|e| e.time)
                     .fold(history.newest.load(Ordering::Relaxed), i64::max);
-                newest = Some(top);
+                let bottom = entries
+                    .iter()
+                    .map(|e| e.time)
+                    .fold(history.oldest.load(Ordering::Relaxed), i64::min);
+                newest = Some((top, bottom));
                 meta.push((layout.newest_key(), top.to_be_bytes().to_vec()));
+                meta.push((layout.oldest_key(), bottom.to_be_bytes().to_vec()));
                 let horizon = top.saturating_sub(history.retention_ms);
-                self.version_writes(layout, history.store, &order, entries, horizon)?
+                let nothing_to_prune = horizon < bottom;
+                self.version_writes(
+                    layout,
+                    history.store,
+                    &order,
+                    entries,
+                    horizon,
+                    nothing_to_prune,
+                )?
             }
         };
         // A versioned table's latest values are its heads (see `versions`).
@@ -214,15 +241,19 @@ impl TableStore {
         if let Some(cache) = &layout.cache {
             cache.written(stores[0].1.iter().copied());
         }
-        if let (Some(history), Some(top)) = (&layout.versions, newest) {
+        if let (Some(history), Some((top, bottom))) = (&layout.versions, newest) {
             // Lookups see the new horizon only once the versions it prunes are gone.
             history.newest.fetch_max(top, Ordering::Relaxed);
+            history.oldest.fetch_min(bottom, Ordering::Relaxed);
         }
         Ok(())
     }
 
     /// The version puts and deletes for `entries` (visited in key order, `order`): each
     /// written key's versions, old and new, pruned to what lookups from `horizon` on need.
+    /// When `nothing_to_prune` (every version, stored or new, is after the horizon), a key
+    /// whose new versions all come after its newest one needs no read of its history: they
+    /// are added and its head moves.
     fn version_writes(
         &self,
         layout: &Layout,
@@ -230,6 +261,7 @@ impl TableStore {
         order: &[usize],
         entries: &[Entry<'_>],
         horizon: i64,
+        nothing_to_prune: bool,
     ) -> Result<(Vec<VersionWrite>, Vec<VersionWrite>), StateError> {
         let mut writes = Vec::with_capacity(order.len());
         let mut heads = Vec::new();
@@ -245,8 +277,17 @@ impl TableStore {
             let mut by_time: BTreeMap<i64, (Vec<u8>, bool, bool)> = BTreeMap::new();
             // A key without a head has no versions (the newest is never pruned): a
             // bootstrap's first write of each key skips the history seek (an iterator per
-            // key, most of a versioned bootstrap's cost).
-            if self.has_head(layout, key)? {
+            // key, most of a versioned bootstrap's cost), as does a key only appended to.
+            let first_new = order[i..i + run]
+                .iter()
+                .map(|&j| entries[j].time)
+                .min()
+                .unwrap_or(i64::MIN);
+            let appended = |newest: i64| nothing_to_prune && newest < first_new;
+            if self
+                .head_time(layout, key)?
+                .is_some_and(|newest| !appended(newest))
+            {
                 for (k, v) in self.db.prefix(store, &versions::prefix(key))? {
                     if let Some(t) = versions::time_of(&k) {
                         by_time.insert(t, (v, true, false));
@@ -280,12 +321,13 @@ impl TableStore {
         Ok((heads, writes))
     }
 
-    /// Whether a versioned table holds a head for `key` (without caching the answer).
-    fn has_head(&self, layout: &Layout, key: &[u8]) -> Result<bool, StateError> {
+    /// The time of `key`'s newest version, from its head (without caching the answer).
+    fn head_time(&self, layout: &Layout, key: &[u8]) -> Result<Option<i64>, StateError> {
+        let time = |head: &[u8]| versions::decode_head(head).map_or(i64::MAX, |(t, _)| t);
         if let Some(cached) = layout.cache.as_ref().and_then(|c| c.peek(key)) {
-            return Ok(cached.is_some());
+            return Ok(cached.as_deref().map(time));
         }
-        Ok(self.db.get_with(layout.latest, key, |_| ())?.is_some())
+        self.db.get_with(layout.latest, key, time)
     }
 
     /// Latest values whose key starts with `prefix` (a versioned table's heads decoded, its
