@@ -96,6 +96,7 @@ impl Bench {
             as_of: false,
             output: None,
             guarantee: Default::default(),
+            measure_when_ready: None,
         }
     }
 }

@@ -77,6 +77,10 @@ pub struct Job<'a> {
     /// The topic each record is sent to (one output record per input).
     pub output: Option<&'a str>,
     pub guarantee: ProcessingGuarantee,
+    /// Measure from when this many partitions are ready (restored, their tables
+    /// bootstrapped) instead of from the first record: a partition handles records while
+    /// others still bootstrap, and that bootstrap is not the per-record cost.
+    pub measure_when_ready: Option<usize>,
 }
 
 pub struct Run {
@@ -115,7 +119,7 @@ pub async fn stateful(job: &Job<'_>, n: u64) -> Run {
         echo: job.output.map(|topic| Output::new(topic, Utf8, RawBytes)),
     };
     let consumer = StatefulConsumer::new(builder.build().unwrap(), Utf8, RawBytes, handler.clone());
-    run(consumer, &handler.seen, n).await
+    run_when_ready(consumer, &handler.seen, n, job.measure_when_ready).await
 }
 
 /// Runs `consumer` until `seen` reaches `n`, measured from its first record by a [`Watch`].
@@ -129,8 +133,34 @@ where
     VC: kafka_stateful::codec::Codec,
     H: Handler<KC::Item, VC::Item>,
 {
-    let watch = Watch::start(seen.clone(), n, Duration::from_secs(600));
+    run_when_ready(consumer, seen, n, None).await
+}
+
+/// [`run`], measured from when `partitions` partitions are ready (if set).
+pub async fn run_when_ready<KC, VC, H>(
+    consumer: StatefulConsumer<KC, VC, H>,
+    seen: &Arc<AtomicU64>,
+    n: u64,
+    partitions: Option<usize>,
+) -> Run
+where
+    KC: kafka_stateful::codec::Codec,
+    VC: kafka_stateful::codec::Codec,
+    H: Handler<KC::Item, VC::Item>,
+{
     let stats = consumer.stats();
+    let budget = Duration::from_secs(600);
+    let watch = match partitions {
+        None => Watch::start(seen.clone(), n, budget),
+        Some(expected) => {
+            let stats = stats.clone();
+            let ready = move || {
+                let parts = stats.snapshot().partitions;
+                parts.len() >= expected && parts.values().all(|p| p.ready)
+            };
+            Watch::start_when(seen.clone(), n, budget, Box::new(ready))
+        }
+    };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(consumer.run(async move {
         let _ = rx.await;

@@ -74,10 +74,20 @@ pub struct Watch {
 impl Watch {
     /// Watches `seen` until it reaches `n` or `budget` has passed since the first record.
     pub fn start(seen: Arc<AtomicU64>, n: u64, budget: Duration) -> Self {
+        Self::start_when(seen, n, budget, Box::new(|| true))
+    }
+
+    /// Like [`start`](Self::start), measuring from the first record seen once `ready` holds.
+    pub fn start_when(
+        seen: Arc<AtomicU64>,
+        n: u64,
+        budget: Duration,
+        ready: Box<dyn Fn() -> bool + Send>,
+    ) -> Self {
         let created = Instant::now();
         let thread = std::thread::spawn(move || {
             let tick = Duration::from_millis(1);
-            while seen.load(Ordering::Relaxed) == 0 {
+            while seen.load(Ordering::Relaxed) == 0 || !ready() {
                 if created.elapsed() > Duration::from_secs(300) {
                     return None;
                 }

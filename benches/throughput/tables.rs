@@ -118,5 +118,8 @@ fn order_job<'a>(
     let mut job = b.job(orders, group, dir, 1);
     job.table = (join != Join::None).then_some(table);
     job.as_of = join == Join::AsOf;
+    // The join's cost per record, not its table's bootstrap (a figure of its own below),
+    // which other partitions may still run while the first ones handle records.
+    job.measure_when_ready = Some(4);
     job
 }
