@@ -314,6 +314,27 @@ impl PartitionTables {
         self.apply_until(Some(self.input_time)).await
     }
 
+    /// The synchronous part of [`align`](Self::align): takes in what the reader handed over
+    /// and notes the input's time. `true` when that was all there was to do (nothing
+    /// buffered to apply, no confirmation to wait for), the usual case between two table
+    /// updates: the worker then skips the asynchronous call (a future per input record).
+    pub(crate) fn aligned_now(&mut self, t: Option<i64>) -> bool {
+        if self.feeds.is_empty() {
+            return true;
+        }
+        if !self.sync_wait.is_zero() {
+            return false;
+        }
+        self.receive();
+        if self.feeds.iter().any(|f| !f.buffered.is_empty()) {
+            return false;
+        }
+        if let Some(t) = t {
+            self.input_time = self.input_time.max(t);
+        }
+        true
+    }
+
     /// Before an input record with timestamp `t`: applies the updates handed over with a
     /// timestamp `≤ t`, after waiting (up to `table_sync_wait`) for the reader to confirm it
     /// handed over everything the topics held at `t`.

@@ -156,7 +156,9 @@ where
             return Ok((Outcome::Done, 0));
         };
         // Table updates up to the run's last record apply before it.
-        self.align_tables(raw(last).1).await?;
+        if !self.tables_aligned_now(raw(last).1) {
+            self.align_tables(raw(last).1).await?;
+        }
         let mut handled = 0;
         // Ranges of `todo` to try, last pushed first; `true`: with retries.
         let mut stack = vec![(0, todo.len(), true)];

@@ -188,7 +188,9 @@ where
             };
             let state = c.state.clone();
             // Table updates up to the record's time apply before it starts.
-            self.align_tables(pending.raw()).await?;
+            if !self.tables_aligned_now(pending.raw()) {
+                self.align_tables(pending.raw()).await?;
+            }
             let record_ctx = ctx.for_record(state.as_ref());
             let mut run: BoxFuture<'static, Finished> = Box::pin(run_one(
                 self.shared.clone(),

@@ -92,7 +92,9 @@ where
         raw: &RawRecord,
         ctx: &mut PartitionContext,
     ) -> Result<(Outcome, bool), Error> {
-        self.align_tables(raw).await?;
+        if !self.tables_aligned_now(raw) {
+            self.align_tables(raw).await?;
+        }
         if self.applied.covers(raw.offset) {
             // Its effect is already in the restored state: applying it again would double it.
             self.progress.skipped.fetch_add(1, Ordering::Relaxed);

@@ -57,6 +57,15 @@ where
         Ok(true)
     }
 
+    /// Whether the tables are aligned for the record at `raw` without more (see
+    /// [`PartitionTables::aligned_now`]); otherwise [`align_tables`](Self::align_tables).
+    /// Checked before that call: it is made for every input record.
+    pub(super) fn tables_aligned_now(&mut self, raw: &RawRecord) -> bool {
+        self.tables
+            .as_mut()
+            .is_none_or(|t| t.aligned_now(raw.timestamp))
+    }
+
     /// Before the record at `raw`: the table updates that precede it in time.
     pub(super) async fn align_tables(&mut self, raw: &RawRecord) -> Result<(), Error> {
         if let Some(tables) = self.tables.as_mut().filter(|t| t.is_aligned()) {
