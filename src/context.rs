@@ -235,6 +235,11 @@ impl PartitionContext {
         std::mem::take(&mut self.outbox)
     }
 
+    /// Whether the current record staged no output record.
+    pub(crate) fn outbox_is_empty(&self) -> bool {
+        self.outbox.is_empty()
+    }
+
     /// The source topic.
     pub fn topic(&self) -> &str {
         &self.topic

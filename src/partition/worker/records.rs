@@ -262,6 +262,8 @@ where
         let error = match result {
             // Its output is produced now and acknowledged by the flush that makes the
             // record durable; one the producer refuses at once is the record's error.
+            // Most records send nothing: no asynchronous call for them.
+            Ok(Ok(())) if ctx.outbox_is_empty() => return Attempted::Handled(None),
             Ok(Ok(())) => {
                 match enqueue_outbox(shared, ctx, group.as_ref().map(Pending::share)).await {
                     Ok(sent) => return Attempted::Handled(sent),
