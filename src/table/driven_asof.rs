@@ -79,6 +79,11 @@ async fn read_then(d: &mut TestDriver<Utf8, Utf8, AsOfEnrich>) -> Vec<(String, S
         .collect()
 }
 
+/// A table store of `spec` alone in `dir`, with a read cache.
+fn open_store(dir: &std::path::Path, spec: super::TableSpec) -> super::TableStore {
+    super::TableStore::open(dir, &[spec], Duration::ZERO, &Default::default(), 1 << 20).unwrap()
+}
+
 fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
     items
         .iter()
@@ -202,14 +207,7 @@ fn versions_are_pruned_to_the_history_as_keys_are_written() {
     let dir = tempfile::tempdir().unwrap();
     let def = customers(Duration::from_millis(100));
     let spec = def.spec(false);
-    let store = super::TableStore::open(
-        dir.path(),
-        std::slice::from_ref(&spec),
-        Duration::ZERO,
-        &Default::default(),
-        1 << 20,
-    )
-    .unwrap();
+    let store = open_store(dir.path(), spec.clone());
     let entry = |key: &'static [u8], value: Option<&'static [u8]>, time| super::store::Entry {
         key,
         value,
@@ -267,14 +265,7 @@ fn versions_are_pruned_to_the_history_as_keys_are_written() {
     assert_eq!(store.checkpoint(0, 0).unwrap(), 7);
     // Reopened: the horizon is remembered.
     drop(store);
-    let store = super::TableStore::open(
-        dir.path(),
-        &[spec],
-        Duration::ZERO,
-        &Default::default(),
-        1 << 20,
-    )
-    .unwrap();
+    let store = open_store(dir.path(), spec);
     assert!(matches!(
         store.as_of_with(0, b"b", 150, |v| v.to_vec()).unwrap(),
         super::store::AsOf::TooOld { oldest: 200 }
@@ -289,14 +280,7 @@ fn versions_are_pruned_to_the_history_as_keys_are_written() {
 fn the_head_answers_newer_lookups_and_an_out_of_order_version_is_found_by_seeking() {
     let dir = tempfile::tempdir().unwrap();
     let spec = customers(DAY).spec(false);
-    let store = super::TableStore::open(
-        dir.path(),
-        &[spec],
-        Duration::ZERO,
-        &Default::default(),
-        1 << 20,
-    )
-    .unwrap();
+    let store = open_store(dir.path(), spec);
     let entry = |value: &'static [u8], time| super::store::Entry {
         key: b"a",
         value: Some(value),
@@ -323,16 +307,7 @@ fn the_head_answers_newer_lookups_and_an_out_of_order_version_is_found_by_seekin
 fn a_table_made_versioned_is_read_again_from_its_topic() {
     let dir = tempfile::tempdir().unwrap();
     let plain: TableDef<String, String> = TableDef::new("customers", "customers", Utf8, Utf8);
-    let open = |spec: super::TableSpec| {
-        super::TableStore::open(
-            dir.path(),
-            &[spec],
-            Duration::ZERO,
-            &Default::default(),
-            1 << 20,
-        )
-        .unwrap()
-    };
+    let open = |spec: super::TableSpec| open_store(dir.path(), spec);
     let store = open(plain.spec(false));
     let entry = super::store::Entry {
         key: b"a",
@@ -357,16 +332,7 @@ fn a_table_made_versioned_is_read_again_from_its_topic() {
 fn versions_appended_in_time_order_skip_the_history_read_and_stay_exact() {
     let dir = tempfile::tempdir().unwrap();
     let spec = customers(Duration::from_millis(100)).spec(false);
-    let open = || {
-        super::TableStore::open(
-            dir.path(),
-            std::slice::from_ref(&spec),
-            Duration::ZERO,
-            &Default::default(),
-            1 << 20,
-        )
-        .unwrap()
-    };
+    let open = || open_store(dir.path(), spec.clone());
     let entry = |value: &'static [u8], time| super::store::Entry {
         key: b"a",
         value: Some(value),
