@@ -325,14 +325,16 @@ impl PartitionTables {
         if !self.sync_wait.is_zero() {
             return false;
         }
+        self.take_in(t);
+        self.feeds.iter().all(|f| f.buffered.is_empty())
+    }
+
+    /// Takes in what the reader handed over and notes the input's time `t`.
+    fn take_in(&mut self, t: Option<i64>) {
         self.receive();
-        if self.feeds.iter().any(|f| !f.buffered.is_empty()) {
-            return false;
-        }
         if let Some(t) = t {
             self.input_time = self.input_time.max(t);
         }
-        true
     }
 
     /// Before an input record with timestamp `t`: applies the updates handed over with a
@@ -342,12 +344,9 @@ impl PartitionTables {
         if self.feeds.is_empty() {
             return Ok(());
         }
-        self.receive();
-        if let Some(t) = t {
-            self.input_time = self.input_time.max(t);
-            if !self.sync_wait.is_zero() {
-                self.wait_confirmed(t).await;
-            }
+        self.take_in(t);
+        if let (Some(t), false) = (t, self.sync_wait.is_zero()) {
+            self.wait_confirmed(t).await;
         }
         self.apply_until(t).await
     }

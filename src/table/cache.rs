@@ -23,12 +23,12 @@ use quick_cache::Weighter;
 /// The cached bytes of a key: `None` when the table does not hold it.
 pub(crate) type Cached = Option<Arc<[u8]>>;
 
-/// A cached key, inline up to 24 bytes: a lookup then compares it without one more cache
-/// miss (the key's own allocation), a fifth of the cost of a hit.
+/// A cached key, inline up to 24 bytes: a lookup compares it without following a pointer
+/// to the key's own allocation.
 type Key = smallvec::SmallVec<[u8; 24]>;
 
-/// Bytes an entry costs besides its key and value: the boxed key, the shared value's
-/// header and the cache's own slot (estimated).
+/// Bytes an entry costs besides its key and value: the key's inline buffer, the shared
+/// value's header and the cache's own slot (estimated).
 const ENTRY_OVERHEAD: u64 = 80;
 
 #[derive(Clone)]

@@ -23,8 +23,8 @@ where
             match self.process(batch, record, ctx).await? {
                 (Outcome::Done, counted) => {
                     handled += u64::from(counted);
-                    // Checked here, not only inside `fire_timers`: building that future
-                    // for every record cost 7% of a count job's profile (1M keys).
+                    // Checked here, not only inside `fire_timers`: no future per record
+                    // when no timer is due.
                     let now = ctx.stream_time();
                     if counted
                         && ctx

@@ -8,7 +8,7 @@ use super::super::versions;
 use super::{Entry, Layout, TableStore};
 use crate::state::StateError;
 
-/// A versioned table's column family of versions ([`super::versions`]).
+/// A versioned table's column family of versions ([`super::super::versions`]).
 #[derive(Debug)]
 pub(super) struct History {
     pub(super) store: usize,
@@ -38,6 +38,7 @@ pub(crate) enum AsOf<T> {
     /// The table keeps no versions.
     NotVersioned,
 }
+
 impl TableStore {
     /// The version puts and deletes for `entries` (visited in key order, `order`): each
     /// written key's versions, old and new, pruned to what lookups from `horizon` on need.
