@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::cache::{Cached, ReadCache};
@@ -258,12 +257,13 @@ impl TableStore {
         f: impl FnOnce(&[u8]) -> T,
     ) -> Result<Option<T>, StateError> {
         let layout = &self.tables[table];
-        let Some(latest) = self.latest(table, key)? else {
+        let latest = self.latest(table, key)?;
+        let Some(latest) = latest.as_deref() else {
             return Ok(None);
         };
         Ok(match layout.versions {
-            None => Some(f(&latest)),
-            Some(_) => versions::decode_head(&latest)
+            None => Some(f(latest)),
+            Some(_) => versions::decode_head(latest)
                 .and_then(|(_, stored)| versions::decode(stored))
                 .map(f),
         })
@@ -275,7 +275,7 @@ impl TableStore {
         let layout = &self.tables[table];
         match &layout.cache {
             Some(cache) => cache.get_or_read(key, || self.db.get(layout.latest, key)),
-            None => Ok(self.db.get(layout.latest, key)?.map(Arc::from)),
+            None => Ok(Cached::of(self.db.get(layout.latest, key)?.as_deref())),
         }
     }
 

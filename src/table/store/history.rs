@@ -141,9 +141,10 @@ impl TableStore {
         }
         // The head answers for times at or after the key's newest version (and says when a
         // key has no version at all); earlier times seek.
-        let head = self
-            .latest(table, key)?
-            .map(|head| match versions::decode_head(&head) {
+        let head = self.latest(table, key)?;
+        let head = head
+            .as_deref()
+            .map(|head| match versions::decode_head(head) {
                 Some((newest, stored)) if newest <= time => Ok(versions::decode(stored).map(&f)),
                 _ => Err(()),
             });
