@@ -25,7 +25,8 @@
 //! - `scale`: count per key, 400 000 records over 100 000 keys, at 4, 16 and 64 partitions
 //!   (memory follows the data, not the partition count), each run in a child process so
 //!   that its peak RSS is a fresh process's;
-//! - `tables`: a table of 500 000 rows over 200 000 customers, bootstrapped cold and warm,
+//! - `tables`: a table of 500 000 rows of 100 bytes (`BENCH_TABLE_ROW_BYTES`) over 200 000
+//!   customers, bootstrapped cold and warm,
 //!   and a stream-table join (read the order's customer, then count per key) next to count
 //!   per key alone over 1 000 000 orders;
 //! - `large`: 20 000 records of 10 KB;
@@ -36,6 +37,8 @@
 //!   per row, in batch mode and one record per call, see `throughput/sink.rs`.
 //! - `slow` (only with `BENCH_ONLY=slow` or `slow_cpu`): key-level concurrency with a
 //!   handler that waits 20 ms, see `throughput/slow.rs`.
+//!
+//! `BENCH_MEMORY_BUDGET_MB` sets the stateful runs' memory budget (default: the library's).
 //!
 //! With `BENCH_QUIX=<python>` (a Python with `benches/requirements-quix.txt` installed), the
 //! same count-per-key job runs in Quix Streams for comparison.

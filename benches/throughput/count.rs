@@ -104,6 +104,9 @@ pub async fn stateful(job: &Job<'_>, n: u64) -> Run {
         .instance_id("bench-0")
         .state_dir(job.state_dir)
         .processing_guarantee(job.guarantee);
+    if let Ok(mb) = std::env::var("BENCH_MEMORY_BUDGET_MB") {
+        builder = builder.memory_budget(mb.parse::<usize>().expect("a number of MiB") << 20);
+    }
     for store in count.iter().chain(&sum) {
         builder = builder.store(store);
     }

@@ -9,10 +9,13 @@ use super::Bench;
 pub async fn tables(b: &Bench) {
     let customers = env_u64("BENCH_TABLE_KEYS", 200_000);
     let rows = env_u64("BENCH_TABLE_RECORDS", 500_000);
+    // 100-byte rows fit the read cache's entries (126 bytes); larger rows are held behind
+    // a pointer, one more memory access per lookup.
+    let row_bytes = env_u64("BENCH_TABLE_ROW_BYTES", 100) as usize;
     let n = env_u64("BENCH_ORDER_RECORDS", 1_000_000);
     let (table, orders) = (b.topic("customers"), b.topic("orders"));
     // Both produced with the same (librdkafka's default) partitioner: co-partitioned.
-    fill(&b.bootstrap, &table, 4, rows, customers, 100).await;
+    fill(&b.bootstrap, &table, 4, rows, customers, row_bytes).await;
     fill(&b.bootstrap, &orders, 4, n, customers, 100).await;
     let (mut count, mut join, mut as_of) =
         (Samples::default(), Samples::default(), Samples::default());

@@ -15,7 +15,7 @@
 //! write can never be cached after it.
 
 use std::mem::size_of;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use quick_cache::sync::Cache;
@@ -116,6 +116,8 @@ pub(crate) struct ReadCache {
     /// when the generation did not move meanwhile.
     generation: AtomicU64,
     writes: Mutex<()>,
+    /// Set once a write found no room (see [`ReadCache::written`]).
+    overflowed: AtomicBool,
 }
 
 impl std::fmt::Debug for ReadCache {
@@ -135,6 +137,7 @@ impl ReadCache {
             entries: Cache::with_weighter((bytes / (2 * ENTRY_OVERHEAD)) as usize, bytes, Bytes),
             generation: AtomicU64::new(0),
             writes: Mutex::new(()),
+            overflowed: AtomicBool::new(false),
         })
     }
 
@@ -162,11 +165,12 @@ impl ReadCache {
     }
 
     /// The table now holds `entries` (written to RocksDB already), in order: the later of
-    /// two writes of one key wins.
+    /// two writes of one key wins. True the first time a key found no room: from then on,
+    /// lookups of keys left out read RocksDB.
     pub(crate) fn written<'a>(
         &self,
         entries: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
-    ) {
+    ) -> bool {
         let _writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
         // While there is room, writes fill the cache (a bootstrapped table that fits is read
@@ -176,6 +180,7 @@ impl ReadCache {
         // of the capacity, before the whole is full: filling stops at nine tenths of it.
         let fill_to = self.entries.capacity() / 10 * 9;
         let mut room = fill_to.saturating_sub(self.entries.weight());
+        let mut left_out = false;
         for (key, value) in entries {
             let value = Cached::of(value);
             let weight = weight_of(key, &value);
@@ -184,9 +189,13 @@ impl ReadCache {
                 self.entries.insert(Key::from_slice(key), value);
             } else {
                 // Absent: nothing stale to replace.
-                let _ = self.entries.replace(Key::from_slice(key), value, true);
+                left_out |= self
+                    .entries
+                    .replace(Key::from_slice(key), value, true)
+                    .is_err();
             }
         }
+        left_out && !self.overflowed.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -236,11 +245,12 @@ mod tests {
     fn writes_replace_cached_values_and_the_last_write_of_a_key_wins() {
         let cache = ReadCache::new(1 << 20).unwrap();
         cache.get_or_read(b"k", read(Some(b"old"))).unwrap();
-        cache.written([
+        let left_out = cache.written([
             (&b"k"[..], Some(&b"1"[..])),
             (&b"k"[..], Some(&b"2"[..])),
             (&b"gone"[..], None),
         ]);
+        assert!(!left_out, "a cache with room holds every write");
         let fail = || -> Result<_, ()> { panic!("written keys are cached") };
         assert_eq!(
             cache.get_or_read(b"k", fail).unwrap().as_deref(),
@@ -276,7 +286,10 @@ mod tests {
         let cache = ReadCache::new(64 << 10).unwrap();
         let value = [7u8; 100];
         let keys: Vec<[u8; 4]> = (0..2_000u32).map(u32::to_be_bytes).collect();
-        cache.written(keys.iter().map(|k| (&k[..], Some(&value[..]))));
+        assert!(
+            cache.written(keys.iter().map(|k| (&k[..], Some(&value[..])))),
+            "the first write that finds no room says so"
+        );
         let full = cache.entries.len();
         assert!(full > 100 && full < 2_000, "{cache:?}");
         let cached = keys
@@ -289,10 +302,11 @@ mod tests {
             .unwrap();
         // Larger than the tenth of the capacity a full cache leaves.
         let large = [9u8; 8 << 10];
-        cache.written([
+        let said_again = cache.written([
             (&uncached[..], Some(&large[..])),
             (&cached[..], Some(&b"new"[..])),
         ]);
+        assert!(!said_again, "only the first time");
         assert_eq!(
             cache.entries.peek(&cached[..]).unwrap().as_deref(),
             Some(&b"new"[..])

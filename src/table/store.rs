@@ -211,7 +211,14 @@ impl TableStore {
             meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         self.db.write_stores(&stores, &meta, logged)?;
         if let Some(cache) = &layout.cache {
-            cache.written(stores[0].1.iter().copied());
+            if cache.written(stores[0].1.iter().copied()) {
+                tracing::warn!(
+                    table = %layout.name,
+                    path = %self.path().display(),
+                    "the table's read cache is full: lookups of the rows left out read \
+                     RocksDB (~2 µs each here); a larger memory_budget holds the table in memory"
+                );
+            }
         }
         if let (Some(history), Some((top, bottom))) = (&layout.versions, newest) {
             // Lookups see the new horizon only once the versions it prunes are gone.
