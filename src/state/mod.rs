@@ -50,6 +50,7 @@ pub mod bench;
 pub(crate) mod checkpoint;
 pub(crate) mod db;
 mod flush;
+mod key_order;
 pub(crate) mod log;
 pub(crate) mod memory;
 mod overlay;
