@@ -7,8 +7,7 @@
 pub(crate) fn in_key_order<'a>(
     entries: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
 ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> {
-    let mut sorted: Vec<(u128, &[u8], Option<&[u8]>)> =
-        entries.map(|(k, v)| (leading(k), k, v)).collect();
+    let mut sorted: Vec<Keyed<'a>> = entries.map(|(k, v)| (leading(k), k, v)).collect();
     // Equal leading numbers: the keys agree on their first 16 bytes (zero-padded), and the
     // keys themselves decide.
     sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
@@ -17,6 +16,9 @@ pub(crate) fn in_key_order<'a>(
 
 /// A key's first 16 bytes, zero-padded, as a big-endian number: if two keys' numbers
 /// differ, their byte order is the numbers' order.
+/// An entry with its key's [`leading`] number first.
+type Keyed<'a> = (u128, &'a [u8], Option<&'a [u8]>);
+
 fn leading(key: &[u8]) -> u128 {
     let mut bytes = [0u8; 16];
     let n = key.len().min(16);
