@@ -522,6 +522,17 @@ impl PartitionDb {
         Ok(None)
     }
 
+    /// The last key of `store`, if any: one seek to its end.
+    pub(crate) fn last_key(&self, store: usize) -> Result<Option<Vec<u8>>, StateError> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(&self.stores[store])?);
+        iter.seek_to_last();
+        if let Some(key) = iter.key() {
+            return Ok(Some(key.to_vec()));
+        }
+        iter.status().map_err(self.db_err())?;
+        Ok(None)
+    }
+
     /// Applies `batch` atomically without the write-ahead log, for restores: a crash loses
     /// the latest of these batches whole (data and checkpoint together), and the restore
     /// resumes from an earlier checkpoint. Call [`sync`](Self::sync) when the restore ends.

@@ -63,6 +63,7 @@ mod sim;
 pub(crate) mod slot;
 mod store;
 pub mod ttl;
+mod window_bounds;
 pub(crate) mod window_keys;
 
 pub(crate) use db::PartitionDb;

@@ -11,6 +11,7 @@ use super::log::{EntryRef, LogPartition, StateLog};
 use super::overlay::Overlay;
 use super::replay::Stamp;
 use super::restore::{restore, Restored};
+use super::window_bounds::{newest_starts, FlushedWindows};
 use super::StateError;
 use crate::config::ConsumerConfig;
 use crate::observe::RestoreListener;
@@ -58,6 +59,8 @@ pub(crate) struct PartitionState {
     closes_known: Vec<(usize, i64)>,
     /// Per store, whether its TTL sweep timer is pending (committed).
     sweeping: Vec<bool>,
+    /// The newest window each window store has in RocksDB: reads of later windows skip it.
+    flushed_windows: FlushedWindows,
 }
 
 /// `<state_dir>/<group>/<topic>-<partition>`.
@@ -157,6 +160,7 @@ impl PartitionState {
                     env.log.verify_source(topic, partition, &restored.source)?;
                     let timers = load_timers(&db, config)?;
                     let sweeping = sweeping(config, timers.as_ref());
+                    let flushed_windows = FlushedWindows::open(&db, &config.stores)?;
                     let state = Self {
                         db: Arc::new(db),
                         overlay: Overlay::new(config.stores.len()),
@@ -171,6 +175,7 @@ impl PartitionState {
                         staged_timers: Vec::new(),
                         closes_known: Vec::new(),
                         sweeping,
+                        flushed_windows,
                     };
                     return Ok(Some((state, restored)));
                 }
@@ -228,6 +233,9 @@ impl PartitionState {
     ) -> Result<Option<T>, StateError> {
         match self.overlay.get(store, key) {
             super::overlay::Lookup::Written(value) => Ok(value.map(f)),
+            super::overlay::Lookup::Unknown if self.flushed_windows.none_in_db(store, key) => {
+                Ok(None)
+            }
             super::overlay::Lookup::Unknown => self.db.get_with(store, key, f),
         }
     }
@@ -301,6 +309,7 @@ impl PartitionState {
             partition: self.partition,
             log_next: self.log_next.clone(),
             check_gaps,
+            windowed: self.flushed_windows.windowed(),
         };
         Some(job)
     }
@@ -311,6 +320,8 @@ impl PartitionState {
     /// # Errors
     /// RocksDB errors reading the values to rewrite.
     pub(crate) fn finish_flush(&mut self, done: FlushDone) -> Result<(), StateError> {
+        // Before the flushed entries leave the overlay: reads of their windows ask RocksDB.
+        self.flushed_windows.flushed(&done.newest_windows);
         self.overlay.end_flush();
         self.log_next = done.log_next;
         self.source = done.source;
@@ -365,6 +376,8 @@ pub(crate) struct FlushDone {
     repair: Vec<(usize, Vec<u8>)>,
     source: SourcePosition,
     records: usize,
+    /// Per store, the newest window start the flush wrote (window stores).
+    newest_windows: Vec<Option<i64>>,
 }
 
 impl FlushDone {
@@ -384,6 +397,8 @@ struct FlushRun {
     log_next: Vec<i64>,
     /// Whether offsets between this owner's records are checked for another writer's.
     check_gaps: bool,
+    /// Which stores are window stores.
+    windowed: Vec<bool>,
 }
 
 impl FlushRun {
@@ -444,13 +459,16 @@ impl Appended {
             checkpoints,
         } = self;
         let plan = &run.plan;
-        let (db, entries) = (run.db.clone(), plan.entries.clone());
-        tokio::task::spawn_blocking(move || db.write_flush(&entries, checkpoints))
-            .await
-            .map_err(|_| StateError::CorruptMetadata {
-                path: run.db.path().to_path_buf(),
-                reason: "flush write panicked".into(),
-            })??;
+        let (db, entries, windowed) = (run.db.clone(), plan.entries.clone(), run.windowed.clone());
+        let newest_windows = tokio::task::spawn_blocking(move || {
+            db.write_flush(&entries, checkpoints)
+                .map(|()| newest_starts(&entries, &windowed))
+        })
+        .await
+        .map_err(|_| StateError::CorruptMetadata {
+            path: run.db.path().to_path_buf(),
+            reason: "flush write panicked".into(),
+        })??;
         tracing::debug!(
             partition = run.partition,
             seq = plan.stamp.seq,
@@ -463,6 +481,7 @@ impl Appended {
             repair,
             records: run.plan.records(),
             source: run.plan.source,
+            newest_windows,
         })
     }
 }

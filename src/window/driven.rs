@@ -240,3 +240,53 @@ async fn wall_clock_timers_fire_once_per_flushed_state_even_across_a_crash() {
         "a fired timer does not come back from the changelog"
     );
 }
+
+/// Reads of a window newer than every window in RocksDB skip RocksDB
+/// (`state::window_bounds`): each read below would count a returning visitor again if the
+/// bound were not raised by a flush, or not read back after a crash or a restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_counts_once_while_its_window_moves_to_rocksdb_and_back_from_a_restore() {
+    let h = UniqueVisitors::new();
+    // Every record starts a flush while the worker goes on: the next records' reads find
+    // the flushed entries in the overlay, then in RocksDB.
+    let config = ConsumerConfig::builder("unused:9092", "g", ["views"])
+        .instance_id("i")
+        .state_dir("unused")
+        .window(&h.members)
+        .window(&h.counts)
+        .store(&h.fired)
+        .overlay_bytes(1)
+        .build()
+        .unwrap();
+    let mut d = TestDriver::new(config, Utf8, Utf8, h.clone())
+        .await
+        .unwrap();
+    for secs in 1..=5 {
+        d.send(view("p1", "u1", secs)).await.unwrap();
+    }
+    d.send(view("p1", "u1", 10)).await.unwrap();
+    d.flush().await.unwrap();
+    // Window [0, 60 s) is in RocksDB now.
+    d.send(view("p1", "u1", 20)).await.unwrap();
+    // A window no flush has written yet.
+    d.send(view("p1", "u1", 61)).await.unwrap();
+    d.flush().await.unwrap();
+    d.send(view("p1", "u1", 62)).await.unwrap();
+    d.flush().await.unwrap();
+    d.crash().await.unwrap();
+    d.send(view("p1", "u1", 63)).await.unwrap();
+    d.flush().await.unwrap();
+    d.lose_disk().await.unwrap();
+    d.send(view("p1", "u1", 64)).await.unwrap();
+    let mut counts = d.read_window(&h.counts).await.unwrap();
+    counts.sort_by_key(|(w, _, _)| w.start);
+    let counts: Vec<(i64, String, Counts)> = counts
+        .into_iter()
+        .map(|(w, page, c)| (w.start, page, c))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![(0, "p1".into(), (1, 7)), (60_000, "p1".into(), (1, 4))],
+        "one visitor, in each window"
+    );
+}
