@@ -44,6 +44,17 @@ fn overlay(c: &mut Criterion) {
             black_box(overlay.flush())
         })
     });
+    // The first interval of a partition: its maps grow from empty (a job working through a
+    // backlog writes most of its keys before its first flush).
+    group.bench_function("first_interval_200000_keys", |b| {
+        b.iter(|| {
+            let mut overlay = OverlayBench::default();
+            for i in 0..KEYS {
+                overlay.update(&key(i), b"v");
+            }
+            black_box(overlay.flush())
+        })
+    });
     group.bench_function("flush_handoff_200000_keys", |b| {
         b.iter_batched(
             || {
