@@ -4,9 +4,9 @@
 //! A window store's keys begin with their window's start ([`super::window_keys`]), so the
 //! newest window start in RocksDB is its last key's. A read of a key whose window starts
 //! later, and that the overlay does not hold, is absent without a RocksDB point read. Jobs
-//! working through a backlog open windows far faster than flushes write them: the unique
-//! visitors bench reads RocksDB for almost every `(page, user)` of a minute (a RocksDB
-//! point read that finds nothing costs ~0.2 µs here, even on an empty database).
+//! working through a backlog open windows far faster than flushes write them: in the unique
+//! visitors bench, RocksDB point reads that found nothing (a first visit of a minute) were
+//! a tenth of the job's CPU, and skipping them took it from 1.95 to 1.66 µs per record.
 //!
 //! The bound is raised by every flush before its entries leave the overlay (reads find
 //! them there until then), and read from RocksDB when the partition opens (after its
