@@ -109,15 +109,17 @@ impl Handler<String, String> for UniqueVisitors {
     }
 }
 
-async fn driver(h: &UniqueVisitors) -> TestDriver<Utf8, Utf8, UniqueVisitors> {
-    let config = ConsumerConfig::builder("unused:9092", "g", ["views"])
+fn config(h: &UniqueVisitors) -> crate::ConsumerConfigBuilder {
+    ConsumerConfig::builder("unused:9092", "g", ["views"])
         .instance_id("i")
         .state_dir("unused")
         .window(&h.members)
         .window(&h.counts)
         .store(&h.fired)
-        .build()
-        .unwrap();
+}
+
+async fn driver(h: &UniqueVisitors) -> TestDriver<Utf8, Utf8, UniqueVisitors> {
+    let config = config(h).build().unwrap();
     TestDriver::new(config, Utf8, Utf8, h.clone())
         .await
         .unwrap()
@@ -249,15 +251,7 @@ async fn a_visitor_counts_once_while_its_window_moves_to_rocksdb_and_back_from_a
     let h = UniqueVisitors::new();
     // Every record starts a flush while the worker goes on: the next records' reads find
     // the flushed entries in the overlay, then in RocksDB.
-    let config = ConsumerConfig::builder("unused:9092", "g", ["views"])
-        .instance_id("i")
-        .state_dir("unused")
-        .window(&h.members)
-        .window(&h.counts)
-        .store(&h.fired)
-        .overlay_bytes(1)
-        .build()
-        .unwrap();
+    let config = config(&h).overlay_bytes(1).build().unwrap();
     let mut d = TestDriver::new(config, Utf8, Utf8, h.clone())
         .await
         .unwrap();
