@@ -215,8 +215,8 @@ impl TableStore {
                 tracing::warn!(
                     table = %layout.name,
                     path = %self.path().display(),
-                    "the table's read cache is full: lookups of the rows left out read \
-                     RocksDB (~2 µs each here); a larger memory_budget holds the table in memory"
+                    "the table's read cache is full: a lookup of a row left out is a RocksDB \
+                     point read (slower joins); a larger memory_budget holds the table in memory"
                 );
             }
         }
