@@ -318,3 +318,153 @@ async fn state_dir_locked_by_another_process_is_a_clear_error() {
     );
     assert!(err.to_string().contains("locked"), "{err}");
 }
+
+/// Writes each record's value under its key in `kv`, deleting the key for the value `del`.
+#[derive(Clone)]
+struct KeyValues {
+    store: kafka_stateful::StoreDef<String, String>,
+    handled: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl kafka_stateful::Handler<String, String> for KeyValues {
+    async fn handle(
+        &self,
+        r: kafka_stateful::Record<String, String>,
+        ctx: &mut kafka_stateful::PartitionContext,
+    ) -> Result<(), kafka_stateful::HandlerError> {
+        let key = r.key.ok_or("record without key")?;
+        let mut store = ctx.store(&self.store)?;
+        match r.value.as_deref() {
+            Some("del") => store.delete(&key)?,
+            value => store.put(&key, &value.unwrap_or_default().to_string())?,
+        }
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// What the changelog producer hands librdkafka (through its own topic handles, not
+/// rdkafka's `send`) reaches the topic as the format says: the store key, the value's bytes
+/// (an empty value stays empty, a delete is a tombstone) and exactly one `ks` stamp header on
+/// a data record; markers with their own headers. And a restore from it reads it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changelog_records_carry_the_key_the_value_bytes_and_one_stamp_header() {
+    require_broker!();
+    common::init_tracing();
+    let (topic, group) = (common::unique("layout"), common::unique("g"));
+    let (dir, fresh) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::create_topic(&topic, 1).await;
+    let records: Vec<(i32, String, String)> = [("a", "1"), ("b", ""), ("c", "x"), ("c", "del")]
+        .iter()
+        .map(|(k, v)| (0, k.to_string(), v.to_string()))
+        .collect();
+    common::produce(&topic, &records).await;
+    let handler = KeyValues {
+        store: kafka_stateful::StoreDef::new("kv", Utf8, Utf8),
+        handled: Default::default(),
+    };
+    let start = |dir: &Path, handler: &KeyValues| {
+        let consumer = StatefulConsumer::new(
+            ConsumerConfig::builder(common::bootstrap(), &group, [topic.as_str()])
+                .instance_id("layout-0")
+                .session_timeout(Duration::from_secs(10))
+                .state_dir(dir)
+                .store(&handler.store)
+                .build()
+                .unwrap(),
+            Utf8,
+            Utf8,
+            handler.clone(),
+        );
+        let query = consumer.query();
+        (Running::start(consumer), query)
+    };
+    let (running, _) = start(dir.path(), &handler);
+    common::wait_until("4 records", WAIT, || {
+        handler.handled.load(Ordering::Relaxed) == 4
+    })
+    .await;
+    running.stop().await.unwrap(); // the shutdown flush
+
+    let log = common::read_all(&changelog_topic(&group, "kv"), 1);
+    let (markers, data): (Vec<_>, Vec<_>) = log.iter().partition(|(k, _, _)| {
+        k.as_deref()
+            .unwrap_or_default()
+            .starts_with(b"\0kafka-stateful")
+    });
+    let stamp = |headers: &[(String, Vec<u8>)]| -> String {
+        let stamps: Vec<_> = headers.iter().filter(|(n, _)| n == "ks").collect();
+        assert_eq!(stamps.len(), 1, "one ks header in {headers:?}");
+        String::from_utf8(stamps[0].1.clone()).unwrap()
+    };
+    let mut values: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+    for (key, value, headers) in &data {
+        assert_eq!(
+            headers.len(),
+            1,
+            "a data record's only header is its stamp: {headers:?}"
+        );
+        let stamp = stamp(headers);
+        let parts: Vec<&str> = stamp.split('.').collect();
+        assert!(
+            parts.len() == 3
+                && parts[0] == "2"
+                && parts[1..].iter().all(|p| p.parse::<u64>().is_ok()),
+            "stamp {stamp:?} is 2.<epoch>.<seq>"
+        );
+        values.insert(
+            String::from_utf8(key.clone().unwrap()).unwrap(),
+            value.clone(),
+        );
+    }
+    assert_eq!(
+        values,
+        HashMap::from([
+            ("a".to_string(), Some(b"1".to_vec())),
+            ("b".to_string(), Some(Vec::new())),
+            ("c".to_string(), None),
+        ]),
+        "key, value bytes and tombstone of each data record"
+    );
+    assert!(!markers.is_empty(), "an epoch marker and a flush marker");
+    for (_, value, headers) in &markers {
+        assert_eq!(value, &None);
+        stamp(headers);
+        assert!(
+            headers.iter().any(|(n, _)| n == "ks.source-offset"),
+            "a marker names its source offset: {headers:?}"
+        );
+    }
+
+    // A member without local state restores exactly those values from it.
+    let (running, query) = start(fresh.path(), &handler);
+    let expected = [("a", Some("1")), ("b", Some("")), ("c", None)];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut read = Vec::new();
+        for (key, _) in expected {
+            read.push(query.get(&handler.store, &key.to_string()).await);
+        }
+        let read: Vec<Option<String>> = match read.into_iter().collect::<Result<_, _>>() {
+            Ok(values) => values,
+            Err(error) => {
+                // Not ready while the partition restores.
+                assert!(Instant::now() < deadline, "restore not queryable: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let want: Vec<Option<String>> = expected
+            .iter()
+            .map(|(_, v)| v.map(str::to_string))
+            .collect();
+        assert_eq!(read, want, "restored values");
+        break;
+    }
+    assert_eq!(
+        handler.handled.load(Ordering::Relaxed),
+        4,
+        "nothing handled again"
+    );
+    running.stop().await.unwrap();
+}

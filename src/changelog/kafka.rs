@@ -1,12 +1,11 @@
 //! The changelogs on Kafka: the [`StateLog`] of a consumer with stores.
 
-use rdkafka::message::OwnedHeaders;
-
 use super::format::{
     decode, encode, stamp_header, EPOCH_KEY, FLUSH_KEY, HEADER_OWNER, HEADER_STAMP,
 };
+use super::produce::Headers;
 use super::reader::ReaderPool;
-use super::{headers_of, ChangelogError, ChangelogWriter, OutRef};
+use super::{ChangelogError, ChangelogWriter, OutRef};
 use crate::state::checkpoint::SourcePosition;
 use crate::state::log::{Appended, EntryRef, StateLog};
 use crate::state::replay::{Entry, Stamp};
@@ -45,42 +44,15 @@ impl KafkaStateLog {
     }
 }
 
-/// Key, value and headers of an entry in the Kafka record layout.
-struct Encoded<'a> {
-    key: &'a [u8],
-    value: Option<&'a [u8]>,
-    headers: OwnedHeaders,
-}
+/// A marker's headers (every flush and epoch marker has its own source position).
+type MarkerHeaders = Vec<(&'static str, Vec<u8>)>;
 
-fn encode_ref<'a>(
-    stamp: Stamp,
-    entry: EntryRef<'a>,
-    data_headers: &OwnedHeaders,
-    owner: Option<&str>,
-) -> Encoded<'a> {
-    match entry {
-        // The hot path: data records share their flush's stamp header.
-        EntryRef::Data { key, value } => Encoded {
-            key,
-            value,
-            headers: data_headers.clone(),
-        },
-        marker => {
-            let (_, _, mut headers) = encode(stamp, &marker.to_owned());
-            if let Some(owner) = owner {
-                headers.push((HEADER_OWNER, owner.as_bytes().to_vec()));
-            }
-            Encoded {
-                key: if matches!(marker, EntryRef::Flush { .. }) {
-                    FLUSH_KEY
-                } else {
-                    EPOCH_KEY
-                },
-                value: None,
-                headers: headers_of(headers.iter().map(|(k, v)| (*k, v.as_slice()))),
-            }
-        }
+fn marker_headers(stamp: Stamp, marker: EntryRef<'_>, owner: Option<&str>) -> MarkerHeaders {
+    let (_, _, mut headers) = encode(stamp, &marker.to_owned());
+    if let Some(owner) = owner {
+        headers.push((HEADER_OWNER, owner.as_bytes().to_vec()));
     }
+    headers
 }
 
 impl StateLog for KafkaStateLog {
@@ -90,27 +62,42 @@ impl StateLog for KafkaStateLog {
         records: Vec<(usize, Stamp, EntryRef<'a>)>,
     ) -> Appended<'a> {
         Box::pin(async move {
-            let mut cached: Option<(Stamp, OwnedHeaders)> = None;
-            let encoded: Vec<(usize, Encoded<'a>)> = records
-                .into_iter()
-                .map(|(store, stamp, entry)| {
-                    if cached.as_ref().is_none_or(|(s, _)| *s != stamp) {
-                        let header = stamp_header(stamp);
-                        cached = Some((stamp, headers_of([(HEADER_STAMP, header.as_slice())])));
+            // The hot path is data records: they share their flush's stamp header, written
+            // once here and borrowed by each record. Markers are few and own their headers.
+            let mut stamps: Vec<(Stamp, Vec<u8>)> = Vec::new();
+            let mut markers: Vec<MarkerHeaders> = Vec::new();
+            for (_, stamp, entry) in &records {
+                if !stamps.iter().any(|(s, _)| s == stamp) {
+                    stamps.push((*stamp, stamp_header(*stamp)));
+                }
+                if !matches!(entry, EntryRef::Data { .. }) {
+                    markers.push(marker_headers(*stamp, *entry, self.owner.as_deref()));
+                }
+            }
+            let mut markers = markers.iter();
+            let refs = records.into_iter().map(|(store, stamp, entry)| {
+                let (key, value, headers) = match entry {
+                    EntryRef::Data { key, value } => {
+                        let header = &stamps.iter().find(|(s, _)| *s == stamp).expect("noted").1;
+                        (key, value, Headers::One(HEADER_STAMP, header))
                     }
-                    let headers = &cached.as_ref().expect("just set").1;
-                    (
-                        store,
-                        encode_ref(stamp, entry, headers, self.owner.as_deref()),
-                    )
-                })
-                .collect();
-            let refs = encoded.into_iter().map(|(store, e)| OutRef {
-                topic: &self.topics[store],
-                partition,
-                key: Some(e.key),
-                value: e.value,
-                headers: Some(e.headers),
+                    EntryRef::Flush { .. } | EntryRef::Epoch { .. } => {
+                        let key = if matches!(entry, EntryRef::Flush { .. }) {
+                            FLUSH_KEY
+                        } else {
+                            EPOCH_KEY
+                        };
+                        let headers = markers.next().expect("noted");
+                        (key, None, Headers::Static(headers))
+                    }
+                };
+                OutRef {
+                    topic: &self.topics[store],
+                    partition,
+                    key: Some(key),
+                    value,
+                    headers,
+                }
             });
             Ok(self.writer.send(refs).await?)
         })

@@ -13,6 +13,7 @@
 
 pub(crate) mod format;
 mod kafka;
+mod produce;
 mod reader;
 mod topics;
 pub(crate) mod transaction;
@@ -23,7 +24,7 @@ pub(crate) use reader::{is_transient, PooledReader, ReaderPool};
 pub(crate) use topics::{ensure_changelogs, partition_count, source_partition_count};
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use writer::HeldAck;
-pub(crate) use writer::{headers_of, ChangelogWriter, OutRecord, OutRef, Pending, RecordSink};
+pub(crate) use writer::{ChangelogWriter, OutRecord, OutRef, Pending, RecordSink};
 
 use rdkafka::error::KafkaError;
 

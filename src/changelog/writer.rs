@@ -12,12 +12,13 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tokio::sync::Notify;
 
+use super::produce::{HandleProducer, Headers, Message as Produced, TopicHandle};
 use super::ChangelogError;
 
 /// One record to produce, owned.
@@ -39,7 +40,7 @@ pub(crate) struct OutRef<'a> {
     pub(crate) partition: i32,
     pub(crate) key: Option<&'a [u8]>,
     pub(crate) value: Option<&'a [u8]>,
-    pub(crate) headers: Option<OwnedHeaders>,
+    pub(crate) headers: Headers<'a>,
 }
 
 /// The acknowledgements of one send call.
@@ -119,7 +120,7 @@ impl ProducerContext for AckContext {
 /// A shared idempotent producer; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct ChangelogWriter {
-    producer: Arc<ThreadedProducer<AckContext>>,
+    producer: Arc<HandleProducer<AckContext>>,
 }
 
 impl std::fmt::Debug for ChangelogWriter {
@@ -128,30 +129,17 @@ impl std::fmt::Debug for ChangelogWriter {
     }
 }
 
-/// Headers from name/value pairs.
-pub(crate) fn headers_of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OwnedHeaders {
-    let pairs: Vec<_> = pairs.into_iter().collect();
-    let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
-    for (key, value) in pairs {
-        headers = headers.insert(Header {
-            key,
-            value: Some(value),
-        });
-    }
-    headers
-}
-
 impl ChangelogWriter {
     /// The producer (for its transactional calls).
     pub(crate) fn producer(&self) -> &ThreadedProducer<AckContext> {
-        &self.producer
+        self.producer.producer()
     }
 
     /// # Errors
     /// When librdkafka rejects the configuration.
     pub(crate) fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: Arc::new(config.create_with_context(AckContext)?),
+            producer: Arc::new(HandleProducer::new(config.create_with_context(AckContext)?)),
         })
     }
 
@@ -163,6 +151,7 @@ impl ChangelogWriter {
         let producer = self.producer.clone();
         let fetched = tokio::task::spawn_blocking(move || {
             producer
+                .producer()
                 .client()
                 .fetch_metadata(None, std::time::Duration::from_secs(10))
                 .map(drop)
@@ -207,7 +196,7 @@ impl ChangelogWriter {
         &self,
         records: impl IntoIterator<Item = OutRef<'a>>,
     ) -> Result<Pending, ChangelogError> {
-        let mut records: Vec<OutRef<'a>> = records.into_iter().collect();
+        let records: Vec<OutRef<'a>> = records.into_iter().collect();
         let acks = Arc::new(Acks::default());
         {
             // The whole plan is in place before the first delivery report can arrive.
@@ -236,8 +225,9 @@ impl ChangelogWriter {
             state.offsets = vec![-1; records.len()];
             state.remaining = records.len();
         }
-        for record in &mut records {
-            self.produce(record, &acks)
+        let mut topic = None;
+        for record in &records {
+            self.produce(record, &acks, &mut topic)
                 .await
                 .map_err(|source| ChangelogError::Produce {
                     topic: record.topic.to_string(),
@@ -252,27 +242,35 @@ impl ChangelogWriter {
     }
 
     /// Hands one record to the producer, its delivery report going to `acks`; waits (and
-    /// retries) while the producer's local queue is full.
-    async fn produce(&self, record: &mut OutRef<'_>, acks: &Arc<Acks>) -> Result<(), KafkaError> {
-        let mut base = BaseRecord::with_opaque_to(record.topic, acks.clone());
-        if record.partition >= 0 {
-            base = base.partition(record.partition);
-        }
-        if let Some(key) = record.key {
-            base = base.key(key);
-        }
-        if let Some(value) = record.value {
-            base = base.payload(value);
-        }
-        if let Some(headers) = record.headers.take() {
-            base = base.headers(headers);
-        }
+    /// retries) while the producer's local queue is full. `topic` keeps the handle of the
+    /// last topic produced to: consecutive records of one topic look it up once.
+    async fn produce<'a>(
+        &self,
+        record: &OutRef<'a>,
+        acks: &Arc<Acks>,
+        topic: &mut Option<(&'a str, Arc<TopicHandle>)>,
+    ) -> Result<(), KafkaError> {
+        let handle = match topic {
+            Some((name, handle)) if *name == record.topic => handle.clone(),
+            _ => {
+                let handle = self.producer.topic(record.topic)?;
+                *topic = Some((record.topic, handle.clone()));
+                handle
+            }
+        };
+        let message = Produced {
+            partition: record.partition,
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+        };
+        let mut opaque = acks.clone();
         loop {
-            match self.producer.send(base) {
+            match self.producer.produce(&handle, &message, opaque) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     // The local queue is full: let librdkafka send some, then retry.
-                    base = returned;
+                    opaque = returned;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err((source, _)) => return Err(source),
@@ -305,8 +303,9 @@ impl ChangelogWriter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remaining += total;
-        for (sent, mut record) in refs_of(&records).enumerate() {
-            if let Err(source) = self.produce(&mut record, &group.acks).await {
+        let mut topic = None;
+        for (sent, record) in refs_of(&records).enumerate() {
+            if let Err(source) = self.produce(&record, &group.acks, &mut topic).await {
                 // The records not sent will never be acknowledged.
                 let finished = {
                     let mut state = group.acks.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -495,8 +494,7 @@ pub(crate) fn refs_of(records: &[OutRecord]) -> impl Iterator<Item = OutRef<'_>>
         partition: r.partition,
         key: r.key.as_deref(),
         value: r.value.as_deref(),
-        headers: (!r.headers.is_empty())
-            .then(|| headers_of(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))),
+        headers: Headers::Owned(&r.headers),
     })
 }
 
