@@ -5,13 +5,14 @@
 //! (`rd_kafka_topic_new0`). A flush hands hundreds of thousands of records to a few
 //! changelog topics, each with the same stamp header, which the caller had to copy into a
 //! fresh `OwnedHeaders` per record. [`HandleProducer`] keeps one librdkafka topic handle per
-//! topic name, and [`produce`] gives it to `rd_kafka_produceva` (`RD_KAFKA_VTYPE_RKT`: a
+//! topic name, and [`HandleProducer::produce`] gives it to `rd_kafka_produceva` (`RD_KAFKA_VTYPE_RKT`: a
 //! reference count instead of a lookup), with the headers built straight from borrowed
 //! bytes into librdkafka's own list.
 
 #![allow(unsafe_code)] // audited: each block says why it is sound
 
 use std::ffi::{c_char, c_void, CString};
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
@@ -51,7 +52,7 @@ impl Headers<'_> {
 
 /// A librdkafka topic handle (`rd_kafka_topic_t`), and the client that made it.
 #[derive(Debug)]
-pub(crate) struct TopicHandle {
+struct TopicHandle {
     topic: NonNull<rdsys::rd_kafka_topic_t>,
     client: *mut rdsys::rd_kafka_t,
 }
@@ -60,6 +61,14 @@ pub(crate) struct TopicHandle {
 unsafe impl Send for TopicHandle {}
 // SAFETY: as above; librdkafka synchronises what a handle refers to.
 unsafe impl Sync for TopicHandle {}
+
+/// A topic handle lent by its [`HandleProducer`]: it cannot outlive the producer, so the
+/// handle is always released before the client.
+#[derive(Debug, Clone)]
+pub(crate) struct TopicRef<'p> {
+    handle: Arc<TopicHandle>,
+    _producer: PhantomData<&'p ()>,
+}
 
 impl Drop for TopicHandle {
     fn drop(&mut self) {
@@ -93,10 +102,14 @@ impl<C: ProducerContext + 'static> HandleProducer<C> {
     ///
     /// # Errors
     /// When librdkafka refuses the name (too long, or with a NUL byte).
-    pub(crate) fn topic(&self, topic: &str) -> Result<Arc<TopicHandle>, KafkaError> {
+    pub(crate) fn topic(&self, topic: &str) -> Result<TopicRef<'_>, KafkaError> {
+        let lend = |handle: &Arc<TopicHandle>| TopicRef {
+            handle: handle.clone(),
+            _producer: PhantomData,
+        };
         let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, handle)) = handles.iter().find(|(name, _)| name == topic) {
-            return Ok(handle.clone());
+            return Ok(lend(handle));
         }
         let name = CString::new(topic)?;
         let client = self.producer.client().native_ptr();
@@ -114,7 +127,7 @@ impl<C: ProducerContext + 'static> HandleProducer<C> {
             client,
         });
         handles.push((topic.to_string(), handle.clone()));
-        Ok(handle)
+        Ok(lend(&handle))
     }
 
     /// Hands `message` to librdkafka for `topic` (copied: nothing is borrowed past the
@@ -124,10 +137,11 @@ impl<C: ProducerContext + 'static> HandleProducer<C> {
     /// librdkafka's refusal (a full local queue among them), with `opaque` given back.
     pub(crate) fn produce(
         &self,
-        topic: &TopicHandle,
+        topic: &TopicRef<'_>,
         message: &Message<'_>,
         opaque: C::DeliveryOpaque,
     ) -> Result<(), (KafkaError, C::DeliveryOpaque)> {
+        let topic = &topic.handle;
         let client = self.producer.client().native_ptr();
         if topic.client != client {
             return Err((
@@ -225,7 +239,7 @@ unsafe fn produce<O: IntoOpaque>(
         vu(
             RD_KAFKA_VTYPE_MSGFLAGS,
             rdsys::rd_kafka_vu_s__bindgen_ty_1 {
-                i: rdsys::RD_KAFKA_MSG_F_COPY as i32,
+                i: rdsys::RD_KAFKA_MSG_F_COPY,
             },
         ),
         vu(RD_KAFKA_VTYPE_VALUE, mem(message.value)),

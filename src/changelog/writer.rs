@@ -18,7 +18,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tokio::sync::Notify;
 
-use super::produce::{HandleProducer, Headers, Message as Produced, TopicHandle};
+use super::produce::{HandleProducer, Headers, Message as Produced, TopicRef};
 use super::ChangelogError;
 
 /// One record to produce, owned.
@@ -244,11 +244,11 @@ impl ChangelogWriter {
     /// Hands one record to the producer, its delivery report going to `acks`; waits (and
     /// retries) while the producer's local queue is full. `topic` keeps the handle of the
     /// last topic produced to: consecutive records of one topic look it up once.
-    async fn produce<'a>(
-        &self,
+    async fn produce<'a, 's>(
+        &'s self,
         record: &OutRef<'a>,
         acks: &Arc<Acks>,
-        topic: &mut Option<(&'a str, Arc<TopicHandle>)>,
+        topic: &mut Option<(&'a str, TopicRef<'s>)>,
     ) -> Result<(), KafkaError> {
         let handle = match topic {
             Some((name, handle)) if *name == record.topic => handle.clone(),
