@@ -438,29 +438,19 @@ async fn changelog_records_carry_the_key_the_value_bytes_and_one_stamp_header() 
 
     // A member without local state restores exactly those values from it.
     let (running, query) = start(fresh.path(), &handler);
-    let expected = [("a", Some("1")), ("b", Some("")), ("c", None)];
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut read = Vec::new();
-        for (key, _) in expected {
-            read.push(query.get(&handler.store, &key.to_string()).await);
-        }
-        let read: Vec<Option<String>> = match read.into_iter().collect::<Result<_, _>>() {
-            Ok(values) => values,
-            Err(error) => {
-                // Not ready while the partition restores.
-                assert!(Instant::now() < deadline, "restore not queryable: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let want: Vec<Option<String>> = expected
-            .iter()
-            .map(|(_, v)| v.map(str::to_string))
-            .collect();
-        assert_eq!(read, want, "restored values");
-        break;
+    common::wait_until("the partition restored and queryable", WAIT, || {
+        query.partitions().iter().any(|(_, _, ready)| *ready)
+    })
+    .await;
+    let mut restored = Vec::new();
+    for key in ["a", "b", "c"] {
+        restored.push(query.get(&handler.store, &key.to_string()).await.unwrap());
     }
+    assert_eq!(
+        restored,
+        [Some("1".to_string()), Some(String::new()), None],
+        "restored values"
+    );
     assert_eq!(
         handler.handled.load(Ordering::Relaxed),
         4,

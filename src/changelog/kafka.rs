@@ -1,9 +1,7 @@
 //! The changelogs on Kafka: the [`StateLog`] of a consumer with stores.
 
-use super::format::{
-    decode, encode, stamp_header, EPOCH_KEY, FLUSH_KEY, HEADER_OWNER, HEADER_STAMP,
-};
-use super::produce::Headers;
+use super::format::{decode, encode, stamp_header, HEADER_OWNER, HEADER_STAMP};
+use super::produce::Headers as RecordHeaders;
 use super::reader::ReaderPool;
 use super::{ChangelogError, ChangelogWriter, OutRef};
 use crate::state::checkpoint::SourcePosition;
@@ -44,16 +42,21 @@ impl KafkaStateLog {
     }
 }
 
-/// A marker's headers (every flush and epoch marker has its own source position).
-type MarkerHeaders = Vec<(&'static str, Vec<u8>)>;
-
-fn marker_headers(stamp: Stamp, marker: EntryRef<'_>, owner: Option<&str>) -> MarkerHeaders {
-    let (_, _, mut headers) = encode(stamp, &marker.to_owned());
+/// A marker's key and headers, in the Kafka record layout ([`encode`]), with the owner.
+fn encode_marker(stamp: Stamp, marker: EntryRef<'_>, owner: Option<&str>) -> (Vec<u8>, Headers) {
+    let (key, _, headers) = encode(stamp, &marker.to_owned());
+    let mut headers: Headers = headers
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
     if let Some(owner) = owner {
-        headers.push((HEADER_OWNER, owner.as_bytes().to_vec()));
+        headers.push((HEADER_OWNER.to_string(), owner.as_bytes().to_vec()));
     }
-    headers
+    (key, headers)
 }
+
+/// Header names and values.
+type Headers = Vec<(String, Vec<u8>)>;
 
 impl StateLog for KafkaStateLog {
     fn append<'a>(
@@ -65,13 +68,13 @@ impl StateLog for KafkaStateLog {
             // The hot path is data records: they share their flush's stamp header, written
             // once here and borrowed by each record. Markers are few and own their headers.
             let mut stamps: Vec<(Stamp, Vec<u8>)> = Vec::new();
-            let mut markers: Vec<MarkerHeaders> = Vec::new();
+            let mut markers: Vec<(Vec<u8>, Headers)> = Vec::new();
             for (_, stamp, entry) in &records {
                 if !stamps.iter().any(|(s, _)| s == stamp) {
                     stamps.push((*stamp, stamp_header(*stamp)));
                 }
                 if !matches!(entry, EntryRef::Data { .. }) {
-                    markers.push(marker_headers(*stamp, *entry, self.owner.as_deref()));
+                    markers.push(encode_marker(*stamp, *entry, self.owner.as_deref()));
                 }
             }
             let mut markers = markers.iter();
@@ -79,16 +82,11 @@ impl StateLog for KafkaStateLog {
                 let (key, value, headers) = match entry {
                     EntryRef::Data { key, value } => {
                         let header = &stamps.iter().find(|(s, _)| *s == stamp).expect("noted").1;
-                        (key, value, Headers::One(HEADER_STAMP, header))
+                        (key, value, RecordHeaders::One(HEADER_STAMP, header))
                     }
                     EntryRef::Flush { .. } | EntryRef::Epoch { .. } => {
-                        let key = if matches!(entry, EntryRef::Flush { .. }) {
-                            FLUSH_KEY
-                        } else {
-                            EPOCH_KEY
-                        };
-                        let headers = markers.next().expect("noted");
-                        (key, None, Headers::Static(headers))
+                        let (key, headers) = markers.next().expect("noted");
+                        (&key[..], None, RecordHeaders::List(headers))
                     }
                 };
                 OutRef {

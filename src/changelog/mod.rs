@@ -20,11 +20,12 @@ pub(crate) mod transaction;
 mod writer;
 
 pub(crate) use kafka::KafkaStateLog;
+pub(crate) use produce::OutRef;
 pub(crate) use reader::{is_transient, PooledReader, ReaderPool};
 pub(crate) use topics::{ensure_changelogs, partition_count, source_partition_count};
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use writer::HeldAck;
-pub(crate) use writer::{ChangelogWriter, OutRecord, OutRef, Pending, RecordSink};
+pub(crate) use writer::{ChangelogWriter, OutRecord, Pending, RecordSink};
 
 use rdkafka::error::KafkaError;
 

@@ -24,30 +24,37 @@ use rdkafka::util::IntoOpaque;
 /// A record's headers, borrowed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Headers<'a> {
-    /// One header (a changelog data record's stamp).
+    /// One header: a changelog data record's stamp, shared by every record of its flush.
     One(&'a str, &'a [u8]),
-    /// Changelog markers' headers.
-    Static(&'a [(&'static str, Vec<u8>)]),
-    /// Output and dead-letter records' headers.
-    Owned(&'a [(String, Vec<u8>)]),
+    /// Any number (changelog markers, output and dead-letter records).
+    List(&'a [(String, Vec<u8>)]),
 }
 
 impl Headers<'_> {
     fn count(&self) -> usize {
         match self {
             Self::One(..) => 1,
-            Self::Static(hs) => hs.len(),
-            Self::Owned(hs) => hs.len(),
+            Self::List(hs) => hs.len(),
         }
     }
 
     fn for_each(&self, mut f: impl FnMut(&str, &[u8])) {
         match self {
             Self::One(name, value) => f(name, value),
-            Self::Static(hs) => hs.iter().for_each(|(n, v)| f(n, v)),
-            Self::Owned(hs) => hs.iter().for_each(|(n, v)| f(n, v)),
+            Self::List(hs) => hs.iter().for_each(|(n, v)| f(n, v)),
         }
     }
+}
+
+/// One record to produce, borrowed.
+pub(crate) struct OutRef<'a> {
+    pub(crate) topic: &'a str,
+    /// `-1`: the producer's partitioner decides.
+    pub(crate) partition: i32,
+    pub(crate) key: Option<&'a [u8]>,
+    /// `None` is a tombstone.
+    pub(crate) value: Option<&'a [u8]>,
+    pub(crate) headers: Headers<'a>,
 }
 
 /// A librdkafka topic handle (`rd_kafka_topic_t`), and the client that made it.
@@ -130,15 +137,16 @@ impl<C: ProducerContext + 'static> HandleProducer<C> {
         Ok(lend(&handle))
     }
 
-    /// Hands `message` to librdkafka for `topic` (copied: nothing is borrowed past the
-    /// call); `opaque` comes back in its delivery report, as with rdkafka's `send`.
+    /// Hands `record` to librdkafka through `topic`, the handle of `record.topic` (copied:
+    /// nothing is borrowed past the call); `opaque` comes back in its delivery report, as
+    /// with rdkafka's `send`.
     ///
     /// # Errors
     /// librdkafka's refusal (a full local queue among them), with `opaque` given back.
     pub(crate) fn produce(
         &self,
         topic: &TopicRef<'_>,
-        message: &Message<'_>,
+        record: &OutRef<'_>,
         opaque: C::DeliveryOpaque,
     ) -> Result<(), (KafkaError, C::DeliveryOpaque)> {
         let topic = &topic.handle;
@@ -152,19 +160,8 @@ impl<C: ProducerContext + 'static> HandleProducer<C> {
         // SAFETY: `client` is live and made `topic` (checked above); rdkafka's delivery
         // callback of a `ThreadedProducer<C>` turns the opaque pointer back into a
         // `C::DeliveryOpaque`.
-        unsafe { produce(client, topic, message, opaque) }
+        unsafe { produce(client, topic, record, opaque) }
     }
-}
-
-/// A record to hand to librdkafka, borrowed.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Message<'a> {
-    /// `-1`: the producer's partitioner decides.
-    pub(crate) partition: i32,
-    pub(crate) key: Option<&'a [u8]>,
-    /// `None` is a tombstone.
-    pub(crate) value: Option<&'a [u8]>,
-    pub(crate) headers: Headers<'a>,
 }
 
 /// A byte slice as librdkafka's (pointer, size); null for none.
@@ -184,7 +181,7 @@ fn vu(
     rdsys::rd_kafka_vu_t { vtype, u }
 }
 
-/// Hands `message` to librdkafka for `topic` (copied: nothing is borrowed past the call);
+/// Hands `record` to librdkafka for `topic` (copied: nothing is borrowed past the call);
 /// `opaque` comes back in its delivery report, as with rdkafka's `send`.
 ///
 /// # Errors
@@ -197,16 +194,16 @@ fn vu(
 unsafe fn produce<O: IntoOpaque>(
     client: *mut rdsys::rd_kafka_t,
     topic: &TopicHandle,
-    message: &Message<'_>,
+    record: &OutRef<'_>,
     opaque: O,
 ) -> Result<(), (KafkaError, O)> {
     use rdsys::rd_kafka_vtype_t::*;
-    let headers = match message.headers.count() {
+    let headers = match record.headers.count() {
         0 => None,
         n => {
             // SAFETY: a new list, owned here until librdkafka takes it.
             let list = unsafe { rdsys::rd_kafka_headers_new(n) };
-            message.headers.for_each(|name, value| {
+            record.headers.for_each(|name, value| {
                 // SAFETY: `list` is live; the name and value are copied by the call, with
                 // their sizes given (no terminating NUL needed).
                 unsafe {
@@ -233,7 +230,7 @@ unsafe fn produce<O: IntoOpaque>(
         vu(
             RD_KAFKA_VTYPE_PARTITION,
             rdsys::rd_kafka_vu_s__bindgen_ty_1 {
-                i32_: message.partition,
+                i32_: record.partition,
             },
         ),
         vu(
@@ -242,8 +239,8 @@ unsafe fn produce<O: IntoOpaque>(
                 i: rdsys::RD_KAFKA_MSG_F_COPY,
             },
         ),
-        vu(RD_KAFKA_VTYPE_VALUE, mem(message.value)),
-        vu(RD_KAFKA_VTYPE_KEY, mem(message.key)),
+        vu(RD_KAFKA_VTYPE_VALUE, mem(record.value)),
+        vu(RD_KAFKA_VTYPE_KEY, mem(record.key)),
         vu(
             RD_KAFKA_VTYPE_OPAQUE,
             rdsys::rd_kafka_vu_s__bindgen_ty_1 { ptr: opaque_ptr },

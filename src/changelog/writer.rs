@@ -18,7 +18,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tokio::sync::Notify;
 
-use super::produce::{HandleProducer, Headers, Message as Produced, TopicRef};
+use super::produce::{HandleProducer, Headers, OutRef, TopicRef};
 use super::ChangelogError;
 
 /// One record to produce, owned.
@@ -31,16 +31,6 @@ pub(crate) struct OutRecord {
     /// `None` is a tombstone.
     pub(crate) value: Option<Vec<u8>>,
     pub(crate) headers: Vec<(String, Vec<u8>)>,
-}
-
-/// One record to produce, borrowed.
-pub(crate) struct OutRef<'a> {
-    pub(crate) topic: &'a str,
-    /// `-1`: the producer's partitioner decides.
-    pub(crate) partition: i32,
-    pub(crate) key: Option<&'a [u8]>,
-    pub(crate) value: Option<&'a [u8]>,
-    pub(crate) headers: Headers<'a>,
 }
 
 /// The acknowledgements of one send call.
@@ -258,15 +248,9 @@ impl ChangelogWriter {
                 handle
             }
         };
-        let message = Produced {
-            partition: record.partition,
-            key: record.key,
-            value: record.value,
-            headers: record.headers,
-        };
         let mut opaque = acks.clone();
         loop {
-            match self.producer.produce(&handle, &message, opaque) {
+            match self.producer.produce(&handle, record, opaque) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     // The local queue is full: let librdkafka send some, then retry.
@@ -494,7 +478,7 @@ pub(crate) fn refs_of(records: &[OutRecord]) -> impl Iterator<Item = OutRef<'_>>
         partition: r.partition,
         key: r.key.as_deref(),
         value: r.value.as_deref(),
-        headers: Headers::Owned(&r.headers),
+        headers: Headers::List(&r.headers),
     })
 }
 
