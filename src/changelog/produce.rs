@@ -138,8 +138,9 @@ impl<C: ProducerContext + 'static> HandleProducer<C> {
     }
 
     /// Hands `record` to librdkafka through `topic`, the handle of `record.topic` (copied:
-    /// nothing is borrowed past the call); `opaque` comes back in its delivery report, as
-    /// with rdkafka's `send`.
+    /// nothing is borrowed past the call), created at `created_ms` (milliseconds since the
+    /// epoch; one clock read per send call instead of librdkafka's per record); `opaque`
+    /// comes back in its delivery report, as with rdkafka's `send`.
     ///
     /// # Errors
     /// librdkafka's refusal (a full local queue among them), with `opaque` given back.
@@ -147,6 +148,7 @@ impl<C: ProducerContext + 'static> HandleProducer<C> {
         &self,
         topic: &TopicRef<'_>,
         record: &OutRef<'_>,
+        created_ms: i64,
         opaque: C::DeliveryOpaque,
     ) -> Result<(), (KafkaError, C::DeliveryOpaque)> {
         let topic = &topic.handle;
@@ -160,7 +162,7 @@ impl<C: ProducerContext + 'static> HandleProducer<C> {
         // SAFETY: `client` is live and made `topic` (checked above); rdkafka's delivery
         // callback of a `ThreadedProducer<C>` turns the opaque pointer back into a
         // `C::DeliveryOpaque`.
-        unsafe { produce(client, topic, record, opaque) }
+        unsafe { produce(client, topic, record, created_ms, opaque) }
     }
 }
 
@@ -181,8 +183,8 @@ fn vu(
     rdsys::rd_kafka_vu_t { vtype, u }
 }
 
-/// Hands `record` to librdkafka for `topic` (copied: nothing is borrowed past the call);
-/// `opaque` comes back in its delivery report, as with rdkafka's `send`.
+/// Hands `record` to librdkafka for `topic` (copied: nothing is borrowed past the call),
+/// with `created_ms` as its timestamp; `opaque` comes back in its delivery report, as with rdkafka's `send`.
 ///
 /// # Errors
 /// librdkafka's refusal (a full local queue among them), with `opaque` given back.
@@ -195,6 +197,7 @@ unsafe fn produce<O: IntoOpaque>(
     client: *mut rdsys::rd_kafka_t,
     topic: &TopicHandle,
     record: &OutRef<'_>,
+    created_ms: i64,
     opaque: O,
 ) -> Result<(), (KafkaError, O)> {
     use rdsys::rd_kafka_vtype_t::*;
@@ -238,6 +241,10 @@ unsafe fn produce<O: IntoOpaque>(
             rdsys::rd_kafka_vu_s__bindgen_ty_1 {
                 i: rdsys::RD_KAFKA_MSG_F_COPY,
             },
+        ),
+        vu(
+            RD_KAFKA_VTYPE_TIMESTAMP,
+            rdsys::rd_kafka_vu_s__bindgen_ty_1 { i64_: created_ms },
         ),
         vu(RD_KAFKA_VTYPE_VALUE, mem(record.value)),
         vu(RD_KAFKA_VTYPE_KEY, mem(record.key)),

@@ -215,9 +215,9 @@ impl ChangelogWriter {
             state.offsets = vec![-1; records.len()];
             state.remaining = records.len();
         }
-        let mut topic = None;
+        let (mut topic, created_ms) = (None, now_ms());
         for record in &records {
-            self.produce(record, &acks, &mut topic)
+            self.produce(record, &acks, &mut topic, created_ms)
                 .await
                 .map_err(|source| ChangelogError::Produce {
                     topic: record.topic.to_string(),
@@ -233,12 +233,14 @@ impl ChangelogWriter {
 
     /// Hands one record to the producer, its delivery report going to `acks`; waits (and
     /// retries) while the producer's local queue is full. `topic` keeps the handle of the
-    /// last topic produced to: consecutive records of one topic look it up once.
+    /// last topic produced to: consecutive records of one topic look it up once. The
+    /// record's timestamp is `created_ms`, read once per send call.
     async fn produce<'a, 's>(
         &'s self,
         record: &OutRef<'a>,
         acks: &Arc<Acks>,
         topic: &mut Option<(&'a str, TopicRef<'s>)>,
+        created_ms: i64,
     ) -> Result<(), KafkaError> {
         let handle = match topic {
             Some((name, handle)) if *name == record.topic => handle.clone(),
@@ -250,7 +252,7 @@ impl ChangelogWriter {
         };
         let mut opaque = acks.clone();
         loop {
-            match self.producer.produce(&handle, record, opaque) {
+            match self.producer.produce(&handle, record, created_ms, opaque) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     // The local queue is full: let librdkafka send some, then retry.
@@ -287,9 +289,12 @@ impl ChangelogWriter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remaining += total;
-        let mut topic = None;
+        let (mut topic, created_ms) = (None, now_ms());
         for (sent, record) in refs_of(&records).enumerate() {
-            if let Err(source) = self.produce(&record, &group.acks, &mut topic).await {
+            if let Err(source) = self
+                .produce(&record, &group.acks, &mut topic, created_ms)
+                .await
+            {
                 // The records not sent will never be acknowledged.
                 let finished = {
                     let mut state = group.acks.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -469,6 +474,13 @@ pub(crate) trait RecordSink: Send + Sync + 'static {
         let _ = group;
         Box::pin(async move { self.enqueue_records(records).await.map(Some) })
     }
+}
+
+/// Milliseconds since the epoch: the timestamp of the records of one send call.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Borrowed views of owned records, for [`ChangelogWriter::send`].

@@ -42,6 +42,9 @@ pub(crate) struct PartitionDb {
     stores: Vec<String>,
     /// Per store: a window store's closing rule and the windows already deleted.
     windows: Vec<Option<ClosedWindows>>,
+    /// The options of every point read, made once: `get_cf` would allocate and free a
+    /// RocksDB `ReadOptions` per read (1.3% of the CPU of a job whose reads all miss).
+    point_read: rocksdb::ReadOptions,
     /// Declared after `db`: fields drop in order, so the path leaves the registry only once
     /// RocksDB has released its lock.
     _registration: Registration,
@@ -207,6 +210,7 @@ impl PartitionDb {
                     })
                 })
                 .collect(),
+            point_read: rocksdb::ReadOptions::default(),
             _registration: Registration(path.to_path_buf()),
         };
         this.check_formats(specs)?;
@@ -284,7 +288,7 @@ impl PartitionDb {
 
     pub(crate) fn get(&self, store: usize, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.db
-            .get_cf(self.cf(&self.stores[store])?, key)
+            .get_cf_opt(self.cf(&self.stores[store])?, key, &self.point_read)
             .map_err(self.db_err())
     }
 
@@ -297,7 +301,7 @@ impl PartitionDb {
     ) -> Result<Option<T>, StateError> {
         let value = self
             .db
-            .get_pinned_cf(self.cf(&self.stores[store])?, key)
+            .get_pinned_cf_opt(self.cf(&self.stores[store])?, key, &self.point_read)
             .map_err(self.db_err())?;
         Ok(value.map(|v| f(&v)))
     }
