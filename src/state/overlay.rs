@@ -77,8 +77,11 @@ impl Overlay {
 
     /// The current record's handler succeeded: its writes join the overlay.
     pub(crate) fn commit_staged(&mut self) {
-        let staged = std::mem::take(&mut self.staged);
-        self.commit(staged);
+        // Drained, not taken: the list keeps its capacity for the next record instead of
+        // being allocated again per record.
+        let mut staged = std::mem::take(&mut self.staged);
+        self.commit(staged.drain(..));
+        self.staged = staged;
     }
 
     /// Writes of a record that succeeded join the overlay, in order.
