@@ -348,7 +348,8 @@ impl kafka_stateful::Handler<String, String> for KeyValues {
 /// (an empty value stays empty, a delete is a tombstone) and exactly one `ks` stamp header on
 /// a data record; markers with their own headers. And a restore from it reads it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn changelog_records_carry_the_key_the_value_bytes_and_one_stamp_header() {
+async fn changelog_records_carry_the_key_the_value_bytes_one_stamp_header_and_their_creation_time()
+{
     require_broker!();
     common::init_tracing();
     let (topic, group) = (common::unique("layout"), common::unique("g"));
@@ -379,14 +380,29 @@ async fn changelog_records_carry_the_key_the_value_bytes_and_one_stamp_header() 
         let query = consumer.query();
         (Running::start(consumer), query)
     };
+    let started_ms = common::now_ms() as i64;
     let (running, _) = start(dir.path(), &handler);
     common::wait_until("4 records", WAIT, || {
         handler.handled.load(Ordering::Relaxed) == 4
     })
     .await;
     running.stop().await.unwrap(); // the shutdown flush
+    let stopped_ms = common::now_ms() as i64;
 
-    let log = common::read_all(&changelog_topic(&group, "kv"), 1);
+    let timed = common::read_all_with(&changelog_topic(&group, "kv"), 1, |m| {
+        use rdkafka::message::Message;
+        (common::to_read_record(m), m.timestamp())
+    });
+    // Every record is stamped with its creation time: a window store's changelog is
+    // `compact,delete`, and a wrong time would let the broker's retention delete its records.
+    for (_, timestamp) in &timed {
+        assert!(
+            matches!(timestamp, rdkafka::message::Timestamp::CreateTime(t)
+                if (started_ms..=stopped_ms).contains(t)),
+            "{timestamp:?} is a creation time between {started_ms} and {stopped_ms}"
+        );
+    }
+    let log: Vec<_> = timed.into_iter().map(|(record, _)| record).collect();
     let (markers, data): (Vec<_>, Vec<_>) = log.iter().partition(|(k, _, _)| {
         k.as_deref()
             .unwrap_or_default()

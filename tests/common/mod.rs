@@ -570,7 +570,34 @@ pub type ReadRecord = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>)
 
 /// Every record of `topic` (all partitions) from the beginning to its current end.
 pub fn read_all(topic: &str, partitions: i32) -> Vec<ReadRecord> {
+    read_all_with(topic, partitions, to_read_record)
+}
+
+/// Key, value and headers of a message.
+pub fn to_read_record(m: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
     use rdkafka::message::{Headers, Message};
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        m.key().map(<[u8]>::to_vec),
+        m.payload().map(<[u8]>::to_vec),
+        headers,
+    )
+}
+
+/// [`read_all`], keeping what `f` takes from each message.
+pub fn read_all_with<T>(
+    topic: &str,
+    partitions: i32,
+    mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> T,
+) -> Vec<T> {
+    use rdkafka::message::Message;
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("group.id", unique("reader"))
@@ -591,19 +618,7 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<ReadRecord> {
         assert!(Instant::now() < deadline, "reading {topic} timed out");
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             next[m.partition() as usize] = m.offset() + 1;
-            let headers = m
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push((
-                m.key().map(<[u8]>::to_vec),
-                m.payload().map(<[u8]>::to_vec),
-                headers,
-            ));
+            out.push(f(&m));
         }
     }
     out
