@@ -4,7 +4,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use kafka_stateful::codec::{Bincode, Codec, Json, Utf8};
-use kafka_stateful::state::bench::{FlushBatchBench, OffsetBench, OverlayBench};
+use kafka_stateful::state::bench::{sort_in_key_order, FlushBatchBench, OffsetBench, OverlayBench};
 
 const KEYS: u64 = 200_000;
 
@@ -127,5 +127,39 @@ fn flush_batch(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, overlay, offsets, codecs, flush_batch);
+/// A flush's sort into key order, 250 000 keys each allocated on its own (as the overlay
+/// holds them) and in hash order: the unique-visitors job's window keys (window start, then
+/// the bincode of page and user: long shared prefixes), and short distinct keys.
+fn key_order(c: &mut Criterion) {
+    let scramble = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+    let mut window_keys: Vec<Vec<u8>> = (0..250_000u64)
+        .map(|i| {
+            let r = scramble(i);
+            let start = 1_700_000_000_000u64 / 60_000 * 60_000 + (r % 3) * 60_000;
+            let mut key = start.to_be_bytes().to_vec();
+            let page = format!("/product/{}", (r >> 8) % 1000);
+            let user = format!("user-{}", i);
+            Bincode::<(String, String)>::new()
+                .encode_into(&(page, user), &mut key)
+                .unwrap();
+            key
+        })
+        .collect();
+    window_keys.sort_by_key(|k| scramble(k.len() as u64 ^ u64::from(k[k.len() - 1])));
+    let short_keys: Vec<Vec<u8>> = (0..250_000u64)
+        .map(|i| format!("key-{}", scramble(i) % 10_000_000).into_bytes())
+        .collect();
+    let mut group = c.benchmark_group("key_order");
+    group.throughput(Throughput::Elements(250_000));
+    group.sample_size(20);
+    group.bench_function("window_keys_250000", |b| {
+        b.iter(|| sort_in_key_order(black_box(&window_keys)))
+    });
+    group.bench_function("short_keys_250000", |b| {
+        b.iter(|| sort_in_key_order(black_box(&short_keys)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, overlay, offsets, codecs, flush_batch, key_order);
 criterion_main!(benches);
