@@ -230,10 +230,29 @@ impl Scenario {
             Utf8,
             handler.clone(),
         ));
-        common::wait_until(
+        common::wait_until_or(
             "everything handled and committed",
             Duration::from_secs(120),
             || self.all_committed(),
+            || {
+                format!(
+                    "committed {:?} ({:?} read uncommitted), ends {:?}; {}; \
+                     transactions committed {}, aborted {}; the consumer's partitions: {:#?}",
+                    common::committed(&self.group, &self.topic, PARTITIONS),
+                    common::committed_with(
+                        &common::bootstrap(),
+                        &self.group,
+                        &self.topic,
+                        PARTITIONS,
+                        "read_uncommitted"
+                    ),
+                    self.ends(),
+                    common::describe_group(&self.group),
+                    running.stats.snapshot().transactions_committed,
+                    running.stats.snapshot().transactions_aborted,
+                    running.stats.snapshot().partitions
+                )
+            },
         )
         .await;
         let committed_transactions = running.stats.snapshot().transactions_committed;
@@ -407,7 +426,8 @@ async fn revokes_hand_partitions_over_without_a_repeated_or_missing_output() {
     wait_processing(&mut a, "A", Duration::from_secs(60)).await;
     s.produce_round().await;
     let mut b = s.spawn("b", "dynamic-b");
-    common::wait_until(
+    let (probe_a, probe_b) = (a.probe.clone(), b.probe.clone());
+    common::wait_until_or(
         "a rebalance: A revoked and both members processing",
         Duration::from_secs(90),
         || {
@@ -416,6 +436,18 @@ async fn revokes_hand_partitions_over_without_a_repeated_or_missing_output() {
             let (log_a, log_b) = (common::read_probe(&a.probe), common::read_probe(&b.probe));
             log_a.ownership.iter().any(|(_, _, what)| what == "revoked")
                 && !log_b.processing.is_empty()
+        },
+        || {
+            let tail = |path: &std::path::Path| {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            };
+            format!(
+                "A's probe, last lines:\n{}\nB's probe, last lines:\n{}",
+                tail(&probe_a),
+                tail(&probe_b)
+            )
         },
     )
     .await;

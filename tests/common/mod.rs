@@ -213,15 +213,57 @@ pub fn end_offsets_at(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64>
         .collect()
 }
 
+/// What the broker says of `group`: its state and members (client and host of each), for
+/// a test's failure message.
+pub fn describe_group(group: &str) -> String {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    match c.fetch_group_list(Some(group), Duration::from_secs(10)) {
+        Ok(list) => list
+            .groups()
+            .iter()
+            .map(|g| {
+                let members: Vec<String> = g
+                    .members()
+                    .iter()
+                    .map(|m| format!("{} ({}, {})", m.id(), m.client_id(), m.client_host()))
+                    .collect();
+                format!(
+                    "group {} is {:?} with members {members:?}",
+                    g.name(),
+                    g.state()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(error) => format!("group {group} could not be described: {error}"),
+    }
+}
+
 /// Committed offsets of `group` (-1 where nothing is committed).
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     committed_at(&bootstrap(), group, topic, partitions)
 }
 
 pub fn committed_at(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    committed_with(bootstrap, group, topic, partitions, "read_committed")
+}
+
+/// Committed offsets as a client with `isolation` (`read_committed`: librdkafka asks for
+/// stable offsets only; `read_uncommitted` also sees those of an open transaction).
+pub fn committed_with(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+) -> Vec<i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
+        .set("isolation.level", isolation)
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -238,13 +280,26 @@ pub fn committed_at(bootstrap: &str, group: &str, topic: &str, partitions: i32) 
 }
 
 /// Polls `cond` every 50 ms until it holds; panics naming `what` after `timeout`.
-pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub async fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    wait_until_or(what, timeout, cond, String::new).await;
+}
+
+/// [`wait_until`], the panic also saying what `explain` finds then (the state that did not
+/// reach the condition).
+pub async fn wait_until_or(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for: {what}\n{}",
+                explain()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
