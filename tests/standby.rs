@@ -612,51 +612,25 @@ type LateWrite = (Vec<u8>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
 /// Appends copies of the last `n` data records that `epochs` wrote to partition 0 of
 /// `changelog` (same key, value and headers): a zombie's late writes. Returns how many.
 async fn late_writes(changelog: &str, epochs: &BTreeSet<u64>, n: usize) -> u64 {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::FutureRecord;
-    let end = common::end_offsets(changelog, 1)[0];
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", common::bootstrap())
-        .set("group.id", common::unique("late"))
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(changelog, 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    c.assign(&tpl).unwrap();
-    let mut found: Vec<LateWrite> = Vec::new();
-    let mut next = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while next < end {
-        assert!(Instant::now() < deadline, "reading {changelog} timed out");
-        let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        next = m.offset() + 1;
-        let key = m.key().unwrap_or_default().to_vec();
-        if key.starts_with(b"\0kafka-stateful/") {
-            continue;
-        }
-        let headers: Vec<(String, Vec<u8>)> = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let of_epoch = headers.iter().any(|(k, v)| {
+    let of_epoch = |headers: &[(String, Vec<u8>)]| {
+        headers.iter().any(|(k, v)| {
             k == "ks"
                 && std::str::from_utf8(v)
                     .ok()
                     .and_then(|s| s.split('.').nth(1)?.parse::<u64>().ok())
                     .is_some_and(|e| epochs.contains(&e))
-        });
-        if of_epoch {
-            found.push((key, m.payload().map(<[u8]>::to_vec), headers));
-        }
-    }
+        })
+    };
+    let found: Vec<LateWrite> = common::read_all(changelog, 1)
+        .into_iter()
+        .filter_map(|(key, value, headers)| {
+            let key = key.unwrap_or_default();
+            (!key.starts_with(b"\0kafka-stateful/") && of_epoch(&headers))
+                .then_some((key, value, headers))
+        })
+        .collect();
     let producer = common::producer_at(&common::bootstrap());
     let late = &found[found.len().saturating_sub(n)..];
     for (key, value, headers) in late {
