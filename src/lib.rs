@@ -30,7 +30,7 @@
     unreachable_pub,
     rustdoc::broken_intra_doc_links
 )]
-#![deny(unsafe_code)] // audited exceptions: `consumer::poll_loop::has_member_id`, `consumer::commit::commit_queued`, `partition::fetch`
+#![deny(unsafe_code)] // audited exceptions: `consumer::poll_loop::has_member_id`, `consumer::commit::commit_queued`, `partition::fetch`, `changelog::produce`
 
 mod batch;
 pub mod changelog;

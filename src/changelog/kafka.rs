@@ -1,7 +1,7 @@
 //! The changelogs on Kafka: the [`StateLog`] of a consumer with stores.
 
 use super::format::{decode, encode, stamp_header, HEADER_OWNER, HEADER_STAMP};
-use super::produce::Headers as RecordHeaders;
+use super::produce::Headers;
 use super::reader::ReaderPool;
 use super::{ChangelogError, ChangelogWriter, OutRef};
 use crate::state::checkpoint::SourcePosition;
@@ -43,9 +43,13 @@ impl KafkaStateLog {
 }
 
 /// A marker's key and headers, in the Kafka record layout ([`encode`]), with the owner.
-fn encode_marker(stamp: Stamp, marker: EntryRef<'_>, owner: Option<&str>) -> (Vec<u8>, Headers) {
+fn encode_marker(
+    stamp: Stamp,
+    marker: EntryRef<'_>,
+    owner: Option<&str>,
+) -> (Vec<u8>, MarkerHeaders) {
     let (key, _, headers) = encode(stamp, &marker.to_owned());
-    let mut headers: Headers = headers
+    let mut headers: MarkerHeaders = headers
         .into_iter()
         .map(|(name, value)| (name.to_string(), value))
         .collect();
@@ -55,8 +59,8 @@ fn encode_marker(stamp: Stamp, marker: EntryRef<'_>, owner: Option<&str>) -> (Ve
     (key, headers)
 }
 
-/// Header names and values.
-type Headers = Vec<(String, Vec<u8>)>;
+/// A marker's header names and values, owned (markers are few; data records borrow).
+type MarkerHeaders = Vec<(String, Vec<u8>)>;
 
 impl StateLog for KafkaStateLog {
     fn append<'a>(
@@ -68,7 +72,7 @@ impl StateLog for KafkaStateLog {
             // The hot path is data records: they share their flush's stamp header, written
             // once here and borrowed by each record. Markers are few and own their headers.
             let mut stamps: Vec<(Stamp, Vec<u8>)> = Vec::new();
-            let mut markers: Vec<(Vec<u8>, Headers)> = Vec::new();
+            let mut markers: Vec<(Vec<u8>, MarkerHeaders)> = Vec::new();
             for (_, stamp, entry) in &records {
                 if !stamps.iter().any(|(s, _)| s == stamp) {
                     stamps.push((*stamp, stamp_header(*stamp)));
@@ -82,11 +86,11 @@ impl StateLog for KafkaStateLog {
                 let (key, value, headers) = match entry {
                     EntryRef::Data { key, value } => {
                         let header = &stamps.iter().find(|(s, _)| *s == stamp).expect("noted").1;
-                        (key, value, RecordHeaders::One(HEADER_STAMP, header))
+                        (key, value, Headers::One(HEADER_STAMP, header))
                     }
                     EntryRef::Flush { .. } | EntryRef::Epoch { .. } => {
                         let (key, headers) = markers.next().expect("noted");
-                        (&key[..], None, RecordHeaders::List(headers))
+                        (&key[..], None, Headers::List(headers))
                     }
                 };
                 OutRef {

@@ -215,7 +215,7 @@ impl ChangelogWriter {
             state.offsets = vec![-1; records.len()];
             state.remaining = records.len();
         }
-        let (mut topic, created_ms) = (None, now_ms());
+        let (mut topic, created_ms) = (None, crate::timer::wall_now());
         for record in &records {
             self.produce(record, &acks, &mut topic, created_ms)
                 .await
@@ -289,7 +289,7 @@ impl ChangelogWriter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remaining += total;
-        let (mut topic, created_ms) = (None, now_ms());
+        let (mut topic, created_ms) = (None, crate::timer::wall_now());
         for (sent, record) in refs_of(&records).enumerate() {
             if let Err(source) = self
                 .produce(&record, &group.acks, &mut topic, created_ms)
@@ -474,13 +474,6 @@ pub(crate) trait RecordSink: Send + Sync + 'static {
         let _ = group;
         Box::pin(async move { self.enqueue_records(records).await.map(Some) })
     }
-}
-
-/// Milliseconds since the epoch: the timestamp of the records of one send call.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Borrowed views of owned records, for [`ChangelogWriter::send`].
